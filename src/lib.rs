@@ -1,6 +1,13 @@
 //! owsync: keeps Open WebUI tenants' SQLite databases mirrored into PostgreSQL,
 //! declaratively, like a Kubernetes controller.
 
+pub mod controller;
 pub mod devpg;
 pub mod fixtures;
+pub mod metrics;
+pub mod source;
 pub mod spec;
+pub mod sql;
+pub mod store;
+pub mod sync;
+pub mod target;

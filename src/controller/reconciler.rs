@@ -1,0 +1,298 @@
+//! One tenant's reconcile loop: sync, record the outcome (status, job, event) in one
+//! fenced transaction, then requeue after `interval`, or after a resetting backoff.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use chrono::Utc;
+use tokio::sync::{Mutex, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, info_span, warn};
+
+use super::Shared;
+use super::backoff::{backoff_delay, random_jitter};
+use crate::spec::{ClientSyncStatus, Phase, TableStatus, interval_of};
+use crate::store::{self, jobs, specs::StoredSpec, status};
+use crate::sync::{Fence, SyncError, SyncJob, SyncReport, sync_tenant};
+
+pub(super) struct Reconciler {
+    pub shared: Arc<Shared>,
+    pub spec: StoredSpec,
+    pub fence: Fence,
+    pub slots: Arc<Semaphore>,
+    pub lock: Arc<Mutex<()>>,
+    pub token: CancellationToken,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum RecordError {
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    #[error("lost the lease")]
+    OwnershipLost,
+}
+
+impl Reconciler {
+    pub async fn run(self) {
+        let name = self.spec.name.clone();
+        let mut st = status::get(&self.shared.pool, &self.spec.cluster, &name)
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        loop {
+            self.shared.metrics.queue_depth.inc();
+            let permit = tokio::select! {
+                p = self.slots.clone().acquire_owned() => p,
+                _ = self.token.cancelled() => { self.shared.metrics.queue_depth.dec(); return; }
+            };
+            self.shared.metrics.queue_depth.dec();
+            let Ok(_permit) = permit else { return };
+            let _guard = tokio::select! {
+                g = self.lock.lock() => g,
+                _ = self.token.cancelled() => return,
+            };
+            if self.token.is_cancelled() {
+                return;
+            }
+            let span = info_span!("reconcile", client = %name, generation = self.spec.generation);
+            let Some(delay) = self.reconcile_once(&mut st).instrument(span).await else {
+                return;
+            };
+            drop(_guard);
+            drop(_permit);
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = self.token.cancelled() => return,
+            }
+        }
+    }
+
+    /// One sync and its record; the delay before the next one, or `None` to stop.
+    async fn reconcile_once(&self, st: &mut ClientSyncStatus) -> Option<std::time::Duration> {
+        let sh = &self.shared;
+        let name = &self.spec.name;
+        let cluster = &self.spec.cluster;
+        let job_id = jobs::start(
+            &sh.pool,
+            cluster,
+            name,
+            &self.fence.who.node_id,
+            self.fence.epoch,
+            "schedule",
+        )
+        .await;
+        let started = Instant::now();
+        let job = SyncJob {
+            pool: &sh.pool,
+            cluster,
+            client: name,
+            spec: &self.spec.spec,
+            fence: Some(&self.fence),
+        };
+        let result = sync_tenant(&job).await;
+        let elapsed = started.elapsed();
+        if let Err(e) = &result
+            && e.is_ownership_lost()
+        {
+            warn!(client = %name, "lost the lease during sync; stopping");
+            return None;
+        }
+        let now = Utc::now();
+        let generation = self.spec.generation;
+        st.observed_generation = generation;
+        let ok = matches!(&result, Ok(r) if r.failed.is_empty());
+        sh.metrics.record_sync(name, ok, elapsed.as_secs_f64());
+        let (job_status, rows, error) = match &result {
+            Ok(r) => {
+                for (t, tr) in &r.tables {
+                    sh.metrics.record_rows(name, t, "upsert", tr.upserted);
+                    sh.metrics.record_rows(name, t, "tombstone", tr.tombstoned);
+                    st.tables.insert(
+                        t.clone(),
+                        TableStatus {
+                            rows: tr.rows,
+                            quarantined: 0,
+                            watermark: None,
+                        },
+                    );
+                }
+                st.tables
+                    .retain(|t, _| r.tables.contains_key(t) || r.failed.contains_key(t));
+                if r.failed.is_empty() {
+                    ("succeeded", r.rows_written as i64, None)
+                } else {
+                    ("degraded", r.rows_written as i64, Some(describe_failed(r)))
+                }
+            }
+            Err(e) => ("failed", 0, Some(e.to_string())),
+        };
+        let delay = if ok {
+            st.consecutive_failures = 0;
+            st.phase = Phase::Synced;
+            st.last_sync_time = Some(now);
+            st.last_error = None;
+            let msg = format!(
+                "synced {} tables in {}",
+                st.tables.len(),
+                humantime::format_duration(trunc(elapsed))
+            );
+            st.set_condition("Ready", true, "SyncSucceeded", &msg, generation, now);
+            st.set_condition(
+                "Stalled",
+                false,
+                "Progressing",
+                "syncs succeed",
+                generation,
+                now,
+            );
+            sh.update_node(|n| n.last_sync = Some(now));
+            interval_of(&self.spec.spec)
+        } else {
+            st.consecutive_failures += 1;
+            let err = error.clone().unwrap_or_default();
+            st.phase = if result.is_ok() {
+                Phase::Degraded
+            } else {
+                Phase::Failed
+            };
+            let reason = if result.is_ok() {
+                "TablesFailed"
+            } else {
+                "SyncFailed"
+            };
+            st.last_error = Some(err.clone());
+            st.set_condition("Ready", false, reason, &err, generation, now);
+            if st.consecutive_failures >= sh.config.stall_after {
+                let msg = format!(
+                    "{} consecutive failures; last: {err}",
+                    st.consecutive_failures
+                );
+                st.set_condition("Stalled", true, "RepeatedFailures", &msg, generation, now);
+            }
+            backoff_delay(st.consecutive_failures as u32, random_jitter())
+        };
+        st.next_sync_time = chrono::Duration::from_std(delay).ok().map(|d| now + d);
+        match self
+            .record(
+                st,
+                job_id.ok(),
+                job_status,
+                rows,
+                error.as_deref(),
+                &result,
+                elapsed,
+            )
+            .await
+        {
+            Ok(()) => Some(delay),
+            Err(RecordError::OwnershipLost) => None,
+            Err(e) => {
+                warn!(client = %name, error = %e, "cannot record sync outcome; retrying later");
+                Some(delay)
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn record(
+        &self,
+        st: &ClientSyncStatus,
+        job_id: Option<uuid::Uuid>,
+        job_status: &str,
+        rows: i64,
+        error: Option<&str>,
+        result: &Result<SyncReport, SyncError>,
+        elapsed: std::time::Duration,
+    ) -> Result<(), RecordError> {
+        let sh = &self.shared;
+        let (cluster, name) = (&self.spec.cluster, &self.spec.name);
+        let mut tx = store::begin(&sh.pool, cluster).await?;
+        status::write(&mut tx, cluster, name, st, Some(elapsed.as_millis() as i64)).await?;
+        if let Some(id) = job_id {
+            let tables = match result {
+                Ok(r) => serde_json::to_value(r).unwrap_or_default(),
+                Err(_) => serde_json::Value::Null,
+            };
+            jobs::finish(&mut tx, id, job_status, rows, &tables, error).await?;
+        }
+        if let Some(err) = error {
+            jobs::event(
+                &mut tx,
+                cluster,
+                Some(name),
+                true,
+                "SyncFailed",
+                err,
+                Some(&self.fence.who.node_id),
+            )
+            .await?;
+        } else if st.consecutive_failures == 0 && rows > 0 {
+            let msg = format!("wrote {rows} rows");
+            jobs::event(
+                &mut tx,
+                cluster,
+                Some(name),
+                false,
+                "Synced",
+                &msg,
+                Some(&self.fence.who.node_id),
+            )
+            .await?;
+        }
+        if !store::lease::holds(&mut tx, &self.fence.who, self.fence.epoch).await? {
+            return Err(RecordError::OwnershipLost);
+        }
+        tx.commit().await.map_err(|e| store::StoreError::Db {
+            context: "commit status".into(),
+            source: e,
+        })?;
+        Ok(())
+    }
+}
+
+fn trunc(d: std::time::Duration) -> std::time::Duration {
+    std::time::Duration::from_millis(d.as_millis() as u64)
+}
+
+fn describe_failed(r: &SyncReport) -> String {
+    let parts: Vec<String> = r.failed.iter().map(|(t, e)| format!("{t}: {e}")).collect();
+    format!(
+        "{} of {} tables failed: {}",
+        r.failed.len(),
+        r.failed.len() + r.tables.len(),
+        parts.join("; ")
+    )
+}
+
+/// Records that a disabled tenant is Suspended.
+pub(super) async fn mark_suspended(
+    sh: &Shared,
+    fence: &Fence,
+    spec: &StoredSpec,
+) -> Result<(), store::StoreError> {
+    let mut st = status::get(&sh.pool, &spec.cluster, &spec.name)
+        .await?
+        .unwrap_or_default();
+    let now = Utc::now();
+    st.phase = Phase::Suspended;
+    st.observed_generation = spec.generation;
+    st.next_sync_time = None;
+    st.set_condition(
+        "Ready",
+        false,
+        "Suspended",
+        "spec.enabled is false",
+        spec.generation,
+        now,
+    );
+    let mut tx = store::begin(&sh.pool, &spec.cluster).await?;
+    status::write(&mut tx, &spec.cluster, &spec.name, &st, None).await?;
+    if store::lease::holds(&mut tx, &fence.who, fence.epoch).await? {
+        tx.commit().await.map_err(|e| store::StoreError::Db {
+            context: "commit status".into(),
+            source: e,
+        })?;
+    }
+    Ok(())
+}

@@ -1,0 +1,122 @@
+//! Schema discovery: user tables, their columns, keys and original DDL.
+
+use super::{Result, Source};
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ColumnInfo {
+    pub name: String,
+    /// Declared type as written in the DDL (may be empty).
+    pub decl_type: String,
+    /// 1-based position in the primary key, 0 when not part of it.
+    pub pk: i32,
+    /// Generated (virtual or stored) column.
+    pub generated: bool,
+}
+
+/// How rows of a table are identified.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RowKey {
+    /// The declared primary key columns, in key order.
+    Primary(Vec<String>),
+    /// No primary key (Open WebUI tables created before 0.9.6): the rowid.
+    Rowid,
+}
+
+#[derive(Debug, Clone)]
+pub struct TableInfo {
+    pub name: String,
+    /// `CREATE TABLE` statement as stored in sqlite_schema (for restore).
+    pub ddl: String,
+    pub columns: Vec<ColumnInfo>,
+    pub key: RowKey,
+    pub without_rowid: bool,
+}
+
+impl TableInfo {
+    pub fn key_columns(&self) -> Vec<String> {
+        match &self.key {
+            RowKey::Primary(cols) => cols.clone(),
+            RowKey::Rowid => vec![],
+        }
+    }
+}
+
+/// Every user table: skips `sqlite_*`, views, virtual tables and their shadow tables.
+pub fn discover(src: &Source) -> Result<Vec<TableInfo>> {
+    let mut stmt = src
+        .conn
+        .prepare("SELECT name, coalesce(sql, '') FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' ORDER BY name")
+        .map_err(src.err("sqlite_schema"))?;
+    let all: Vec<(String, String)> = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .map_err(src.err("sqlite_schema"))?
+        .collect::<Result<_, _>>()
+        .map_err(src.err("sqlite_schema"))?;
+    let virtuals: Vec<&str> = all
+        .iter()
+        .filter(|(_, sql)| {
+            sql.trim_start()
+                .to_ascii_uppercase()
+                .starts_with("CREATE VIRTUAL TABLE")
+        })
+        .map(|(n, _)| n.as_str())
+        .collect();
+    let mut out = Vec::new();
+    for (name, ddl) in &all {
+        if virtuals.contains(&name.as_str()) || virtuals.iter().any(|v| is_shadow_of(name, v)) {
+            continue;
+        }
+        out.push(table_info(src, name, ddl)?);
+    }
+    Ok(out)
+}
+
+fn is_shadow_of(name: &str, vtab: &str) -> bool {
+    name.strip_prefix(vtab)
+        .and_then(|rest| rest.strip_prefix('_'))
+        .is_some_and(|suffix| {
+            [
+                "data", "idx", "content", "docsize", "config", "segments", "segdir", "stat",
+                "node", "parent", "rowid",
+            ]
+            .contains(&suffix)
+        })
+}
+
+fn table_info(src: &Source, name: &str, ddl: &str) -> Result<TableInfo> {
+    let mut stmt = src
+        .conn
+        .prepare("SELECT name, type, pk, hidden FROM pragma_table_xinfo(?1) ORDER BY cid")
+        .map_err(src.err(name))?;
+    let columns: Vec<ColumnInfo> = stmt
+        .query_map([name], |r| {
+            let hidden: i64 = r.get(3)?;
+            Ok(ColumnInfo {
+                name: r.get(0)?,
+                decl_type: r.get(1)?,
+                pk: r.get(2)?,
+                generated: hidden == 2 || hidden == 3,
+            })
+        })
+        .map_err(src.err(name))?
+        .collect::<Result<_, _>>()
+        .map_err(src.err(name))?;
+    let mut pk: Vec<&ColumnInfo> = columns.iter().filter(|c| c.pk > 0).collect();
+    pk.sort_by_key(|c| c.pk);
+    let key = if pk.is_empty() {
+        RowKey::Rowid
+    } else {
+        RowKey::Primary(pk.iter().map(|c| c.name.clone()).collect())
+    };
+    let without_rowid: bool = src
+        .conn
+        .query_row("SELECT coalesce((SELECT wr FROM pragma_table_list WHERE name = ?1 AND schema = 'main'), 0)", [name], |r| r.get(0))
+        .map_err(src.err(name))?;
+    Ok(TableInfo {
+        name: name.to_string(),
+        ddl: ddl.to_string(),
+        columns,
+        key,
+        without_rowid,
+    })
+}

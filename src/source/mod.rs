@@ -1,0 +1,93 @@
+//! Reading a live Open WebUI SQLite database without slowing it down: opened read-only
+//! with a busy timeout, read in short keyset slices with no read transaction held
+//! between slices, never checkpointed.
+
+mod discover;
+mod read;
+
+pub use discover::{ColumnInfo, RowKey, TableInfo, discover};
+pub use read::{Slice, SliceReader, Value};
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error(
+        "cannot open source database {path}: {source} (is spec.source.path right, and readable by owsyncd?)"
+    )]
+    Open {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error("source database {path} does not exist (check spec.source.path)")]
+    Missing { path: PathBuf },
+    #[error("reading {path}, table {table}: {source}")]
+    Read {
+        path: PathBuf,
+        table: String,
+        source: rusqlite::Error,
+    },
+}
+
+pub type Result<T, E = SourceError> = std::result::Result<T, E>;
+
+/// How long a read waits on a writer's lock before giving up (SQLite's busy timeout).
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A read-only handle on a tenant's `webui.db`.
+pub struct Source {
+    pub(crate) conn: Connection,
+    pub(crate) path: PathBuf,
+}
+
+impl Source {
+    /// Opens read-only. WAL databases need their `-shm` to be writable by us only in
+    /// that SQLite may create it; we never write the database and never checkpoint
+    /// (read-only connections cannot).
+    pub fn open(path: &Path) -> Result<Source> {
+        if !path.exists() {
+            return Err(SourceError::Missing {
+                path: path.to_path_buf(),
+            });
+        }
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | OpenFlags::SQLITE_OPEN_URI;
+        let conn =
+            Connection::open_with_flags(path, flags).map_err(|source| SourceError::Open {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        conn.busy_timeout(BUSY_TIMEOUT)
+            .map_err(|source| SourceError::Open {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        // Never let a reader's cache hold pages across slices longer than needed.
+        conn.pragma_update(None, "cache_size", -8192i64)
+            .map_err(|source| SourceError::Open {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        Ok(Source {
+            conn,
+            path: path.to_path_buf(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub(crate) fn err(&self, table: &str) -> impl FnOnce(rusqlite::Error) -> SourceError + '_ {
+        let table = table.to_string();
+        move |source| SourceError::Read {
+            path: self.path.clone(),
+            table,
+            source,
+        }
+    }
+}

@@ -1,0 +1,207 @@
+//! Keyset-sliced reads: each slice is one short statement (its own implicit read
+//! transaction), so a writer is never blocked for longer than one slice takes.
+
+use rusqlite::types::ValueRef;
+
+use super::discover::{RowKey, TableInfo};
+use super::{Result, Source};
+use crate::sql::quote_ident;
+
+/// One SQLite value, with its storage class. Text is kept as bytes: SQLite does not
+/// guarantee it is valid UTF-8.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    Null,
+    Integer(i64),
+    Real(f64),
+    Text(Vec<u8>),
+    Blob(Vec<u8>),
+}
+
+impl Value {
+    fn from_ref(v: ValueRef<'_>) -> Value {
+        match v {
+            ValueRef::Null => Value::Null,
+            ValueRef::Integer(i) => Value::Integer(i),
+            ValueRef::Real(f) => Value::Real(f),
+            ValueRef::Text(t) => Value::Text(t.to_vec()),
+            ValueRef::Blob(b) => Value::Blob(b.to_vec()),
+        }
+    }
+
+    fn size(&self) -> usize {
+        match self {
+            Value::Text(b) | Value::Blob(b) => b.len() + 8,
+            _ => 8,
+        }
+    }
+}
+
+impl rusqlite::ToSql for Value {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        use rusqlite::types::ToSqlOutput::Borrowed;
+        Ok(match self {
+            Value::Null => Borrowed(ValueRef::Null),
+            Value::Integer(i) => Borrowed(ValueRef::Integer(*i)),
+            Value::Real(f) => Borrowed(ValueRef::Real(*f)),
+            Value::Text(t) => Borrowed(ValueRef::Text(t)),
+            Value::Blob(b) => Borrowed(ValueRef::Blob(b)),
+        })
+    }
+}
+
+/// Rows of one slice; `rowids` is filled for tables keyed by rowid.
+#[derive(Debug, Default)]
+pub struct Slice {
+    pub rows: Vec<Vec<Value>>,
+    pub rowids: Vec<i64>,
+    pub bytes: usize,
+}
+
+/// Iterates a table in key order, one bounded slice at a time.
+pub struct SliceReader<'a> {
+    src: &'a Source,
+    table: &'a TableInfo,
+    sql_first: String,
+    sql_next: String,
+    key_idx: Vec<usize>,
+    last_key: Option<Vec<Value>>,
+    last_rowid: Option<i64>,
+    done: bool,
+    pub max_rows: usize,
+    pub max_bytes: usize,
+}
+
+impl<'a> SliceReader<'a> {
+    pub fn new(src: &'a Source, table: &'a TableInfo) -> SliceReader<'a> {
+        let cols: Vec<String> = table.columns.iter().map(|c| quote_ident(&c.name)).collect();
+        let t = quote_ident(&table.name);
+        let by_rowid = !table.without_rowid;
+        let (sql_first, sql_next, key_idx) = if by_rowid {
+            let alias = rowid_alias(table);
+            let list = cols.join(", ");
+            (
+                format!("SELECT {alias}, {list} FROM {t} ORDER BY {alias} LIMIT ?1"),
+                format!(
+                    "SELECT {alias}, {list} FROM {t} WHERE {alias} > ?2 ORDER BY {alias} LIMIT ?1"
+                ),
+                vec![],
+            )
+        } else {
+            let keys = match &table.key {
+                RowKey::Primary(k) => k.clone(),
+                RowKey::Rowid => vec![],
+            };
+            let key_idx: Vec<usize> = keys
+                .iter()
+                .filter_map(|k| table.columns.iter().position(|c| &c.name == k))
+                .collect();
+            let klist = keys
+                .iter()
+                .map(|k| quote_ident(k))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let params = (0..keys.len())
+                .map(|i| format!("?{}", i + 2))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let list = cols.join(", ");
+            (
+                format!("SELECT {list} FROM {t} ORDER BY {klist} LIMIT ?1"),
+                format!(
+                    "SELECT {list} FROM {t} WHERE ({klist}) > ({params}) ORDER BY {klist} LIMIT ?1"
+                ),
+                key_idx,
+            )
+        };
+        SliceReader {
+            src,
+            table,
+            sql_first,
+            sql_next,
+            key_idx,
+            last_key: None,
+            last_rowid: None,
+            done: false,
+            max_rows: 2000,
+            max_bytes: 4 << 20,
+        }
+    }
+
+    /// The next slice, or `None` at the end of the table.
+    pub fn next_slice(&mut self) -> Result<Option<Slice>> {
+        if self.done {
+            return Ok(None);
+        }
+        let by_rowid = !self.table.without_rowid;
+        let first = self.last_key.is_none() && self.last_rowid.is_none();
+        let sql = if first {
+            &self.sql_first
+        } else {
+            &self.sql_next
+        };
+        let mut stmt = self
+            .src
+            .conn
+            .prepare_cached(sql)
+            .map_err(self.src.err(&self.table.name))?;
+        let limit = self.max_rows as i64;
+        let mut params: Vec<&dyn rusqlite::ToSql> = vec![&limit];
+        if let Some(r) = &self.last_rowid {
+            params.push(r);
+        }
+        if let Some(k) = &self.last_key {
+            params.extend(k.iter().map(|v| v as &dyn rusqlite::ToSql));
+        }
+        let mut rows = stmt
+            .query(params.as_slice())
+            .map_err(self.src.err(&self.table.name))?;
+        let mut slice = Slice::default();
+        let ncols = self.table.columns.len();
+        let off = usize::from(by_rowid);
+        while let Some(row) = rows.next().map_err(self.src.err(&self.table.name))? {
+            let mut vals = Vec::with_capacity(ncols);
+            for i in 0..ncols {
+                let v = Value::from_ref(
+                    row.get_ref(i + off)
+                        .map_err(self.src.err(&self.table.name))?,
+                );
+                slice.bytes += v.size();
+                vals.push(v);
+            }
+            if by_rowid {
+                slice
+                    .rowids
+                    .push(row.get(0).map_err(self.src.err(&self.table.name))?);
+            }
+            slice.rows.push(vals);
+            if slice.bytes >= self.max_bytes {
+                break;
+            }
+        }
+        drop(rows);
+        drop(stmt);
+        let n = slice.rows.len();
+        if n == 0 {
+            self.done = true;
+            return Ok(None);
+        }
+        if n < self.max_rows && slice.bytes < self.max_bytes {
+            self.done = true;
+        }
+        if by_rowid {
+            self.last_rowid = slice.rowids.last().copied();
+        } else if let Some(last) = slice.rows.last() {
+            self.last_key = Some(self.key_idx.iter().map(|&i| last[i].clone()).collect());
+        }
+        Ok(Some(slice))
+    }
+}
+
+/// A name for the rowid that no column shadows.
+fn rowid_alias(table: &TableInfo) -> &'static str {
+    ["rowid", "_rowid_", "oid"]
+        .into_iter()
+        .find(|a| !table.columns.iter().any(|c| c.name.eq_ignore_ascii_case(a)))
+        .unwrap_or("rowid")
+}

@@ -1,0 +1,126 @@
+//! `sync_jobs` (one row per sync run) and `events`.
+
+use sqlx::types::Json;
+use sqlx::{PgConnection, PgPool, Row};
+use uuid::Uuid;
+
+use super::{Context, Result};
+
+/// Records the start of a run; its id is a time-ordered UUID.
+pub async fn start(
+    pool: &PgPool,
+    cluster: &str,
+    client: &str,
+    leader: &str,
+    epoch: i64,
+    trigger: &str,
+) -> Result<Uuid> {
+    let id = Uuid::now_v7();
+    let mut tx = super::begin(pool, cluster).await?;
+    sqlx::query(
+        "INSERT INTO sync_metadata.sync_jobs (id, cluster_name, client_name, leader_id, epoch, trigger)
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(id)
+    .bind(cluster)
+    .bind(client)
+    .bind(leader)
+    .bind(epoch)
+    .bind(trigger)
+    .execute(&mut *tx)
+    .await
+    .ctx(|| format!("record the start of a sync of {client}"))?;
+    tx.commit().await.ctx(|| "commit".into())?;
+    Ok(id)
+}
+
+/// Records the end of a run inside the caller's transaction.
+pub async fn finish(
+    conn: &mut PgConnection,
+    id: Uuid,
+    status: &str,
+    rows: i64,
+    tables: &serde_json::Value,
+    error: Option<&str>,
+) -> Result<()> {
+    sqlx::query(
+        "UPDATE sync_metadata.sync_jobs SET status = $2, finished_at = now(), rows_written = $3, tables = $4, error = $5
+         WHERE id = $1",
+    )
+    .bind(id)
+    .bind(status)
+    .bind(rows)
+    .bind(Json(tables))
+    .bind(error)
+    .execute(conn)
+    .await
+    .ctx(|| format!("record the end of sync job {id}"))?;
+    Ok(())
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Event {
+    pub time: chrono::DateTime<chrono::Utc>,
+    #[serde(rename = "type")]
+    pub type_: String,
+    pub reason: String,
+    pub message: String,
+    pub node_id: Option<String>,
+}
+
+/// Appends an event (Kubernetes-style: Normal or Warning, a reason, a message).
+pub async fn event(
+    conn: &mut PgConnection,
+    cluster: &str,
+    client: Option<&str>,
+    warning: bool,
+    reason: &str,
+    message: &str,
+    node: Option<&str>,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO sync_metadata.events (cluster_name, client_name, type, reason, message, node_id)
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(cluster)
+    .bind(client)
+    .bind(if warning { "Warning" } else { "Normal" })
+    .bind(reason)
+    .bind(message)
+    .bind(node)
+    .execute(conn)
+    .await
+    .ctx(|| "record an event".into())?;
+    Ok(())
+}
+
+/// The latest events of a tenant, newest first.
+pub async fn recent_events(
+    pool: &PgPool,
+    cluster: &str,
+    client: &str,
+    limit: i64,
+) -> Result<Vec<Event>> {
+    let mut tx = super::begin(pool, cluster).await?;
+    let rows = sqlx::query(
+        "SELECT created_at, type, reason, message, node_id FROM sync_metadata.events
+         WHERE cluster_name = $1 AND client_name = $2 ORDER BY id DESC LIMIT $3",
+    )
+    .bind(cluster)
+    .bind(client)
+    .bind(limit)
+    .fetch_all(&mut *tx)
+    .await
+    .ctx(|| format!("read events of {client}"))?;
+    tx.commit().await.ctx(|| "commit".into())?;
+    Ok(rows
+        .iter()
+        .map(|r| Event {
+            time: r.get(0),
+            type_: r.get(1),
+            reason: r.get(2),
+            message: r.get(3),
+            node_id: r.get(4),
+        })
+        .collect())
+}

@@ -1,0 +1,167 @@
+//! The leader lease in `sync_metadata.leader_election`: one row per cluster, taken with
+//! the seed's `INSERT ... ON CONFLICT ... WHERE expires_at < now() OR holder = me`, plus
+//! an `epoch` that grows on every change of holder (the fencing token), and the holder's
+//! backend pid so a standby can take over as soon as a dead leader's session is gone.
+//! All times are the database's clock.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::{PgConnection, PgPool, Row};
+use uuid::Uuid;
+
+use super::specs::set_cluster;
+use super::{Context, Result};
+
+/// Who holds a cluster's lease.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LeaseInfo {
+    pub leader_id: String,
+    pub epoch: i64,
+    pub acquired_at: DateTime<Utc>,
+    pub renewed_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    pub expired: bool,
+}
+
+/// This replica's identity in elections: its node id and a per-process instance id (a
+/// restarted process is a new holder, so the epoch grows even under the same node id).
+#[derive(Debug, Clone)]
+pub struct Candidate {
+    pub cluster: String,
+    pub node_id: String,
+    pub instance: Uuid,
+}
+
+/// Takes or renews the lease on `conn` (whose backend pid is recorded as the holder's).
+/// Returns the epoch when this candidate holds the lease afterwards, `None` otherwise.
+pub async fn try_acquire(
+    conn: &mut PgConnection,
+    who: &Candidate,
+    lease: Duration,
+) -> Result<Option<i64>> {
+    let mut tx = sqlx::Connection::begin(&mut *conn)
+        .await
+        .ctx(|| "begin lease transaction".into())?;
+    set_cluster(&mut tx, &who.cluster).await?;
+    let epoch: Option<i64> = sqlx::query_scalar(
+        "INSERT INTO sync_metadata.leader_election AS le
+             (cluster_name, leader_id, holder_instance, holder_pid, epoch, acquired_at, renewed_at, expires_at)
+         VALUES ($1, $2, $3, pg_backend_pid(), 1, now(), now(), now() + make_interval(secs => $4))
+         ON CONFLICT (cluster_name) DO UPDATE SET
+             leader_id = EXCLUDED.leader_id,
+             holder_pid = EXCLUDED.holder_pid,
+             epoch = CASE WHEN le.holder_instance = EXCLUDED.holder_instance THEN le.epoch ELSE le.epoch + 1 END,
+             acquired_at = CASE WHEN le.holder_instance = EXCLUDED.holder_instance THEN le.acquired_at ELSE now() END,
+             holder_instance = EXCLUDED.holder_instance,
+             renewed_at = now(),
+             expires_at = EXCLUDED.expires_at
+         WHERE le.holder_instance = EXCLUDED.holder_instance
+            OR le.expires_at < now()
+            OR (le.holder_pid IS NOT NULL
+                AND NOT EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.pid = le.holder_pid))
+         RETURNING epoch",
+    )
+    .bind(&who.cluster)
+    .bind(&who.node_id)
+    .bind(who.instance)
+    .bind(lease.as_secs_f64())
+    .fetch_optional(&mut *tx)
+    .await
+    .ctx(|| format!("take or renew the lease of cluster {}", who.cluster))?;
+    tx.commit().await.ctx(|| "commit lease".into())?;
+    Ok(epoch)
+}
+
+/// Gives the lease up at once (clean shutdown), so a standby need not wait for expiry.
+pub async fn release(conn: &mut PgConnection, who: &Candidate) -> Result<()> {
+    let mut tx = sqlx::Connection::begin(&mut *conn)
+        .await
+        .ctx(|| "begin".into())?;
+    set_cluster(&mut tx, &who.cluster).await?;
+    sqlx::query(
+        "UPDATE sync_metadata.leader_election SET expires_at = now() - interval '1 second', holder_pid = NULL
+         WHERE cluster_name = $1 AND holder_instance = $2",
+    )
+    .bind(&who.cluster)
+    .bind(who.instance)
+    .execute(&mut *tx)
+    .await
+    .ctx(|| "release the lease".into())?;
+    sqlx::query("SELECT pg_notify('owsync_lease', $1)")
+        .bind(&who.cluster)
+        .execute(&mut *tx)
+        .await
+        .ctx(|| "notify owsync_lease".into())?;
+    tx.commit().await.ctx(|| "commit".into())?;
+    Ok(())
+}
+
+/// The fence: inside a write transaction, checks under a row lock that `who` still
+/// holds the lease at `epoch`. A takeover that committed earlier makes this false; one
+/// that comes later waits for this transaction to end.
+pub async fn holds(conn: &mut PgConnection, who: &Candidate, epoch: i64) -> Result<bool> {
+    let held: Option<i32> = sqlx::query_scalar(
+        "SELECT 1 FROM sync_metadata.leader_election
+         WHERE cluster_name = $1 AND holder_instance = $2 AND epoch = $3 AND expires_at > now()
+         FOR SHARE",
+    )
+    .bind(&who.cluster)
+    .bind(who.instance)
+    .bind(epoch)
+    .fetch_optional(conn)
+    .await
+    .ctx(|| "check the lease (fence)".into())?;
+    Ok(held.is_some())
+}
+
+/// The current holder of a cluster's lease, if any.
+pub async fn current(pool: &PgPool, cluster: &str) -> Result<Option<LeaseInfo>> {
+    let mut tx = super::begin(pool, cluster).await?;
+    let row = sqlx::query(
+        "SELECT leader_id, epoch, acquired_at, renewed_at, expires_at, expires_at < now() AS expired
+         FROM sync_metadata.leader_election WHERE cluster_name = $1",
+    )
+    .bind(cluster)
+    .fetch_optional(&mut *tx)
+    .await
+    .ctx(|| format!("read the lease of cluster {cluster}"))?;
+    tx.commit().await.ctx(|| "commit".into())?;
+    Ok(row.map(|r| LeaseInfo {
+        leader_id: r.get(0),
+        epoch: r.get(1),
+        acquired_at: r.get(2),
+        renewed_at: r.get(3),
+        expires_at: r.get(4),
+        expired: r.get(5),
+    }))
+}
+
+/// Records this replica's heartbeat in `hosts`.
+pub async fn heartbeat(
+    pool: &PgPool,
+    who: &Candidate,
+    is_leader: bool,
+    version: &str,
+) -> Result<()> {
+    let mut tx = super::begin(pool, &who.cluster).await?;
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string());
+    sqlx::query(
+        "INSERT INTO sync_metadata.hosts (cluster_name, node_id, hostname, version, status, is_leader, last_heartbeat)
+         VALUES ($1, $2, $3, $4, 'active', $5, now())
+         ON CONFLICT (cluster_name, node_id) DO UPDATE SET hostname = EXCLUDED.hostname, version = EXCLUDED.version,
+             status = 'active', is_leader = EXCLUDED.is_leader, last_heartbeat = now()",
+    )
+    .bind(&who.cluster)
+    .bind(&who.node_id)
+    .bind(hostname)
+    .bind(version)
+    .bind(is_leader)
+    .execute(&mut *tx)
+    .await
+    .ctx(|| "record heartbeat".into())?;
+    tx.commit().await.ctx(|| "commit".into())?;
+    Ok(())
+}

@@ -1,0 +1,331 @@
+//! One sync of one tenant, SQLite -> PostgreSQL: discover the source's tables, copy each
+//! one in keyset slices through COPY into a stage, upsert, tombstone what disappeared,
+//! record the table's state, and commit only if this replica still holds the lease.
+//! A library: usable without the daemon (`owsyncctl sync NAME --once`).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use sqlx::{PgConnection, PgPool};
+use tokio::sync::mpsc;
+use tracing::{Instrument, info, info_span, warn};
+
+use crate::source::{self, Slice, SliceReader, Source, TableInfo};
+use crate::spec::{ClientSyncSpec, DeletePolicy, table_selected};
+use crate::store::{self, lease::Candidate};
+use crate::target::{self, MirrorTable};
+
+/// Proof of leadership a sync's transactions are fenced with.
+#[derive(Debug, Clone)]
+pub struct Fence {
+    pub who: Candidate,
+    pub epoch: i64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error("tenant {client}: {source}")]
+    Source {
+        client: String,
+        source: source::SourceError,
+    },
+    #[error("tenant {client}: {source}")]
+    Target {
+        client: String,
+        source: target::TargetError,
+    },
+    #[error("tenant {client}: {source}")]
+    Store {
+        client: String,
+        source: store::StoreError,
+    },
+    #[error(
+        "tenant {client}: lost the lease (epoch {epoch} is no longer held); nothing of this transaction was written"
+    )]
+    OwnershipLost { client: String, epoch: i64 },
+    #[error("tenant {client}: the source reader stopped unexpectedly: {message}")]
+    Reader { client: String, message: String },
+}
+
+impl SyncError {
+    pub fn is_ownership_lost(&self) -> bool {
+        matches!(self, SyncError::OwnershipLost { .. })
+    }
+}
+
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct TableReport {
+    pub rows: i64,
+    pub upserted: u64,
+    pub tombstoned: u64,
+}
+
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct SyncReport {
+    pub tables: BTreeMap<String, TableReport>,
+    /// Tables that failed, with why; the others were synced.
+    pub failed: BTreeMap<String, String>,
+    pub rows_written: u64,
+    #[serde(skip)]
+    pub duration: Duration,
+}
+
+/// What to sync and as whom.
+pub struct SyncJob<'a> {
+    pub pool: &'a PgPool,
+    pub cluster: &'a str,
+    pub client: &'a str,
+    pub spec: &'a ClientSyncSpec,
+    pub fence: Option<&'a Fence>,
+}
+
+enum Msg {
+    Table(Box<TableInfo>),
+    Slice(Slice),
+    End,
+    Failed(String),
+}
+
+/// Reads every selected table on a blocking thread, a slice at a time.
+fn spawn_reader(
+    path: PathBuf,
+    spec: ClientSyncSpec,
+    tx: mpsc::Sender<Msg>,
+) -> tokio::task::JoinHandle<Result<(), source::SourceError>> {
+    tokio::task::spawn_blocking(move || {
+        let src = Source::open(&path)?;
+        let tables = source::discover(&src)?;
+        for t in tables
+            .into_iter()
+            .filter(|t| table_selected(&spec.tables, &t.name))
+        {
+            if tx.blocking_send(Msg::Table(Box::new(t.clone()))).is_err() {
+                return Ok(());
+            }
+            let mut reader = SliceReader::new(&src, &t);
+            loop {
+                match reader.next_slice() {
+                    Ok(Some(s)) => {
+                        if tx.blocking_send(Msg::Slice(s)).is_err() {
+                            return Ok(());
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        let _ = tx.blocking_send(Msg::Failed(e.to_string()));
+                        break;
+                    }
+                }
+            }
+            if tx.blocking_send(Msg::End).is_err() {
+                return Ok(());
+            }
+        }
+        Ok(())
+    })
+}
+
+/// Runs one full sync of a tenant.
+pub async fn sync_tenant(job: &SyncJob<'_>) -> Result<SyncReport, SyncError> {
+    let started = Instant::now();
+    let client = job.client.to_string();
+    let schema = job
+        .spec
+        .target
+        .schema
+        .clone()
+        .unwrap_or_else(|| crate::spec::default_schema(job.client));
+    let (tx, mut rx) = mpsc::channel::<Msg>(2);
+    let reader = spawn_reader(PathBuf::from(&job.spec.source.path), job.spec.clone(), tx);
+    let mut report = SyncReport::default();
+
+    while let Some(msg) = rx.recv().await {
+        let Msg::Table(info) = msg else { continue };
+        let table = MirrorTable::from_source(&schema, &info);
+        let span = info_span!("table", client = %client, table = %info.name);
+        match sync_table(job, &info, &table, &mut rx)
+            .instrument(span)
+            .await
+        {
+            Ok(tr) => {
+                report.rows_written += tr.upserted + tr.tombstoned;
+                report.tables.insert(info.name.clone(), tr);
+            }
+            Err(TableFailure::Fatal(e)) => {
+                drop(rx);
+                let _ = reader.await;
+                return Err(e);
+            }
+            Err(TableFailure::Table(msg)) => {
+                warn!(client = %client, table = %info.name, error = %msg, "table not synced");
+                report.failed.insert(info.name.clone(), msg);
+            }
+        }
+    }
+    match reader.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err(SyncError::Source { client, source: e }),
+        Err(e) => {
+            return Err(SyncError::Reader {
+                client,
+                message: e.to_string(),
+            });
+        }
+    }
+    report.duration = started.elapsed();
+    info!(client = %client, rows = report.rows_written, tables = report.tables.len(), failed = report.failed.len(),
+          ms = report.duration.as_millis() as u64, "sync finished");
+    Ok(report)
+}
+
+enum TableFailure {
+    /// Stops the whole sync (lost lease, database gone).
+    Fatal(SyncError),
+    /// Only this table failed; the others go on.
+    Table(String),
+}
+
+/// Drains the rest of a table's slices from the reader.
+async fn skip_rest(rx: &mut mpsc::Receiver<Msg>) {
+    while let Some(m) = rx.recv().await {
+        if matches!(m, Msg::End | Msg::Failed(_)) {
+            if matches!(m, Msg::Failed(_)) {
+                // a Failed is followed by End
+                continue;
+            }
+            return;
+        }
+    }
+}
+
+async fn sync_table(
+    job: &SyncJob<'_>,
+    info: &TableInfo,
+    table: &MirrorTable,
+    rx: &mut mpsc::Receiver<Msg>,
+) -> Result<TableReport, TableFailure> {
+    let client = job.client.to_string();
+    let fatal_store = |e: store::StoreError| {
+        TableFailure::Fatal(SyncError::Store {
+            client: client.clone(),
+            source: e,
+        })
+    };
+    let mut tx = store::begin(job.pool, job.cluster)
+        .await
+        .map_err(fatal_store)?;
+    let target_err = |e: target::TargetError| match &e {
+        target::TargetError::Unfit { .. } => TableFailure::Table(e.to_string()),
+        target::TargetError::Db { source, .. } if is_connection_error(source) => {
+            TableFailure::Fatal(SyncError::Target {
+                client: client.clone(),
+                source: e,
+            })
+        }
+        _ => TableFailure::Table(e.to_string()),
+    };
+    let mut rows: i64 = 0;
+    let result: Result<target::MergeCounts, TableFailure> = async {
+        target::provision(&mut tx, table)
+            .await
+            .map_err(target_err)?;
+        target::begin_stage(&mut tx, table)
+            .await
+            .map_err(target_err)?;
+        loop {
+            match rx.recv().await {
+                Some(Msg::Slice(s)) => {
+                    rows += s.rows.len() as i64;
+                    target::copy_slice(&mut tx, table, &s)
+                        .await
+                        .map_err(target_err)?;
+                }
+                Some(Msg::Failed(m)) => return Err(TableFailure::Table(m)),
+                Some(Msg::End) | None => break,
+                Some(Msg::Table(_)) => break,
+            }
+        }
+        let tombstones = job.spec.deletes == DeletePolicy::Tombstone;
+        target::merge_stage(&mut tx, table, tombstones)
+            .await
+            .map_err(target_err)
+    }
+    .await;
+    let counts = match result {
+        Ok(c) => c,
+        Err(e) => {
+            skip_rest(rx).await;
+            let _ = tx.rollback().await;
+            return Err(e);
+        }
+    };
+    record_table_state(&mut tx, job, info, rows)
+        .await
+        .map_err(fatal_store)?;
+    fence(&mut tx, job).await?;
+    tx.commit().await.map_err(|e| {
+        fatal_store(store::StoreError::Db {
+            context: format!("commit table {}", info.name),
+            source: e,
+        })
+    })?;
+    Ok(TableReport {
+        rows,
+        upserted: counts.upserted,
+        tombstoned: counts.tombstoned,
+    })
+}
+
+/// The last statement before commit: does this replica still hold the lease?
+async fn fence(conn: &mut PgConnection, job: &SyncJob<'_>) -> Result<(), TableFailure> {
+    let Some(f) = job.fence else { return Ok(()) };
+    match store::lease::holds(conn, &f.who, f.epoch).await {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(TableFailure::Fatal(SyncError::OwnershipLost {
+            client: job.client.to_string(),
+            epoch: f.epoch,
+        })),
+        Err(e) => Err(TableFailure::Fatal(SyncError::Store {
+            client: job.client.to_string(),
+            source: e,
+        })),
+    }
+}
+
+async fn record_table_state(
+    conn: &mut PgConnection,
+    job: &SyncJob<'_>,
+    info: &TableInfo,
+    rows: i64,
+) -> Result<(), store::StoreError> {
+    use store::Context;
+    sqlx::query(
+        "INSERT INTO sync_metadata.table_state (cluster_name, client_name, table_name, source_ddl, key_columns, rows, watermark, epoch, updated_at)
+         VALUES ($1, $2, $3, $4, $5, $6, jsonb_build_object('full_sync_at', now()), $7, now())
+         ON CONFLICT (cluster_name, client_name, table_name) DO UPDATE SET source_ddl = EXCLUDED.source_ddl,
+             key_columns = EXCLUDED.key_columns, rows = EXCLUDED.rows, watermark = EXCLUDED.watermark,
+             epoch = EXCLUDED.epoch, updated_at = now()",
+    )
+    .bind(job.cluster)
+    .bind(job.client)
+    .bind(&info.name)
+    .bind(&info.ddl)
+    .bind(info.key_columns())
+    .bind(rows)
+    .bind(job.fence.map(|f| f.epoch))
+    .execute(conn)
+    .await
+    .ctx(|| format!("record state of table {}", info.name))?;
+    Ok(())
+}
+
+fn is_connection_error(e: &sqlx::Error) -> bool {
+    matches!(
+        e,
+        sqlx::Error::Io(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Protocol(_)
+    )
+}
