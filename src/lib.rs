@@ -11,3 +11,5 @@ pub mod sql;
 pub mod store;
 pub mod sync;
 pub mod target;
+pub mod api;
+pub mod cli;

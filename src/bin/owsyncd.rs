@@ -1,1 +1,137 @@
-fn main() {}
+//! owsyncd: the controller daemon. A thin main over `owsync::controller` and `owsync::api`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use owsync::controller::{ControllerConfig, ElectionConfig, Shared, run_election};
+use owsync::sql::redact_url;
+use owsync::store;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+#[derive(Debug, Parser)]
+#[command(name = "owsyncd", version, about = "owsync controller: elects a leader and keeps every tenant's mirror in sync")]
+struct Args {
+    /// The host's sync cluster.
+    #[arg(long, env = "OWSYNC_CLUSTER")]
+    cluster: String,
+    /// This replica's id (default: the hostname).
+    #[arg(long, env = "OWSYNC_NODE_ID")]
+    node_id: Option<String>,
+    /// Address of the HTTP API.
+    #[arg(long, env = "OWSYNC_LISTEN", default_value = "127.0.0.1:9443")]
+    listen: SocketAddr,
+    /// File holding the PostgreSQL URL (as sync_service). OWSYNC_DATABASE_URL also works.
+    #[arg(long, env = "OWSYNC_DATABASE_URL_FILE")]
+    database_url_file: Option<PathBuf>,
+    /// Lease duration.
+    #[arg(long, env = "OWSYNC_LEASE_DURATION", default_value = "15s", value_parser = humantime::parse_duration)]
+    lease_duration: Duration,
+    /// A leader that cannot renew for this long stops all reconcilers.
+    #[arg(long, env = "OWSYNC_RENEW_DEADLINE", default_value = "10s", value_parser = humantime::parse_duration)]
+    renew_deadline: Duration,
+    /// Renew / retry period (jittered).
+    #[arg(long, env = "OWSYNC_RETRY_PERIOD", default_value = "2s", value_parser = humantime::parse_duration)]
+    retry_period: Duration,
+    /// Syncs running at once.
+    #[arg(long, env = "OWSYNC_MAX_CONCURRENCY", default_value_t = 8)]
+    max_concurrency: usize,
+    /// Log format.
+    #[arg(long, env = "OWSYNC_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
+}
+
+fn database_url(a: &Args) -> anyhow::Result<String> {
+    if let Some(f) = &a.database_url_file {
+        let s = std::fs::read_to_string(f).with_context(|| format!("read --database-url-file {}", f.display()))?;
+        return Ok(s.trim_end_matches(['\n', '\r']).to_string());
+    }
+    for var in ["OWSYNC_DATABASE_URL", "DATABASE_URL"] {
+        if let Ok(u) = std::env::var(var) {
+            return Ok(u);
+        }
+    }
+    bail!("no database: set --database-url-file FILE (or OWSYNC_DATABASE_URL_FILE / OWSYNC_DATABASE_URL)")
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "owsyncd".into())
+}
+
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let a = Args::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("OWSYNC_LOG").unwrap_or_else(|_| "info,sqlx=warn".into());
+    if a.log_format == "json" {
+        tracing_subscriber::fmt().json().with_env_filter(filter).init();
+    } else {
+        tracing_subscriber::fmt().with_env_filter(filter).init();
+    }
+    if !owsync::spec::is_dns_label(&a.cluster) {
+        bail!("--cluster {:?} is not a DNS-1123 label", a.cluster);
+    }
+    let url = database_url(&a)?;
+    let node_id = a.node_id.clone().unwrap_or_else(hostname);
+    let connect = store::connect_options(&url, &format!("owsyncd/{node_id}"))?;
+    info!(cluster = %a.cluster, node = %node_id, database = %redact_url(&url), "owsyncd starting");
+
+    let pool_size = (a.max_concurrency as u32) + 4;
+    let pool = loop {
+        match store::connect(&url, &format!("owsyncd/{node_id}"), pool_size).await {
+            Ok(p) => match store::migrate::require_current(&p).await {
+                Ok(()) => break p,
+                Err(e @ store::StoreError::NotMigrated { .. }) => return Err(e.into()),
+                Err(e) => warn!(error = %e, "database not ready; retrying in 2s"),
+            },
+            Err(e) => warn!(error = %e, "cannot connect; retrying in 2s"),
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    };
+    let config = ControllerConfig {
+        cluster: a.cluster.clone(),
+        node_id,
+        election: ElectionConfig { lease: a.lease_duration, renew_deadline: a.renew_deadline, retry: a.retry_period },
+        spec_poll: Duration::from_secs(2),
+        max_concurrency: a.max_concurrency,
+        stall_after: 5,
+    };
+    let shared = Shared::new(config, pool, connect);
+    let shutdown = CancellationToken::new();
+
+    let listener = tokio::net::TcpListener::bind(a.listen).await.with_context(|| format!("listen on {}", a.listen))?;
+    info!(listen = %a.listen, "HTTP API up");
+    let app = owsync::api::router(shared.clone());
+    let http_stop = shutdown.clone();
+    let http = tokio::spawn(async move {
+        let r = axum::serve(listener, app).with_graceful_shutdown(async move { http_stop.cancelled().await }).await;
+        if let Err(e) = r {
+            error!(error = %e, "HTTP server failed");
+        }
+    });
+    let election = tokio::spawn(run_election(shared.clone(), shutdown.clone()));
+
+    shutdown_signal().await;
+    info!("signal received: draining");
+    shutdown.cancel();
+    let _ = election.await;
+    let _ = http.await;
+    info!("owsyncd stopped");
+    Ok(())
+}

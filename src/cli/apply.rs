@@ -1,0 +1,159 @@
+//! `apply` and `diff`: read every document, validate them all, then act.
+
+use std::collections::BTreeSet;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::Args;
+
+use super::common::{CliError, Global};
+use crate::spec::{self, ClientSync, Document};
+use crate::store::specs;
+
+#[derive(Debug, Args)]
+pub struct ApplyArgs {
+    /// File or directory of ClientSync YAML (repeatable; `-` reads stdin).
+    #[arg(short = 'f', long = "filename", required = true)]
+    pub files: Vec<PathBuf>,
+    /// Recurse into directories.
+    #[arg(short = 'R', long)]
+    pub recursive: bool,
+    /// Validate and show what would happen, in a transaction that is rolled back.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DiffArgs {
+    #[arg(short = 'f', long = "filename", required = true)]
+    pub files: Vec<PathBuf>,
+    #[arg(short = 'R', long)]
+    pub recursive: bool,
+}
+
+fn yaml_files(dir: &Path, recursive: bool, out: &mut Vec<PathBuf>) -> Result<(), CliError> {
+    let io = |source| CliError::Io { path: dir.display().to_string(), source };
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir).map_err(io)?.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    entries.sort();
+    for p in entries {
+        if p.is_dir() {
+            if recursive {
+                yaml_files(&p, recursive, out)?;
+            }
+        } else if p.extension().is_some_and(|e| e == "yaml" || e == "yml") {
+            out.push(p);
+        }
+    }
+    Ok(())
+}
+
+/// Reads, parses and validates every document; all errors are reported together.
+pub fn load_all(files: &[PathBuf], recursive: bool, cluster: &str) -> Result<Vec<(Document, ClientSync)>, CliError> {
+    let mut paths = Vec::new();
+    for f in files {
+        if f.as_os_str() == "-" {
+            paths.push(f.clone());
+        } else if f.is_dir() {
+            yaml_files(f, recursive, &mut paths)?;
+        } else if f.exists() {
+            paths.push(f.clone());
+        } else {
+            return Err(CliError::msg(format!("{}: no such file or directory", f.display())));
+        }
+    }
+    if paths.is_empty() {
+        return Err(CliError::msg("no YAML files found (directories are read for *.yaml and *.yml; add -R to recurse)"));
+    }
+    let mut errors = Vec::new();
+    let mut docs = Vec::new();
+    for p in &paths {
+        let name = p.display().to_string();
+        let text = if name == "-" {
+            let mut s = String::new();
+            std::io::stdin().read_to_string(&mut s).map_err(|source| CliError::Io { path: name.clone(), source })?;
+            s
+        } else {
+            std::fs::read_to_string(p).map_err(|source| CliError::Io { path: name.clone(), source })?
+        };
+        match spec::parse_documents(&name, &text) {
+            Ok(d) => docs.extend(d),
+            Err(e) => errors.push(e.to_string()),
+        }
+    }
+    let mut out = Vec::new();
+    let mut seen = BTreeSet::new();
+    for d in docs {
+        match spec::normalize(&d.doc, cluster) {
+            Ok(n) => {
+                let key = (n.metadata.cluster.clone().unwrap_or_default(), n.metadata.name.clone());
+                if !seen.insert(key.clone()) {
+                    errors.push(format!("{}:{}: clientsync/{} (cluster {}) appears more than once", d.file, d.line, key.1, key.0));
+                }
+                out.push((d, n));
+            }
+            Err(errs) => {
+                for e in errs {
+                    errors.push(format!("{}:{}: clientsync/{}: {e}", d.file, d.line, d.doc.metadata.name));
+                }
+            }
+        }
+    }
+    if !errors.is_empty() {
+        return Err(CliError::msg(format!(
+            "{} invalid; nothing was applied:\n  {}",
+            if errors.len() == 1 { "1 problem".to_string() } else { format!("{} problems", errors.len()) },
+            errors.join("\n  ")
+        )));
+    }
+    Ok(out)
+}
+
+pub async fn apply(g: &Global, a: ApplyArgs) -> Result<ExitCode, CliError> {
+    let docs = load_all(&a.files, a.recursive, &g.cluster)?;
+    let pool = g.pool().await?;
+    let mut tx = pool.begin().await.map_err(|e| CliError::msg(format!("begin transaction: {e}")))?;
+    let mut lines = Vec::new();
+    for (d, n) in &docs {
+        let outcome = specs::apply(&mut tx, n).await.map_err(|e| CliError::msg(format!("{}:{}: {e}; nothing was applied", d.file, d.line)))?;
+        lines.push(format!(
+            "clientsync/{} {}{}",
+            n.metadata.name,
+            outcome.as_str(),
+            if a.dry_run { " (dry run)" } else { "" }
+        ));
+    }
+    if a.dry_run {
+        tx.rollback().await.map_err(|e| CliError::msg(format!("roll back: {e}")))?;
+    } else {
+        tx.commit().await.map_err(|e| CliError::msg(format!("commit: {e}; nothing was applied")))?;
+    }
+    for l in lines {
+        println!("{l}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn diff(g: &Global, a: DiffArgs) -> Result<ExitCode, CliError> {
+    let docs = load_all(&a.files, a.recursive, &g.cluster)?;
+    let pool = g.pool().await?;
+    let mut differs = false;
+    for (_, n) in &docs {
+        let cluster = n.metadata.cluster.clone().unwrap_or_default();
+        let live = specs::find(&pool, &cluster, &n.metadata.name).await?;
+        let old = live.map(|s| spec::to_yaml(&s.to_applied())).unwrap_or_default();
+        let new = spec::to_yaml(n);
+        if old == new {
+            continue;
+        }
+        differs = true;
+        let name = format!("clientsync/{}", n.metadata.name);
+        let text = similar::TextDiff::from_lines(&old, &new)
+            .unified_diff()
+            .context_radius(3)
+            .header(&format!("live/{name}"), &format!("desired/{name}"))
+            .to_string();
+        print!("{text}");
+    }
+    Ok(if differs { ExitCode::from(1) } else { ExitCode::SUCCESS })
+}

@@ -1,0 +1,72 @@
+//! `owsyncctl`: the declarative command line (apply, diff, get, describe, delete, ...).
+
+mod apply;
+mod common;
+mod demo;
+mod dev;
+mod get;
+mod ops;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+pub use common::{CliError, Global, Output};
+
+#[derive(Debug, Parser)]
+#[command(name = "owsyncctl", version, about = "Declaratively mirror Open WebUI SQLite tenants into PostgreSQL")]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create or upgrade sync_metadata, the sync_service role, grants and RLS (as admin).
+    Migrate(ops::MigrateArgs),
+    /// Apply ClientSync documents from files or directories (all or nothing).
+    Apply(apply::ApplyArgs),
+    /// Show what apply would change, as a unified diff (exit 0 none, 1 differences, 2 error).
+    Diff(apply::DiffArgs),
+    /// List tenants, or show one.
+    Get(get::GetArgs),
+    /// Show a tenant's spec, status, conditions and recent events.
+    Describe(get::DescribeArgs),
+    /// Delete a tenant's ClientSync (refuses while enabled unless --force; the mirror is kept).
+    Delete(get::DeleteArgs),
+    /// Run one reconcile of a tenant in this process (operators' debug tool).
+    Sync(ops::SyncArgs),
+    /// Print the JSON Schema of a kind.
+    Schema(ops::SchemaArgs),
+    /// Run a complete local demo: throwaway PostgreSQL, a generated tenant, owsyncd.
+    Demo(demo::DemoArgs),
+    /// Developer tools: generate and mutate Open WebUI-shaped databases.
+    #[command(subcommand)]
+    Dev(dev::DevCommand),
+}
+
+/// Runs the command line; the exit code is part of the contract (GitOps reads it).
+pub async fn run(cli: Cli) -> ExitCode {
+    let diff_like = matches!(cli.command, Command::Diff(_));
+    let result = match cli.command {
+        Command::Migrate(a) => ops::migrate(&cli.global, a).await,
+        Command::Apply(a) => apply::apply(&cli.global, a).await,
+        Command::Diff(a) => apply::diff(&cli.global, a).await,
+        Command::Get(a) => get::get(&cli.global, a).await,
+        Command::Describe(a) => get::describe(&cli.global, a).await,
+        Command::Delete(a) => get::delete(&cli.global, a).await,
+        Command::Sync(a) => ops::sync(&cli.global, a).await,
+        Command::Schema(a) => ops::schema(a),
+        Command::Demo(a) => demo::demo(a).await,
+        Command::Dev(c) => dev::run(c).await,
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e}");
+            if diff_like { ExitCode::from(2) } else { ExitCode::from(1) }
+        }
+    }
+}

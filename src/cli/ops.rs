@@ -1,0 +1,109 @@
+//! `migrate`, `sync --once` and `schema`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Args;
+
+use super::common::{CliError, Global, read_secret};
+use crate::spec;
+use crate::sql::redact_url;
+use crate::store::{self, lease, migrate as mig, specs};
+use crate::sync::{SyncJob, sync_tenant};
+
+#[derive(Debug, Args)]
+pub struct MigrateArgs {
+    /// Admin connection URL (a role that can create schemas and roles).
+    #[arg(long, env = "OWSYNC_ADMIN_URL", hide_env_values = true, required_unless_present = "admin_url_file")]
+    pub admin_url: Option<String>,
+    /// File holding the admin URL.
+    #[arg(long, env = "OWSYNC_ADMIN_URL_FILE")]
+    pub admin_url_file: Option<PathBuf>,
+    /// File holding the password to set for sync_service.
+    #[arg(long, env = "OWSYNC_SYNC_PASSWORD_FILE")]
+    pub sync_password_file: Option<PathBuf>,
+}
+
+pub async fn migrate(_g: &Global, a: MigrateArgs) -> Result<ExitCode, CliError> {
+    let url = match (&a.admin_url, &a.admin_url_file) {
+        (Some(u), _) => u.clone(),
+        (None, Some(f)) => read_secret(f)?,
+        (None, None) => return Err(CliError::msg("pass --admin-url or --admin-url-file")),
+    };
+    let password = a.sync_password_file.as_deref().map(read_secret).transpose()?;
+    let pool = store::connect(&url, "owsyncctl-migrate", 2).await?;
+    let before = mig::current_version(&pool).await?;
+    let r = mig::run(&pool, password.as_deref()).await?;
+    if r.role_created {
+        println!("role/sync_service created");
+    }
+    if r.password_set {
+        println!("role/sync_service password set");
+    }
+    for (v, name) in &r.applied {
+        println!("migration/{v:04}_{name} applied");
+    }
+    if r.applied.is_empty() {
+        println!("sync_metadata is up to date at version {} ({})", r.version, redact_url(&url));
+    } else {
+        println!("sync_metadata migrated from version {before} to {} ({})", r.version, redact_url(&url));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Debug, Args)]
+pub struct SyncArgs {
+    pub name: String,
+    /// Run exactly one reconcile and exit (the only mode for now; required for clarity).
+    #[arg(long, required = true)]
+    pub once: bool,
+    /// Sync even while an owsyncd leader holds the cluster's lease (two writers!).
+    #[arg(long)]
+    pub force: bool,
+}
+
+pub async fn sync(g: &Global, a: SyncArgs) -> Result<ExitCode, CliError> {
+    let pool = g.pool().await?;
+    let s = specs::get(&pool, &g.cluster, &a.name).await?;
+    if let Some(l) = lease::current(&pool, &g.cluster).await?
+        && !l.expired
+        && !a.force
+    {
+        return Err(CliError::msg(format!(
+            "owsyncd {} leads cluster {} (epoch {}); it syncs {} on its own. Pass --force to sync from here anyway",
+            l.leader_id, g.cluster, l.epoch, a.name
+        )));
+    }
+    let job = SyncJob { pool: &pool, cluster: &g.cluster, client: &a.name, spec: &s.spec, fence: None };
+    let report = sync_tenant(&job).await?;
+    let rows: Vec<Vec<String>> = report
+        .tables
+        .iter()
+        .map(|(t, r)| vec![t.clone(), r.rows.to_string(), r.upserted.to_string(), r.tombstoned.to_string()])
+        .collect();
+    print!("{}", super::get::table(&["TABLE", "ROWS", "UPSERTED", "TOMBSTONED"], &rows));
+    for (t, e) in &report.failed {
+        eprintln!("table {t} failed: {e}");
+    }
+    println!(
+        "clientsync/{} synced: {} tables, {} rows written in {}",
+        a.name,
+        report.tables.len(),
+        report.rows_written,
+        humantime::format_duration(std::time::Duration::from_millis(report.duration.as_millis() as u64))
+    );
+    Ok(if report.failed.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+#[derive(Debug, Args)]
+pub struct SchemaArgs {
+    /// Kind (default ClientSync).
+    #[arg(default_value = "ClientSync")]
+    pub kind: String,
+}
+
+pub fn schema(a: SchemaArgs) -> Result<ExitCode, CliError> {
+    let s = spec::json_schema(&a.kind).ok_or_else(|| CliError::msg(format!("unknown kind {:?} (known: ClientSync)", a.kind)))?;
+    println!("{}", serde_json::to_string_pretty(&s).unwrap_or_default());
+    Ok(ExitCode::SUCCESS)
+}
