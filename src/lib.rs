@@ -1,6 +1,8 @@
 //! owsync: keeps Open WebUI tenants' SQLite databases mirrored into PostgreSQL,
 //! declaratively, like a Kubernetes controller.
 
+pub mod api;
+pub mod cli;
 pub mod controller;
 pub mod devpg;
 pub mod fixtures;
@@ -11,5 +13,3 @@ pub mod sql;
 pub mod store;
 pub mod sync;
 pub mod target;
-pub mod api;
-pub mod cli;

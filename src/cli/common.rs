@@ -13,15 +13,30 @@ pub enum CliError {
     #[error("{0}")]
     Msg(String),
     #[error(transparent)]
-    Store(#[from] store::StoreError),
+    Store(#[from] Box<store::StoreError>),
     #[error(transparent)]
-    Sync(#[from] crate::sync::SyncError),
+    Sync(#[from] Box<crate::sync::SyncError>),
     #[error(transparent)]
     Fixture(#[from] crate::fixtures::FixtureError),
     #[error(transparent)]
     DevPg(#[from] crate::devpg::DevPgError),
     #[error("{path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+impl From<store::StoreError> for CliError {
+    fn from(e: store::StoreError) -> Self {
+        CliError::Store(Box::new(e))
+    }
+}
+
+impl From<crate::sync::SyncError> for CliError {
+    fn from(e: crate::sync::SyncError) -> Self {
+        CliError::Sync(Box::new(e))
+    }
 }
 
 impl CliError {
@@ -42,7 +57,12 @@ pub enum Output {
 #[derive(Debug, Args)]
 pub struct Global {
     /// PostgreSQL URL (prefer --database-url-file: a URL with a password shows in argv).
-    #[arg(long, global = true, env = "OWSYNC_DATABASE_URL", hide_env_values = true)]
+    #[arg(
+        long,
+        global = true,
+        env = "OWSYNC_DATABASE_URL",
+        hide_env_values = true
+    )]
     pub database_url: Option<String>,
     /// File holding the PostgreSQL URL (Docker secrets, *_FILE convention).
     #[arg(long, global = true, env = "OWSYNC_DATABASE_URL_FILE")]
@@ -57,10 +77,16 @@ pub struct Global {
 
 /// Reads a secret file, trimming the trailing newline editors add.
 pub fn read_secret(path: &std::path::Path) -> Result<String, CliError> {
-    let s = std::fs::read_to_string(path).map_err(|source| CliError::Io { path: path.display().to_string(), source })?;
+    let s = std::fs::read_to_string(path).map_err(|source| CliError::Io {
+        path: path.display().to_string(),
+        source,
+    })?;
     let s = s.trim_end_matches(['\n', '\r']).to_string();
     if s.is_empty() {
-        return Err(CliError::msg(format!("{}: the file is empty", path.display())));
+        return Err(CliError::msg(format!(
+            "{}: the file is empty",
+            path.display()
+        )));
     }
     Ok(s)
 }

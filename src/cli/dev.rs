@@ -53,8 +53,26 @@ pub async fn run(c: DevCommand) -> Result<ExitCode, CliError> {
 
 fn run_blocking(c: DevCommand) -> Result<ExitCode, CliError> {
     match c {
-        DevCommand::GenerateDb { path, users, chats_per_user, messages_per_chat, seed, schema, journal, force } => {
-            let opts = CreateOptions { users, chats_per_user, messages_per_chat, seed, schema, journal, force, ..Default::default() };
+        DevCommand::GenerateDb {
+            path,
+            users,
+            chats_per_user,
+            messages_per_chat,
+            seed,
+            schema,
+            journal,
+            force,
+        } => {
+            let opts = CreateOptions {
+                users,
+                chats_per_user,
+                messages_per_chat,
+                seed,
+                schema,
+                journal,
+                force,
+                ..Default::default()
+            };
             let s = fixtures::create(&path, &opts)?;
             let rows: u64 = s.rows.values().sum();
             println!(
@@ -67,8 +85,21 @@ fn run_blocking(c: DevCommand) -> Result<ExitCode, CliError> {
                 s.seconds
             );
         }
-        DevCommand::MutateDb { path, ops, seed, only } => {
-            let s = fixtures::mutate(&path, &MutateOptions { ops, seed, only, ..Default::default() })?;
+        DevCommand::MutateDb {
+            path,
+            ops,
+            seed,
+            only,
+        } => {
+            let s = fixtures::mutate(
+                &path,
+                &MutateOptions {
+                    ops,
+                    seed,
+                    only,
+                    ..Default::default()
+                },
+            )?;
             println!("{}", serde_json::to_string_pretty(&s).unwrap_or_default());
         }
     }
