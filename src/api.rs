@@ -26,11 +26,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
 }
 
 fn error(code: StatusCode, message: impl Into<String>) -> Response {
-    (
-        code,
-        Json(json!({"error": message.into(), "code": code.as_u16()})),
-    )
-        .into_response()
+    (code, Json(json!({"error": message.into(), "code": code.as_u16()}))).into_response()
 }
 
 async fn not_found() -> Response {
@@ -65,13 +61,7 @@ async fn readyz(State(sh): State<Arc<Shared>>) -> Response {
 }
 
 async fn metrics(State(sh): State<Arc<Shared>>) -> Response {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        sh.metrics.render(),
-    )
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], sh.metrics.render())
         .into_response()
 }
 
@@ -84,17 +74,11 @@ fn store_error(e: store::StoreError) -> Response {
 
 async fn list_clients(State(sh): State<Arc<Shared>>) -> Response {
     let cluster = &sh.config.cluster;
-    let (list, statuses) = match tokio::try_join!(
-        specs::list(&sh.pool, cluster),
-        status::list(&sh.pool, cluster)
-    ) {
+    let (list, statuses) = match tokio::try_join!(specs::list(&sh.pool, cluster), status::list(&sh.pool, cluster)) {
         Ok(v) => v,
         Err(e) => return store_error(e),
     };
-    let items: Vec<_> = list
-        .iter()
-        .map(|s| s.to_resource(statuses.get(&s.name)))
-        .collect();
+    let items: Vec<_> = list.iter().map(|s| s.to_resource(statuses.get(&s.name))).collect();
     Json(json!({"items": items})).into_response()
 }
 

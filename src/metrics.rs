@@ -63,19 +63,11 @@ impl Metrics {
     pub fn new() -> Metrics {
         let mut registry = Registry::default();
         let sync_operations = Family::<ClientStatusLabels, Counter>::default();
-        registry.register(
-            "sync_operations",
-            "Sync operations by tenant and outcome",
-            sync_operations.clone(),
-        );
+        registry.register("sync_operations", "Sync operations by tenant and outcome", sync_operations.clone());
         let sync_duration = Family::<ClientLabels, Histogram>::new_with_constructor(|| {
             Histogram::new([0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0])
         });
-        registry.register(
-            "sync_duration_seconds",
-            "Duration of one tenant sync",
-            sync_duration.clone(),
-        );
+        registry.register("sync_duration_seconds", "Duration of one tenant sync", sync_duration.clone());
         let conflicts_detected = Family::<ConflictLabels, Counter>::default();
         registry.register(
             "conflicts_detected",
@@ -83,17 +75,9 @@ impl Metrics {
             conflicts_detected.clone(),
         );
         let is_leader = Gauge::default();
-        registry.register(
-            "is_leader",
-            "1 when this replica holds its cluster's lease",
-            is_leader.clone(),
-        );
+        registry.register("is_leader", "1 when this replica holds its cluster's lease", is_leader.clone());
         let lag = Family::<ClientLabels, Gauge<f64, AtomicU64>>::default();
-        registry.register(
-            "state_sync_lag_seconds",
-            "Seconds since the tenant's last successful sync",
-            lag.clone(),
-        );
+        registry.register("state_sync_lag_seconds", "Seconds since the tenant's last successful sync", lag.clone());
         let rows_synced = Family::<RowLabels, Counter>::default();
         registry.register(
             "rows_synced",
@@ -101,11 +85,7 @@ impl Metrics {
             rows_synced.clone(),
         );
         let queue_depth = Gauge::default();
-        registry.register(
-            "reconcile_queue_depth",
-            "Tenants waiting for a sync slot",
-            queue_depth.clone(),
-        );
+        registry.register("reconcile_queue_depth", "Tenants waiting for a sync slot", queue_depth.clone());
         let leader_transitions = Counter::default();
         registry.register(
             "leader_transitions",
@@ -113,17 +93,9 @@ impl Metrics {
             leader_transitions.clone(),
         );
         let cache_hits = Counter::default();
-        registry.register(
-            "state_cache_hits",
-            "State API cache hits",
-            cache_hits.clone(),
-        );
+        registry.register("state_cache_hits", "State API cache hits", cache_hits.clone());
         let cache_misses = Counter::default();
-        registry.register(
-            "state_cache_misses",
-            "State API cache misses",
-            cache_misses.clone(),
-        );
+        registry.register("state_cache_misses", "State API cache misses", cache_misses.clone());
         Metrics {
             registry,
             sync_operations,
@@ -143,17 +115,8 @@ impl Metrics {
     /// Records a finished sync.
     pub fn record_sync(&self, client: &str, ok: bool, seconds: f64) {
         let status = if ok { "success" } else { "failed" };
-        self.sync_operations
-            .get_or_create(&ClientStatusLabels {
-                client: client.into(),
-                status: status.into(),
-            })
-            .inc();
-        self.sync_duration
-            .get_or_create(&ClientLabels {
-                client: client.into(),
-            })
-            .observe(seconds);
+        self.sync_operations.get_or_create(&ClientStatusLabels { client: client.into(), status: status.into() }).inc();
+        self.sync_duration.get_or_create(&ClientLabels { client: client.into() }).observe(seconds);
         if ok && let Ok(mut m) = self.last_success.lock() {
             m.insert(client.to_string(), Instant::now());
         }
@@ -162,11 +125,7 @@ impl Metrics {
     pub fn record_rows(&self, client: &str, table: &str, op: &str, n: u64) {
         if n > 0 {
             self.rows_synced
-                .get_or_create(&RowLabels {
-                    client: client.into(),
-                    table: table.into(),
-                    op: op.into(),
-                })
+                .get_or_create(&RowLabels { client: client.into(), table: table.into(), op: op.into() })
                 .inc_by(n);
         }
     }
@@ -175,11 +134,7 @@ impl Metrics {
     pub fn render(&self) -> String {
         if let Ok(m) = self.last_success.lock() {
             for (client, at) in m.iter() {
-                self.lag
-                    .get_or_create(&ClientLabels {
-                        client: client.clone(),
-                    })
-                    .set(at.elapsed().as_secs_f64());
+                self.lag.get_or_create(&ClientLabels { client: client.clone() }).set(at.elapsed().as_secs_f64());
             }
         }
         let mut out = String::new();

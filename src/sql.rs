@@ -67,10 +67,7 @@ mod tests {
             redact_url("postgres://sync_service:s3cr%40t@db:5432/postgres?sslmode=require"),
             "postgres://sync_service:***@db:5432/postgres?sslmode=require"
         );
-        assert_eq!(
-            redact_url("postgres://u@h/db?password=x&a=b"),
-            "postgres://u@h/db?password=***&a=b"
-        );
+        assert_eq!(redact_url("postgres://u@h/db?password=x&a=b"), "postgres://u@h/db?password=***&a=b");
         assert_eq!(redact_url("postgres://h/db"), "postgres://h/db");
     }
 }

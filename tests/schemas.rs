@@ -11,9 +11,7 @@ fn root() -> PathBuf {
 fn checked_in_schemas_are_current() {
     for (kind, file) in owsync::spec::SCHEMA_FILES {
         let path = root().join("crds-like-schemas").join(file);
-        let want = serde_json::to_string_pretty(&owsync::spec::json_schema(kind).expect("schema"))
-            .unwrap()
-            + "\n";
+        let want = serde_json::to_string_pretty(&owsync::spec::json_schema(kind).expect("schema")).unwrap() + "\n";
         if std::env::var_os("OWSYNC_UPDATE_SCHEMAS").is_some() {
             std::fs::write(&path, &want).unwrap();
         }
@@ -48,16 +46,12 @@ fn example_manifests_are_valid() {
         if !text.contains("kind: ClientSync") {
             continue; // monitoring rules and the like
         }
-        let docs = owsync::spec::parse_documents(&f.display().to_string(), &text)
-            .unwrap_or_else(|e| panic!("{e}"));
+        let docs = owsync::spec::parse_documents(&f.display().to_string(), &text).unwrap_or_else(|e| panic!("{e}"));
         for d in docs {
             owsync::spec::normalize(&d.doc, "example-host")
                 .unwrap_or_else(|e| panic!("{}:{}: {:?}", d.file, d.line, e));
             clientsyncs += 1;
         }
     }
-    assert!(
-        clientsyncs >= 5,
-        "expected the example manifests, found {clientsyncs} ClientSyncs"
-    );
+    assert!(clientsyncs >= 5, "expected the example manifests, found {clientsyncs} ClientSyncs");
 }

@@ -50,8 +50,7 @@ struct Args {
 
 fn database_url(a: &Args) -> anyhow::Result<String> {
     if let Some(f) = &a.database_url_file {
-        let s = std::fs::read_to_string(f)
-            .with_context(|| format!("read --database-url-file {}", f.display()))?;
+        let s = std::fs::read_to_string(f).with_context(|| format!("read --database-url-file {}", f.display()))?;
         return Ok(s.trim_end_matches(['\n', '\r']).to_string());
     }
     for var in ["OWSYNC_DATABASE_URL", "DATABASE_URL"] {
@@ -59,9 +58,7 @@ fn database_url(a: &Args) -> anyhow::Result<String> {
             return Ok(u);
         }
     }
-    bail!(
-        "no database: set --database-url-file FILE (or OWSYNC_DATABASE_URL_FILE / OWSYNC_DATABASE_URL)"
-    )
+    bail!("no database: set --database-url-file FILE (or OWSYNC_DATABASE_URL_FILE / OWSYNC_DATABASE_URL)")
 }
 
 fn hostname() -> String {
@@ -87,13 +84,9 @@ async fn shutdown_signal() {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let a = Args::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_env("OWSYNC_LOG")
-        .unwrap_or_else(|_| "info,sqlx=warn".into());
+    let filter = tracing_subscriber::EnvFilter::try_from_env("OWSYNC_LOG").unwrap_or_else(|_| "info,sqlx=warn".into());
     if a.log_format == "json" {
-        tracing_subscriber::fmt()
-            .json()
-            .with_env_filter(filter)
-            .init();
+        tracing_subscriber::fmt().json().with_env_filter(filter).init();
     } else {
         tracing_subscriber::fmt().with_env_filter(filter).init();
     }
@@ -120,11 +113,7 @@ async fn main() -> anyhow::Result<()> {
     let config = ControllerConfig {
         cluster: a.cluster.clone(),
         node_id,
-        election: ElectionConfig {
-            lease: a.lease_duration,
-            renew_deadline: a.renew_deadline,
-            retry: a.retry_period,
-        },
+        election: ElectionConfig { lease: a.lease_duration, renew_deadline: a.renew_deadline, retry: a.retry_period },
         spec_poll: Duration::from_secs(2),
         max_concurrency: a.max_concurrency,
         stall_after: 5,
@@ -132,16 +121,12 @@ async fn main() -> anyhow::Result<()> {
     let shared = Shared::new(config, pool, connect);
     let shutdown = CancellationToken::new();
 
-    let listener = tokio::net::TcpListener::bind(a.listen)
-        .await
-        .with_context(|| format!("listen on {}", a.listen))?;
+    let listener = tokio::net::TcpListener::bind(a.listen).await.with_context(|| format!("listen on {}", a.listen))?;
     info!(listen = %a.listen, "HTTP API up");
     let app = owsync::api::router(shared.clone());
     let http_stop = shutdown.clone();
     let http = tokio::spawn(async move {
-        let r = axum::serve(listener, app)
-            .with_graceful_shutdown(async move { http_stop.cancelled().await })
-            .await;
+        let r = axum::serve(listener, app).with_graceful_shutdown(async move { http_stop.cancelled().await }).await;
         if let Err(e) = r {
             error!(error = %e, "HTTP server failed");
         }

@@ -33,14 +33,9 @@ pub struct DiffArgs {
 }
 
 fn yaml_files(dir: &Path, recursive: bool, out: &mut Vec<PathBuf>) -> Result<(), CliError> {
-    let io = |source| CliError::Io {
-        path: dir.display().to_string(),
-        source,
-    };
-    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(io)?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .collect();
+    let io = |source| CliError::Io { path: dir.display().to_string(), source };
+    let mut entries: Vec<PathBuf> =
+        std::fs::read_dir(dir).map_err(io)?.filter_map(|e| e.ok().map(|e| e.path())).collect();
     entries.sort();
     for p in entries {
         if p.is_dir() {
@@ -55,11 +50,7 @@ fn yaml_files(dir: &Path, recursive: bool, out: &mut Vec<PathBuf>) -> Result<(),
 }
 
 /// Reads, parses and validates every document; all errors are reported together.
-pub fn load_all(
-    files: &[PathBuf],
-    recursive: bool,
-    cluster: &str,
-) -> Result<Vec<(Document, ClientSync)>, CliError> {
+pub fn load_all(files: &[PathBuf], recursive: bool, cluster: &str) -> Result<Vec<(Document, ClientSync)>, CliError> {
     let mut paths = Vec::new();
     for f in files {
         if f.as_os_str() == "-" {
@@ -69,10 +60,7 @@ pub fn load_all(
         } else if f.exists() {
             paths.push(f.clone());
         } else {
-            return Err(CliError::msg(format!(
-                "{}: no such file or directory",
-                f.display()
-            )));
+            return Err(CliError::msg(format!("{}: no such file or directory", f.display())));
         }
     }
     if paths.is_empty() {
@@ -86,18 +74,10 @@ pub fn load_all(
         let name = p.display().to_string();
         let text = if name == "-" {
             let mut s = String::new();
-            std::io::stdin()
-                .read_to_string(&mut s)
-                .map_err(|source| CliError::Io {
-                    path: name.clone(),
-                    source,
-                })?;
+            std::io::stdin().read_to_string(&mut s).map_err(|source| CliError::Io { path: name.clone(), source })?;
             s
         } else {
-            std::fs::read_to_string(p).map_err(|source| CliError::Io {
-                path: name.clone(),
-                source,
-            })?
+            std::fs::read_to_string(p).map_err(|source| CliError::Io { path: name.clone(), source })?
         };
         match spec::parse_documents(&name, &text) {
             Ok(d) => docs.extend(d),
@@ -109,10 +89,7 @@ pub fn load_all(
     for d in docs {
         match spec::normalize(&d.doc, cluster) {
             Ok(n) => {
-                let key = (
-                    n.metadata.cluster.clone().unwrap_or_default(),
-                    n.metadata.name.clone(),
-                );
+                let key = (n.metadata.cluster.clone().unwrap_or_default(), n.metadata.name.clone());
                 if !seen.insert(key.clone()) {
                     errors.push(format!(
                         "{}:{}: clientsync/{} (cluster {}) appears more than once",
@@ -123,10 +100,7 @@ pub fn load_all(
             }
             Err(errs) => {
                 for e in errs {
-                    errors.push(format!(
-                        "{}:{}: clientsync/{}: {e}",
-                        d.file, d.line, d.doc.metadata.name
-                    ));
+                    errors.push(format!("{}:{}: clientsync/{}: {e}", d.file, d.line, d.doc.metadata.name));
                 }
             }
         }
@@ -134,11 +108,7 @@ pub fn load_all(
     if !errors.is_empty() {
         return Err(CliError::msg(format!(
             "{} invalid; nothing was applied:\n  {}",
-            if errors.len() == 1 {
-                "1 problem".to_string()
-            } else {
-                format!("{} problems", errors.len())
-            },
+            if errors.len() == 1 { "1 problem".to_string() } else { format!("{} problems", errors.len()) },
             errors.join("\n  ")
         )));
     }
@@ -148,15 +118,12 @@ pub fn load_all(
 pub async fn apply(g: &Global, a: ApplyArgs) -> Result<ExitCode, CliError> {
     let docs = load_all(&a.files, a.recursive, &g.cluster)?;
     let pool = g.pool().await?;
-    let mut tx = pool
-        .begin()
-        .await
-        .map_err(|e| CliError::msg(format!("begin transaction: {e}")))?;
+    let mut tx = pool.begin().await.map_err(|e| CliError::msg(format!("begin transaction: {e}")))?;
     let mut lines = Vec::new();
     for (d, n) in &docs {
-        let outcome = specs::apply(&mut tx, n).await.map_err(|e| {
-            CliError::msg(format!("{}:{}: {e}; nothing was applied", d.file, d.line))
-        })?;
+        let outcome = specs::apply(&mut tx, n)
+            .await
+            .map_err(|e| CliError::msg(format!("{}:{}: {e}; nothing was applied", d.file, d.line)))?;
         lines.push(format!(
             "clientsync/{} {}{}",
             n.metadata.name,
@@ -165,13 +132,9 @@ pub async fn apply(g: &Global, a: ApplyArgs) -> Result<ExitCode, CliError> {
         ));
     }
     if a.dry_run {
-        tx.rollback()
-            .await
-            .map_err(|e| CliError::msg(format!("roll back: {e}")))?;
+        tx.rollback().await.map_err(|e| CliError::msg(format!("roll back: {e}")))?;
     } else {
-        tx.commit()
-            .await
-            .map_err(|e| CliError::msg(format!("commit: {e}; nothing was applied")))?;
+        tx.commit().await.map_err(|e| CliError::msg(format!("commit: {e}; nothing was applied")))?;
     }
     for l in lines {
         println!("{l}");
@@ -186,9 +149,7 @@ pub async fn diff(g: &Global, a: DiffArgs) -> Result<ExitCode, CliError> {
     for (_, n) in &docs {
         let cluster = n.metadata.cluster.clone().unwrap_or_default();
         let live = specs::find(&pool, &cluster, &n.metadata.name).await?;
-        let old = live
-            .map(|s| spec::to_yaml(&s.to_applied()))
-            .unwrap_or_default();
+        let old = live.map(|s| spec::to_yaml(&s.to_applied())).unwrap_or_default();
         let new = spec::to_yaml(n);
         if old == new {
             continue;
@@ -202,9 +163,5 @@ pub async fn diff(g: &Global, a: DiffArgs) -> Result<ExitCode, CliError> {
             .to_string();
         print!("{text}");
     }
-    Ok(if differs {
-        ExitCode::from(1)
-    } else {
-        ExitCode::SUCCESS
-    })
+    Ok(if differs { ExitCode::from(1) } else { ExitCode::SUCCESS })
 }

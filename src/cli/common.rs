@@ -21,10 +21,7 @@ pub enum CliError {
     #[error(transparent)]
     DevPg(#[from] crate::devpg::DevPgError),
     #[error("{path}: {source}")]
-    Io {
-        path: String,
-        source: std::io::Error,
-    },
+    Io { path: String, source: std::io::Error },
 }
 
 impl From<store::StoreError> for CliError {
@@ -57,12 +54,7 @@ pub enum Output {
 #[derive(Debug, Args)]
 pub struct Global {
     /// PostgreSQL URL (prefer --database-url-file: a URL with a password shows in argv).
-    #[arg(
-        long,
-        global = true,
-        env = "OWSYNC_DATABASE_URL",
-        hide_env_values = true
-    )]
+    #[arg(long, global = true, env = "OWSYNC_DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
     /// File holding the PostgreSQL URL (Docker secrets, *_FILE convention).
     #[arg(long, global = true, env = "OWSYNC_DATABASE_URL_FILE")]
@@ -77,16 +69,11 @@ pub struct Global {
 
 /// Reads a secret file, trimming the trailing newline editors add.
 pub fn read_secret(path: &std::path::Path) -> Result<String, CliError> {
-    let s = std::fs::read_to_string(path).map_err(|source| CliError::Io {
-        path: path.display().to_string(),
-        source,
-    })?;
+    let s =
+        std::fs::read_to_string(path).map_err(|source| CliError::Io { path: path.display().to_string(), source })?;
     let s = s.trim_end_matches(['\n', '\r']).to_string();
     if s.is_empty() {
-        return Err(CliError::msg(format!(
-            "{}: the file is empty",
-            path.display()
-        )));
+        return Err(CliError::msg(format!("{}: the file is empty", path.display())));
     }
     Ok(s)
 }

@@ -40,17 +40,9 @@ fn step(t0: Instant, msg: &str) {
 fn write_private(path: &Path, contents: &str) -> Result<(), CliError> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let io = |source| CliError::Io {
-        path: path.display().to_string(),
-        source,
-    };
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(io)?;
+    let io = |source| CliError::Io { path: path.display().to_string(), source };
+    let mut f =
+        std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path).map_err(io)?;
     f.write_all(contents.as_bytes()).map_err(io)
 }
 
@@ -59,56 +51,26 @@ pub async fn demo(a: DemoArgs) -> Result<ExitCode, CliError> {
     let work = tempfile::Builder::new()
         .prefix("owsync-demo-")
         .tempdir()
-        .map_err(|source| CliError::Io {
-            path: "tempdir".into(),
-            source,
-        })?;
-    step(
-        t0,
-        "starting a throwaway PostgreSQL from the system's binaries ...",
-    );
+        .map_err(|source| CliError::Io { path: "tempdir".into(), source })?;
+    step(t0, "starting a throwaway PostgreSQL from the system's binaries ...");
     let pg = tokio::task::spawn_blocking(|| TempPostgres::start(Options::default()))
         .await
         .map_err(|e| CliError::msg(e.to_string()))??;
-    step(
-        t0,
-        &format!(
-            "PostgreSQL listening on 127.0.0.1:{} (data in {})",
-            pg.port(),
-            pg.data_dir().display()
-        ),
-    );
+    step(t0, &format!("PostgreSQL listening on 127.0.0.1:{} (data in {})", pg.port(), pg.data_dir().display()));
 
     let admin = store::connect(&pg.admin_url("postgres"), "owsyncctl-demo", 2).await?;
     let password = uuid::Uuid::new_v4().simple().to_string();
     let r = migrate::run(&admin, Some(&password)).await?;
-    step(
-        t0,
-        &format!(
-            "migrated sync_metadata to version {} and created role sync_service",
-            r.version
-        ),
-    );
-    let sync_url = format!(
-        "postgres://sync_service:{password}@127.0.0.1:{}/postgres",
-        pg.port()
-    );
+    step(t0, &format!("migrated sync_metadata to version {} and created role sync_service", r.version));
+    let sync_url = format!("postgres://sync_service:{password}@127.0.0.1:{}/postgres", pg.port());
     let url_file = work.path().join("database-url");
     write_private(&url_file, &sync_url)?;
 
     let db_path = work.path().join("openwebui-acme-corp").join("webui.db");
-    std::fs::create_dir_all(db_path.parent().unwrap_or(work.path())).map_err(|source| {
-        CliError::Io {
-            path: db_path.display().to_string(),
-            source,
-        }
-    })?;
-    let opts = CreateOptions {
-        users: a.users,
-        chats_per_user: a.chats_per_user,
-        messages_per_chat: 6,
-        ..Default::default()
-    };
+    std::fs::create_dir_all(db_path.parent().unwrap_or(work.path()))
+        .map_err(|source| CliError::Io { path: db_path.display().to_string(), source })?;
+    let opts =
+        CreateOptions { users: a.users, chats_per_user: a.chats_per_user, messages_per_chat: 6, ..Default::default() };
     let path2 = db_path.clone();
     let created = tokio::task::spawn_blocking(move || fixtures::create(&path2, &opts))
         .await
@@ -129,10 +91,7 @@ pub async fn demo(a: DemoArgs) -> Result<ExitCode, CliError> {
         "apiVersion: owsync.io/v1alpha1\nkind: ClientSync\nmetadata:\n  name: {TENANT}\n  cluster: {CLUSTER}\n  labels: {{tier: demo}}\nspec:\n  enabled: true\n  source:\n    path: {}\n  interval: 10s\n",
         db_path.display()
     );
-    std::fs::write(&manifest, &yaml).map_err(|source| CliError::Io {
-        path: manifest.display().to_string(),
-        source,
-    })?;
+    std::fs::write(&manifest, &yaml).map_err(|source| CliError::Io { path: manifest.display().to_string(), source })?;
     let global = Global {
         database_url: None,
         database_url_file: Some(url_file.clone()),
@@ -144,52 +103,26 @@ pub async fn demo(a: DemoArgs) -> Result<ExitCode, CliError> {
     let mut tx = store::begin(&pool, CLUSTER).await?;
     for (_, n) in &docs {
         let o = specs::apply(&mut tx, n).await?;
-        step(
-            t0,
-            &format!("clientsync/{} {}", n.metadata.name, o.as_str()),
-        );
+        step(t0, &format!("clientsync/{} {}", n.metadata.name, o.as_str()));
     }
-    tx.commit()
-        .await
-        .map_err(|e| CliError::msg(e.to_string()))?;
+    tx.commit().await.map_err(|e| CliError::msg(e.to_string()))?;
 
-    let exe = std::env::current_exe().map_err(|source| CliError::Io {
-        path: "current_exe".into(),
-        source,
-    })?;
+    let exe = std::env::current_exe().map_err(|source| CliError::Io { path: "current_exe".into(), source })?;
     let daemon = exe.with_file_name("owsyncd");
     if !daemon.exists() {
-        return Err(CliError::msg(format!(
-            "{} not found: build both binaries (cargo build)",
-            daemon.display()
-        )));
+        return Err(CliError::msg(format!("{} not found: build both binaries (cargo build)", daemon.display())));
     }
     let log_path = work.path().join("owsyncd.log");
-    let log = std::fs::File::create(&log_path).map_err(|source| CliError::Io {
-        path: log_path.display().to_string(),
-        source,
-    })?;
+    let log = std::fs::File::create(&log_path)
+        .map_err(|source| CliError::Io { path: log_path.display().to_string(), source })?;
     let mut child = tokio::process::Command::new(&daemon)
-        .args([
-            "--cluster",
-            CLUSTER,
-            "--node-id",
-            "demo-primary",
-            "--listen",
-            &a.listen,
-        ])
+        .args(["--cluster", CLUSTER, "--node-id", "demo-primary", "--listen", &a.listen])
         .env("OWSYNC_DATABASE_URL_FILE", &url_file)
-        .stdout(log.try_clone().map_err(|source| CliError::Io {
-            path: log_path.display().to_string(),
-            source,
-        })?)
+        .stdout(log.try_clone().map_err(|source| CliError::Io { path: log_path.display().to_string(), source })?)
         .stderr(log)
         .kill_on_drop(true)
         .spawn()
-        .map_err(|source| CliError::Io {
-            path: daemon.display().to_string(),
-            source,
-        })?;
+        .map_err(|source| CliError::Io { path: daemon.display().to_string(), source })?;
     step(
         t0,
         &format!(
@@ -203,25 +136,16 @@ pub async fn demo(a: DemoArgs) -> Result<ExitCode, CliError> {
     let deadline = Instant::now() + Duration::from_secs(180);
     let mut last_phase = None;
     loop {
-        if let Some(code) = child.try_wait().map_err(|source| CliError::Io {
-            path: daemon.display().to_string(),
-            source,
-        })? {
+        if let Some(code) =
+            child.try_wait().map_err(|source| CliError::Io { path: daemon.display().to_string(), source })?
+        {
             let tail = std::fs::read_to_string(&log_path).unwrap_or_default();
-            return Err(CliError::msg(format!(
-                "owsyncd exited ({code}) before syncing; its log:\n{tail}"
-            )));
+            return Err(CliError::msg(format!("owsyncd exited ({code}) before syncing; its log:\n{tail}")));
         }
         let st = status::get(&pool, CLUSTER, TENANT).await?;
         let phase = st.as_ref().map(|s| s.phase);
         if phase != last_phase {
-            step(
-                t0,
-                &format!(
-                    "clientsync/{TENANT} phase {}",
-                    phase.map_or("<none>", |p| p.as_str())
-                ),
-            );
+            step(t0, &format!("clientsync/{TENANT} phase {}", phase.map_or("<none>", |p| p.as_str())));
             last_phase = phase;
         }
         if phase == Some(Phase::Synced) {
@@ -232,22 +156,12 @@ pub async fn demo(a: DemoArgs) -> Result<ExitCode, CliError> {
             return Err(CliError::msg(format!("the demo sync failed: {err}")));
         }
         if Instant::now() > deadline {
-            return Err(CliError::msg(format!(
-                "not Synced after 180 s; see {}",
-                log_path.display()
-            )));
+            return Err(CliError::msg(format!("not Synced after 180 s; see {}", log_path.display())));
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     step(t0, "synced. `owsyncctl get clients`:");
-    super::get::get(
-        &global,
-        super::get::GetArgs {
-            resource: super::get::Resource::Clients,
-            name: None,
-        },
-    )
-    .await?;
+    super::get::get(&global, super::get::GetArgs { resource: super::get::Resource::Clients, name: None }).await?;
     print_counts(&pool, &db_path).await?;
     if a.exit_after_sync {
         stop_daemon(&mut child).await;
@@ -275,10 +189,7 @@ async fn stop_daemon(child: &mut tokio::process::Child) {
             libc::kill(pid as i32, libc::SIGTERM);
         }
     }
-    if tokio::time::timeout(Duration::from_secs(15), child.wait())
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(Duration::from_secs(15), child.wait()).await.is_err() {
         let _ = child.kill().await;
     }
 }
@@ -292,29 +203,16 @@ async fn print_counts(pool: &sqlx::PgPool, db: &Path) -> Result<(), CliError> {
     let mut rows = Vec::new();
     let (mut total_src, mut total_pg) = (0u64, 0i64);
     for (table, n) in &source {
-        let sql = format!(
-            "SELECT count(*) FROM {} WHERE NOT _owsync_deleted",
-            qualified(&schema, table)
-        );
-        let pg: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
-            .fetch_one(pool)
-            .await
-            .unwrap_or(-1);
+        let sql = format!("SELECT count(*) FROM {} WHERE NOT _owsync_deleted", qualified(&schema, table));
+        let pg: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).fetch_one(pool).await.unwrap_or(-1);
         total_src += n;
         total_pg += pg;
         if *n > 0 || pg != 0 {
             rows.push(vec![table.clone(), n.to_string(), pg.to_string()]);
         }
     }
-    rows.push(vec![
-        "TOTAL".into(),
-        total_src.to_string(),
-        total_pg.to_string(),
-    ]);
+    rows.push(vec!["TOTAL".into(), total_src.to_string(), total_pg.to_string()]);
     println!("\nMirrored rows (schema {schema}; empty tables not shown):");
-    print!(
-        "{}",
-        super::get::table(&["TABLE", "SQLITE", "POSTGRES"], &rows)
-    );
+    print!("{}", super::get::table(&["TABLE", "SQLITE", "POSTGRES"], &rows));
     Ok(())
 }

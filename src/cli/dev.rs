@@ -53,16 +53,7 @@ pub async fn run(c: DevCommand) -> Result<ExitCode, CliError> {
 
 fn run_blocking(c: DevCommand) -> Result<ExitCode, CliError> {
     match c {
-        DevCommand::GenerateDb {
-            path,
-            users,
-            chats_per_user,
-            messages_per_chat,
-            seed,
-            schema,
-            journal,
-            force,
-        } => {
+        DevCommand::GenerateDb { path, users, chats_per_user, messages_per_chat, seed, schema, journal, force } => {
             let opts = CreateOptions {
                 users,
                 chats_per_user,
@@ -85,21 +76,8 @@ fn run_blocking(c: DevCommand) -> Result<ExitCode, CliError> {
                 s.seconds
             );
         }
-        DevCommand::MutateDb {
-            path,
-            ops,
-            seed,
-            only,
-        } => {
-            let s = fixtures::mutate(
-                &path,
-                &MutateOptions {
-                    ops,
-                    seed,
-                    only,
-                    ..Default::default()
-                },
-            )?;
+        DevCommand::MutateDb { path, ops, seed, only } => {
+            let s = fixtures::mutate(&path, &MutateOptions { ops, seed, only, ..Default::default() })?;
             println!("{}", serde_json::to_string_pretty(&s).unwrap_or_default());
         }
     }

@@ -62,11 +62,7 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     }
     let mut out = String::new();
     let line = |cells: Vec<&str>, out: &mut String| {
-        let parts: Vec<String> = cells
-            .iter()
-            .enumerate()
-            .map(|(i, c)| format!("{c:<width$}", width = w[i]))
-            .collect();
+        let parts: Vec<String> = cells.iter().enumerate().map(|(i, c)| format!("{c:<width$}", width = w[i])).collect();
         let _ = writeln!(out, "{}", parts.join("   ").trim_end());
     };
     line(header.to_vec(), &mut out);
@@ -88,10 +84,7 @@ pub async fn get(g: &Global, a: GetArgs) -> Result<ExitCode, CliError> {
         }
     }
     let statuses = status::list(&pool, &g.cluster).await?;
-    let resources: Vec<_> = list
-        .iter()
-        .map(|s| s.to_resource(statuses.get(&s.name)))
-        .collect();
+    let resources: Vec<_> = list.iter().map(|s| s.to_resource(statuses.get(&s.name))).collect();
     match g.output {
         Output::Json => {
             let v = if a.name.is_some() {
@@ -99,10 +92,7 @@ pub async fn get(g: &Global, a: GetArgs) -> Result<ExitCode, CliError> {
             } else {
                 serde_json::to_value(serde_json::json!({"items": resources}))
             };
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&v.unwrap_or_default()).unwrap_or_default()
-            );
+            println!("{}", serde_json::to_string_pretty(&v.unwrap_or_default()).unwrap_or_default());
         }
         Output::Yaml => {
             for (i, r) in resources.iter().enumerate() {
@@ -123,9 +113,7 @@ pub async fn get(g: &Global, a: GetArgs) -> Result<ExitCode, CliError> {
                         s.name.clone(),
                         s.spec.enabled.to_string(),
                         st.phase.as_str().to_string(),
-                        st.last_sync_time
-                            .map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
-                            .unwrap_or("-".into()),
+                        st.last_sync_time.map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string()).unwrap_or("-".into()),
                         ago(st.last_sync_time, now),
                         "0".into(),
                         ago(Some(s.created_at), now),
@@ -138,15 +126,7 @@ pub async fn get(g: &Global, a: GetArgs) -> Result<ExitCode, CliError> {
                     r
                 })
                 .collect();
-            let mut header = vec![
-                "NAME",
-                "ENABLED",
-                "PHASE",
-                "LAST-SYNC",
-                "LAG",
-                "CONFLICTS",
-                "AGE",
-            ];
+            let mut header = vec!["NAME", "ENABLED", "PHASE", "LAST-SYNC", "LAG", "CONFLICTS", "AGE"];
             if wide {
                 header.extend(["INTERVAL", "SCHEMA", "SOURCE"]);
             }
@@ -165,16 +145,11 @@ fn describe_status(out: &mut String, st: &ClientSyncStatus) {
     let _ = writeln!(out, "  Phase:                {}", st.phase.as_str());
     let _ = writeln!(out, "  Observed Generation:  {}", st.observed_generation);
     let fmt_t = |t: Option<DateTime<Utc>>| {
-        t.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
-            .unwrap_or("-".into())
+        t.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)).unwrap_or("-".into())
     };
     let _ = writeln!(out, "  Last Sync Time:       {}", fmt_t(st.last_sync_time));
     let _ = writeln!(out, "  Next Sync Time:       {}", fmt_t(st.next_sync_time));
-    let _ = writeln!(
-        out,
-        "  Last Sync Duration:   {}",
-        st.last_sync_duration.clone().unwrap_or("-".into())
-    );
+    let _ = writeln!(out, "  Last Sync Duration:   {}", st.last_sync_duration.clone().unwrap_or("-".into()));
     let _ = writeln!(out, "  Consecutive Failures: {}", st.consecutive_failures);
     if let Some(e) = &st.last_error {
         let _ = writeln!(out, "  Last Error:           {e}");
@@ -188,26 +163,17 @@ fn describe_status(out: &mut String, st: &ClientSyncStatus) {
                 c.type_.clone(),
                 c.status.clone(),
                 c.reason.clone(),
-                c.last_transition_time
-                    .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                c.last_transition_time.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
                 c.message.clone(),
             ]
         })
         .collect();
-    for l in table(
-        &["TYPE", "STATUS", "REASON", "LAST-TRANSITION", "MESSAGE"],
-        &rows,
-    )
-    .lines()
-    {
+    for l in table(&["TYPE", "STATUS", "REASON", "LAST-TRANSITION", "MESSAGE"], &rows).lines() {
         let _ = writeln!(out, "  {l}");
     }
     let _ = writeln!(out, "Tables:");
-    let rows: Vec<Vec<String>> = st
-        .tables
-        .iter()
-        .map(|(t, ts)| vec![t.clone(), ts.rows.to_string(), ts.quarantined.to_string()])
-        .collect();
+    let rows: Vec<Vec<String>> =
+        st.tables.iter().map(|(t, ts)| vec![t.clone(), ts.rows.to_string(), ts.quarantined.to_string()]).collect();
     for l in table(&["TABLE", "ROWS", "QUARANTINED"], &rows).lines() {
         let _ = writeln!(out, "  {l}");
     }
@@ -229,22 +195,9 @@ pub async fn describe(g: &Global, a: DescribeArgs) -> Result<ExitCode, CliError>
     let _ = writeln!(out, "Name:         {}", s.name);
     let _ = writeln!(out, "Cluster:      {}", s.cluster);
     let labels: Vec<String> = s.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    let _ = writeln!(
-        out,
-        "Labels:       {}",
-        if labels.is_empty() {
-            "<none>".into()
-        } else {
-            labels.join(",")
-        }
-    );
+    let _ = writeln!(out, "Labels:       {}", if labels.is_empty() { "<none>".into() } else { labels.join(",") });
     let _ = writeln!(out, "Generation:   {}", s.generation);
-    let _ = writeln!(
-        out,
-        "Created:      {}",
-        s.created_at
-            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-    );
+    let _ = writeln!(out, "Created:      {}", s.created_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
     let _ = writeln!(out, "Spec:");
     for l in spec::to_yaml(&s.spec).lines() {
         let _ = writeln!(out, "  {l}");
@@ -252,10 +205,7 @@ pub async fn describe(g: &Global, a: DescribeArgs) -> Result<ExitCode, CliError>
     match &st {
         Some(st) => describe_status(&mut out, st),
         None => {
-            let _ = writeln!(
-                out,
-                "Status:       <none> (no owsyncd leader has reconciled it yet)"
-            );
+            let _ = writeln!(out, "Status:       <none> (no owsyncd leader has reconciled it yet)");
         }
     }
     let _ = writeln!(out, "Events:");
@@ -301,10 +251,6 @@ pub async fn delete(g: &Global, a: DeleteArgs) -> Result<ExitCode, CliError> {
         return Ok(ExitCode::from(1));
     }
     specs::delete(&pool, &g.cluster, &a.name).await?;
-    println!(
-        "clientsync/{} deleted (its mirror schema {} is kept)",
-        a.name,
-        s.spec.target.schema.unwrap_or_default()
-    );
+    println!("clientsync/{} deleted (its mirror schema {} is kept)", a.name, s.spec.target.schema.unwrap_or_default());
     Ok(ExitCode::SUCCESS)
 }

@@ -14,11 +14,7 @@ use clap::{Parser, Subcommand};
 pub use common::{CliError, Global, Output};
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "owsyncctl",
-    version,
-    about = "Declaratively mirror Open WebUI SQLite tenants into PostgreSQL"
-)]
+#[command(name = "owsyncctl", version, about = "Declaratively mirror Open WebUI SQLite tenants into PostgreSQL")]
 pub struct Cli {
     #[command(flatten)]
     pub global: Global,
@@ -70,11 +66,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e}");
-            if diff_like {
-                ExitCode::from(2)
-            } else {
-                ExitCode::from(1)
-            }
+            if diff_like { ExitCode::from(2) } else { ExitCode::from(1) }
         }
     }
 }

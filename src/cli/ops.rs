@@ -14,12 +14,7 @@ use crate::sync::{SyncJob, sync_tenant};
 #[derive(Debug, Args)]
 pub struct MigrateArgs {
     /// Admin connection URL (a role that can create schemas and roles).
-    #[arg(
-        long,
-        env = "OWSYNC_ADMIN_URL",
-        hide_env_values = true,
-        required_unless_present = "admin_url_file"
-    )]
+    #[arg(long, env = "OWSYNC_ADMIN_URL", hide_env_values = true, required_unless_present = "admin_url_file")]
     pub admin_url: Option<String>,
     /// File holding the admin URL.
     #[arg(long, env = "OWSYNC_ADMIN_URL_FILE")]
@@ -35,11 +30,7 @@ pub async fn migrate(_g: &Global, a: MigrateArgs) -> Result<ExitCode, CliError> 
         (None, Some(f)) => read_secret(f)?,
         (None, None) => return Err(CliError::msg("pass --admin-url or --admin-url-file")),
     };
-    let password = a
-        .sync_password_file
-        .as_deref()
-        .map(read_secret)
-        .transpose()?;
+    let password = a.sync_password_file.as_deref().map(read_secret).transpose()?;
     let pool = store::connect(&url, "owsyncctl-migrate", 2).await?;
     let before = mig::current_version(&pool).await?;
     let r = mig::run(&pool, password.as_deref()).await?;
@@ -53,17 +44,9 @@ pub async fn migrate(_g: &Global, a: MigrateArgs) -> Result<ExitCode, CliError> 
         println!("migration/{v:04}_{name} applied");
     }
     if r.applied.is_empty() {
-        println!(
-            "sync_metadata is up to date at version {} ({})",
-            r.version,
-            redact_url(&url)
-        );
+        println!("sync_metadata is up to date at version {} ({})", r.version, redact_url(&url));
     } else {
-        println!(
-            "sync_metadata migrated from version {before} to {} ({})",
-            r.version,
-            redact_url(&url)
-        );
+        println!("sync_metadata migrated from version {before} to {} ({})", r.version, redact_url(&url));
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -91,30 +74,14 @@ pub async fn sync(g: &Global, a: SyncArgs) -> Result<ExitCode, CliError> {
             l.leader_id, g.cluster, l.epoch, a.name
         )));
     }
-    let job = SyncJob {
-        pool: &pool,
-        cluster: &g.cluster,
-        client: &a.name,
-        spec: &s.spec,
-        fence: None,
-    };
+    let job = SyncJob { pool: &pool, cluster: &g.cluster, client: &a.name, spec: &s.spec, fence: None };
     let report = sync_tenant(&job).await?;
     let rows: Vec<Vec<String>> = report
         .tables
         .iter()
-        .map(|(t, r)| {
-            vec![
-                t.clone(),
-                r.rows.to_string(),
-                r.upserted.to_string(),
-                r.tombstoned.to_string(),
-            ]
-        })
+        .map(|(t, r)| vec![t.clone(), r.rows.to_string(), r.upserted.to_string(), r.tombstoned.to_string()])
         .collect();
-    print!(
-        "{}",
-        super::get::table(&["TABLE", "ROWS", "UPSERTED", "TOMBSTONED"], &rows)
-    );
+    print!("{}", super::get::table(&["TABLE", "ROWS", "UPSERTED", "TOMBSTONED"], &rows));
     for (t, e) in &report.failed {
         eprintln!("table {t} failed: {e}");
     }
@@ -123,15 +90,9 @@ pub async fn sync(g: &Global, a: SyncArgs) -> Result<ExitCode, CliError> {
         a.name,
         report.tables.len(),
         report.rows_written,
-        humantime::format_duration(std::time::Duration::from_millis(
-            report.duration.as_millis() as u64
-        ))
+        humantime::format_duration(std::time::Duration::from_millis(report.duration.as_millis() as u64))
     );
-    Ok(if report.failed.is_empty() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
+    Ok(if report.failed.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
 #[derive(Debug, Args)]

@@ -33,10 +33,7 @@ mod tests {
         assert_eq!(backoff_delay(1, -1.0), Duration::from_secs(4));
         for _ in 0..100 {
             let d = backoff_delay(3, random_jitter());
-            assert!(
-                d >= Duration::from_secs(16) && d <= Duration::from_secs(24),
-                "{d:?}"
-            );
+            assert!(d >= Duration::from_secs(16) && d <= Duration::from_secs(24), "{d:?}");
         }
     }
 }

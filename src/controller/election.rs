@@ -24,11 +24,7 @@ fn jittered(d: Duration, spread: f64) -> Duration {
 }
 
 async fn step_down(shared: &Shared, leading: Leading, why: &str) {
-    warn!(
-        epoch = leading.epoch,
-        reason = why,
-        "stepping down: stopping all reconcilers"
-    );
+    warn!(epoch = leading.epoch, reason = why, "stepping down: stopping all reconcilers");
     leading.token.cancel();
     let _ = leading.task.await;
     shared.metrics.is_leader.set(0);
@@ -57,16 +53,12 @@ pub async fn run_election(shared: Arc<Shared>, shutdown: CancellationToken) {
             }
         }
         let budget = if leading.is_some() {
-            cfg.renew_deadline
-                .saturating_sub(last_renew.elapsed())
-                .max(Duration::from_millis(100))
+            cfg.renew_deadline.saturating_sub(last_renew.elapsed()).max(Duration::from_millis(100))
         } else {
             cfg.renew_deadline
         };
         let outcome = match conn.as_mut() {
-            Some(c) => tokio::time::timeout(budget, lease::try_acquire(c, &who, cfg.lease))
-                .await
-                .ok(),
+            Some(c) => tokio::time::timeout(budget, lease::try_acquire(c, &who, cfg.lease)).await.ok(),
             None => None,
         };
         match outcome {
@@ -88,20 +80,10 @@ pub async fn run_election(shared: Arc<Shared>, shutdown: CancellationToken) {
                         n.leader_id = Some(who.node_id.clone());
                     });
                     if let Ok(mut tx) = crate::store::begin(&shared.pool, &who.cluster).await {
-                        let msg = format!(
-                            "{} leads cluster {} at epoch {epoch}",
-                            who.node_id, who.cluster
-                        );
-                        let _ = jobs::event(
-                            &mut tx,
-                            &who.cluster,
-                            None,
-                            false,
-                            "LeaderElected",
-                            &msg,
-                            Some(&who.node_id),
-                        )
-                        .await;
+                        let msg = format!("{} leads cluster {} at epoch {epoch}", who.node_id, who.cluster);
+                        let _ =
+                            jobs::event(&mut tx, &who.cluster, None, false, "LeaderElected", &msg, Some(&who.node_id))
+                                .await;
                         let _ = tx.commit().await;
                     }
                     let token = shutdown.child_token();
@@ -140,11 +122,7 @@ pub async fn run_election(shared: Arc<Shared>, shutdown: CancellationToken) {
             shared.update_node(|n| n.leader_id = (!l.expired).then_some(l.leader_id));
         }
         let _ = lease::heartbeat(&shared.pool, &who, leading.is_some(), version).await;
-        let pause = if leading.is_some() {
-            jittered(cfg.retry, 0.1)
-        } else {
-            jittered(cfg.retry / 2, 0.1)
-        };
+        let pause = if leading.is_some() { jittered(cfg.retry, 0.1) } else { jittered(cfg.retry / 2, 0.1) };
         tokio::select! {
             _ = tokio::time::sleep(pause) => {}
             _ = shutdown.cancelled() => {}

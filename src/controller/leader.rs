@@ -31,10 +31,7 @@ async fn listener(shared: &Shared) -> Option<PgListener> {
 
 pub(super) async fn run_leader(shared: Arc<Shared>, epoch: i64, token: CancellationToken) {
     let cluster = shared.config.cluster.clone();
-    let fence = Fence {
-        who: shared.candidate.clone(),
-        epoch,
-    };
+    let fence = Fence { who: shared.candidate.clone(), epoch };
     let slots = Arc::new(Semaphore::new(shared.config.max_concurrency.max(1)));
     let mut locks: HashMap<String, Arc<Mutex<()>>> = HashMap::new();
     let mut running: HashMap<String, Running> = HashMap::new();
@@ -45,18 +42,11 @@ pub(super) async fn run_leader(shared: Arc<Shared>, epoch: i64, token: Cancellat
     while !token.is_cancelled() {
         match specs::list(&shared.pool, &cluster).await {
             Ok(list) => {
-                let wanted: HashMap<&str, &specs::StoredSpec> = list
-                    .iter()
-                    .filter(|s| s.spec.enabled)
-                    .map(|s| (s.name.as_str(), s))
-                    .collect();
+                let wanted: HashMap<&str, &specs::StoredSpec> =
+                    list.iter().filter(|s| s.spec.enabled).map(|s| (s.name.as_str(), s)).collect();
                 let stale: Vec<String> = running
                     .iter()
-                    .filter(|(name, r)| {
-                        wanted
-                            .get(name.as_str())
-                            .is_none_or(|s| s.generation != r.generation)
-                    })
+                    .filter(|(name, r)| wanted.get(name.as_str()).is_none_or(|s| s.generation != r.generation))
                     .map(|(n, _)| n.clone())
                     .collect();
                 for name in stale {
@@ -82,14 +72,7 @@ pub(super) async fn run_leader(shared: Arc<Shared>, epoch: i64, token: Cancellat
                     };
                     info!(client = %name, generation = spec.generation, "starting reconciler");
                     let task = tokio::spawn(rec.run());
-                    running.insert(
-                        name.to_string(),
-                        Running {
-                            generation: spec.generation,
-                            token: child,
-                            task,
-                        },
-                    );
+                    running.insert(name.to_string(), Running { generation: spec.generation, token: child, task });
                 }
                 for s in list.iter().filter(|s| !s.spec.enabled) {
                     if suspended.get(&s.name) != Some(&s.generation) {

@@ -35,11 +35,7 @@ enum RecordError {
 impl Reconciler {
     pub async fn run(self) {
         let name = self.spec.name.clone();
-        let mut st = status::get(&self.shared.pool, &self.spec.cluster, &name)
-            .await
-            .ok()
-            .flatten()
-            .unwrap_or_default();
+        let mut st = status::get(&self.shared.pool, &self.spec.cluster, &name).await.ok().flatten().unwrap_or_default();
         loop {
             self.shared.metrics.queue_depth.inc();
             let permit = tokio::select! {
@@ -73,23 +69,19 @@ impl Reconciler {
         let sh = &self.shared;
         let name = &self.spec.name;
         let cluster = &self.spec.cluster;
-        let job_id = jobs::start(
-            &sh.pool,
-            cluster,
-            name,
-            &self.fence.who.node_id,
-            self.fence.epoch,
-            "schedule",
-        )
-        .await;
+        if st.observed_generation != self.spec.generation || st.phase == Phase::Pending {
+            // A first sync (or one of a new generation) can take long: show it.
+            let now = Utc::now();
+            st.phase = Phase::Syncing;
+            let msg = format!("syncing generation {}", self.spec.generation);
+            st.set_condition("Reconciling", true, "Syncing", &msg, self.spec.generation, now);
+            if let Err(RecordError::OwnershipLost) = self.record_progress(st).await {
+                return None;
+            }
+        }
+        let job_id = jobs::start(&sh.pool, cluster, name, &self.fence.who.node_id, self.fence.epoch, "schedule").await;
         let started = Instant::now();
-        let job = SyncJob {
-            pool: &sh.pool,
-            cluster,
-            client: name,
-            spec: &self.spec.spec,
-            fence: Some(&self.fence),
-        };
+        let job = SyncJob { pool: &sh.pool, cluster, client: name, spec: &self.spec.spec, fence: Some(&self.fence) };
         let result = sync_tenant(&job).await;
         let elapsed = started.elapsed();
         if let Err(e) = &result
@@ -108,17 +100,9 @@ impl Reconciler {
                 for (t, tr) in &r.tables {
                     sh.metrics.record_rows(name, t, "upsert", tr.upserted);
                     sh.metrics.record_rows(name, t, "tombstone", tr.tombstoned);
-                    st.tables.insert(
-                        t.clone(),
-                        TableStatus {
-                            rows: tr.rows,
-                            quarantined: 0,
-                            watermark: None,
-                        },
-                    );
+                    st.tables.insert(t.clone(), TableStatus { rows: tr.rows, quarantined: 0, watermark: None });
                 }
-                st.tables
-                    .retain(|t, _| r.tables.contains_key(t) || r.failed.contains_key(t));
+                st.tables.retain(|t, _| r.tables.contains_key(t) || r.failed.contains_key(t));
                 if r.failed.is_empty() {
                     ("succeeded", r.rows_written as i64, None)
                 } else {
@@ -132,59 +116,27 @@ impl Reconciler {
             st.phase = Phase::Synced;
             st.last_sync_time = Some(now);
             st.last_error = None;
-            let msg = format!(
-                "synced {} tables in {}",
-                st.tables.len(),
-                humantime::format_duration(trunc(elapsed))
-            );
+            let msg = format!("synced {} tables in {}", st.tables.len(), humantime::format_duration(trunc(elapsed)));
             st.set_condition("Ready", true, "SyncSucceeded", &msg, generation, now);
-            st.set_condition(
-                "Stalled",
-                false,
-                "Progressing",
-                "syncs succeed",
-                generation,
-                now,
-            );
+            st.set_condition("Stalled", false, "Progressing", "syncs succeed", generation, now);
             sh.update_node(|n| n.last_sync = Some(now));
             interval_of(&self.spec.spec)
         } else {
             st.consecutive_failures += 1;
             let err = error.clone().unwrap_or_default();
-            st.phase = if result.is_ok() {
-                Phase::Degraded
-            } else {
-                Phase::Failed
-            };
-            let reason = if result.is_ok() {
-                "TablesFailed"
-            } else {
-                "SyncFailed"
-            };
+            st.phase = if result.is_ok() { Phase::Degraded } else { Phase::Failed };
+            let reason = if result.is_ok() { "TablesFailed" } else { "SyncFailed" };
             st.last_error = Some(err.clone());
             st.set_condition("Ready", false, reason, &err, generation, now);
             if st.consecutive_failures >= sh.config.stall_after {
-                let msg = format!(
-                    "{} consecutive failures; last: {err}",
-                    st.consecutive_failures
-                );
+                let msg = format!("{} consecutive failures; last: {err}", st.consecutive_failures);
                 st.set_condition("Stalled", true, "RepeatedFailures", &msg, generation, now);
             }
             backoff_delay(st.consecutive_failures as u32, random_jitter())
         };
+        st.set_condition("Reconciling", false, "Idle", "waiting for the next sync", generation, now);
         st.next_sync_time = chrono::Duration::from_std(delay).ok().map(|d| now + d);
-        match self
-            .record(
-                st,
-                job_id.ok(),
-                job_status,
-                rows,
-                error.as_deref(),
-                &result,
-                elapsed,
-            )
-            .await
-        {
+        match self.record(st, job_id.ok(), job_status, rows, error.as_deref(), &result, elapsed).await {
             Ok(()) => Some(delay),
             Err(RecordError::OwnershipLost) => None,
             Err(e) => {
@@ -192,6 +144,18 @@ impl Reconciler {
                 Some(delay)
             }
         }
+    }
+
+    /// Writes an in-progress status (fenced).
+    async fn record_progress(&self, st: &ClientSyncStatus) -> Result<(), RecordError> {
+        let sh = &self.shared;
+        let mut tx = store::begin(&sh.pool, &self.spec.cluster).await?;
+        status::write(&mut tx, &self.spec.cluster, &self.spec.name, st, None).await?;
+        if !store::lease::holds(&mut tx, &self.fence.who, self.fence.epoch).await? {
+            return Err(RecordError::OwnershipLost);
+        }
+        tx.commit().await.map_err(|e| store::StoreError::Db { context: "commit status".into(), source: e })?;
+        Ok(())
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -217,36 +181,15 @@ impl Reconciler {
             jobs::finish(&mut tx, id, job_status, rows, &tables, error).await?;
         }
         if let Some(err) = error {
-            jobs::event(
-                &mut tx,
-                cluster,
-                Some(name),
-                true,
-                "SyncFailed",
-                err,
-                Some(&self.fence.who.node_id),
-            )
-            .await?;
+            jobs::event(&mut tx, cluster, Some(name), true, "SyncFailed", err, Some(&self.fence.who.node_id)).await?;
         } else if st.consecutive_failures == 0 && rows > 0 {
             let msg = format!("wrote {rows} rows");
-            jobs::event(
-                &mut tx,
-                cluster,
-                Some(name),
-                false,
-                "Synced",
-                &msg,
-                Some(&self.fence.who.node_id),
-            )
-            .await?;
+            jobs::event(&mut tx, cluster, Some(name), false, "Synced", &msg, Some(&self.fence.who.node_id)).await?;
         }
         if !store::lease::holds(&mut tx, &self.fence.who, self.fence.epoch).await? {
             return Err(RecordError::OwnershipLost);
         }
-        tx.commit().await.map_err(|e| store::StoreError::Db {
-            context: "commit status".into(),
-            source: e,
-        })?;
+        tx.commit().await.map_err(|e| store::StoreError::Db { context: "commit status".into(), source: e })?;
         Ok(())
     }
 }
@@ -257,42 +200,21 @@ fn trunc(d: std::time::Duration) -> std::time::Duration {
 
 fn describe_failed(r: &SyncReport) -> String {
     let parts: Vec<String> = r.failed.iter().map(|(t, e)| format!("{t}: {e}")).collect();
-    format!(
-        "{} of {} tables failed: {}",
-        r.failed.len(),
-        r.failed.len() + r.tables.len(),
-        parts.join("; ")
-    )
+    format!("{} of {} tables failed: {}", r.failed.len(), r.failed.len() + r.tables.len(), parts.join("; "))
 }
 
 /// Records that a disabled tenant is Suspended.
-pub(super) async fn mark_suspended(
-    sh: &Shared,
-    fence: &Fence,
-    spec: &StoredSpec,
-) -> Result<(), store::StoreError> {
-    let mut st = status::get(&sh.pool, &spec.cluster, &spec.name)
-        .await?
-        .unwrap_or_default();
+pub(super) async fn mark_suspended(sh: &Shared, fence: &Fence, spec: &StoredSpec) -> Result<(), store::StoreError> {
+    let mut st = status::get(&sh.pool, &spec.cluster, &spec.name).await?.unwrap_or_default();
     let now = Utc::now();
     st.phase = Phase::Suspended;
     st.observed_generation = spec.generation;
     st.next_sync_time = None;
-    st.set_condition(
-        "Ready",
-        false,
-        "Suspended",
-        "spec.enabled is false",
-        spec.generation,
-        now,
-    );
+    st.set_condition("Ready", false, "Suspended", "spec.enabled is false", spec.generation, now);
     let mut tx = store::begin(&sh.pool, &spec.cluster).await?;
     status::write(&mut tx, &spec.cluster, &spec.name, &st, None).await?;
     if store::lease::holds(&mut tx, &fence.who, fence.epoch).await? {
-        tx.commit().await.map_err(|e| store::StoreError::Db {
-            context: "commit status".into(),
-            source: e,
-        })?;
+        tx.commit().await.map_err(|e| store::StoreError::Db { context: "commit status".into(), source: e })?;
     }
     Ok(())
 }

@@ -57,8 +57,7 @@ const DEFAULT_SETTINGS: [(&str, &str); 6] = [
     ("max_connections", "200"),
 ];
 /// Environment that would redirect our server binaries or psql elsewhere.
-const PG_ENV: &str =
-    "PGDATA PGPORT PGHOST PGUSER PGOPTIONS PGCTLTIMEOUT PGSERVICE PGSSLMODE PGPASSFILE";
+const PG_ENV: &str = "PGDATA PGPORT PGHOST PGUSER PGOPTIONS PGCTLTIMEOUT PGSERVICE PGSSLMODE PGPASSFILE";
 const LOG_TAIL_LINES: usize = 40;
 
 /// Everything that can go wrong while managing a throwaway server.
@@ -66,9 +65,7 @@ const LOG_TAIL_LINES: usize = 40;
 pub enum DevPgError {
     #[error("PostgreSQL server binaries not found: {detail}; {INSTALL_HINT}")]
     BinariesNotFound { detail: String },
-    #[error(
-        "running as root, but neither a `postgres` nor a `nobody` user exists to run PostgreSQL as"
-    )]
+    #[error("running as root, but neither a `postgres` nor a `nobody` user exists to run PostgreSQL as")]
     NoUnprivilegedUser,
     #[error("{what}: {source}")]
     Io {
@@ -77,14 +74,8 @@ pub enum DevPgError {
         source: std::io::Error,
     },
     #[error("{what} failed ({status}): {output}")]
-    Command {
-        what: String,
-        status: ExitStatus,
-        output: String,
-    },
-    #[error(
-        "PostgreSQL failed to start on 127.0.0.1:{port}: {reason}\n--- end of the server log ---\n{log_tail}"
-    )]
+    Command { what: String, status: ExitStatus, output: String },
+    #[error("PostgreSQL failed to start on 127.0.0.1:{port}: {reason}\n--- end of the server log ---\n{log_tail}")]
     StartFailed {
         port: u16,
         reason: String,
@@ -142,17 +133,9 @@ pub fn find_bin_dir() -> Result<PathBuf> {
         };
     }
     let mut best: Option<(Vec<u64>, PathBuf)> = None;
-    for entry in fs::read_dir("/usr/lib/postgresql")
-        .into_iter()
-        .flatten()
-        .flatten()
-    {
+    for entry in fs::read_dir("/usr/lib/postgresql").into_iter().flatten().flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        let Ok(version) = name
-            .split('.')
-            .map(str::parse)
-            .collect::<Result<Vec<u64>, _>>()
-        else {
+        let Ok(version) = name.split('.').map(str::parse).collect::<Result<Vec<u64>, _>>() else {
             continue;
         };
         let bin = entry.path().join("bin");
@@ -171,8 +154,7 @@ pub fn find_bin_dir() -> Result<PathBuf> {
         }
     }
     Err(DevPgError::BinariesNotFound {
-        detail: "no OWSYNC_PG_BIN, no /usr/lib/postgresql/*/bin, no initdb and pg_ctl on PATH"
-            .into(),
+        detail: "no OWSYNC_PG_BIN, no /usr/lib/postgresql/*/bin, no initdb and pg_ctl on PATH".into(),
     })
 }
 
@@ -230,15 +212,9 @@ impl TempPostgres {
             .tempdir_in(&parent)
             .map_err(io_err(format!("create temp dir in {}", parent.display())))?;
         let root = dir.path().to_path_buf();
-        let password: String = rand::rng()
-            .sample_iter(&Alphanumeric)
-            .take(32)
-            .map(char::from)
-            .collect();
-        let mut settings: Vec<(String, String)> = DEFAULT_SETTINGS
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let password: String = rand::rng().sample_iter(&Alphanumeric).take(32).map(char::from).collect();
+        let mut settings: Vec<(String, String)> =
+            DEFAULT_SETTINGS.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         for (key, value) in opts.settings {
             match settings.iter_mut().find(|(k, _)| *k == key) {
                 Some(slot) => slot.1 = value,
@@ -320,12 +296,7 @@ impl TempPostgres {
         let lines: Vec<&str> = log.lines().collect();
         let log_tail = lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join("\n");
         let (port, reason, log) = (self.port, err.to_string(), self.log_file.clone());
-        let err = DevPgError::StartFailed {
-            port,
-            reason,
-            log,
-            log_tail,
-        };
+        let err = DevPgError::StartFailed { port, reason, log, log_tail };
         Err((err, in_use))
     }
 
@@ -346,10 +317,7 @@ if ! "$4" -D "$2" -m immediate -w stop >/dev/null 2>&1; then
   fi
 fi
 rm -rf "$3""#;
-        let root = self
-            .dir
-            .as_ref()
-            .map_or(&self.data_dir as &Path, |d| d.path());
+        let root = self.dir.as_ref().map_or(&self.data_dir as &Path, |d| d.path());
         Command::new("sh")
             .args(["-c", SCRIPT, "owsync-pg-watchdog", &pid.to_string()])
             .arg(&self.data_dir)
@@ -428,10 +396,7 @@ rm -rf "$3""#;
 
     /// `postgres://postgres:PASSWORD@127.0.0.1:PORT/db`.
     pub fn admin_url(&self, db: &str) -> String {
-        format!(
-            "postgres://postgres:{}@127.0.0.1:{}/{db}",
-            self.password, self.port
-        )
+        format!("postgres://postgres:{}@127.0.0.1:{}/{db}", self.password, self.port)
     }
 
     pub fn admin_password(&self) -> &str {
@@ -461,8 +426,7 @@ rm -rf "$3""#;
         PG_ENV.split(' ').for_each(|var| {
             cmd.env_remove(var);
         });
-        cmd.env("PGPASSWORD", &self.password)
-            .env("PGCONNECT_TIMEOUT", "10");
+        cmd.env("PGPASSWORD", &self.password).env("PGCONNECT_TIMEOUT", "10");
         run("psql", cmd)
     }
 
@@ -479,11 +443,8 @@ rm -rf "$3""#;
             prefix.insert(0, 'd');
         }
         let n = self.db_counter.fetch_add(1, Ordering::Relaxed);
-        let suffix: String = rand::rng()
-            .sample_iter(&Alphanumeric)
-            .take(6)
-            .map(|b| char::from(b).to_ascii_lowercase())
-            .collect();
+        let suffix: String =
+            rand::rng().sample_iter(&Alphanumeric).take(6).map(|b| char::from(b).to_ascii_lowercase()).collect();
         let name = format!("{prefix}_{n}_{suffix}");
         self.execute("postgres", &format!("CREATE DATABASE \"{name}\""))?;
         Ok(name)
@@ -507,28 +468,24 @@ impl Drop for TempPostgres {
 
 /// Runs a command to completion; error if it fails, with its output.
 fn run(what: &str, mut cmd: Command) -> Result<String> {
-    let out = cmd.stdin(Stdio::null()).output().map_err(io_err(format!(
-        "run {what} ({})",
-        cmd.get_program().to_string_lossy()
-    )))?;
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .map_err(io_err(format!("run {what} ({})", cmd.get_program().to_string_lossy())))?;
     let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
     text.push_str(&String::from_utf8_lossy(&out.stderr));
     match out.status.success() {
         true => Ok(text),
-        false => Err(DevPgError::Command {
-            what: what.to_string(),
-            status: out.status,
-            output: text.trim().to_string(),
-        }),
+        false => {
+            Err(DevPgError::Command { what: what.to_string(), status: out.status, output: text.trim().to_string() })
+        }
     }
 }
 
 fn free_port() -> Result<u16> {
-    let listener = std::net::TcpListener::bind(("127.0.0.1", 0))
-        .map_err(io_err("bind 127.0.0.1:0 to find a free port"))?;
-    let addr = listener
-        .local_addr()
-        .map_err(io_err("read local address"))?;
+    let listener =
+        std::net::TcpListener::bind(("127.0.0.1", 0)).map_err(io_err("bind 127.0.0.1:0 to find a free port"))?;
+    let addr = listener.local_addr().map_err(io_err("read local address"))?;
     Ok(addr.port())
 }
 
@@ -541,15 +498,7 @@ fn lookup_user(name: &str) -> Option<(u32, u32)> {
     let mut result: *mut libc::passwd = std::ptr::null_mut();
     // SAFETY: every pointer is valid for the call, `buf.len()` is its size;
     // we only read the integer fields, which do not point into `buf`.
-    let rc = unsafe {
-        libc::getpwnam_r(
-            cname.as_ptr(),
-            &mut pwd,
-            buf.as_mut_ptr(),
-            buf.len(),
-            &mut result,
-        )
-    };
+    let rc = unsafe { libc::getpwnam_r(cname.as_ptr(), &mut pwd, buf.as_mut_ptr(), buf.len(), &mut result) };
     (rc == 0 && !result.is_null()).then_some((pwd.pw_uid, pwd.pw_gid))
 }
 

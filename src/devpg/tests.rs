@@ -19,11 +19,7 @@ fn is_send_sync() {
 async fn start_create_connect_restart_drop() {
     let t0 = Instant::now();
     let pg = TempPostgres::start(Options::default()).expect("start");
-    eprintln!(
-        "TempPostgres::start took {:?} (port {})",
-        t0.elapsed(),
-        pg.port()
-    );
+    eprintln!("TempPostgres::start took {:?} (port {})", t0.elapsed(), pg.port());
     assert!(pg.is_running());
 
     let a = pg.create_database("My-Test").expect("create db a");
@@ -40,10 +36,7 @@ async fn start_create_connect_restart_drop() {
     for entry in fs::read_dir("/proc").into_iter().flatten().flatten() {
         let argv = fs::read(entry.path().join("cmdline")).unwrap_or_default();
         let argv = String::from_utf8_lossy(&argv);
-        assert!(
-            !argv.contains(pg.admin_password()),
-            "password in argv: {argv}"
-        );
+        assert!(!argv.contains(pg.admin_password()), "password in argv: {argv}");
     }
 
     let port = pg.port();
@@ -58,10 +51,7 @@ async fn start_create_connect_restart_drop() {
     pg.kill_immediately().expect("kill");
     assert!(select_one(&pg.admin_url(&b)).await.is_err());
     pg.restart().expect("restart after crash");
-    assert_eq!(
-        select_one(&pg.admin_url(&b)).await.expect("after restart"),
-        1
-    );
+    assert_eq!(select_one(&pg.admin_url(&b)).await.expect("after restart"), 1);
 
     let root = pg.data_dir().parent().unwrap().to_path_buf();
     assert!(pg.data_dir().join("PG_VERSION").is_file());
@@ -71,20 +61,11 @@ async fn start_create_connect_restart_drop() {
 
 #[test]
 fn watchdog_cleans_up_after_owner_dies() {
-    let pg =
-        TempPostgres::start(Options::default().setting("max_connections", "20")).expect("start");
-    assert_eq!(
-        pg.execute("postgres", "show max_connections")
-            .unwrap()
-            .trim(),
-        "20"
-    );
+    let pg = TempPostgres::start(Options::default().setting("max_connections", "20")).expect("start");
+    assert_eq!(pg.execute("postgres", "show max_connections").unwrap().trim(), "20");
     let root = pg.data_dir().parent().unwrap().to_path_buf();
     // A stand-in owner process that we can kill.
-    let mut owner = Command::new("sleep")
-        .arg("60")
-        .spawn()
-        .expect("spawn sleep");
+    let mut owner = Command::new("sleep").arg("60").spawn().expect("spawn sleep");
     let mut watchdog = pg.spawn_watchdog(owner.id()).expect("watchdog");
     owner.kill().unwrap();
     owner.wait().unwrap();
@@ -96,10 +77,7 @@ fn watchdog_cleans_up_after_owner_dies() {
 
 #[test]
 fn bad_bin_dir_error_says_how_to_install() {
-    let opts = Options {
-        bin_dir: Some("/nonexistent".into()),
-        ..Options::default()
-    };
+    let opts = Options { bin_dir: Some("/nonexistent".into()), ..Options::default() };
     let err = TempPostgres::start(opts).unwrap_err().to_string();
     assert!(err.contains("apt-get install -y postgresql"), "{err}");
 }

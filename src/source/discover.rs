@@ -54,11 +54,7 @@ pub fn discover(src: &Source) -> Result<Vec<TableInfo>> {
         .map_err(src.err("sqlite_schema"))?;
     let virtuals: Vec<&str> = all
         .iter()
-        .filter(|(_, sql)| {
-            sql.trim_start()
-                .to_ascii_uppercase()
-                .starts_with("CREATE VIRTUAL TABLE")
-        })
+        .filter(|(_, sql)| sql.trim_start().to_ascii_uppercase().starts_with("CREATE VIRTUAL TABLE"))
         .map(|(n, _)| n.as_str())
         .collect();
     let mut out = Vec::new();
@@ -72,15 +68,10 @@ pub fn discover(src: &Source) -> Result<Vec<TableInfo>> {
 }
 
 fn is_shadow_of(name: &str, vtab: &str) -> bool {
-    name.strip_prefix(vtab)
-        .and_then(|rest| rest.strip_prefix('_'))
-        .is_some_and(|suffix| {
-            [
-                "data", "idx", "content", "docsize", "config", "segments", "segdir", "stat",
-                "node", "parent", "rowid",
-            ]
+    name.strip_prefix(vtab).and_then(|rest| rest.strip_prefix('_')).is_some_and(|suffix| {
+        ["data", "idx", "content", "docsize", "config", "segments", "segdir", "stat", "node", "parent", "rowid"]
             .contains(&suffix)
-        })
+    })
 }
 
 fn table_info(src: &Source, name: &str, ddl: &str) -> Result<TableInfo> {
@@ -103,20 +94,14 @@ fn table_info(src: &Source, name: &str, ddl: &str) -> Result<TableInfo> {
         .map_err(src.err(name))?;
     let mut pk: Vec<&ColumnInfo> = columns.iter().filter(|c| c.pk > 0).collect();
     pk.sort_by_key(|c| c.pk);
-    let key = if pk.is_empty() {
-        RowKey::Rowid
-    } else {
-        RowKey::Primary(pk.iter().map(|c| c.name.clone()).collect())
-    };
+    let key = if pk.is_empty() { RowKey::Rowid } else { RowKey::Primary(pk.iter().map(|c| c.name.clone()).collect()) };
     let without_rowid: bool = src
         .conn
-        .query_row("SELECT coalesce((SELECT wr FROM pragma_table_list WHERE name = ?1 AND schema = 'main'), 0)", [name], |r| r.get(0))
+        .query_row(
+            "SELECT coalesce((SELECT wr FROM pragma_table_list WHERE name = ?1 AND schema = 'main'), 0)",
+            [name],
+            |r| r.get(0),
+        )
         .map_err(src.err(name))?;
-    Ok(TableInfo {
-        name: name.to_string(),
-        ddl: ddl.to_string(),
-        columns,
-        key,
-        without_rowid,
-    })
+    Ok(TableInfo { name: name.to_string(), ddl: ddl.to_string(), columns, key, without_rowid })
 }

@@ -15,21 +15,12 @@ use rusqlite::{Connection, OpenFlags};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
-    #[error(
-        "cannot open source database {path}: {source} (is spec.source.path right, and readable by owsyncd?)"
-    )]
-    Open {
-        path: PathBuf,
-        source: rusqlite::Error,
-    },
+    #[error("cannot open source database {path}: {source} (is spec.source.path right, and readable by owsyncd?)")]
+    Open { path: PathBuf, source: rusqlite::Error },
     #[error("source database {path} does not exist (check spec.source.path)")]
     Missing { path: PathBuf },
     #[error("reading {path}, table {table}: {source}")]
-    Read {
-        path: PathBuf,
-        table: String,
-        source: rusqlite::Error,
-    },
+    Read { path: PathBuf, table: String, source: rusqlite::Error },
 }
 
 pub type Result<T, E = SourceError> = std::result::Result<T, E>;
@@ -49,33 +40,16 @@ impl Source {
     /// (read-only connections cannot).
     pub fn open(path: &Path) -> Result<Source> {
         if !path.exists() {
-            return Err(SourceError::Missing {
-                path: path.to_path_buf(),
-            });
+            return Err(SourceError::Missing { path: path.to_path_buf() });
         }
-        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY
-            | OpenFlags::SQLITE_OPEN_NO_MUTEX
-            | OpenFlags::SQLITE_OPEN_URI;
-        let conn =
-            Connection::open_with_flags(path, flags).map_err(|source| SourceError::Open {
-                path: path.to_path_buf(),
-                source,
-            })?;
-        conn.busy_timeout(BUSY_TIMEOUT)
-            .map_err(|source| SourceError::Open {
-                path: path.to_path_buf(),
-                source,
-            })?;
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI;
+        let conn = Connection::open_with_flags(path, flags)
+            .map_err(|source| SourceError::Open { path: path.to_path_buf(), source })?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(|source| SourceError::Open { path: path.to_path_buf(), source })?;
         // Never let a reader's cache hold pages across slices longer than needed.
         conn.pragma_update(None, "cache_size", -8192i64)
-            .map_err(|source| SourceError::Open {
-                path: path.to_path_buf(),
-                source,
-            })?;
-        Ok(Source {
-            conn,
-            path: path.to_path_buf(),
-        })
+            .map_err(|source| SourceError::Open { path: path.to_path_buf(), source })?;
+        Ok(Source { conn, path: path.to_path_buf() })
     }
 
     pub fn path(&self) -> &Path {
@@ -84,10 +58,6 @@ impl Source {
 
     pub(crate) fn err(&self, table: &str) -> impl FnOnce(rusqlite::Error) -> SourceError + '_ {
         let table = table.to_string();
-        move |source| SourceError::Read {
-            path: self.path.clone(),
-            table,
-            source,
-        }
+        move |source| SourceError::Read { path: self.path.clone(), table, source }
     }
 }

@@ -82,9 +82,7 @@ impl<'a> SliceReader<'a> {
             let list = cols.join(", ");
             (
                 format!("SELECT {alias}, {list} FROM {t} ORDER BY {alias} LIMIT ?1"),
-                format!(
-                    "SELECT {alias}, {list} FROM {t} WHERE {alias} > ?2 ORDER BY {alias} LIMIT ?1"
-                ),
+                format!("SELECT {alias}, {list} FROM {t} WHERE {alias} > ?2 ORDER BY {alias} LIMIT ?1"),
                 vec![],
             )
         } else {
@@ -92,25 +90,14 @@ impl<'a> SliceReader<'a> {
                 RowKey::Primary(k) => k.clone(),
                 RowKey::Rowid => vec![],
             };
-            let key_idx: Vec<usize> = keys
-                .iter()
-                .filter_map(|k| table.columns.iter().position(|c| &c.name == k))
-                .collect();
-            let klist = keys
-                .iter()
-                .map(|k| quote_ident(k))
-                .collect::<Vec<_>>()
-                .join(", ");
-            let params = (0..keys.len())
-                .map(|i| format!("?{}", i + 2))
-                .collect::<Vec<_>>()
-                .join(", ");
+            let key_idx: Vec<usize> =
+                keys.iter().filter_map(|k| table.columns.iter().position(|c| &c.name == k)).collect();
+            let klist = keys.iter().map(|k| quote_ident(k)).collect::<Vec<_>>().join(", ");
+            let params = (0..keys.len()).map(|i| format!("?{}", i + 2)).collect::<Vec<_>>().join(", ");
             let list = cols.join(", ");
             (
                 format!("SELECT {list} FROM {t} ORDER BY {klist} LIMIT ?1"),
-                format!(
-                    "SELECT {list} FROM {t} WHERE ({klist}) > ({params}) ORDER BY {klist} LIMIT ?1"
-                ),
+                format!("SELECT {list} FROM {t} WHERE ({klist}) > ({params}) ORDER BY {klist} LIMIT ?1"),
                 key_idx,
             )
         };
@@ -135,16 +122,8 @@ impl<'a> SliceReader<'a> {
         }
         let by_rowid = !self.table.without_rowid;
         let first = self.last_key.is_none() && self.last_rowid.is_none();
-        let sql = if first {
-            &self.sql_first
-        } else {
-            &self.sql_next
-        };
-        let mut stmt = self
-            .src
-            .conn
-            .prepare_cached(sql)
-            .map_err(self.src.err(&self.table.name))?;
+        let sql = if first { &self.sql_first } else { &self.sql_next };
+        let mut stmt = self.src.conn.prepare_cached(sql).map_err(self.src.err(&self.table.name))?;
         let limit = self.max_rows as i64;
         let mut params: Vec<&dyn rusqlite::ToSql> = vec![&limit];
         if let Some(r) = &self.last_rowid {
@@ -153,26 +132,19 @@ impl<'a> SliceReader<'a> {
         if let Some(k) = &self.last_key {
             params.extend(k.iter().map(|v| v as &dyn rusqlite::ToSql));
         }
-        let mut rows = stmt
-            .query(params.as_slice())
-            .map_err(self.src.err(&self.table.name))?;
+        let mut rows = stmt.query(params.as_slice()).map_err(self.src.err(&self.table.name))?;
         let mut slice = Slice::default();
         let ncols = self.table.columns.len();
         let off = usize::from(by_rowid);
         while let Some(row) = rows.next().map_err(self.src.err(&self.table.name))? {
             let mut vals = Vec::with_capacity(ncols);
             for i in 0..ncols {
-                let v = Value::from_ref(
-                    row.get_ref(i + off)
-                        .map_err(self.src.err(&self.table.name))?,
-                );
+                let v = Value::from_ref(row.get_ref(i + off).map_err(self.src.err(&self.table.name))?);
                 slice.bytes += v.size();
                 vals.push(v);
             }
             if by_rowid {
-                slice
-                    .rowids
-                    .push(row.get(0).map_err(self.src.err(&self.table.name))?);
+                slice.rowids.push(row.get(0).map_err(self.src.err(&self.table.name))?);
             }
             slice.rows.push(vals);
             if slice.bytes >= self.max_bytes {

@@ -59,10 +59,8 @@ fn split_documents(text: &str) -> Vec<(usize, String)> {
     let mut cur = String::new();
     let mut start = 1;
     for (i, line) in text.split_inclusive('\n').enumerate() {
-        let is_marker = |m: &str| {
-            line.strip_prefix(m)
-                .is_some_and(|rest| rest.trim().is_empty() || rest.starts_with([' ', '\t']))
-        };
+        let is_marker =
+            |m: &str| line.strip_prefix(m).is_some_and(|rest| rest.trim().is_empty() || rest.starts_with([' ', '\t']));
         if is_marker("---") || is_marker("...") {
             docs.push((start, std::mem::take(&mut cur)));
             start = i + 2;
@@ -106,26 +104,16 @@ pub fn parse_documents(source: &str, text: &str) -> Result<Vec<Document>, LoadEr
             })
         });
         match res {
-            Ok(doc) => out.push(Document {
-                file: source.to_string(),
-                line: first_line,
-                doc,
-            }),
+            Ok(doc) => out.push(Document { file: source.to_string(), line: first_line, doc }),
             Err(e) => {
                 let (line, column, value) = match e.location() {
                     Some(loc) => {
                         let span = loc.span();
                         let value = match (span.byte_offset(), span.byte_len()) {
-                            (Some(o), Some(l)) if l > 0 => {
-                                chunk.get(o as usize..(o + l) as usize).map(str::to_string)
-                            }
+                            (Some(o), Some(l)) if l > 0 => chunk.get(o as usize..(o + l) as usize).map(str::to_string),
                             _ => None,
                         };
-                        (
-                            loc.line() as usize + first_line - 1,
-                            loc.column() as usize,
-                            value,
-                        )
+                        (loc.line() as usize + first_line - 1, loc.column() as usize, value)
                     }
                     None => (first_line, 1, None),
                 };
@@ -134,21 +122,12 @@ pub fn parse_documents(source: &str, text: &str) -> Result<Vec<Document>, LoadEr
                     Some(i) => msg[..i].to_string(),
                     None => msg,
                 };
-                return Err(LoadError::Yaml {
-                    file: source.to_string(),
-                    line,
-                    column,
-                    path,
-                    message,
-                    value,
-                });
+                return Err(LoadError::Yaml { file: source.to_string(), line, column, path, message, value });
             }
         }
     }
     if out.is_empty() {
-        return Err(LoadError::Empty {
-            file: source.to_string(),
-        });
+        return Err(LoadError::Empty { file: source.to_string() });
     }
     Ok(out)
 }
@@ -160,10 +139,6 @@ pub fn to_yaml<T: Serialize>(value: &T) -> String {
 
 impl fmt::Display for Document {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}:{} clientsync/{}",
-            self.file, self.line, self.doc.metadata.name
-        )
+        write!(f, "{}:{} clientsync/{}", self.file, self.line, self.doc.metadata.name)
     }
 }

@@ -10,8 +10,8 @@ pub use load::{Document, LoadError, parse_documents, to_yaml};
 pub use status::*;
 pub use types::*;
 pub use validate::{
-    FieldError, MAX_INTERVAL, MIN_INTERVAL, default_schema, interval_of, is_dns_label, normalize,
-    parse_interval, table_selected,
+    FieldError, MAX_INTERVAL, MIN_INTERVAL, default_schema, interval_of, is_dns_label, normalize, parse_interval,
+    table_selected,
 };
 
 /// The JSON Schema of a kind, generated from the Rust types.

@@ -29,41 +29,21 @@ fn multi_document_lines_are_tracked() {
     assert_eq!(docs.len(), 2);
     assert_eq!(docs[0].line, 1);
     assert_eq!(docs[1].line, 10);
-    let bad = format!(
-        "{GOOD}---\n{}",
-        GOOD.replace("  source:", "  bogus: 1\n  source:")
-    );
+    let bad = format!("{GOOD}---\n{}", GOOD.replace("  source:", "  bogus: 1\n  source:"));
     let e = parse_documents("f.yaml", &bad).unwrap_err().to_string();
-    assert!(
-        e.starts_with("f.yaml:14:3: spec.bogus: unknown field `bogus`"),
-        "{e}"
-    );
+    assert!(e.starts_with("f.yaml:14:3: spec.bogus: unknown field `bogus`"), "{e}");
 }
 
 #[test]
 fn syntax_and_type_errors_name_line_column_and_path() {
-    let e =
-        parse_documents("x.yaml", &GOOD.replace("spec:", "spec:\n  enabled: maybe")).unwrap_err();
+    let e = parse_documents("x.yaml", &GOOD.replace("spec:", "spec:\n  enabled: maybe")).unwrap_err();
     let s = e.to_string();
-    assert!(
-        s.starts_with("x.yaml:6:12: spec.enabled: invalid boolean (got \"maybe\")"),
-        "{s}"
-    );
-    let e = parse_documents("x.yaml", "apiVersion: [a\n")
-        .unwrap_err()
-        .to_string();
+    assert!(s.starts_with("x.yaml:6:12: spec.enabled: invalid boolean (got \"maybe\")"), "{s}");
+    let e = parse_documents("x.yaml", "apiVersion: [a\n").unwrap_err().to_string();
     assert!(e.starts_with("x.yaml:1:"), "{e}");
-    let e =
-        parse_documents("x.yaml", &GOOD.replace("spec:", "spec:\n  deletes: shred")).unwrap_err();
-    assert!(
-        e.to_string()
-            .contains("spec.deletes: unknown variant `shred`"),
-        "{e}"
-    );
-    assert!(matches!(
-        parse_documents("e.yaml", "# nothing\n"),
-        Err(LoadError::Empty { .. })
-    ));
+    let e = parse_documents("x.yaml", &GOOD.replace("spec:", "spec:\n  deletes: shred")).unwrap_err();
+    assert!(e.to_string().contains("spec.deletes: unknown variant `shred`"), "{e}");
+    assert!(matches!(parse_documents("e.yaml", "# nothing\n"), Err(LoadError::Empty { .. })));
 }
 
 #[test]
@@ -75,29 +55,13 @@ fn validation_names_field_and_value() {
     let errs = normalize(&d, "h").unwrap_err();
     let text: Vec<String> = errs.iter().map(ToString::to_string).collect();
     assert!(
-        text.contains(
-            &"spec.interval: \"5 parsecs\" is not a duration (e.g. 30s, 5m, 1h)".to_string()
-        ),
+        text.contains(&"spec.interval: \"5 parsecs\" is not a duration (e.g. 30s, 5m, 1h)".to_string()),
         "{text:?}"
     );
-    assert!(
-        text.iter()
-            .any(|t| t.starts_with("metadata.name: \"Acme_Corp\"")),
-        "{text:?}"
-    );
-    assert!(
-        text.iter()
-            .any(|t| t.starts_with("spec.source.path: \"relative/webui.db\"")),
-        "{text:?}"
-    );
+    assert!(text.iter().any(|t| t.starts_with("metadata.name: \"Acme_Corp\"")), "{text:?}");
+    assert!(text.iter().any(|t| t.starts_with("spec.source.path: \"relative/webui.db\"")), "{text:?}");
     d = parse_documents("a", GOOD).unwrap().remove(0).doc;
-    for (iv, ok) in [
-        ("9s", false),
-        ("10s", true),
-        ("60m", true),
-        ("61m", false),
-        ("1h", true),
-    ] {
+    for (iv, ok) in [("9s", false), ("10s", true), ("60m", true), ("61m", false), ("1h", true)] {
         d.spec.interval = iv.into();
         assert_eq!(normalize(&d, "h").is_ok(), ok, "{iv}");
     }
@@ -115,10 +79,7 @@ fn merge_rules_need_merge() {
 
 #[test]
 fn table_globs() {
-    let sel = TableSelector {
-        include: vec!["*".into()],
-        exclude: vec!["chat_*".into()],
-    };
+    let sel = TableSelector { include: vec!["*".into()], exclude: vec!["chat_*".into()] };
     assert!(table_selected(&sel, "chat"));
     assert!(!table_selected(&sel, "chat_message"));
 }

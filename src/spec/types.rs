@@ -56,10 +56,7 @@ pub struct ClientSyncSpec {
     pub target: TargetSpec,
     /// How often to sync, as a humantime duration between 10s and 60m (default 5m).
     #[serde(default = "default_interval")]
-    #[schemars(
-        with = "String",
-        regex(pattern = r"^[0-9]+(\.[0-9]+)?\s*[a-z]+(\s*[0-9]+\s*[a-z]+)*$")
-    )]
+    #[schemars(with = "String", regex(pattern = r"^[0-9]+(\.[0-9]+)?\s*[a-z]+(\s*[0-9]+\s*[a-z]+)*$"))]
     pub interval: String,
     #[serde(default)]
     pub tables: TableSelector,
@@ -98,10 +95,7 @@ pub struct TableSelector {
 
 impl Default for TableSelector {
     fn default() -> Self {
-        TableSelector {
-            include: default_include(),
-            exclude: Vec::new(),
-        }
+        TableSelector { include: default_include(), exclude: Vec::new() }
     }
 }
 

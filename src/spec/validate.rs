@@ -23,16 +23,8 @@ impl fmt::Display for FieldError {
     }
 }
 
-fn err(
-    path: impl Into<String>,
-    value: impl Into<String>,
-    message: impl Into<String>,
-) -> FieldError {
-    FieldError {
-        path: path.into(),
-        value: value.into(),
-        message: message.into(),
-    }
+fn err(path: impl Into<String>, value: impl Into<String>, message: impl Into<String>) -> FieldError {
+    FieldError { path: path.into(), value: value.into(), message: message.into() }
 }
 
 /// DNS-1123 label: lower-case alphanumerics and '-', starting and ending alphanumeric, at
@@ -41,8 +33,7 @@ pub fn is_dns_label(s: &str) -> bool {
     let b = s.as_bytes();
     !b.is_empty()
         && b.len() <= 63
-        && b.iter()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
         && b[0] != b'-'
         && b[b.len() - 1] != b'-'
 }
@@ -55,10 +46,7 @@ pub fn default_schema(name: &str) -> String {
 fn is_tenant_schema(s: &str) -> bool {
     s.len() <= MAX_PG_IDENT
         && s.strip_prefix("client_").is_some_and(|rest| {
-            !rest.is_empty()
-                && rest
-                    .bytes()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_')
+            !rest.is_empty() && rest.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_')
         })
 }
 
@@ -90,18 +78,10 @@ pub fn normalize(doc: &ClientSync, default_cluster: &str) -> Result<ClientSync, 
     out.metadata.creation_timestamp = None;
 
     if doc.api_version != API_VERSION {
-        errors.push(err(
-            "apiVersion",
-            &doc.api_version,
-            format!("is not supported (want {API_VERSION})"),
-        ));
+        errors.push(err("apiVersion", &doc.api_version, format!("is not supported (want {API_VERSION})")));
     }
     if doc.kind != KIND {
-        errors.push(err(
-            "kind",
-            &doc.kind,
-            format!("is not supported (want {KIND})"),
-        ));
+        errors.push(err("kind", &doc.kind, format!("is not supported (want {KIND})")));
     }
     let name = &doc.metadata.name;
     if !is_dns_label(name) {
@@ -111,17 +91,9 @@ pub fn normalize(doc: &ClientSync, default_cluster: &str) -> Result<ClientSync, 
             "is not a DNS-1123 label (lower-case letters, digits and '-', at most 63 characters)",
         ));
     }
-    let cluster = doc
-        .metadata
-        .cluster
-        .clone()
-        .unwrap_or_else(|| default_cluster.to_string());
+    let cluster = doc.metadata.cluster.clone().unwrap_or_else(|| default_cluster.to_string());
     if cluster.is_empty() {
-        errors.push(err(
-            "metadata.cluster",
-            "",
-            "is empty and no --cluster / OWSYNC_CLUSTER is set",
-        ));
+        errors.push(err("metadata.cluster", "", "is empty and no --cluster / OWSYNC_CLUSTER is set"));
     } else if !is_dns_label(&cluster) {
         errors.push(err("metadata.cluster", &cluster, "is not a DNS-1123 label"));
     }
@@ -130,70 +102,36 @@ pub fn normalize(doc: &ClientSync, default_cluster: &str) -> Result<ClientSync, 
         let ok = |s: &str, allow_empty: bool| {
             (allow_empty || !s.is_empty())
                 && s.len() <= 63
-                && s.bytes()
-                    .all(|c| c.is_ascii_alphanumeric() || b"-_./".contains(&c))
+                && s.bytes().all(|c| c.is_ascii_alphanumeric() || b"-_./".contains(&c))
         };
         if !ok(k, false) {
-            errors.push(err(
-                format!("metadata.labels.{k}"),
-                k,
-                "is not a valid label key",
-            ));
+            errors.push(err(format!("metadata.labels.{k}"), k, "is not a valid label key"));
         }
         if !ok(v, true) {
-            errors.push(err(
-                format!("metadata.labels.{k}"),
-                v,
-                "is not a valid label value",
-            ));
+            errors.push(err(format!("metadata.labels.{k}"), v, "is not a valid label value"));
         }
     }
 
     let spec = &doc.spec;
     if spec.source.path.is_empty() || !spec.source.path.starts_with('/') {
-        errors.push(err(
-            "spec.source.path",
-            &spec.source.path,
-            "must be an absolute path",
-        ));
+        errors.push(err("spec.source.path", &spec.source.path, "must be an absolute path"));
     }
-    let schema = spec
-        .target
-        .schema
-        .clone()
-        .unwrap_or_else(|| default_schema(name));
+    let schema = spec.target.schema.clone().unwrap_or_else(|| default_schema(name));
     if !is_tenant_schema(&schema) {
-        errors.push(err(
-            "spec.target.schema",
-            &schema,
-            "must match client_[a-z0-9_]+ and be at most 63 characters",
-        ));
+        errors.push(err("spec.target.schema", &schema, "must match client_[a-z0-9_]+ and be at most 63 characters"));
     }
     out.spec.target.schema = Some(schema);
     match parse_interval(&spec.interval) {
-        Err(_) => errors.push(err(
-            "spec.interval",
-            &spec.interval,
-            "is not a duration (e.g. 30s, 5m, 1h)",
-        )),
-        Ok(d) if d < MIN_INTERVAL || d > MAX_INTERVAL => errors.push(err(
-            "spec.interval",
-            &spec.interval,
-            "must be between 10s and 60m",
-        )),
+        Err(_) => errors.push(err("spec.interval", &spec.interval, "is not a duration (e.g. 30s, 5m, 1h)")),
+        Ok(d) if d < MIN_INTERVAL || d > MAX_INTERVAL => {
+            errors.push(err("spec.interval", &spec.interval, "must be between 10s and 60m"))
+        }
         Ok(d) => out.spec.interval = humantime::format_duration(d).to_string(),
     }
-    for (field, pats) in [
-        ("include", &spec.tables.include),
-        ("exclude", &spec.tables.exclude),
-    ] {
+    for (field, pats) in [("include", &spec.tables.include), ("exclude", &spec.tables.exclude)] {
         for (i, p) in pats.iter().enumerate() {
             if p.trim().is_empty() {
-                errors.push(err(
-                    format!("spec.tables.{field}[{i}]"),
-                    p,
-                    "is an empty pattern",
-                ));
+                errors.push(err(format!("spec.tables.{field}[{i}]"), p, "is an empty pattern"));
             }
         }
     }
@@ -213,11 +151,7 @@ pub fn normalize(doc: &ClientSync, default_cluster: &str) -> Result<ClientSync, 
             errors.push(err(format!("{base}.compareField"), "", "is empty"));
         }
         if tc.strategy == Strategy::Merge && tc.merge_rules.is_empty() {
-            errors.push(err(
-                format!("{base}.mergeRules"),
-                "{}",
-                "must name at least one column for strategy merge",
-            ));
+            errors.push(err(format!("{base}.mergeRules"), "{}", "must name at least one column for strategy merge"));
         }
         if tc.strategy != Strategy::Merge && !tc.merge_rules.is_empty() {
             errors.push(err(
@@ -227,9 +161,5 @@ pub fn normalize(doc: &ClientSync, default_cluster: &str) -> Result<ClientSync, 
             ));
         }
     }
-    if errors.is_empty() {
-        Ok(out)
-    } else {
-        Err(errors)
-    }
+    if errors.is_empty() { Ok(out) } else { Err(errors) }
 }

@@ -95,12 +95,7 @@ pub async fn event(
 }
 
 /// The latest events of a tenant, newest first.
-pub async fn recent_events(
-    pool: &PgPool,
-    cluster: &str,
-    client: &str,
-    limit: i64,
-) -> Result<Vec<Event>> {
+pub async fn recent_events(pool: &PgPool, cluster: &str, client: &str, limit: i64) -> Result<Vec<Event>> {
     let mut tx = super::begin(pool, cluster).await?;
     let rows = sqlx::query(
         "SELECT created_at, type, reason, message, node_id FROM sync_metadata.events
@@ -115,12 +110,6 @@ pub async fn recent_events(
     tx.commit().await.ctx(|| "commit".into())?;
     Ok(rows
         .iter()
-        .map(|r| Event {
-            time: r.get(0),
-            type_: r.get(1),
-            reason: r.get(2),
-            message: r.get(3),
-            node_id: r.get(4),
-        })
+        .map(|r| Event { time: r.get(0), type_: r.get(1), reason: r.get(2), message: r.get(3), node_id: r.get(4) })
         .collect())
 }

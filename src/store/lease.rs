@@ -35,14 +35,8 @@ pub struct Candidate {
 
 /// Takes or renews the lease on `conn` (whose backend pid is recorded as the holder's).
 /// Returns the epoch when this candidate holds the lease afterwards, `None` otherwise.
-pub async fn try_acquire(
-    conn: &mut PgConnection,
-    who: &Candidate,
-    lease: Duration,
-) -> Result<Option<i64>> {
-    let mut tx = sqlx::Connection::begin(&mut *conn)
-        .await
-        .ctx(|| "begin lease transaction".into())?;
+pub async fn try_acquire(conn: &mut PgConnection, who: &Candidate, lease: Duration) -> Result<Option<i64>> {
+    let mut tx = sqlx::Connection::begin(&mut *conn).await.ctx(|| "begin lease transaction".into())?;
     set_cluster(&mut tx, &who.cluster).await?;
     let epoch: Option<i64> = sqlx::query_scalar(
         "INSERT INTO sync_metadata.leader_election AS le
@@ -75,9 +69,7 @@ pub async fn try_acquire(
 
 /// Gives the lease up at once (clean shutdown), so a standby need not wait for expiry.
 pub async fn release(conn: &mut PgConnection, who: &Candidate) -> Result<()> {
-    let mut tx = sqlx::Connection::begin(&mut *conn)
-        .await
-        .ctx(|| "begin".into())?;
+    let mut tx = sqlx::Connection::begin(&mut *conn).await.ctx(|| "begin".into())?;
     set_cluster(&mut tx, &who.cluster).await?;
     sqlx::query(
         "UPDATE sync_metadata.leader_election SET expires_at = now() - interval '1 second', holder_pid = NULL
@@ -138,16 +130,9 @@ pub async fn current(pool: &PgPool, cluster: &str) -> Result<Option<LeaseInfo>> 
 }
 
 /// Records this replica's heartbeat in `hosts`.
-pub async fn heartbeat(
-    pool: &PgPool,
-    who: &Candidate,
-    is_leader: bool,
-    version: &str,
-) -> Result<()> {
+pub async fn heartbeat(pool: &PgPool, who: &Candidate, is_leader: bool, version: &str) -> Result<()> {
     let mut tx = super::begin(pool, &who.cluster).await?;
-    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .map(|h| h.trim().to_string());
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").ok().map(|h| h.trim().to_string());
     sqlx::query(
         "INSERT INTO sync_metadata.hosts (cluster_name, node_id, hostname, version, status, is_leader, last_heartbeat)
          VALUES ($1, $2, $3, $4, 'active', $5, now())

@@ -17,16 +17,8 @@ pub struct Migration {
 }
 
 pub const MIGRATIONS: &[Migration] = &[
-    Migration {
-        version: 1,
-        name: "sync_metadata",
-        sql: include_str!("migrations/0001_sync_metadata.sql"),
-    },
-    Migration {
-        version: 2,
-        name: "roles_and_rls",
-        sql: include_str!("migrations/0002_roles_and_rls.sql"),
-    },
+    Migration { version: 1, name: "sync_metadata", sql: include_str!("migrations/0001_sync_metadata.sql") },
+    Migration { version: 2, name: "roles_and_rls", sql: include_str!("migrations/0002_roles_and_rls.sql") },
 ];
 
 /// The schema version this build needs.
@@ -46,10 +38,7 @@ pub struct Report {
 }
 
 fn checksum(sql: &str) -> String {
-    Sha256::digest(sql.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    Sha256::digest(sql.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// A SCRAM-SHA-256 verifier, so the password itself never reaches the server (or its
@@ -61,20 +50,14 @@ pub fn scram_verifier(password: &str) -> String {
     let mut salted = [0u8; 32];
     pbkdf2::pbkdf2_hmac::<Sha256>(password.as_bytes(), &salt, ITERATIONS, &mut salted);
     let hmac = |key: &[u8], msg: &[u8]| {
-        let mut m =
-            <Hmac<Sha256> as KeyInit>::new_from_slice(key).expect("HMAC takes any key length");
+        let mut m = <Hmac<Sha256> as KeyInit>::new_from_slice(key).expect("HMAC takes any key length");
         m.update(msg);
         m.finalize().into_bytes()
     };
     let client_key = hmac(&salted, b"Client Key");
     let stored_key = Sha256::digest(client_key);
     let server_key = hmac(&salted, b"Server Key");
-    format!(
-        "SCRAM-SHA-256${ITERATIONS}:{}${}:{}",
-        B64.encode(salt),
-        B64.encode(stored_key),
-        B64.encode(server_key)
-    )
+    format!("SCRAM-SHA-256${ITERATIONS}:{}${}:{}", B64.encode(salt), B64.encode(stored_key), B64.encode(server_key))
 }
 
 /// Creates or upgrades `sync_metadata` and the `sync_service` role in one transaction,
@@ -101,50 +84,36 @@ pub async fn run(pool: &PgPool, sync_password: Option<&str>) -> Result<Report> {
         )
         .execute(&mut *tx)
         .await
-        .ctx(|| {
-            "create sync_metadata.schema_migrations (does this role have CREATE on the database?)"
-                .into()
-        })?;
+        .ctx(|| "create sync_metadata.schema_migrations (does this role have CREATE on the database?)".into())?;
     }
 
-    let role_exists: bool =
-        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)")
-            .bind(SYNC_ROLE)
-            .fetch_one(&mut *tx)
-            .await
-            .ctx(|| "look up role sync_service".into())?;
-    if !role_exists {
-        sqlx::raw_sql(
-            "CREATE ROLE sync_service LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOBYPASSRLS",
-        )
-        .execute(&mut *tx)
+    let role_exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)")
+        .bind(SYNC_ROLE)
+        .fetch_one(&mut *tx)
         .await
-        .ctx(|| "create role sync_service (the admin role needs CREATEROLE)".into())?;
+        .ctx(|| "look up role sync_service".into())?;
+    if !role_exists {
+        sqlx::raw_sql("CREATE ROLE sync_service LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOBYPASSRLS")
+            .execute(&mut *tx)
+            .await
+            .ctx(|| "create role sync_service (the admin role needs CREATEROLE)".into())?;
         report.role_created = true;
     }
     if let Some(pw) = sync_password {
         let verifier = scram_verifier(pw);
         // The verifier is base64 plus `$:`; nothing in it needs escaping.
-        debug_assert!(
-            verifier
-                .bytes()
-                .all(|c| c.is_ascii_alphanumeric() || b"+/=$:-".contains(&c))
-        );
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-            "ALTER ROLE sync_service PASSWORD '{verifier}'"
-        )))
-        .execute(&mut *tx)
-        .await
-        .ctx(|| "set the password of sync_service".into())?;
+        debug_assert!(verifier.bytes().all(|c| c.is_ascii_alphanumeric() || b"+/=$:-".contains(&c)));
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("ALTER ROLE sync_service PASSWORD '{verifier}'")))
+            .execute(&mut *tx)
+            .await
+            .ctx(|| "set the password of sync_service".into())?;
         report.password_set = true;
     }
 
-    let applied = sqlx::query(
-        "SELECT version, checksum FROM sync_metadata.schema_migrations ORDER BY version",
-    )
-    .fetch_all(&mut *tx)
-    .await
-    .ctx(|| "read applied migrations".into())?;
+    let applied = sqlx::query("SELECT version, checksum FROM sync_metadata.schema_migrations ORDER BY version")
+        .fetch_all(&mut *tx)
+        .await
+        .ctx(|| "read applied migrations".into())?;
     let mut have = std::collections::BTreeMap::new();
     for row in applied {
         have.insert(row.get::<i64, _>(0), row.get::<String, _>(1));
@@ -169,10 +138,7 @@ pub async fn run(pool: &PgPool, sync_password: Option<&str>) -> Result<Report> {
             }
             None => {}
         }
-        sqlx::raw_sql(m.sql)
-            .execute(&mut *tx)
-            .await
-            .ctx(|| format!("apply migration {} ({})", m.version, m.name))?;
+        sqlx::raw_sql(m.sql).execute(&mut *tx).await.ctx(|| format!("apply migration {} ({})", m.version, m.name))?;
         sqlx::query("INSERT INTO sync_metadata.schema_migrations (version, name, checksum) VALUES ($1, $2, $3)")
             .bind(m.version)
             .bind(m.name)
@@ -189,19 +155,17 @@ pub async fn run(pool: &PgPool, sync_password: Option<&str>) -> Result<Report> {
 
 /// The schema version of the database (0 when `sync_metadata` is missing).
 pub async fn current_version(pool: &PgPool) -> Result<i64> {
-    let present: bool =
-        sqlx::query_scalar("SELECT to_regclass('sync_metadata.schema_migrations') IS NOT NULL")
-            .fetch_one(pool)
-            .await
-            .ctx(|| "look for sync_metadata".into())?;
+    let present: bool = sqlx::query_scalar("SELECT to_regclass('sync_metadata.schema_migrations') IS NOT NULL")
+        .fetch_one(pool)
+        .await
+        .ctx(|| "look for sync_metadata".into())?;
     if !present {
         return Ok(0);
     }
-    let v: Option<i64> =
-        sqlx::query_scalar("SELECT max(version) FROM sync_metadata.schema_migrations")
-            .fetch_one(pool)
-            .await
-            .ctx(|| "read the schema version".into())?;
+    let v: Option<i64> = sqlx::query_scalar("SELECT max(version) FROM sync_metadata.schema_migrations")
+        .fetch_one(pool)
+        .await
+        .ctx(|| "read the schema version".into())?;
     Ok(v.unwrap_or(0))
 }
 
@@ -209,10 +173,7 @@ pub async fn current_version(pool: &PgPool) -> Result<i64> {
 pub async fn require_current(pool: &PgPool) -> Result<()> {
     let found = current_version(pool).await?;
     if found < latest() {
-        return Err(StoreError::NotMigrated {
-            found,
-            want: latest(),
-        });
+        return Err(StoreError::NotMigrated { found, want: latest() });
     }
     Ok(())
 }

@@ -19,10 +19,7 @@ pub enum StoreError {
     #[error("cannot connect to PostgreSQL at {url}: {source}")]
     Connect { url: String, source: sqlx::Error },
     #[error("{context}: {source}")]
-    Db {
-        context: String,
-        source: sqlx::Error,
-    },
+    Db { context: String, source: sqlx::Error },
     #[error(
         "database is not migrated (sync_metadata missing or at version {found}, need {want}): run `owsyncctl migrate --admin-url URL`"
     )]
@@ -42,19 +39,13 @@ pub trait Context<T> {
 
 impl<T> Context<T> for std::result::Result<T, sqlx::Error> {
     fn ctx(self, context: impl FnOnce() -> String) -> Result<T> {
-        self.map_err(|source| StoreError::Db {
-            context: context(),
-            source,
-        })
+        self.map_err(|source| StoreError::Db { context: context(), source })
     }
 }
 
 /// Connection options from a URL, tagged with an application name.
 pub fn connect_options(url: &str, application: &str) -> Result<PgConnectOptions> {
-    let opts: PgConnectOptions = url.parse().map_err(|source| StoreError::Connect {
-        url: redact_url(url),
-        source,
-    })?;
+    let opts: PgConnectOptions = url.parse().map_err(|source| StoreError::Connect { url: redact_url(url), source })?;
     Ok(opts.application_name(application))
 }
 
@@ -66,10 +57,7 @@ pub async fn connect(url: &str, application: &str, max_connections: u32) -> Resu
         .acquire_timeout(Duration::from_secs(10))
         .connect_with(opts)
         .await
-        .map_err(|source| StoreError::Connect {
-            url: redact_url(url),
-            source,
-        })
+        .map_err(|source| StoreError::Connect { url: redact_url(url), source })
 }
 
 /// Begins a transaction scoped to one cluster: row-level security lets `sync_service`

@@ -34,10 +34,7 @@ impl StoredSpec {
                 labels: self.labels.clone(),
                 annotations: self.annotations.clone(),
                 generation: Some(self.generation),
-                creation_timestamp: Some(
-                    self.created_at
-                        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-                ),
+                creation_timestamp: Some(self.created_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
             },
             spec: self.spec.clone(),
             status: status.and_then(|s| serde_json::to_value(s).ok()),
@@ -70,23 +67,17 @@ impl ApplyOutcome {
     }
 }
 
-const COLUMNS: &str =
-    "cluster_name, name, generation, spec, labels, annotations, created_at, updated_at";
+const COLUMNS: &str = "cluster_name, name, generation, spec, labels, annotations, created_at, updated_at";
 
 fn from_row(row: &sqlx::postgres::PgRow) -> Result<StoredSpec> {
     let name: String = row.get("name");
-    let Json(spec): Json<ClientSyncSpec> =
-        row.try_get("spec").map_err(|source| StoreError::Db {
-            context: format!(
-                "decode the stored spec of clientsync/{name} (written by a newer owsync?)"
-            ),
-            source,
-        })?;
-    let Json(labels): Json<BTreeMap<String, String>> =
-        row.try_get("labels").ctx(|| "decode labels".into())?;
-    let Json(annotations): Json<BTreeMap<String, String>> = row
-        .try_get("annotations")
-        .ctx(|| "decode annotations".into())?;
+    let Json(spec): Json<ClientSyncSpec> = row.try_get("spec").map_err(|source| StoreError::Db {
+        context: format!("decode the stored spec of clientsync/{name} (written by a newer owsync?)"),
+        source,
+    })?;
+    let Json(labels): Json<BTreeMap<String, String>> = row.try_get("labels").ctx(|| "decode labels".into())?;
+    let Json(annotations): Json<BTreeMap<String, String>> =
+        row.try_get("annotations").ctx(|| "decode annotations".into())?;
     Ok(StoredSpec {
         cluster: row.get("cluster_name"),
         name,
@@ -116,8 +107,7 @@ pub async fn apply(conn: &mut PgConnection, doc: &ClientSync) -> Result<ApplyOut
     let cluster = doc.metadata.cluster.as_deref().unwrap_or_default();
     let name = &doc.metadata.name;
     set_cluster(conn, cluster).await?;
-    let spec_json =
-        serde_json::to_value(&doc.spec).map_err(|e| StoreError::Migration(e.to_string()))?;
+    let spec_json = serde_json::to_value(&doc.spec).map_err(|e| StoreError::Migration(e.to_string()))?;
     let what = || format!("apply clientsync/{name} in cluster {cluster}");
     let existing = sqlx::query(
         "SELECT spec, labels, annotations, deleted_at IS NOT NULL AS deleted
@@ -172,11 +162,7 @@ pub async fn apply(conn: &mut PgConnection, doc: &ClientSync) -> Result<ApplyOut
     .await
     .ctx(what)?;
     notify(conn, cluster).await?;
-    Ok(if deleted {
-        ApplyOutcome::Created
-    } else {
-        ApplyOutcome::Configured
-    })
+    Ok(if deleted { ApplyOutcome::Created } else { ApplyOutcome::Configured })
 }
 
 /// Wakes the cluster's controllers (LISTEN owsync_specs); polling is the fallback.
@@ -206,12 +192,7 @@ pub async fn list(pool: &PgPool, cluster: &str) -> Result<Vec<StoredSpec>> {
 
 /// One live spec, or `NotFound`.
 pub async fn get(pool: &PgPool, cluster: &str, name: &str) -> Result<StoredSpec> {
-    find(pool, cluster, name)
-        .await?
-        .ok_or_else(|| StoreError::NotFound {
-            cluster: cluster.into(),
-            name: name.into(),
-        })
+    find(pool, cluster, name).await?.ok_or_else(|| StoreError::NotFound { cluster: cluster.into(), name: name.into() })
 }
 
 pub async fn find(pool: &PgPool, cluster: &str, name: &str) -> Result<Option<StoredSpec>> {
@@ -244,10 +225,7 @@ pub async fn delete(pool: &PgPool, cluster: &str, name: &str) -> Result<()> {
     .ctx(|| format!("delete clientsync/{name}"))?
     .rows_affected();
     if n == 0 {
-        return Err(StoreError::NotFound {
-            cluster: cluster.into(),
-            name: name.into(),
-        });
+        return Err(StoreError::NotFound { cluster: cluster.into(), name: name.into() });
     }
     notify(&mut tx, cluster).await?;
     tx.commit().await.ctx(|| "commit".into())?;

@@ -9,14 +9,8 @@ use super::{Context, Result};
 use crate::spec::{ClientSyncStatus, Phase, TableStatus};
 
 fn from_row(row: &sqlx::postgres::PgRow) -> ClientSyncStatus {
-    let conditions = row
-        .try_get::<Json<_>, _>("conditions")
-        .map(|j| j.0)
-        .unwrap_or_default();
-    let tables: BTreeMap<String, TableStatus> = row
-        .try_get::<Json<_>, _>("tables")
-        .map(|j| j.0)
-        .unwrap_or_default();
+    let conditions = row.try_get::<Json<_>, _>("conditions").map(|j| j.0).unwrap_or_default();
+    let tables: BTreeMap<String, TableStatus> = row.try_get::<Json<_>, _>("tables").map(|j| j.0).unwrap_or_default();
     let dur: Option<i64> = row.get("last_sync_duration_ms");
     ClientSyncStatus {
         observed_generation: row.get("observed_generation"),
@@ -24,18 +18,15 @@ fn from_row(row: &sqlx::postgres::PgRow) -> ClientSyncStatus {
         conditions,
         last_sync_time: row.get("last_sync_time"),
         next_sync_time: row.get("next_sync_time"),
-        last_sync_duration: dur.map(|ms| {
-            humantime::format_duration(std::time::Duration::from_millis(ms.max(0) as u64))
-                .to_string()
-        }),
+        last_sync_duration: dur
+            .map(|ms| humantime::format_duration(std::time::Duration::from_millis(ms.max(0) as u64)).to_string()),
         consecutive_failures: row.get("consecutive_failures"),
         tables,
         last_error: row.get("last_error"),
     }
 }
 
-const COLUMNS: &str =
-    "name, observed_generation, phase, conditions, last_sync_time, next_sync_time,
+const COLUMNS: &str = "name, observed_generation, phase, conditions, last_sync_time, next_sync_time,
     last_sync_duration_ms, consecutive_failures, tables, last_error";
 
 /// Status of every tenant of a cluster, by name.
@@ -49,10 +40,7 @@ pub async fn list(pool: &PgPool, cluster: &str) -> Result<BTreeMap<String, Clien
     .await
     .ctx(|| format!("read status of cluster {cluster}"))?;
     tx.commit().await.ctx(|| "commit".into())?;
-    Ok(rows
-        .iter()
-        .map(|r| (r.get::<String, _>("name"), from_row(r)))
-        .collect())
+    Ok(rows.iter().map(|r| (r.get::<String, _>("name"), from_row(r))).collect())
 }
 
 pub async fn get(pool: &PgPool, cluster: &str, name: &str) -> Result<Option<ClientSyncStatus>> {

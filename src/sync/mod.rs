@@ -26,20 +26,11 @@ pub struct Fence {
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
     #[error("tenant {client}: {source}")]
-    Source {
-        client: String,
-        source: source::SourceError,
-    },
+    Source { client: String, source: source::SourceError },
     #[error("tenant {client}: {source}")]
-    Target {
-        client: String,
-        source: target::TargetError,
-    },
+    Target { client: String, source: target::TargetError },
     #[error("tenant {client}: {source}")]
-    Store {
-        client: String,
-        source: store::StoreError,
-    },
+    Store { client: String, source: store::StoreError },
     #[error(
         "tenant {client}: lost the lease (epoch {epoch} is no longer held); nothing of this transaction was written"
     )]
@@ -96,10 +87,7 @@ fn spawn_reader(
     tokio::task::spawn_blocking(move || {
         let src = Source::open(&path)?;
         let tables = source::discover(&src)?;
-        for t in tables
-            .into_iter()
-            .filter(|t| table_selected(&spec.tables, &t.name))
-        {
+        for t in tables.into_iter().filter(|t| table_selected(&spec.tables, &t.name)) {
             if tx.blocking_send(Msg::Table(Box::new(t.clone()))).is_err() {
                 return Ok(());
             }
@@ -130,12 +118,7 @@ fn spawn_reader(
 pub async fn sync_tenant(job: &SyncJob<'_>) -> Result<SyncReport, SyncError> {
     let started = Instant::now();
     let client = job.client.to_string();
-    let schema = job
-        .spec
-        .target
-        .schema
-        .clone()
-        .unwrap_or_else(|| crate::spec::default_schema(job.client));
+    let schema = job.spec.target.schema.clone().unwrap_or_else(|| crate::spec::default_schema(job.client));
     let (tx, mut rx) = mpsc::channel::<Msg>(2);
     let reader = spawn_reader(PathBuf::from(&job.spec.source.path), job.spec.clone(), tx);
     let mut report = SyncReport::default();
@@ -144,10 +127,7 @@ pub async fn sync_tenant(job: &SyncJob<'_>) -> Result<SyncReport, SyncError> {
         let Msg::Table(info) = msg else { continue };
         let table = MirrorTable::from_source(&schema, &info);
         let span = info_span!("table", client = %client, table = %info.name);
-        match sync_table(job, &info, &table, &mut rx)
-            .instrument(span)
-            .await
-        {
+        match sync_table(job, &info, &table, &mut rx).instrument(span).await {
             Ok(tr) => {
                 report.rows_written += tr.upserted + tr.tombstoned;
                 report.tables.insert(info.name.clone(), tr);
@@ -167,10 +147,7 @@ pub async fn sync_tenant(job: &SyncJob<'_>) -> Result<SyncReport, SyncError> {
         Ok(Ok(())) => {}
         Ok(Err(e)) => return Err(SyncError::Source { client, source: e }),
         Err(e) => {
-            return Err(SyncError::Reader {
-                client,
-                message: e.to_string(),
-            });
+            return Err(SyncError::Reader { client, message: e.to_string() });
         }
     }
     report.duration = started.elapsed();
@@ -206,40 +183,25 @@ async fn sync_table(
     rx: &mut mpsc::Receiver<Msg>,
 ) -> Result<TableReport, TableFailure> {
     let client = job.client.to_string();
-    let fatal_store = |e: store::StoreError| {
-        TableFailure::Fatal(SyncError::Store {
-            client: client.clone(),
-            source: e,
-        })
-    };
-    let mut tx = store::begin(job.pool, job.cluster)
-        .await
-        .map_err(fatal_store)?;
+    let fatal_store =
+        |e: store::StoreError| TableFailure::Fatal(SyncError::Store { client: client.clone(), source: e });
+    let mut tx = store::begin(job.pool, job.cluster).await.map_err(fatal_store)?;
     let target_err = |e: target::TargetError| match &e {
         target::TargetError::Unfit { .. } => TableFailure::Table(e.to_string()),
         target::TargetError::Db { source, .. } if is_connection_error(source) => {
-            TableFailure::Fatal(SyncError::Target {
-                client: client.clone(),
-                source: e,
-            })
+            TableFailure::Fatal(SyncError::Target { client: client.clone(), source: e })
         }
         _ => TableFailure::Table(e.to_string()),
     };
     let mut rows: i64 = 0;
     let result: Result<target::MergeCounts, TableFailure> = async {
-        target::provision(&mut tx, table)
-            .await
-            .map_err(target_err)?;
-        target::begin_stage(&mut tx, table)
-            .await
-            .map_err(target_err)?;
+        target::provision(&mut tx, table).await.map_err(target_err)?;
+        target::begin_stage(&mut tx, table).await.map_err(target_err)?;
         loop {
             match rx.recv().await {
                 Some(Msg::Slice(s)) => {
                     rows += s.rows.len() as i64;
-                    target::copy_slice(&mut tx, table, &s)
-                        .await
-                        .map_err(target_err)?;
+                    target::copy_slice(&mut tx, table, &s).await.map_err(target_err)?;
                 }
                 Some(Msg::Failed(m)) => return Err(TableFailure::Table(m)),
                 Some(Msg::End) | None => break,
@@ -247,9 +209,7 @@ async fn sync_table(
             }
         }
         let tombstones = job.spec.deletes == DeletePolicy::Tombstone;
-        target::merge_stage(&mut tx, table, tombstones)
-            .await
-            .map_err(target_err)
+        target::merge_stage(&mut tx, table, tombstones).await.map_err(target_err)
     }
     .await;
     let counts = match result {
@@ -260,21 +220,12 @@ async fn sync_table(
             return Err(e);
         }
     };
-    record_table_state(&mut tx, job, info, rows)
-        .await
-        .map_err(fatal_store)?;
+    record_table_state(&mut tx, job, info, rows).await.map_err(fatal_store)?;
     fence(&mut tx, job).await?;
     tx.commit().await.map_err(|e| {
-        fatal_store(store::StoreError::Db {
-            context: format!("commit table {}", info.name),
-            source: e,
-        })
+        fatal_store(store::StoreError::Db { context: format!("commit table {}", info.name), source: e })
     })?;
-    Ok(TableReport {
-        rows,
-        upserted: counts.upserted,
-        tombstoned: counts.tombstoned,
-    })
+    Ok(TableReport { rows, upserted: counts.upserted, tombstoned: counts.tombstoned })
 }
 
 /// The last statement before commit: does this replica still hold the lease?
@@ -282,14 +233,10 @@ async fn fence(conn: &mut PgConnection, job: &SyncJob<'_>) -> Result<(), TableFa
     let Some(f) = job.fence else { return Ok(()) };
     match store::lease::holds(conn, &f.who, f.epoch).await {
         Ok(true) => Ok(()),
-        Ok(false) => Err(TableFailure::Fatal(SyncError::OwnershipLost {
-            client: job.client.to_string(),
-            epoch: f.epoch,
-        })),
-        Err(e) => Err(TableFailure::Fatal(SyncError::Store {
-            client: job.client.to_string(),
-            source: e,
-        })),
+        Ok(false) => {
+            Err(TableFailure::Fatal(SyncError::OwnershipLost { client: job.client.to_string(), epoch: f.epoch }))
+        }
+        Err(e) => Err(TableFailure::Fatal(SyncError::Store { client: job.client.to_string(), source: e })),
     }
 }
 
@@ -321,11 +268,5 @@ async fn record_table_state(
 }
 
 fn is_connection_error(e: &sqlx::Error) -> bool {
-    matches!(
-        e,
-        sqlx::Error::Io(_)
-            | sqlx::Error::PoolTimedOut
-            | sqlx::Error::PoolClosed
-            | sqlx::Error::Protocol(_)
-    )
+    matches!(e, sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Protocol(_))
 }

@@ -38,27 +38,14 @@ fn sqlite_tables(conn: &rusqlite::Connection) -> Vec<Table> {
     let mut st = conn
         .prepare("SELECT name FROM sqlite_schema WHERE type='table' AND name NOT LIKE 'sqlite_%' ORDER BY name")
         .unwrap();
-    let names: Vec<String> = st
-        .query_map([], |r| r.get(0))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect();
+    let names: Vec<String> = st.query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect();
     names
         .into_iter()
         .map(|name| {
-            let mut st = conn
-                .prepare("SELECT name, type, pk FROM pragma_table_info(?1) ORDER BY cid")
-                .unwrap();
-            let rows: Vec<(String, String, i64)> = st
-                .query_map([&name], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-                .unwrap()
-                .map(Result::unwrap)
-                .collect();
-            let mut pk: Vec<(i64, String)> = rows
-                .iter()
-                .filter(|r| r.2 > 0)
-                .map(|r| (r.2, r.0.clone()))
-                .collect();
+            let mut st = conn.prepare("SELECT name, type, pk FROM pragma_table_info(?1) ORDER BY cid").unwrap();
+            let rows: Vec<(String, String, i64)> =
+                st.query_map([&name], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).unwrap().map(Result::unwrap).collect();
+            let mut pk: Vec<(i64, String)> = rows.iter().filter(|r| r.2 > 0).map(|r| (r.2, r.0.clone())).collect();
             pk.sort();
             Table {
                 name,
@@ -76,9 +63,7 @@ fn q(s: &str) -> String {
 /// Compares every table; returns the differences (empty when equal) and the number of
 /// rows compared.
 pub async fn mirror_diff(pool: &PgPool, schema: &str, sqlite: &Path) -> (Vec<String>, usize) {
-    let conn =
-        rusqlite::Connection::open_with_flags(sqlite, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-            .unwrap();
+    let conn = rusqlite::Connection::open_with_flags(sqlite, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
     let mut diffs = Vec::new();
     let mut compared = 0;
     for t in sqlite_tables(&conn) {
@@ -87,25 +72,14 @@ pub async fn mirror_diff(pool: &PgPool, schema: &str, sqlite: &Path) -> (Vec<Str
         } else {
             t.pk.iter().map(|k| q(k)).collect::<Vec<_>>().join(", ")
         };
-        let cols = t
-            .cols
-            .iter()
-            .map(|(c, _)| q(c))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let mut st = conn
-            .prepare(&format!("SELECT {key_sql}, {cols} FROM {}", q(&t.name)))
-            .unwrap();
+        let cols = t.cols.iter().map(|(c, _)| q(c)).collect::<Vec<_>>().join(", ");
+        let mut st = conn.prepare(&format!("SELECT {key_sql}, {cols} FROM {}", q(&t.name))).unwrap();
         let nkey = if t.pk.is_empty() { 1 } else { t.pk.len() };
         let mut src: BTreeMap<String, Vec<V>> = BTreeMap::new();
         let mut rows = st.query([]).unwrap();
         while let Some(r) = rows.next().unwrap() {
-            let key: Vec<String> = (0..nkey)
-                .map(|i| format!("{:?}", canon(r.get_ref(i).unwrap())))
-                .collect();
-            let vals = (0..t.cols.len())
-                .map(|i| canon(r.get_ref(nkey + i).unwrap()))
-                .collect();
+            let key: Vec<String> = (0..nkey).map(|i| format!("{:?}", canon(r.get_ref(i).unwrap()))).collect();
+            let vals = (0..t.cols.len()).map(|i| canon(r.get_ref(nkey + i).unwrap())).collect();
             src.insert(key.join("|"), vals);
         }
         // Mirror side: key as text, every column as text plus its type.
@@ -114,11 +88,7 @@ pub async fn mirror_diff(pool: &PgPool, schema: &str, sqlite: &Path) -> (Vec<Str
         } else {
             t.pk.iter().map(|k| q(k)).collect::<Vec<_>>().join(", ")
         };
-        let sel: Vec<String> = t
-            .cols
-            .iter()
-            .map(|(c, _)| format!("{0}::text, pg_typeof({0})::text", q(c)))
-            .collect();
+        let sel: Vec<String> = t.cols.iter().map(|(c, _)| format!("{0}::text, pg_typeof({0})::text", q(c))).collect();
         let sql = format!(
             "SELECT {pg_key}, {} FROM {}.{} WHERE NOT \"_owsync_deleted\"",
             sel.join(", "),
@@ -133,12 +103,7 @@ pub async fn mirror_diff(pool: &PgPool, schema: &str, sqlite: &Path) -> (Vec<Str
             }
         };
         if pg_rows.len() != src.len() {
-            diffs.push(format!(
-                "{}: {} rows in source, {} live rows in mirror",
-                t.name,
-                src.len(),
-                pg_rows.len()
-            ));
+            diffs.push(format!("{}: {} rows in source, {} live rows in mirror", t.name, src.len(), pg_rows.len()));
         }
         for row in &pg_rows {
             let key: Vec<String> = (0..nkey)

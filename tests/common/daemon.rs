@@ -19,14 +19,7 @@ impl Daemon {
         let log = env.path(&format!("{node_id}.log"));
         let out = std::fs::File::create(&log).expect("log file");
         let listen = format!("127.0.0.1:{port}");
-        let mut args = vec![
-            "--cluster",
-            env.cluster.as_str(),
-            "--node-id",
-            node_id,
-            "--listen",
-            listen.as_str(),
-        ];
+        let mut args = vec!["--cluster", env.cluster.as_str(), "--node-id", node_id, "--listen", listen.as_str()];
         args.extend_from_slice(extra);
         let child = Command::new(env!("CARGO_BIN_EXE_owsyncd"))
             .args(&args)
@@ -39,12 +32,7 @@ impl Daemon {
             .stdin(Stdio::null())
             .spawn()
             .expect("spawn owsyncd");
-        Daemon {
-            child,
-            port,
-            node_id: node_id.to_string(),
-            log,
-        }
+        Daemon { child, port, node_id: node_id.to_string(), log }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -53,30 +41,17 @@ impl Daemon {
 
     /// GET a JSON endpoint; `None` while the daemon is not answering.
     pub async fn get_json(&self, path: &str) -> Option<serde_json::Value> {
-        let r = reqwest::Client::new()
-            .get(self.url(path))
-            .timeout(Duration::from_secs(2))
-            .send()
-            .await
-            .ok()?;
+        let r = reqwest::Client::new().get(self.url(path)).timeout(Duration::from_secs(2)).send().await.ok()?;
         r.json().await.ok()
     }
 
     pub async fn get_text(&self, path: &str) -> Option<String> {
-        let r = reqwest::Client::new()
-            .get(self.url(path))
-            .timeout(Duration::from_secs(2))
-            .send()
-            .await
-            .ok()?;
+        let r = reqwest::Client::new().get(self.url(path)).timeout(Duration::from_secs(2)).send().await.ok()?;
         r.text().await.ok()
     }
 
     pub async fn is_leader(&self) -> bool {
-        self.get_json("/health")
-            .await
-            .and_then(|h| h["is_leader"].as_bool())
-            .unwrap_or(false)
+        self.get_json("/health").await.and_then(|h| h["is_leader"].as_bool()).unwrap_or(false)
     }
 
     /// Waits until /health answers.
@@ -134,10 +109,7 @@ where
         if let Some(v) = f().await {
             return v;
         }
-        assert!(
-            t.elapsed() < timeout,
-            "timed out after {timeout:?} waiting for {what}"
-        );
+        assert!(t.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

@@ -43,27 +43,15 @@ impl TestEnv {
     /// A fresh database; migrated unless `migrate` is false.
     pub async fn new_with(prefix: &str, migrate: bool) -> TestEnv {
         let pg = pg();
-        let db =
-            tokio::task::block_in_place(|| pg.create_database(prefix)).expect("create database");
+        let db = tokio::task::block_in_place(|| pg.create_database(prefix)).expect("create database");
         let admin_url = pg.admin_url(&db);
-        let sync_url = format!(
-            "postgres://sync_service:{SYNC_PASSWORD}@127.0.0.1:{}/{db}",
-            pg.port()
-        );
+        let sync_url = format!("postgres://sync_service:{SYNC_PASSWORD}@127.0.0.1:{}/{db}", pg.port());
         let dir = tempfile::tempdir().expect("tempdir");
         let url_file = dir.path().join("database-url");
         std::fs::write(&url_file, &sync_url).expect("write url file");
         let admin_url_file = dir.path().join("admin-url");
         std::fs::write(&admin_url_file, &admin_url).expect("write admin url file");
-        let env = TestEnv {
-            db,
-            admin_url,
-            sync_url,
-            url_file,
-            admin_url_file,
-            dir,
-            cluster: "test-host".into(),
-        };
+        let env = TestEnv { db, admin_url, sync_url, url_file, admin_url_file, dir, cluster: "test-host".into() };
         if migrate {
             env.migrate().await;
         }
@@ -76,25 +64,17 @@ impl TestEnv {
 
     pub async fn migrate(&self) {
         let _g = MIGRATE.lock().await;
-        let pool = owsync::store::connect(&self.admin_url, "test-migrate", 2)
-            .await
-            .expect("admin connect");
-        owsync::store::migrate::run(&pool, Some(SYNC_PASSWORD))
-            .await
-            .expect("migrate");
+        let pool = owsync::store::connect(&self.admin_url, "test-migrate", 2).await.expect("admin connect");
+        owsync::store::migrate::run(&pool, Some(SYNC_PASSWORD)).await.expect("migrate");
         pool.close().await;
     }
 
     pub async fn admin_pool(&self) -> PgPool {
-        owsync::store::connect(&self.admin_url, "test-admin", 4)
-            .await
-            .expect("admin pool")
+        owsync::store::connect(&self.admin_url, "test-admin", 4).await.expect("admin pool")
     }
 
     pub async fn sync_pool(&self) -> PgPool {
-        owsync::store::connect(&self.sync_url, "test-sync", 4)
-            .await
-            .expect("sync pool")
+        owsync::store::connect(&self.sync_url, "test-sync", 4).await.expect("sync pool")
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
@@ -119,12 +99,7 @@ impl TestEnv {
             .stderr(std::process::Stdio::piped());
         let mut child = cmd.spawn().expect("spawn owsyncctl");
         if let Some(input) = stdin {
-            child
-                .stdin
-                .take()
-                .expect("stdin")
-                .write_all(input.as_bytes())
-                .expect("write stdin");
+            child.stdin.take().expect("stdin").write_all(input.as_bytes()).expect("write stdin");
         }
         drop(child.stdin.take());
         child.wait_with_output().expect("owsyncctl output")
@@ -153,25 +128,12 @@ pub fn stderr(o: &Output) -> String {
 /// Asserts success and returns stdout.
 #[track_caller]
 pub fn ok(o: &Output) -> String {
-    assert!(
-        o.status.success(),
-        "command failed ({:?}):\nstdout: {}\nstderr: {}",
-        o.status,
-        stdout(o),
-        stderr(o)
-    );
+    assert!(o.status.success(), "command failed ({:?}):\nstdout: {}\nstderr: {}", o.status, stdout(o), stderr(o));
     stdout(o)
 }
 
 /// An Open WebUI-shaped database.
-pub fn gen_db(
-    path: &Path,
-    users: u32,
-    chats_per_user: u32,
-    seed: u64,
-    schema: SchemaFlavor,
-    journal: JournalMode,
-) {
+pub fn gen_db(path: &Path, users: u32, chats_per_user: u32, seed: u64, schema: SchemaFlavor, journal: JournalMode) {
     let opts = CreateOptions {
         users,
         chats_per_user,
@@ -192,9 +154,5 @@ pub fn small_db(path: &Path, seed: u64) {
 
 /// A free TCP port on 127.0.0.1.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
 }
