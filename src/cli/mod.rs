@@ -36,6 +36,8 @@ pub enum Command {
     Describe(get::DescribeArgs),
     /// Delete a tenant's ClientSync (refuses while enabled unless --force; the mirror is kept).
     Delete(get::DeleteArgs),
+    /// Ask the leader to sync a tenant now (a durable request; works against any replica's DB).
+    Trigger(ops::TriggerArgs),
     /// Run one reconcile of a tenant in this process (operators' debug tool).
     Sync(ops::SyncArgs),
     /// Print the JSON Schema of a kind.
@@ -58,6 +60,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Describe(a) => get::describe(&cli.global, a).await,
         Command::Delete(a) => get::delete(&cli.global, a).await,
         Command::Sync(a) => ops::sync(&cli.global, a).await,
+        Command::Trigger(a) => ops::trigger(&cli.global, a).await,
         Command::Schema(a) => ops::schema(a),
         Command::Demo(a) => demo::demo(a).await,
         Command::Dev(c) => dev::run(c).await,

@@ -108,3 +108,20 @@ pub fn schema(a: SchemaArgs) -> Result<ExitCode, CliError> {
     println!("{}", serde_json::to_string_pretty(&s).unwrap_or_default());
     Ok(ExitCode::SUCCESS)
 }
+
+#[derive(Debug, Args)]
+pub struct TriggerArgs {
+    pub name: String,
+}
+
+/// Files a durable request; whichever replica leads runs it.
+pub async fn trigger(g: &Global, a: TriggerArgs) -> Result<ExitCode, CliError> {
+    let pool = g.pool().await?;
+    let s = specs::get(&pool, &g.cluster, &a.name).await?;
+    if !s.spec.enabled {
+        return Err(CliError::msg(format!("clientsync/{} is disabled (spec.enabled: false); enable it first", a.name)));
+    }
+    let id = store::requests::file(&pool, &g.cluster, &a.name, "owsyncctl").await?;
+    println!("clientsync/{} sync requested ({id})", a.name);
+    Ok(ExitCode::SUCCESS)
+}

@@ -6,18 +6,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::postgres::PgListener;
-use tokio::sync::{Mutex, Semaphore};
+use tokio::sync::{Mutex, Notify, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::Shared;
 use super::reconciler::{Reconciler, mark_suspended};
-use crate::store::specs;
+use crate::store::{requests, specs};
 use crate::sync::Fence;
 
 struct Running {
     generation: i64,
+    wake: Arc<Notify>,
     token: CancellationToken,
     task: JoinHandle<()>,
 }
@@ -25,7 +26,7 @@ struct Running {
 /// LISTEN for spec changes; `None` when it cannot (polling still works).
 async fn listener(shared: &Shared) -> Option<PgListener> {
     let mut l = PgListener::connect_with(&shared.pool).await.ok()?;
-    l.listen("owsync_specs").await.ok()?;
+    l.listen_all(["owsync_specs", "owsync_requests"]).await.ok()?;
     Some(l)
 }
 
@@ -62,17 +63,19 @@ pub(super) async fn run_leader(shared: Arc<Shared>, epoch: i64, token: Cancellat
                     }
                     let lock = locks.entry(name.to_string()).or_default().clone();
                     let child = token.child_token();
+                    let wake = Arc::new(Notify::new());
                     let rec = Reconciler {
                         shared: shared.clone(),
                         spec: (*spec).clone(),
                         fence: fence.clone(),
                         slots: slots.clone(),
                         lock,
+                        wake: wake.clone(),
                         token: child.clone(),
                     };
                     info!(client = %name, generation = spec.generation, "starting reconciler");
                     let task = tokio::spawn(rec.run());
-                    running.insert(name.to_string(), Running { generation: spec.generation, token: child, task });
+                    running.insert(name.to_string(), Running { generation: spec.generation, wake, token: child, task });
                 }
                 for s in list.iter().filter(|s| !s.spec.enabled) {
                     if suspended.get(&s.name) != Some(&s.generation) {
@@ -88,6 +91,20 @@ pub(super) async fn run_leader(shared: Arc<Shared>, epoch: i64, token: Cancellat
                 }
             }
             Err(e) => warn!(error = %e, "cannot read specs; keeping current reconcilers"),
+        }
+        match requests::claim(&shared.pool, &cluster).await {
+            Ok(claimed) => {
+                for (id, name) in claimed {
+                    match running.get(&name) {
+                        Some(r) => {
+                            info!(client = %name, request = %id, "sync requested");
+                            r.wake.notify_one();
+                        }
+                        None => warn!(client = %name, request = %id, "sync requested for a tenant that is not enabled"),
+                    }
+                }
+            }
+            Err(e) => warn!(error = %e, "cannot read sync requests"),
         }
         stopping.retain(|t| !t.is_finished());
         let poll = shared.config.spec_poll;

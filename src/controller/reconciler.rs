@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use chrono::Utc;
-use tokio::sync::{Mutex, Semaphore};
+use tokio::sync::{Mutex, Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info_span, warn};
 
@@ -21,6 +21,8 @@ pub(super) struct Reconciler {
     pub fence: Fence,
     pub slots: Arc<Semaphore>,
     pub lock: Arc<Mutex<()>>,
+    /// Notified when a sync of this tenant is requested now.
+    pub wake: Arc<Notify>,
     pub token: CancellationToken,
 }
 
@@ -59,6 +61,7 @@ impl Reconciler {
             drop(_permit);
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
+                _ = self.wake.notified() => {}
                 _ = self.token.cancelled() => return,
             }
         }

@@ -4,6 +4,7 @@
 pub mod jobs;
 pub mod lease;
 pub mod migrate;
+pub mod requests;
 pub mod specs;
 pub mod status;
 
