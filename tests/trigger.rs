@@ -28,7 +28,16 @@ async fn trigger_runs_a_sync_now() {
     let d = Daemon::start(&env, "node-a", &[]);
     d.wait_up(Duration::from_secs(20)).await;
     let admin = env.admin_pool().await;
-    eventually(Duration::from_secs(30), "first sync", || async { (jobs(&env, &admin).await >= 1).then_some(()) }).await;
+    let out = ok(&env.ctl(&["wait", "client/tenant", "--for", "condition=Synced", "--timeout", "30s"]));
+    assert!(out.contains("condition met"), "{out}");
+    assert!(jobs(&env, &admin).await >= 1);
+    let out = ok(&env.ctl(&["wait", "client/tenant", "--for", "condition=Ready=True", "--timeout", "5s"]));
+    assert!(out.contains("condition met"), "{out}");
+    let out = env.ctl(&["wait", "client/tenant", "--for", "condition=Stalled=True", "--timeout", "1s"]);
+    assert_eq!(out.status.code(), Some(1), "{}", common::stderr(&out));
+    let status = ok(&env.ctl(&["cluster", "status"]));
+    assert!(status.contains("Leader:  node-a (epoch 1"), "{status}");
+    assert!(status.lines().any(|l| l.contains("node-a") && l.contains("leader")), "{status}");
 
     let opts = owsync::fixtures::MutateOptions { ops: 40, seed: 9, ..Default::default() };
     owsync::fixtures::mutate(&db, &opts).unwrap();

@@ -6,6 +6,7 @@ mod demo;
 mod dev;
 mod get;
 mod ops;
+mod watch;
 
 use std::process::ExitCode;
 
@@ -38,6 +39,11 @@ pub enum Command {
     Delete(get::DeleteArgs),
     /// Ask the leader to sync a tenant now (a durable request; works against any replica's DB).
     Trigger(ops::TriggerArgs),
+    /// Block until a tenant meets a condition (exit 0 met, 1 timeout).
+    Wait(watch::WaitArgs),
+    /// The cluster's leader, epoch and replicas.
+    #[command(subcommand)]
+    Cluster(watch::ClusterCommand),
     /// Run one reconcile of a tenant in this process (operators' debug tool).
     Sync(ops::SyncArgs),
     /// Print the JSON Schema of a kind.
@@ -61,6 +67,8 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Delete(a) => get::delete(&cli.global, a).await,
         Command::Sync(a) => ops::sync(&cli.global, a).await,
         Command::Trigger(a) => ops::trigger(&cli.global, a).await,
+        Command::Wait(a) => watch::wait(&cli.global, a).await,
+        Command::Cluster(c) => watch::cluster(&cli.global, c).await,
         Command::Schema(a) => ops::schema(a),
         Command::Demo(a) => demo::demo(a).await,
         Command::Dev(c) => dev::run(c).await,

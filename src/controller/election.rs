@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use sqlx::postgres::PgListener;
 use sqlx::{Connection, PgConnection};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -35,6 +36,13 @@ async fn step_down(shared: &Shared, leading: Leading, why: &str) {
     });
 }
 
+/// LISTEN for lease releases; `None` when it cannot (polling still works).
+async fn lease_listener(shared: &Shared) -> Option<PgListener> {
+    let mut l = PgListener::connect_with(&shared.pool).await.ok()?;
+    l.listen("owsync_lease").await.ok()?;
+    Some(l)
+}
+
 /// Runs until `shutdown` is cancelled; then drains the reconcilers, releases the lease
 /// and notifies the standby.
 pub async fn run_election(shared: Arc<Shared>, shutdown: CancellationToken) {
@@ -43,6 +51,7 @@ pub async fn run_election(shared: Arc<Shared>, shutdown: CancellationToken) {
     let mut conn: Option<PgConnection> = None;
     let mut leading: Option<Leading> = None;
     let mut last_renew = Instant::now();
+    let mut released: Option<PgListener> = None;
     let version = env!("CARGO_PKG_VERSION");
 
     while !shutdown.is_cancelled() {
@@ -123,9 +132,20 @@ pub async fn run_election(shared: Arc<Shared>, shutdown: CancellationToken) {
         }
         let _ = lease::heartbeat(&shared.pool, &who, leading.is_some(), version).await;
         let pause = if leading.is_some() { jittered(cfg.retry, 0.1) } else { jittered(cfg.retry / 2, 0.1) };
-        tokio::select! {
-            _ = tokio::time::sleep(pause) => {}
-            _ = shutdown.cancelled() => {}
+        if leading.is_none() && released.is_none() {
+            released = lease_listener(&shared).await;
+        }
+        match (leading.is_none(), released.as_mut()) {
+            // A standby wakes as soon as the leader releases the lease (clean shutdown).
+            (true, Some(l)) => tokio::select! {
+                r = l.recv() => if r.is_err() { released = None },
+                _ = tokio::time::sleep(pause) => {}
+                _ = shutdown.cancelled() => {}
+            },
+            _ => tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = shutdown.cancelled() => {}
+            },
         }
     }
 

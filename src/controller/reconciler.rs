@@ -82,7 +82,14 @@ impl Reconciler {
                 return None;
             }
         }
-        let job_id = jobs::start(&sh.pool, cluster, name, &self.fence.who.node_id, self.fence.epoch, "schedule").await;
+        let job_id = match self.start_job().await {
+            Ok(id) => Some(id),
+            Err(RecordError::OwnershipLost) => return None,
+            Err(e) => {
+                warn!(client = %name, error = %e, "cannot record the start of the sync");
+                None
+            }
+        };
         let started = Instant::now();
         let job = SyncJob { pool: &sh.pool, cluster, client: name, spec: &self.spec.spec, fence: Some(&self.fence) };
         let result = sync_tenant(&job).await;
@@ -139,7 +146,7 @@ impl Reconciler {
         };
         st.set_condition("Reconciling", false, "Idle", "waiting for the next sync", generation, now);
         st.next_sync_time = chrono::Duration::from_std(delay).ok().map(|d| now + d);
-        match self.record(st, job_id.ok(), job_status, rows, error.as_deref(), &result, elapsed).await {
+        match self.record(st, job_id, job_status, rows, error.as_deref(), &result, elapsed).await {
             Ok(()) => Some(delay),
             Err(RecordError::OwnershipLost) => None,
             Err(e) => {
@@ -149,16 +156,29 @@ impl Reconciler {
         }
     }
 
-    /// Writes an in-progress status (fenced).
-    async fn record_progress(&self, st: &ClientSyncStatus) -> Result<(), RecordError> {
-        let sh = &self.shared;
-        let mut tx = store::begin(&sh.pool, &self.spec.cluster).await?;
-        status::write(&mut tx, &self.spec.cluster, &self.spec.name, st, None).await?;
+    /// Commits `tx` only if this replica still holds the lease at its epoch.
+    async fn commit_fenced(&self, mut tx: sqlx::Transaction<'static, sqlx::Postgres>) -> Result<(), RecordError> {
         if !store::lease::holds(&mut tx, &self.fence.who, self.fence.epoch).await? {
             return Err(RecordError::OwnershipLost);
         }
-        tx.commit().await.map_err(|e| store::StoreError::Db { context: "commit status".into(), source: e })?;
+        tx.commit().await.map_err(|e| store::StoreError::Db { context: "commit".into(), source: e })?;
         Ok(())
+    }
+
+    /// Writes an in-progress status (fenced).
+    async fn record_progress(&self, st: &ClientSyncStatus) -> Result<(), RecordError> {
+        let mut tx = store::begin(&self.shared.pool, &self.spec.cluster).await?;
+        status::write(&mut tx, &self.spec.cluster, &self.spec.name, st, None).await?;
+        self.commit_fenced(tx).await
+    }
+
+    /// Records the start of a run (fenced): its `sync_jobs` row.
+    async fn start_job(&self) -> Result<uuid::Uuid, RecordError> {
+        let mut tx = store::begin(&self.shared.pool, &self.spec.cluster).await?;
+        let (who, epoch) = (&self.fence.who, self.fence.epoch);
+        let id = jobs::start(&mut tx, &self.spec.cluster, &self.spec.name, &who.node_id, epoch, "schedule").await?;
+        self.commit_fenced(tx).await?;
+        Ok(id)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -189,11 +209,7 @@ impl Reconciler {
             let msg = format!("wrote {rows} rows");
             jobs::event(&mut tx, cluster, Some(name), false, "Synced", &msg, Some(&self.fence.who.node_id)).await?;
         }
-        if !store::lease::holds(&mut tx, &self.fence.who, self.fence.epoch).await? {
-            return Err(RecordError::OwnershipLost);
-        }
-        tx.commit().await.map_err(|e| store::StoreError::Db { context: "commit status".into(), source: e })?;
-        Ok(())
+        self.commit_fenced(tx).await
     }
 }
 

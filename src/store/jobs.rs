@@ -6,9 +6,10 @@ use uuid::Uuid;
 
 use super::{Context, Result};
 
-/// Records the start of a run; its id is a time-ordered UUID.
+/// Records the start of a run inside the caller's (fenced) transaction; its id is a
+/// time-ordered UUID.
 pub async fn start(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     cluster: &str,
     client: &str,
     leader: &str,
@@ -16,7 +17,6 @@ pub async fn start(
     trigger: &str,
 ) -> Result<Uuid> {
     let id = Uuid::now_v7();
-    let mut tx = super::begin(pool, cluster).await?;
     sqlx::query(
         "INSERT INTO sync_metadata.sync_jobs (id, cluster_name, client_name, leader_id, epoch, trigger)
          VALUES ($1, $2, $3, $4, $5, $6)",
@@ -27,10 +27,9 @@ pub async fn start(
     .bind(leader)
     .bind(epoch)
     .bind(trigger)
-    .execute(&mut *tx)
+    .execute(conn)
     .await
     .ctx(|| format!("record the start of a sync of {client}"))?;
-    tx.commit().await.ctx(|| "commit".into())?;
     Ok(id)
 }
 
