@@ -43,6 +43,12 @@ struct Args {
     /// Syncs running at once.
     #[arg(long, env = "OWSYNC_MAX_CONCURRENCY", default_value_t = 8)]
     max_concurrency: usize,
+    /// File holding the bearer token that mutating API endpoints require.
+    #[arg(long, env = "OWSYNC_API_TOKEN_FILE")]
+    api_token_file: Option<PathBuf>,
+    /// How long the state API serves a key from its cache.
+    #[arg(long, env = "OWSYNC_STATE_CACHE_TTL", default_value = "5m", value_parser = humantime::parse_duration)]
+    state_cache_ttl: Duration,
     /// Log format.
     #[arg(long, env = "OWSYNC_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
@@ -123,7 +129,23 @@ async fn main() -> anyhow::Result<()> {
 
     let listener = tokio::net::TcpListener::bind(a.listen).await.with_context(|| format!("listen on {}", a.listen))?;
     info!(listen = %a.listen, "HTTP API up");
-    let app = owsync::api::router(shared.clone());
+    let token = match &a.api_token_file {
+        Some(f) => Some(
+            std::fs::read_to_string(f)
+                .with_context(|| format!("read --api-token-file {}", f.display()))?
+                .trim_end_matches(['\n', '\r'])
+                .to_string(),
+        ),
+        None => {
+            warn!(
+                "no --api-token-file: mutating API endpoints (PUT /api/v1/state, POST /api/v1/sync/trigger) are disabled"
+            );
+            None
+        }
+    };
+    let (app, api_state) =
+        owsync::api::router(shared.clone(), owsync::api::ApiConfig { token, cache_ttl: a.state_cache_ttl });
+    let cache_task = tokio::spawn(owsync::api::run_cache_invalidation(api_state, shutdown.clone()));
     let http_stop = shutdown.clone();
     let http = tokio::spawn(async move {
         let r = axum::serve(listener, app).with_graceful_shutdown(async move { http_stop.cancelled().await }).await;
@@ -138,6 +160,7 @@ async fn main() -> anyhow::Result<()> {
     shutdown.cancel();
     let _ = election.await;
     let _ = http.await;
+    let _ = cache_task.await;
     info!("owsyncd stopped");
     Ok(())
 }

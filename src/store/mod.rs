@@ -6,6 +6,7 @@ pub mod lease;
 pub mod migrate;
 pub mod requests;
 pub mod specs;
+pub mod state;
 pub mod status;
 
 use std::time::Duration;

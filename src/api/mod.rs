@@ -1,0 +1,174 @@
+//! The HTTP API (axum): health in the seed's shape, liveness and readiness probes,
+//! Prometheus metrics, tenants, cache-aside state and sync triggers. Mutating endpoints
+//! need `Authorization: Bearer <token>`; every error is a JSON body with a 4xx/5xx code,
+//! never a panic.
+
+mod cache;
+mod openapi;
+mod v1;
+
+pub use cache::StateCache;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use crate::controller::Shared;
+use crate::store::migrate;
+
+/// Largest request body accepted.
+pub const MAX_BODY: usize = 64 * 1024;
+
+pub struct ApiConfig {
+    /// Bearer token for mutating endpoints; `None` refuses them.
+    pub token: Option<String>,
+    /// How long a state entry is served from cache.
+    pub cache_ttl: Duration,
+}
+
+pub struct AppState {
+    pub shared: Arc<Shared>,
+    pub token: Option<String>,
+    pub cache: StateCache,
+}
+
+pub type App = Arc<AppState>;
+
+pub fn router(shared: Arc<Shared>, cfg: ApiConfig) -> (Router, App) {
+    let app = Arc::new(AppState { shared, token: cfg.token, cache: StateCache::new(cfg.cache_ttl) });
+    let r = Router::new()
+        .route("/health", get(health))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/openapi.json", get(openapi::document))
+        .route("/api/v1/clients", get(v1::list_clients))
+        .route("/api/v1/clients/{name}", get(v1::get_client))
+        .route("/api/v1/state", get(v1::get_state).put(v1::put_state))
+        .route("/api/v1/sync/trigger", post(v1::trigger))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(app.clone());
+    (r, app)
+}
+
+/// A JSON error answer.
+pub(crate) fn error(code: StatusCode, message: impl Into<String>) -> Response {
+    (code, Json(json!({"error": message.into(), "code": code.as_u16()}))).into_response()
+}
+
+async fn not_found() -> Response {
+    error(StatusCode::NOT_FOUND, "no such endpoint (see /openapi.json)")
+}
+
+async fn method_not_allowed() -> Response {
+    error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed (see /openapi.json)")
+}
+
+/// Checks `Authorization: Bearer <token>` in constant time.
+pub(crate) fn authorize(app: &AppState, headers: &HeaderMap) -> Result<(), Response> {
+    let Some(token) = &app.token else {
+        return Err(error(
+            StatusCode::FORBIDDEN,
+            "mutating endpoints are disabled: start owsyncd with --api-token-file",
+        ));
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    let (a, b) = (given.as_bytes(), token.as_bytes());
+    let diff = a.len() ^ b.len() | a.iter().zip(b.iter().cycle()).fold(0usize, |acc, (x, y)| acc | usize::from(x ^ y));
+    if b.is_empty() || diff != 0 {
+        let mut r = error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
+        r.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+        return Err(r);
+    }
+    Ok(())
+}
+
+async fn health(State(app): State<App>) -> Json<serde_json::Value> {
+    let sh = &app.shared;
+    let n = sh.node();
+    let status = if n.db_ok { "healthy" } else { "degraded" };
+    Json(json!({
+        "status": status,
+        "is_leader": n.is_leader,
+        "leader_id": n.leader_id,
+        "node_id": sh.config.node_id,
+        "cluster_name": sh.config.cluster,
+        "epoch": n.epoch,
+        "uptime_seconds": sh.started.elapsed().as_secs(),
+        "last_sync": n.last_sync.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+        "version": env!("CARGO_PKG_VERSION"),
+    }))
+}
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(json!({"status": "ok"}))
+}
+
+async fn readyz(State(app): State<App>) -> Response {
+    match migrate::require_current(&app.shared.pool).await {
+        Ok(()) => Json(json!({"status": "ready"})).into_response(),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    }
+}
+
+async fn metrics(State(app): State<App>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        app.shared.metrics.render(),
+    )
+        .into_response()
+}
+
+/// Keeps every replica's state cache coherent: drops keys on NOTIFY owsync_state, and
+/// polls for changes every few seconds in case a notification was missed.
+pub async fn run_cache_invalidation(app: App, stop: CancellationToken) {
+    let sh = app.shared.clone();
+    let cluster = sh.config.cluster.clone();
+    let prefix = format!("{cluster}/");
+    let mut since = chrono::Utc::now();
+    let mut listener: Option<sqlx::postgres::PgListener> = None;
+    loop {
+        if listener.is_none() {
+            if let Ok(mut l) = sqlx::postgres::PgListener::connect_with(&sh.pool).await
+                && l.listen("owsync_state").await.is_ok()
+            {
+                // Anything written while we were not listening is caught by the poll below.
+                listener = Some(l);
+            }
+        }
+        let poll = tokio::time::sleep(Duration::from_secs(5));
+        match listener.as_mut() {
+            Some(l) => tokio::select! {
+                n = l.recv() => match n {
+                    Ok(n) => if let Some(key) = n.payload().strip_prefix(&prefix) { app.cache.invalidate(key) },
+                    Err(_) => listener = None,
+                },
+                _ = poll => {}
+                _ = stop.cancelled() => return,
+            },
+            None => tokio::select! {
+                _ = poll => {}
+                _ = stop.cancelled() => return,
+            },
+        }
+        if let Ok(changed) = crate::store::state::changed_since(&sh.pool, &cluster, since).await {
+            for (key, at) in changed {
+                app.cache.invalidate_if_older(&key, at);
+                since = since.max(at);
+            }
+        }
+    }
+}

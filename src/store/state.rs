@@ -1,0 +1,76 @@
+//! `state`: the seed's key-value deployment state (authoritative in PostgreSQL).
+
+use chrono::{DateTime, Utc};
+use sqlx::types::Json;
+use sqlx::{PgPool, Row};
+
+use super::{Context, Result};
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct StateEntry {
+    pub key: String,
+    pub value: serde_json::Value,
+    pub updated_at: DateTime<Utc>,
+}
+
+pub async fn get(pool: &PgPool, cluster: &str, key: &str) -> Result<Option<StateEntry>> {
+    let mut tx = super::begin(pool, cluster).await?;
+    let row = sqlx::query("SELECT value, updated_at FROM sync_metadata.state WHERE cluster_name = $1 AND key = $2")
+        .bind(cluster)
+        .bind(key)
+        .fetch_optional(&mut *tx)
+        .await
+        .ctx(|| format!("read state {key}"))?;
+    tx.commit().await.ctx(|| "commit".into())?;
+    Ok(row.map(|r| StateEntry {
+        key: key.to_string(),
+        value: r.get::<Json<serde_json::Value>, _>(0).0,
+        updated_at: r.get(1),
+    }))
+}
+
+/// Writes a key, then tells every replica to drop it from its cache (NOTIFY owsync_state
+/// with `cluster/key`), in the same transaction.
+pub async fn put(
+    pool: &PgPool,
+    cluster: &str,
+    key: &str,
+    value: &serde_json::Value,
+    by: &str,
+) -> Result<DateTime<Utc>> {
+    let mut tx = super::begin(pool, cluster).await?;
+    let at: DateTime<Utc> = sqlx::query_scalar(
+        "INSERT INTO sync_metadata.state (cluster_name, key, value, updated_at, updated_by) VALUES ($1, $2, $3, now(), $4)
+         ON CONFLICT (cluster_name, key) DO UPDATE SET value = EXCLUDED.value, updated_at = now(),
+             updated_by = EXCLUDED.updated_by
+         RETURNING updated_at",
+    )
+    .bind(cluster)
+    .bind(key)
+    .bind(Json(value))
+    .bind(by)
+    .fetch_one(&mut *tx)
+    .await
+    .ctx(|| format!("write state {key}"))?;
+    sqlx::query("SELECT pg_notify('owsync_state', $1)")
+        .bind(format!("{cluster}/{key}"))
+        .execute(&mut *tx)
+        .await
+        .ctx(|| "notify owsync_state".into())?;
+    tx.commit().await.ctx(|| "commit".into())?;
+    Ok(at)
+}
+
+/// Keys changed since `since` (the polling fallback of cache invalidation).
+pub async fn changed_since(pool: &PgPool, cluster: &str, since: DateTime<Utc>) -> Result<Vec<(String, DateTime<Utc>)>> {
+    let mut tx = super::begin(pool, cluster).await?;
+    let rows =
+        sqlx::query("SELECT key, updated_at FROM sync_metadata.state WHERE cluster_name = $1 AND updated_at > $2")
+            .bind(cluster)
+            .bind(since)
+            .fetch_all(&mut *tx)
+            .await
+            .ctx(|| "poll state changes".into())?;
+    tx.commit().await.ctx(|| "commit".into())?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
