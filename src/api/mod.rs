@@ -73,10 +73,10 @@ async fn method_not_allowed() -> Response {
     error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed (see /openapi.json)")
 }
 
-/// Checks `Authorization: Bearer <token>` in constant time.
-pub(crate) fn authorize(app: &AppState, headers: &HeaderMap) -> Result<(), Response> {
+/// Checks `Authorization: Bearer <token>` in constant time; `Some(answer)` refuses.
+pub(crate) fn authorize(app: &AppState, headers: &HeaderMap) -> Option<Response> {
     let Some(token) = &app.token else {
-        return Err(error(
+        return Some(error(
             StatusCode::FORBIDDEN,
             "mutating endpoints are disabled: start owsyncd with --api-token-file",
         ));
@@ -91,9 +91,9 @@ pub(crate) fn authorize(app: &AppState, headers: &HeaderMap) -> Result<(), Respo
     if b.is_empty() || diff != 0 {
         let mut r = error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
         r.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
-        return Err(r);
+        return Some(r);
     }
-    Ok(())
+    None
 }
 
 async fn health(State(app): State<App>) -> Json<serde_json::Value> {
@@ -141,13 +141,12 @@ pub async fn run_cache_invalidation(app: App, stop: CancellationToken) {
     let mut since = chrono::Utc::now();
     let mut listener: Option<sqlx::postgres::PgListener> = None;
     loop {
-        if listener.is_none() {
-            if let Ok(mut l) = sqlx::postgres::PgListener::connect_with(&sh.pool).await
-                && l.listen("owsync_state").await.is_ok()
-            {
-                // Anything written while we were not listening is caught by the poll below.
-                listener = Some(l);
-            }
+        // Anything written while we were not listening is caught by the poll below.
+        if listener.is_none()
+            && let Ok(mut l) = sqlx::postgres::PgListener::connect_with(&sh.pool).await
+            && l.listen("owsync_state").await.is_ok()
+        {
+            listener = Some(l);
         }
         let poll = tokio::time::sleep(Duration::from_secs(5));
         match listener.as_mut() {

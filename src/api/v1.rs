@@ -55,11 +55,10 @@ pub struct StateQuery {
     key: String,
 }
 
-fn check_key(key: &str) -> Result<(), Response> {
-    if key.is_empty() || key.len() > 256 || key.chars().any(char::is_control) {
-        return Err(error(StatusCode::BAD_REQUEST, "key must be 1 to 256 characters without control characters"));
-    }
-    Ok(())
+/// `Some(answer)` when the key is unusable.
+fn check_key(key: &str) -> Option<Response> {
+    (key.is_empty() || key.len() > 256 || key.chars().any(char::is_control))
+        .then(|| error(StatusCode::BAD_REQUEST, "key must be 1 to 256 characters without control characters"))
 }
 
 pub async fn get_state(State(app): State<App>, q: Result<Query<StateQuery>, QueryRejection>) -> Response {
@@ -67,7 +66,7 @@ pub async fn get_state(State(app): State<App>, q: Result<Query<StateQuery>, Quer
         Ok(q) => q,
         Err(r) => return error(StatusCode::BAD_REQUEST, format!("invalid query: {}", r.body_text())),
     };
-    if let Err(r) = check_key(&q.key) {
+    if let Some(r) = check_key(&q.key) {
         return r;
     }
     let sh = &app.shared;
@@ -113,14 +112,14 @@ pub async fn put_state(
     headers: HeaderMap,
     body: Result<Json<PutState>, JsonRejection>,
 ) -> Response {
-    if let Err(r) = authorize(&app, &headers) {
+    if let Some(r) = authorize(&app, &headers) {
         return r;
     }
     let Json(b) = match body {
         Ok(b) => b,
         Err(r) => return bad_body(r),
     };
-    if let Err(r) = check_key(&b.key) {
+    if let Some(r) = check_key(&b.key) {
         return r;
     }
     let sh = &app.shared;
@@ -145,7 +144,7 @@ pub async fn trigger(
     headers: HeaderMap,
     body: Result<Json<TriggerBody>, JsonRejection>,
 ) -> Response {
-    if let Err(r) = authorize(&app, &headers) {
+    if let Some(r) = authorize(&app, &headers) {
         return r;
     }
     let Json(b) = match body {
