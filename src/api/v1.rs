@@ -20,8 +20,16 @@ fn store_error(e: store::StoreError) -> Response {
     }
 }
 
-fn bad_body(r: JsonRejection) -> Response {
-    error(r.status(), format!("invalid request body: {}", r.body_text()))
+/// The body of a mutating request, once its bearer token checks out.
+fn authorized_body<T>(
+    app: &App,
+    headers: &HeaderMap,
+    body: Result<Json<T>, JsonRejection>,
+) -> Result<T, Box<Response>> {
+    if let Some(r) = authorize(app, headers) {
+        return Err(Box::new(r));
+    }
+    body.map(|Json(b)| b).map_err(|r| Box::new(error(r.status(), format!("invalid request body: {}", r.body_text()))))
 }
 
 pub async fn list_clients(State(app): State<App>) -> Response {
@@ -112,12 +120,9 @@ pub async fn put_state(
     headers: HeaderMap,
     body: Result<Json<PutState>, JsonRejection>,
 ) -> Response {
-    if let Some(r) = authorize(&app, &headers) {
-        return r;
-    }
-    let Json(b) = match body {
+    let b = match authorized_body(&app, &headers, body) {
         Ok(b) => b,
-        Err(r) => return bad_body(r),
+        Err(answer) => return *answer,
     };
     if let Some(r) = check_key(&b.key) {
         return r;
@@ -144,12 +149,9 @@ pub async fn trigger(
     headers: HeaderMap,
     body: Result<Json<TriggerBody>, JsonRejection>,
 ) -> Response {
-    if let Some(r) = authorize(&app, &headers) {
-        return r;
-    }
-    let Json(b) = match body {
+    let b = match authorized_body(&app, &headers, body) {
         Ok(b) => b,
-        Err(r) => return bad_body(r),
+        Err(answer) => return *answer,
     };
     if !is_dns_label(&b.client_name) {
         return error(StatusCode::BAD_REQUEST, format!("{:?} is not a valid client name", b.client_name));

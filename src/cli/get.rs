@@ -179,16 +179,21 @@ fn describe_status(out: &mut String, st: &ClientSyncStatus) {
     }
 }
 
-pub async fn describe(g: &Global, a: DescribeArgs) -> Result<ExitCode, CliError> {
-    let pool = g.pool().await?;
-    let s = match specs::get(&pool, &g.cluster, &a.name).await {
-        Ok(s) => s,
+/// `Ok(None)` (after saying so) when the tenant does not exist: exit code 1, not an error.
+fn found(r: Result<specs::StoredSpec, StoreError>) -> Result<Option<specs::StoredSpec>, CliError> {
+    match r {
+        Ok(s) => Ok(Some(s)),
         Err(e @ StoreError::NotFound { .. }) => {
             eprintln!("error: {e}");
-            return Ok(ExitCode::from(1));
+            Ok(None)
         }
-        Err(e) => return Err(e.into()),
-    };
+        Err(e) => Err(e.into()),
+    }
+}
+
+pub async fn describe(g: &Global, a: DescribeArgs) -> Result<ExitCode, CliError> {
+    let pool = g.pool().await?;
+    let Some(s) = found(specs::get(&pool, &g.cluster, &a.name).await)? else { return Ok(ExitCode::from(1)) };
     let st = status::get(&pool, &g.cluster, &a.name).await?;
     let events = jobs::recent_events(&pool, &g.cluster, &a.name, 10).await?;
     let mut out = String::new();
@@ -235,14 +240,7 @@ pub async fn describe(g: &Global, a: DescribeArgs) -> Result<ExitCode, CliError>
 
 pub async fn delete(g: &Global, a: DeleteArgs) -> Result<ExitCode, CliError> {
     let pool = g.pool().await?;
-    let s = match specs::get(&pool, &g.cluster, &a.name).await {
-        Ok(s) => s,
-        Err(e @ StoreError::NotFound { .. }) => {
-            eprintln!("error: {e}");
-            return Ok(ExitCode::from(1));
-        }
-        Err(e) => return Err(e.into()),
-    };
+    let Some(s) = found(specs::get(&pool, &g.cluster, &a.name).await)? else { return Ok(ExitCode::from(1)) };
     if s.spec.enabled && !a.force {
         eprintln!(
             "error: clientsync/{} has sync enabled; disable it first (set spec.enabled: false and apply), or pass --force",
