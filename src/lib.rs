@@ -13,3 +13,4 @@ pub mod sql;
 pub mod store;
 pub mod sync;
 pub mod target;
+pub mod verify;

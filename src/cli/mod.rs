@@ -6,6 +6,7 @@ mod demo;
 mod dev;
 mod get;
 mod ops;
+mod verify;
 mod watch;
 
 use std::process::ExitCode;
@@ -46,6 +47,8 @@ pub enum Command {
     Cluster(watch::ClusterCommand),
     /// Run one reconcile of a tenant in this process (operators' debug tool).
     Sync(ops::SyncArgs),
+    /// Prove the mirror equals the source, row by row (exit 0 equal, 1 differs).
+    Verify(verify::VerifyArgs),
     /// Print the JSON Schema of a kind.
     Schema(ops::SchemaArgs),
     /// Run a complete local demo: throwaway PostgreSQL, a generated tenant, owsyncd.
@@ -70,6 +73,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Wait(a) => watch::wait(&cli.global, a).await,
         Command::Cluster(c) => watch::cluster(&cli.global, c).await,
         Command::Schema(a) => ops::schema(a),
+        Command::Verify(a) => verify::verify(&cli.global, a).await,
         Command::Demo(a) => demo::demo(a).await,
         Command::Dev(c) => dev::run(c).await,
     };
