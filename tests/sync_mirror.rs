@@ -1,27 +1,305 @@
-//! After a sync, every value of every table in the mirror equals the SQLite source.
+//! After a sync, every value of every table in the mirror equals the SQLite source:
+//! fresh and legacy schemas, WAL and rollback journals, repeated syncs over a changing
+//! source (tombstones, `deletes: ignore`), additive schema evolution, and a sync that
+//! runs while Open WebUI keeps writing.
 
 mod common;
 
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
 use common::compare::mirror_diff;
 use common::{TestEnv, gen_db, ok};
-use owsync::fixtures::{JournalMode, SchemaFlavor};
+use owsync::fixtures::{JournalMode, MutateOptions, MutateSummary, SchemaFlavor, mutate};
+use sqlx::PgPool;
+
+/// Asserts the mirror equals the source; returns the number of rows compared.
+async fn assert_equal(pool: &PgPool, schema: &str, db: &Path) -> usize {
+    let (diffs, n) = mirror_diff(pool, schema, db).await;
+    assert!(diffs.is_empty(), "{} differences, first: {:#?}", diffs.len(), &diffs[..diffs.len().min(10)]);
+    n
+}
+
+/// `apply` a manifest for `name` (with `extra` spec lines) and run one sync.
+fn apply_and_sync(env: &TestEnv, name: &str, db: &Path, extra: &str) -> String {
+    let m = env.manifest(name, db, extra);
+    ok(&env.ctl(&["apply", "-f", m.to_str().unwrap()]));
+    sync(env, name)
+}
+
+fn sync(env: &TestEnv, name: &str) -> String {
+    let out = ok(&env.ctl(&["sync", name, "--once"]));
+    assert!(out.contains(&format!("clientsync/{name} synced")), "{out}");
+    out
+}
+
+/// The UPSERTED and TOMBSTONED columns of `table` in `sync --once`'s table.
+fn written(out: &str, table: &str) -> (u64, u64) {
+    let line = out
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(table))
+        .unwrap_or_else(|| panic!("no line for {table} in:\n{out}"));
+    let f: Vec<u64> = line.split_whitespace().skip(2).map(|x| x.parse().unwrap()).collect();
+    (f[0], f[1])
+}
+
+async fn count(pool: &PgPool, sql: &str) -> i64 {
+    sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_string()))
+        .fetch_one(pool)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn fresh_wal_database_mirrors_exactly() {
     let env = TestEnv::new("mirror_fresh").await;
     let db = env.path("webui.db");
     gen_db(&db, 8, 5, 7, SchemaFlavor::Fresh, JournalMode::Wal);
-    let m = env.manifest("acme", &db, "");
-    ok(&env.ctl(&["apply", "-f", m.to_str().unwrap()]));
-    let out = ok(&env.ctl(&["sync", "acme", "--once"]));
-    assert!(out.contains("clientsync/acme synced"), "{out}");
+    apply_and_sync(&env, "acme", &db, "");
     let pool = env.sync_pool().await;
-    let (diffs, n) = mirror_diff(&pool, "client_acme", &db).await;
-    assert!(
-        diffs.is_empty(),
-        "{} differences, first: {:#?}",
-        diffs.len(),
-        &diffs[..diffs.len().min(10)]
-    );
+    let n = assert_equal(&pool, "client_acme", &db).await;
     assert!(n > 300, "compared only {n} rows");
+}
+
+/// A peewee-era install upgraded to 0.12.4, with `DATABASE_ENABLE_SQLITE_WAL=false`.
+/// Its `chat.created_at`/`updated_at` are declared DATETIME but hold epoch seconds.
+#[tokio::test(flavor = "multi_thread")]
+async fn legacy_rollback_journal_database_mirrors_exactly() {
+    let env = TestEnv::new("mirror_legacy").await;
+    let db = env.path("webui.db");
+    gen_db(&db, 8, 5, 11, SchemaFlavor::Legacy, JournalMode::Delete);
+    let m = env.manifest("legacy", &db, "");
+    ok(&env.ctl(&["apply", "-f", m.to_str().unwrap()]));
+    let o = env.ctl(&["sync", "legacy", "--once"]);
+    let pool = env.sync_pool().await;
+    let n = assert_equal(&pool, "client_legacy", &db).await;
+    assert!(n > 300, "compared only {n} rows");
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    assert!(!db.with_extension("db-wal").exists(), "a rollback-journal source must stay one");
+}
+
+/// Tombstoned keys of `table` in the mirror, as text.
+async fn tombstoned(pool: &PgPool, schema: &str, table: &str, key: &str) -> BTreeSet<String> {
+    let sql = format!("SELECT {key}::text FROM \"{schema}\".\"{table}\" WHERE \"_owsync_deleted\" ORDER BY 1");
+    sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql)).fetch_all(pool).await.unwrap().into_iter().collect()
+}
+
+fn deleted(s: &MutateSummary, table: &str) -> Vec<String> {
+    s.tables.get(table).map(|t| t.deleted.clone()).unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn repeated_syncs_follow_changes_with_tombstones() {
+    let env = TestEnv::new("mirror_incr").await;
+    let db = env.path("webui.db");
+    gen_db(&db, 10, 6, 21, SchemaFlavor::Fresh, JournalMode::Wal);
+    apply_and_sync(&env, "incr", &db, "");
+    let pool = env.sync_pool().await;
+    assert_equal(&pool, "client_incr", &db).await;
+
+    let s = mutate(&db, &MutateOptions { ops: 300, seed: 5, ..Default::default() }).expect("mutate");
+    assert_eq!(s.op_counts.len(), 20, "not every op kind ran: {:?}", s.op_counts);
+    let gone: BTreeSet<String> = deleted(&s, "chat").into_iter().collect();
+    assert!(!gone.is_empty(), "no chat was deleted: {:?}", s.op_counts);
+    let out = sync(&env, "incr");
+    assert_equal(&pool, "client_incr", &db).await;
+
+    // Deleted rows are tombstoned, not removed, in every table that lost rows.
+    assert_eq!(tombstoned(&pool, "client_incr", "chat", "id").await, gone);
+    assert_eq!(written(&out, "chat").1, gone.len() as u64, "{out}");
+    for (table, ch) in &s.tables {
+        let sql = format!("SELECT count(*) FROM client_incr.\"{table}\" WHERE \"_owsync_deleted\"");
+        assert_eq!(count(&pool, &sql).await, ch.deleted.len() as i64, "{table}");
+    }
+
+    // An unchanged source writes nothing.
+    let out = sync(&env, "incr");
+    assert!(out.contains(" 0 rows written"), "{out}");
+
+    // deletes: ignore -> rows deleted in the source stay live in the mirror; the
+    // tombstones of before stay as they were.
+    let m = env.manifest("incr", &db, "  deletes: ignore\n");
+    ok(&env.ctl(&["apply", "-f", m.to_str().unwrap()]));
+    let s2 = mutate(&db, &MutateOptions { ops: 120, seed: 6, ..Default::default() }).expect("mutate");
+    let gone2 = deleted(&s2, "chat");
+    assert!(!gone2.is_empty(), "no chat was deleted: {:?}", s2.op_counts);
+    let out = sync(&env, "incr");
+    assert_eq!(written(&out, "chat").1, 0, "{out}");
+    assert_eq!(tombstoned(&pool, "client_incr", "chat", "id").await, gone);
+    let (diffs, _) = mirror_diff(&pool, "client_incr", &db).await;
+    let mut want = BTreeSet::new();
+    for (table, ch) in s2.tables.iter().filter(|(_, c)| !c.deleted.is_empty()) {
+        let sql = format!("SELECT count(*) FROM client_incr.\"{table}\" WHERE NOT \"_owsync_deleted\"");
+        let live = count(&pool, &sql).await as usize;
+        want.insert(format!("{table}: {} rows in source, {live} live rows in mirror", live - ch.deleted.len()));
+    }
+    for id in &gone2 {
+        want.insert(format!("chat: mirror row Text({:?}) is not in the source", id.as_bytes()));
+    }
+    let got: BTreeSet<String> = diffs.iter().cloned().collect();
+    let extra_rows = |t: &str| {
+        let p = format!("{t}: mirror row ");
+        got.iter().filter(|d| d.starts_with(&p)).count()
+    };
+    for (table, ch) in &s2.tables {
+        assert_eq!(extra_rows(table), ch.deleted.len(), "{table}: {diffs:#?}");
+    }
+    let unexplained: Vec<&String> = got
+        .iter()
+        .filter(|d| !want.contains(*d) && !(d.contains(": mirror row ") && !d.starts_with("chat:")))
+        .collect();
+    assert!(unexplained.is_empty(), "{unexplained:#?}");
+    assert!(want.iter().all(|w| got.contains(w)), "want {want:#?}\ngot {got:#?}");
+}
+
+/// Columns of a mirror table, in order.
+async fn pg_columns(pool: &PgPool, schema: &str, table: &str) -> Vec<String> {
+    sqlx::query_scalar(
+        "SELECT column_name::text FROM information_schema.columns
+         WHERE table_schema = $1 AND table_name = $2 ORDER BY ordinal_position",
+    )
+    .bind(schema)
+    .bind(table)
+    .fetch_all(pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn schema_evolution_is_additive() {
+    let env = TestEnv::new("mirror_evolve").await;
+    let db = env.path("webui.db");
+    gen_db(&db, 4, 3, 31, SchemaFlavor::Fresh, JournalMode::Wal);
+    apply_and_sync(&env, "evolve", &db, "");
+    let pool = env.sync_pool().await;
+    assert_equal(&pool, "client_evolve", &db).await;
+    let chat_before = pg_columns(&pool, "client_evolve", "chat").await;
+    let user_before = pg_columns(&pool, "client_evolve", "user").await;
+
+    let c = rusqlite::Connection::open(&db).unwrap();
+    c.execute_batch(
+        "ALTER TABLE chat ADD COLUMN digest TEXT;
+         ALTER TABLE chat ADD COLUMN score REAL DEFAULT 0.5;
+         ALTER TABLE user ADD COLUMN extra JSON DEFAULT '{\"a\": [1, 2]}';
+         UPDATE chat SET digest = 'digest of ' || id WHERE rowid % 2 = 0;
+         CREATE TABLE reaction_v2 (id TEXT PRIMARY KEY, chat_id TEXT, emoji TEXT, at BIGINT);
+         INSERT INTO reaction_v2 SELECT 'r' || rowid, id, '👍', created_at FROM chat;",
+    )
+    .unwrap();
+    drop(c);
+    let out = sync(&env, "evolve");
+    assert!(written(&out, "reaction_v2").0 > 0, "{out}");
+    assert_equal(&pool, "client_evolve", &db).await;
+    let chat_after = pg_columns(&pool, "client_evolve", "chat").await;
+    let user_after = pg_columns(&pool, "client_evolve", "user").await;
+    for c in &chat_before {
+        assert!(chat_after.contains(c), "chat lost column {c}");
+    }
+    for c in ["digest", "score"] {
+        assert!(chat_after.contains(&c.to_string()), "{chat_after:?}");
+    }
+    assert!(user_before.iter().all(|c| user_after.contains(c)));
+    assert!(user_after.contains(&"extra".to_string()), "{user_after:?}");
+
+    // A column and a table dropped in the source stay in the mirror, with their data.
+    let c = rusqlite::Connection::open(&db).unwrap();
+    c.execute_batch("ALTER TABLE chat DROP COLUMN digest; DROP TABLE reaction_v2;").unwrap();
+    drop(c);
+    sync(&env, "evolve");
+    assert_equal(&pool, "client_evolve", &db).await;
+    assert!(pg_columns(&pool, "client_evolve", "chat").await.contains(&"digest".to_string()));
+    let kept = count(&pool, "SELECT count(*) FROM client_evolve.chat WHERE digest IS NOT NULL").await;
+    assert!(kept > 0, "the dropped column's values were lost");
+    let live = count(&pool, "SELECT count(*) FROM client_evolve.reaction_v2 WHERE NOT _owsync_deleted").await;
+    assert!(live > 0);
+}
+
+/// Runs `sync --once` while another connection commits a small insert every 10 ms;
+/// returns the worst commit latency, after checking a final sync equals the source.
+async fn sync_under_writes(prefix: &str, journal: JournalMode) -> Duration {
+    let env = TestEnv::new(prefix).await;
+    let db = env.path("webui.db");
+    gen_db(&db, 30, 190, 41, SchemaFlavor::Fresh, journal);
+    let rows: u64 = owsync::fixtures::table_counts(&db).unwrap().values().sum();
+    assert!(rows >= 25_000, "only {rows} rows");
+    let c = rusqlite::Connection::open(&db).unwrap();
+    c.execute_batch("CREATE TABLE probe (id INTEGER PRIMARY KEY, at INTEGER, note TEXT)").unwrap();
+    drop(c);
+    let m = env.manifest("busy", &db, "");
+    ok(&env.ctl(&["apply", "-f", m.to_str().unwrap()]));
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (stop, db) = (stop.clone(), db.clone());
+        std::thread::spawn(move || {
+            let c = rusqlite::Connection::open(&db).unwrap();
+            c.busy_handler(Some(like_busy_timeout)).unwrap();
+            c.execute_batch("PRAGMA synchronous=NORMAL").unwrap();
+            let mut commits = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                BUSY_WAITS.with(|b| b.set(0));
+                let t = Instant::now();
+                c.execute("INSERT INTO probe (at, note) VALUES (?1, 'x')", [commits.len() as i64]).unwrap();
+                commits.push((t, t.elapsed(), BUSY_WAITS.with(|b| b.get())));
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            commits
+        })
+    };
+    // A second of writes alone first: the machine's own commit latency.
+    std::thread::sleep(Duration::from_secs(1));
+    let t = Instant::now();
+    let out = tokio::task::block_in_place(|| env.ctl(&["sync", "busy", "--once"]));
+    let took = t.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    let commits = writer.join().unwrap();
+    ok(&out);
+    let worst = |f: &dyn Fn(&&(Instant, Duration, u32)) -> bool| {
+        commits.iter().filter(f).map(|c| c.1).max().unwrap_or_default()
+    };
+    let during = |c: &&(Instant, Duration, u32)| c.0 >= t && c.0 <= t + took;
+    let waited = commits.iter().filter(|c| during(c) && c.2 > 0).count();
+    let worst_during = worst(&during);
+    println!(
+        "{journal}: {rows} rows synced in {took:?}; {} commits meanwhile, {waited} of them waited on a lock; \
+         worst commit {worst_during:?} during the sync (lock waiters {:?}, lock-free {:?}), {:?} in the second before",
+        commits.iter().filter(during).count(),
+        worst(&|c| during(c) && c.2 > 0),
+        worst(&|c| during(c) && c.2 == 0),
+        worst(&|c| c.0 < t),
+    );
+    sync(&env, "busy");
+    let pool = env.sync_pool().await;
+    assert_equal(&pool, "client_busy", &db).await;
+    worst_during
+}
+
+thread_local! {
+    static BUSY_WAITS: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// SQLite's own busy_timeout schedule (what Open WebUI's `timeout=5` gets), counting
+/// how often the writer had to wait.
+fn like_busy_timeout(n: i32) -> bool {
+    const DELAYS: [u64; 12] = [1, 2, 5, 10, 15, 20, 25, 25, 25, 50, 50, 100];
+    BUSY_WAITS.with(|b| b.set(b.get() + 1));
+    let i = (n as usize).min(DELAYS.len() - 1);
+    std::thread::sleep(Duration::from_millis(DELAYS[i]));
+    n < 100
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sync_does_not_stall_a_wal_writer() {
+    let worst = sync_under_writes("mirror_busy_wal", JournalMode::Wal).await;
+    // The guarantee is 50 ms; today only a gross stall fails the test.
+    assert!(worst < Duration::from_secs(1), "worst commit {worst:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sync_does_not_stall_a_rollback_journal_writer() {
+    let worst = sync_under_writes("mirror_busy_del", JournalMode::Delete).await;
+    assert!(worst < Duration::from_secs(1), "worst commit {worst:?}");
 }
