@@ -7,6 +7,7 @@ pub mod controller;
 pub mod devpg;
 pub mod fixtures;
 pub mod metrics;
+pub mod restore;
 pub mod source;
 pub mod spec;
 pub mod sql;

@@ -49,6 +49,8 @@ pub enum Command {
     Sync(ops::SyncArgs),
     /// Prove the mirror equals the source, row by row (exit 0 equal, 1 differs).
     Verify(verify::VerifyArgs),
+    /// Rebuild a tenant's SQLite database from its mirror (disaster recovery).
+    Restore(verify::RestoreArgs),
     /// Print the JSON Schema of a kind.
     Schema(ops::SchemaArgs),
     /// Run a complete local demo: throwaway PostgreSQL, a generated tenant, owsyncd.
@@ -74,6 +76,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Cluster(c) => watch::cluster(&cli.global, c).await,
         Command::Schema(a) => ops::schema(a),
         Command::Verify(a) => verify::verify(&cli.global, a).await,
+        Command::Restore(a) => verify::restore(&cli.global, a).await,
         Command::Demo(a) => demo::demo(a).await,
         Command::Dev(c) => dev::run(c).await,
     };

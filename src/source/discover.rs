@@ -30,6 +30,8 @@ pub struct TableInfo {
     pub columns: Vec<ColumnInfo>,
     pub key: RowKey,
     pub without_rowid: bool,
+    /// `CREATE INDEX` / `CREATE TRIGGER` statements of the table (for restore).
+    pub extra_ddl: Vec<String>,
 }
 
 impl TableInfo {
@@ -103,5 +105,14 @@ fn table_info(src: &Source, name: &str, ddl: &str) -> Result<TableInfo> {
             |r| r.get(0),
         )
         .map_err(src.err(name))?;
-    Ok(TableInfo { name: name.to_string(), ddl: ddl.to_string(), columns, key, without_rowid })
+    let mut stmt = src
+        .conn
+        .prepare("SELECT sql FROM sqlite_schema WHERE tbl_name = ?1 AND type IN ('index', 'trigger') AND sql IS NOT NULL ORDER BY type, name")
+        .map_err(src.err(name))?;
+    let extra_ddl = stmt
+        .query_map([name], |r| r.get(0))
+        .map_err(src.err(name))?
+        .collect::<Result<Vec<String>, _>>()
+        .map_err(src.err(name))?;
+    Ok(TableInfo { name: name.to_string(), ddl: ddl.to_string(), columns, key, without_rowid, extra_ddl })
 }

@@ -19,6 +19,7 @@ pub struct Migration {
 pub const MIGRATIONS: &[Migration] = &[
     Migration { version: 1, name: "sync_metadata", sql: include_str!("migrations/0001_sync_metadata.sql") },
     Migration { version: 2, name: "roles_and_rls", sql: include_str!("migrations/0002_roles_and_rls.sql") },
+    Migration { version: 3, name: "table_state_indexes", sql: include_str!("migrations/0003_table_state_indexes.sql") },
 ];
 
 /// The schema version this build needs.

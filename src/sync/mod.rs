@@ -248,9 +248,10 @@ async fn record_table_state(
 ) -> Result<(), store::StoreError> {
     use store::Context;
     sqlx::query(
-        "INSERT INTO sync_metadata.table_state (cluster_name, client_name, table_name, source_ddl, key_columns, rows, watermark, epoch, updated_at)
-         VALUES ($1, $2, $3, $4, $5, $6, jsonb_build_object('full_sync_at', now()), $7, now())
+        "INSERT INTO sync_metadata.table_state (cluster_name, client_name, table_name, source_ddl, key_columns, rows, watermark, epoch, updated_at, source_indexes)
+         VALUES ($1, $2, $3, $4, $5, $6, jsonb_build_object('full_sync_at', now()), $7, now(), $8)
          ON CONFLICT (cluster_name, client_name, table_name) DO UPDATE SET source_ddl = EXCLUDED.source_ddl,
+             source_indexes = EXCLUDED.source_indexes,
              key_columns = EXCLUDED.key_columns, rows = EXCLUDED.rows, watermark = EXCLUDED.watermark,
              epoch = EXCLUDED.epoch, updated_at = now()",
     )
@@ -261,6 +262,7 @@ async fn record_table_state(
     .bind(info.key_columns())
     .bind(rows)
     .bind(job.fence.map(|f| f.epoch))
+    .bind(&info.extra_ddl)
     .execute(conn)
     .await
     .ctx(|| format!("record state of table {}", info.name))?;

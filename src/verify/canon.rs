@@ -16,7 +16,10 @@ fn float(f: f64) -> Vec<u8> {
 pub fn source(ty: PgType, v: &Value) -> Option<Vec<u8>> {
     Some(match (ty, v) {
         (_, Value::Null) => return None,
-        (PgType::BigInt | PgType::Numeric | PgType::Json, Value::Integer(i)) => i.to_string().into_bytes(),
+        (PgType::BigInt | PgType::Numeric | PgType::Json | PgType::Text, Value::Integer(i)) => {
+            i.to_string().into_bytes()
+        }
+        (PgType::Text, Value::Real(f)) if f.is_finite() => float(*f),
         (PgType::Double, Value::Integer(i)) => float(*i as f64),
         (PgType::Double | PgType::Numeric | PgType::Json, Value::Real(f)) => float(*f),
         (PgType::Boolean, Value::Integer(0)) => b"f".to_vec(),
