@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v cargo >/dev/null || { echo "error: cargo not found: install Rust (https://rustup.rs) first" >&2; exit 1; }
-scripts/ensure-postgres.sh
+scripts/ensure-deps.sh postgres
 echo "building owsync (first build takes a few minutes) ..." >&2
 cargo build --quiet --bins
 exec target/debug/owsyncctl demo "$@"
