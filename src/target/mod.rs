@@ -1,0 +1,208 @@
+//! The tenant's mirror in PostgreSQL: table shapes, provisioning through the narrow
+//! SECURITY DEFINER path, COPY into a per-transaction stage, upsert and tombstones.
+
+mod encode;
+mod types;
+
+pub use encode::{Unfit, encode_field, fmt_f64};
+pub use types::{COL_DELETED, COL_ROWID, COL_SYNCED_AT, PgType};
+
+use sqlx::PgConnection;
+use sqlx::types::Json;
+
+use crate::source::{RowKey, Slice, TableInfo, Value};
+use crate::sql::{qualified, quote_ident};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TargetError {
+    #[error("table {table}: {context}: {source}")]
+    Db { table: String, context: String, source: sqlx::Error },
+    #[error("table {table}, row {key}, column {column}: {reason}")]
+    Unfit { table: String, key: String, column: String, reason: Unfit },
+}
+
+pub type Result<T, E = TargetError> = std::result::Result<T, E>;
+
+/// The shape of one mirrored table.
+#[derive(Debug, Clone)]
+pub struct MirrorTable {
+    pub schema: String,
+    pub name: String,
+    /// Source columns with their mapped types, in source order.
+    pub columns: Vec<(String, PgType)>,
+    /// Key columns in the mirror (`_owsync_rowid` for tables without a primary key).
+    pub key: Vec<String>,
+    pub by_rowid: bool,
+}
+
+impl MirrorTable {
+    pub fn from_source(schema: &str, t: &TableInfo) -> MirrorTable {
+        let columns = t.columns.iter().map(|c| (c.name.clone(), PgType::from_decl(&c.decl_type))).collect();
+        let (key, by_rowid) = match &t.key {
+            RowKey::Primary(k) => (k.clone(), false),
+            RowKey::Rowid => (vec![COL_ROWID.to_string()], true),
+        };
+        MirrorTable { schema: schema.to_string(), name: t.name.clone(), columns, key, by_rowid }
+    }
+
+    pub fn qualified(&self) -> String {
+        qualified(&self.schema, &self.name)
+    }
+
+    fn db_err(&self, context: &str) -> impl FnOnce(sqlx::Error) -> TargetError + '_ {
+        let context = context.to_string();
+        move |source| TargetError::Db { table: self.name.clone(), context, source }
+    }
+
+    /// Columns the sync writes: rowid first when keyed by rowid, then source columns.
+    fn data_columns(&self) -> Vec<(String, PgType)> {
+        let mut cols = Vec::new();
+        if self.by_rowid {
+            cols.push((COL_ROWID.to_string(), PgType::BigInt));
+        }
+        cols.extend(self.columns.iter().cloned());
+        cols
+    }
+
+    /// `x::text` for json (which has no equality operator), `x` otherwise.
+    fn comparable(prefix: &str, col: &str, ty: PgType) -> String {
+        let c = format!("{prefix}{}", quote_ident(col));
+        if ty == PgType::Json { format!("{c}::text") } else { c }
+    }
+}
+
+/// Creates the schema and table, or adds missing columns, through
+/// `sync_metadata.provision_table` (sync_service itself has no CREATE privilege).
+pub async fn provision(conn: &mut PgConnection, t: &MirrorTable) -> Result<()> {
+    let mut cols: Vec<serde_json::Value> =
+        t.data_columns().iter().map(|(n, ty)| serde_json::json!({"name": n, "type": ty.sql()})).collect();
+    cols.push(serde_json::json!({"name": COL_DELETED, "type": "boolean"}));
+    cols.push(serde_json::json!({"name": COL_SYNCED_AT, "type": "timestamptz"}));
+    sqlx::query("SELECT sync_metadata.provision_table($1, $2, $3, $4)")
+        .bind(&t.schema)
+        .bind(&t.name)
+        .bind(Json(cols))
+        .bind(&t.key)
+        .execute(conn)
+        .await
+        .map_err(t.db_err("provision the mirror table"))?;
+    Ok(())
+}
+
+/// Creates this transaction's stage table for `t`.
+pub async fn begin_stage(conn: &mut PgConnection, t: &MirrorTable) -> Result<()> {
+    let sql = format!("CREATE TEMP TABLE owsync_stage (LIKE {}) ON COMMIT DROP", t.qualified());
+    sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(conn).await.map_err(t.db_err("create the stage table"))?;
+    Ok(())
+}
+
+fn key_text(t: &MirrorTable, slice: &Slice, i: usize) -> String {
+    if t.by_rowid {
+        return format!("rowid {}", slice.rowids.get(i).copied().unwrap_or_default());
+    }
+    let parts: Vec<String> = t
+        .key
+        .iter()
+        .filter_map(|k| t.columns.iter().position(|(n, _)| n == k))
+        .map(|idx| match &slice.rows[i][idx] {
+            Value::Text(b) => String::from_utf8_lossy(b).into_owned(),
+            v => format!("{v:?}"),
+        })
+        .collect();
+    parts.join(", ")
+}
+
+/// Encodes a slice as COPY text and streams it into the stage table.
+pub async fn copy_slice(conn: &mut PgConnection, t: &MirrorTable, slice: &Slice) -> Result<u64> {
+    let mut buf = Vec::with_capacity(slice.bytes + slice.rows.len() * 16);
+    for (i, row) in slice.rows.iter().enumerate() {
+        if t.by_rowid {
+            buf.extend_from_slice(slice.rowids[i].to_string().as_bytes());
+            buf.push(b'\t');
+        }
+        for (j, ((name, ty), v)) in t.columns.iter().zip(row).enumerate() {
+            if j > 0 {
+                buf.push(b'\t');
+            }
+            encode_field(&mut buf, *ty, v).map_err(|reason| TargetError::Unfit {
+                table: t.name.clone(),
+                key: key_text(t, slice, i),
+                column: name.clone(),
+                reason,
+            })?;
+        }
+        buf.push(b'\n');
+    }
+    let cols: Vec<String> = t.data_columns().iter().map(|(n, _)| quote_ident(n)).collect();
+    let stmt = format!("COPY owsync_stage ({}) FROM STDIN", cols.join(", "));
+    let mut copy = conn.copy_in_raw(&stmt).await.map_err(t.db_err("start COPY"))?;
+    if let Err(e) = copy.send(buf).await {
+        let _ = copy.abort("owsync: send failed").await;
+        return Err(TargetError::Db { table: t.name.clone(), context: "send COPY data".into(), source: e });
+    }
+    copy.finish().await.map_err(t.db_err("finish COPY"))
+}
+
+#[derive(Debug, Default, Clone, Copy, serde::Serialize)]
+pub struct MergeCounts {
+    /// Rows inserted or changed.
+    pub upserted: u64,
+    /// Rows newly marked deleted.
+    pub tombstoned: u64,
+}
+
+/// Upserts the stage into the mirror (rows whose values did not change are left
+/// alone) and, for a full pass, tombstones mirror rows the source no longer has.
+pub async fn merge_stage(conn: &mut PgConnection, t: &MirrorTable, tombstone_missing: bool) -> Result<MergeCounts> {
+    let cols = t.data_columns();
+    let list = cols.iter().map(|(n, _)| quote_ident(n)).collect::<Vec<_>>().join(", ");
+    let keys = t.key.iter().map(|k| quote_ident(k)).collect::<Vec<_>>().join(", ");
+    let non_key: Vec<&(String, PgType)> = cols.iter().filter(|(n, _)| !t.key.contains(n)).collect();
+    let mut sets: Vec<String> = non_key.iter().map(|(n, _)| format!("{0} = EXCLUDED.{0}", quote_ident(n))).collect();
+    sets.push(format!("{} = false", quote_ident(COL_DELETED)));
+    sets.push(format!("{} = now()", quote_ident(COL_SYNCED_AT)));
+    let mut changed = vec![format!("t.{} IS DISTINCT FROM false", quote_ident(COL_DELETED))];
+    if !non_key.is_empty() {
+        let old: Vec<String> = non_key.iter().map(|(n, ty)| MirrorTable::comparable("t.", n, *ty)).collect();
+        let new: Vec<String> = non_key.iter().map(|(n, ty)| MirrorTable::comparable("EXCLUDED.", n, *ty)).collect();
+        changed.push(format!("ROW({}) IS DISTINCT FROM ROW({})", old.join(", "), new.join(", ")));
+    }
+    let upsert = format!(
+        "INSERT INTO {tbl} AS t ({list}, {del}, {at}) SELECT {list}, false, now() FROM owsync_stage
+         ON CONFLICT ({keys}) DO UPDATE SET {sets} WHERE {changed}",
+        tbl = t.qualified(),
+        del = quote_ident(COL_DELETED),
+        at = quote_ident(COL_SYNCED_AT),
+        sets = sets.join(", "),
+        changed = changed.join(" OR "),
+    );
+    let upserted = sqlx::query(sqlx::AssertSqlSafe(upsert))
+        .execute(&mut *conn)
+        .await
+        .map_err(t.db_err("upsert rows"))?
+        .rows_affected();
+    let mut tombstoned = 0;
+    if tombstone_missing {
+        let key_types: Vec<(String, PgType)> = cols.iter().filter(|(n, _)| t.key.contains(n)).cloned().collect();
+        let join = key_types
+            .iter()
+            .map(|(k, ty)| {
+                format!("{} = {}", MirrorTable::comparable("s.", k, *ty), MirrorTable::comparable("t.", k, *ty))
+            })
+            .collect::<Vec<_>>()
+            .join(" AND ");
+        let sql = format!(
+            "UPDATE {tbl} AS t SET {del} = true, {at} = now()
+             WHERE t.{del} IS NOT TRUE AND NOT EXISTS (SELECT 1 FROM owsync_stage s WHERE {join})",
+            tbl = t.qualified(),
+            del = quote_ident(COL_DELETED),
+            at = quote_ident(COL_SYNCED_AT),
+        );
+        tombstoned = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(&mut *conn)
+            .await
+            .map_err(t.db_err("mark deleted rows"))?
+            .rows_affected();
+    }
+    Ok(MergeCounts { upserted, tombstoned })
+}
