@@ -93,6 +93,8 @@ pub async fn run_election(shared: Arc<Shared>, shutdown: CancellationToken) {
                         let _ =
                             jobs::event(&mut tx, &who.cluster, None, false, "LeaderElected", &msg, Some(&who.node_id))
                                 .await;
+                        // Runs of earlier epochs that never ended died with their leader.
+                        let _ = jobs::abandon_unfinished(&mut tx, &who.cluster, epoch).await;
                         let _ = tx.commit().await;
                     }
                     let token = shutdown.child_token();

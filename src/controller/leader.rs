@@ -79,6 +79,11 @@ pub(super) async fn run_leader(shared: Arc<Shared>, epoch: i64, token: Cancellat
                 }
                 for s in list.iter().filter(|s| !s.spec.enabled) {
                     if suspended.get(&s.name) != Some(&s.generation) {
+                        // A stopped reconciler may still be finishing a sync that records its
+                        // own outcome; it holds the tenant's lock until then. Write Suspended
+                        // after it (a later round, at most spec_poll away), never before.
+                        let lock = locks.entry(s.name.clone()).or_default().clone();
+                        let Ok(_after_in_flight_sync) = lock.try_lock() else { continue };
                         match mark_suspended(&shared, &fence, s).await {
                             Ok(()) => {
                                 suspended.insert(s.name.clone(), s.generation);

@@ -33,6 +33,22 @@ pub async fn start(
     Ok(id)
 }
 
+/// Closes the runs of epochs before `epoch` that are still `running`: their leader died
+/// (kill -9, lost lease) before recording their end. Returns how many.
+pub async fn abandon_unfinished(conn: &mut PgConnection, cluster: &str, epoch: i64) -> Result<u64> {
+    let done = sqlx::query(
+        "UPDATE sync_metadata.sync_jobs SET status = 'abandoned', finished_at = now(),
+             error = 'its leader (epoch ' || epoch || ') stopped before the run ended'
+         WHERE cluster_name = $1 AND status = 'running' AND epoch < $2",
+    )
+    .bind(cluster)
+    .bind(epoch)
+    .execute(conn)
+    .await
+    .ctx(|| format!("close unfinished sync jobs of cluster {cluster}"))?;
+    Ok(done.rows_affected())
+}
+
 /// Records the end of a run inside the caller's transaction.
 pub async fn finish(
     conn: &mut PgConnection,
