@@ -86,6 +86,7 @@ pub fn load_all(files: &[PathBuf], recursive: bool, cluster: &str) -> Result<Vec
     }
     let mut out = Vec::new();
     let mut seen = BTreeSet::new();
+    let mut schemas = std::collections::BTreeMap::new();
     for d in docs {
         match spec::normalize(&d.doc, cluster) {
             Ok(n) => {
@@ -94,6 +95,13 @@ pub fn load_all(files: &[PathBuf], recursive: bool, cluster: &str) -> Result<Vec
                     errors.push(format!(
                         "{}:{}: clientsync/{} (cluster {}) appears more than once",
                         d.file, d.line, key.1, key.0
+                    ));
+                } else if let Some(schema) = n.spec.target.schema.clone()
+                    && let Some(other) = schemas.insert(schema.clone(), format!("{}/{}", key.0, key.1))
+                {
+                    errors.push(format!(
+                        "{}:{}: clientsync/{}: spec.target.schema: {schema:?} is also the mirror of clientsync {other} in this apply",
+                        d.file, d.line, key.1
                     ));
                 }
                 out.push((d, n));

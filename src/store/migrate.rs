@@ -20,6 +20,11 @@ pub const MIGRATIONS: &[Migration] = &[
     Migration { version: 1, name: "sync_metadata", sql: include_str!("migrations/0001_sync_metadata.sql") },
     Migration { version: 2, name: "roles_and_rls", sql: include_str!("migrations/0002_roles_and_rls.sql") },
     Migration { version: 3, name: "table_state_indexes", sql: include_str!("migrations/0003_table_state_indexes.sql") },
+    Migration {
+        version: 4,
+        name: "unique_target_schema",
+        sql: include_str!("migrations/0004_unique_target_schema.sql"),
+    },
 ];
 
 /// The schema version this build needs.

@@ -30,6 +30,9 @@ pub enum StoreError {
     Migration(String),
     #[error("clientsync/{name} not found in cluster {cluster}")]
     NotFound { cluster: String, name: String },
+    /// A spec the database refuses, with the field path and value.
+    #[error("{0}")]
+    Invalid(String),
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -51,15 +54,21 @@ pub fn connect_options(url: &str, application: &str) -> Result<PgConnectOptions>
     Ok(opts.application_name(application))
 }
 
-/// A pool of connections; fails fast (10 s) when the server is unreachable.
+/// A pool of connections; fails at once, naming the cause, when the server is unreachable.
 pub async fn connect(url: &str, application: &str, max_connections: u32) -> Result<PgPool> {
+    use sqlx::{ConnectOptions, Connection};
     let opts = connect_options(url, application)?;
+    let err = |source| StoreError::Connect { url: redact_url(url), source };
+    // One direct attempt first: the pool retries "connection refused" until its acquire
+    // timeout and then reports only "pool timed out", hiding the cause.
+    let probe = opts.connect().await.map_err(err)?;
+    let _ = probe.close().await;
     PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(10))
         .connect_with(opts)
         .await
-        .map_err(|source| StoreError::Connect { url: redact_url(url), source })
+        .map_err(err)
 }
 
 /// Begins a transaction scoped to one cluster: row-level security lets `sync_service`

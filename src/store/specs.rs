@@ -109,6 +109,17 @@ pub async fn apply(conn: &mut PgConnection, doc: &ClientSync) -> Result<ApplyOut
     set_cluster(conn, cluster).await?;
     let spec_json = serde_json::to_value(&doc.spec).map_err(|e| StoreError::Migration(e.to_string()))?;
     let what = || format!("apply clientsync/{name} in cluster {cluster}");
+    // Row-level security hides other clusters' specs; the unique index still sees them.
+    let schema_taken = |source: sqlx::Error| match &source {
+        sqlx::Error::Database(d) if d.constraint() == Some("client_specs_target_schema") => {
+            StoreError::Invalid(format!(
+                "spec.target.schema: {:?} is already the mirror of another ClientSync (of this or another cluster); \
+             give this one a schema of its own",
+                doc.spec.target.schema.as_deref().unwrap_or_default()
+            ))
+        }
+        _ => StoreError::Db { context: what(), source },
+    };
     let existing = sqlx::query(
         "SELECT spec, labels, annotations, deleted_at IS NOT NULL AS deleted
          FROM sync_metadata.client_specs WHERE cluster_name = $1 AND name = $2 FOR UPDATE",
@@ -133,7 +144,7 @@ pub async fn apply(conn: &mut PgConnection, doc: &ClientSync) -> Result<ApplyOut
         .bind(doc.spec.enabled)
         .execute(&mut *conn)
         .await
-        .ctx(what)?;
+        .map_err(schema_taken)?;
         notify(conn, cluster).await?;
         return Ok(ApplyOutcome::Created);
     };
@@ -160,8 +171,21 @@ pub async fn apply(conn: &mut PgConnection, doc: &ClientSync) -> Result<ApplyOut
     .bind(spec_changed)
     .execute(&mut *conn)
     .await
-    .ctx(what)?;
+    .map_err(schema_taken)?;
     notify(conn, cluster).await?;
+    if deleted {
+        // A re-created tenant starts from Pending, not from its old life's status.
+        sqlx::query(
+            "UPDATE sync_metadata.client_status SET phase = 'Pending', conditions = '[]', observed_generation = 0,
+                 consecutive_failures = 0, last_error = NULL, next_sync_time = NULL, updated_at = now()
+             WHERE cluster_name = $1 AND name = $2",
+        )
+        .bind(cluster)
+        .bind(name)
+        .execute(&mut *conn)
+        .await
+        .ctx(what)?;
+    }
     Ok(if deleted { ApplyOutcome::Created } else { ApplyOutcome::Configured })
 }
 
