@@ -58,6 +58,10 @@ pub struct ClientSyncSpec {
     #[serde(default = "default_interval")]
     #[schemars(with = "String", regex(pattern = r"^[0-9]+(\.[0-9]+)?\s*[a-z]+(\s*[0-9]+\s*[a-z]+)*$"))]
     pub interval: String,
+    /// Also sync within seconds of a change to the source file (debounced file watch),
+    /// not only every `interval`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub watch: bool,
     #[serde(default)]
     pub tables: TableSelector,
     #[serde(default)]
