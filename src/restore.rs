@@ -47,7 +47,7 @@ async fn tables(pool: &PgPool, cluster: &str, client: &str) -> Result<Vec<TableS
     let mut tx = store::begin(pool, cluster).await?;
     let rows = sqlx::query(
         "SELECT table_name, coalesce(source_ddl, ''), source_indexes FROM sync_metadata.table_state
-         WHERE cluster_name = $1 AND client_name = $2 ORDER BY table_name",
+         WHERE cluster_name = $1 AND client_name = $2 AND source_ddl IS NOT NULL ORDER BY table_name",
     )
     .bind(cluster)
     .bind(client)

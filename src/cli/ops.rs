@@ -9,7 +9,7 @@ use super::common::{CliError, Global, read_secret};
 use crate::spec;
 use crate::sql::redact_url;
 use crate::store::{self, lease, migrate as mig, specs};
-use crate::sync::{SyncJob, sync_tenant};
+use crate::sync::{SyncJob, sync_tenant_with};
 
 #[derive(Debug, Args)]
 pub struct MigrateArgs {
@@ -60,6 +60,9 @@ pub struct SyncArgs {
     /// Sync even while an owsyncd leader holds the cluster's lease (two writers!).
     #[arg(long)]
     pub force: bool,
+    /// Read every table even if the source file has not changed since the last sync.
+    #[arg(long)]
+    pub full: bool,
 }
 
 pub async fn sync(g: &Global, a: SyncArgs) -> Result<ExitCode, CliError> {
@@ -75,7 +78,14 @@ pub async fn sync(g: &Global, a: SyncArgs) -> Result<ExitCode, CliError> {
         )));
     }
     let job = SyncJob { pool: &pool, cluster: &g.cluster, client: &a.name, spec: &s.spec, fence: None };
-    let report = sync_tenant(&job).await?;
+    let report = sync_tenant_with(&job, a.full).await?;
+    if report.unchanged {
+        println!(
+            "clientsync/{}: source unchanged since the last complete sync; nothing to do (--full reads every table anyway)",
+            a.name
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
     let rows: Vec<Vec<String>> = report
         .tables
         .iter()

@@ -3,9 +3,11 @@
 //! between slices, never checkpointed.
 
 mod discover;
+mod fingerprint;
 mod read;
 
 pub use discover::{ColumnInfo, RowKey, TableInfo, discover};
+pub use fingerprint::fingerprint;
 pub use read::{Slice, SliceReader, Value};
 
 use std::path::{Path, PathBuf};
@@ -19,6 +21,8 @@ pub enum SourceError {
     Open { path: PathBuf, source: rusqlite::Error },
     #[error("source database {path} does not exist (check spec.source.path)")]
     Missing { path: PathBuf },
+    #[error("cannot read {path} to fingerprint it: {source}")]
+    Fingerprint { path: PathBuf, source: std::io::Error },
     #[error("reading {path}, table {table}: {source}")]
     Read { path: PathBuf, table: String, source: rusqlite::Error },
 }

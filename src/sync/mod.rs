@@ -3,6 +3,8 @@
 //! record the table's state, and commit only if this replica still holds the lease.
 //! A library: usable without the daemon (`owsyncctl sync NAME --once`).
 
+mod skip;
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -58,6 +60,8 @@ pub struct SyncReport {
     /// Tables that failed, with why; the others were synced.
     pub failed: BTreeMap<String, String>,
     pub rows_written: u64,
+    /// The source had not changed since the last complete sync: nothing was read.
+    pub unchanged: bool,
     #[serde(skip)]
     pub duration: Duration,
 }
@@ -114,8 +118,37 @@ fn spawn_reader(
     })
 }
 
-/// Runs one full sync of a tenant.
+/// Runs one sync of a tenant; does nothing when the source is unchanged since the last
+/// complete sync.
 pub async fn sync_tenant(job: &SyncJob<'_>) -> Result<SyncReport, SyncError> {
+    sync_tenant_with(job, false).await
+}
+
+/// Runs one sync of a tenant; `full` reads every table even if the source is unchanged.
+pub async fn sync_tenant_with(job: &SyncJob<'_>, full: bool) -> Result<SyncReport, SyncError> {
+    let started = Instant::now();
+    let client = job.client.to_string();
+    let store_err = |source| SyncError::Store { client: client.clone(), source };
+    let path = PathBuf::from(&job.spec.source.path);
+    let fp = tokio::task::spawn_blocking(move || source::fingerprint(&path))
+        .await
+        .map_err(|e| SyncError::Reader { client: client.clone(), message: e.to_string() })?
+        .map_err(|source| SyncError::Source { client: client.clone(), source })?;
+    let fp = format!("{fp}:{}", skip::spec_digest(job.spec));
+    let (previous, rows) = skip::previous(job).await.map_err(store_err)?;
+    if !full && previous.as_deref() == Some(fp.as_str()) {
+        let tables = rows.into_iter().map(|(t, rows)| (t, TableReport { rows, ..Default::default() })).collect();
+        return Ok(SyncReport { tables, unchanged: true, duration: started.elapsed(), ..Default::default() });
+    }
+    let mut report = sync_all(job).await?;
+    if report.failed.is_empty() && !skip::record(job, &fp).await.map_err(store_err)? {
+        return Err(SyncError::OwnershipLost { client, epoch: job.fence.map_or(0, |f| f.epoch) });
+    }
+    report.duration = started.elapsed();
+    Ok(report)
+}
+
+async fn sync_all(job: &SyncJob<'_>) -> Result<SyncReport, SyncError> {
     let started = Instant::now();
     let client = job.client.to_string();
     let schema = job.spec.target.schema.clone().unwrap_or_else(|| crate::spec::default_schema(job.client));

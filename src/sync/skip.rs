@@ -1,0 +1,71 @@
+//! Skipping unchanged sources: the source file's fingerprint (plus what of the spec
+//! shapes the mirror) is recorded, fenced, after a sync in which every table succeeded;
+//! the next sync with the same fingerprint does nothing.
+
+use std::collections::BTreeMap;
+
+use sqlx::Row;
+
+use super::{Fence, SyncJob};
+use crate::spec::ClientSyncSpec;
+use crate::store::{self, Context, StoreError};
+
+/// The `table_state` row that holds a tenant's source fingerprint.
+const MARKER: &str = "*";
+
+/// What of the spec changes the mirror: a different selection must not be skipped.
+pub fn spec_digest(spec: &ClientSyncSpec) -> String {
+    serde_json::json!({"tables": spec.tables, "deletes": spec.deletes, "schema": spec.target.schema}).to_string()
+}
+
+/// The recorded fingerprint and the row counts of the tables of the last sync.
+pub async fn previous(job: &SyncJob<'_>) -> Result<(Option<String>, BTreeMap<String, i64>), StoreError> {
+    let mut tx = store::begin(job.pool, job.cluster).await?;
+    let rows = sqlx::query(
+        "SELECT table_name, rows, watermark->>'fingerprint' FROM sync_metadata.table_state
+         WHERE cluster_name = $1 AND client_name = $2",
+    )
+    .bind(job.cluster)
+    .bind(job.client)
+    .fetch_all(&mut *tx)
+    .await
+    .ctx(|| format!("read the table state of {}", job.client))?;
+    let _ = tx.commit().await;
+    let mut fp = None;
+    let mut tables = BTreeMap::new();
+    for r in rows {
+        let name: String = r.get(0);
+        if name == MARKER {
+            fp = r.get(2);
+        } else {
+            tables.insert(name, r.get(1));
+        }
+    }
+    Ok((fp, tables))
+}
+
+/// Records the fingerprint a complete sync started from. `Ok(false)`: the lease was lost.
+pub async fn record(job: &SyncJob<'_>, fingerprint: &str) -> Result<bool, StoreError> {
+    let mut tx = store::begin(job.pool, job.cluster).await?;
+    sqlx::query(
+        "INSERT INTO sync_metadata.table_state (cluster_name, client_name, table_name, watermark, epoch, updated_at)
+         VALUES ($1, $2, $3, jsonb_build_object('fingerprint', $4::text), $5, now())
+         ON CONFLICT (cluster_name, client_name, table_name) DO UPDATE SET watermark = EXCLUDED.watermark,
+             epoch = EXCLUDED.epoch, updated_at = now()",
+    )
+    .bind(job.cluster)
+    .bind(job.client)
+    .bind(MARKER)
+    .bind(fingerprint)
+    .bind(job.fence.map(|f: &Fence| f.epoch))
+    .execute(&mut *tx)
+    .await
+    .ctx(|| format!("record the source fingerprint of {}", job.client))?;
+    if let Some(f) = job.fence
+        && !store::lease::holds(&mut tx, &f.who, f.epoch).await?
+    {
+        return Ok(false);
+    }
+    tx.commit().await.ctx(|| "commit".into())?;
+    Ok(true)
+}
