@@ -18,7 +18,8 @@ pub struct VerifyArgs {
 pub async fn verify(g: &Global, a: VerifyArgs) -> Result<ExitCode, CliError> {
     let pool = g.pool().await?;
     let s = specs::get(&pool, &g.cluster, &a.name).await?;
-    let report = crate::verify::verify(&pool, &a.name, &s.spec).await.map_err(|e| CliError::msg(e.to_string()))?;
+    let report =
+        crate::verify::verify(&pool, &g.cluster, &a.name, &s.spec).await.map_err(|e| CliError::msg(e.to_string()))?;
     if g.output == Output::Json {
         println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
     } else {
@@ -33,11 +34,18 @@ pub async fn verify(g: &Global, a: VerifyArgs) -> Result<ExitCode, CliError> {
                     t.missing.len().to_string(),
                     t.extra.len().to_string(),
                     t.differing.len().to_string(),
+                    t.quarantined.to_string(),
                     if t.is_equal() { "equal".into() } else { "DIFFERS".into() },
                 ]
             })
             .collect();
-        print!("{}", super::get::table(&["TABLE", "SOURCE", "MIRROR", "MISSING", "EXTRA", "DIFFERING", ""], &rows));
+        print!(
+            "{}",
+            super::get::table(
+                &["TABLE", "SOURCE", "MIRROR", "MISSING", "EXTRA", "DIFFERING", "QUARANTINED", ""],
+                &rows
+            )
+        );
         for t in report.tables.iter().filter(|t| !t.is_equal()) {
             for k in t.missing.iter().take(a.show) {
                 println!("{}: row {k} is missing from the mirror", t.table);

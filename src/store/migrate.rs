@@ -25,6 +25,7 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "unique_target_schema",
         sql: include_str!("migrations/0004_unique_target_schema.sql"),
     },
+    Migration { version: 5, name: "quarantine", sql: include_str!("migrations/0005_quarantine.sql") },
 ];
 
 /// The schema version this build needs.

@@ -50,6 +50,8 @@ impl SyncError {
 #[derive(Debug, Default, Clone, serde::Serialize)]
 pub struct TableReport {
     pub rows: i64,
+    /// Values kept in `sync_metadata.quarantine` instead of the mirror.
+    pub quarantined: u64,
     pub upserted: u64,
     pub tombstoned: u64,
 }
@@ -220,13 +222,13 @@ async fn sync_table(
         |e: store::StoreError| TableFailure::Fatal(SyncError::Store { client: client.clone(), source: e });
     let mut tx = store::begin(job.pool, job.cluster).await.map_err(fatal_store)?;
     let target_err = |e: target::TargetError| match &e {
-        target::TargetError::Unfit { .. } => TableFailure::Table(e.to_string()),
         target::TargetError::Db { source, .. } if is_connection_error(source) => {
             TableFailure::Fatal(SyncError::Target { client: client.clone(), source: e })
         }
         _ => TableFailure::Table(e.to_string()),
     };
     let mut rows: i64 = 0;
+    let mut quarantined = Vec::new();
     let result: Result<target::MergeCounts, TableFailure> = async {
         target::provision(&mut tx, table).await.map_err(target_err)?;
         target::begin_stage(&mut tx, table).await.map_err(target_err)?;
@@ -234,7 +236,8 @@ async fn sync_table(
             match rx.recv().await {
                 Some(Msg::Slice(s)) => {
                     rows += s.rows.len() as i64;
-                    target::copy_slice(&mut tx, table, &s).await.map_err(target_err)?;
+                    let (_, q) = target::copy_slice(&mut tx, table, &s).await.map_err(target_err)?;
+                    quarantined.extend(q);
                 }
                 Some(Msg::Failed(m)) => return Err(TableFailure::Table(m)),
                 Some(Msg::End) | None => break,
@@ -242,7 +245,9 @@ async fn sync_table(
             }
         }
         let tombstones = job.spec.deletes == DeletePolicy::Tombstone;
-        target::merge_stage(&mut tx, table, tombstones).await.map_err(target_err)
+        let counts = target::merge_stage(&mut tx, table, tombstones).await.map_err(target_err)?;
+        target::record_quarantine(&mut tx, job.cluster, job.client, table, &quarantined).await.map_err(target_err)?;
+        Ok(counts)
     }
     .await;
     let counts = match result {
@@ -258,7 +263,16 @@ async fn sync_table(
     tx.commit().await.map_err(|e| {
         fatal_store(store::StoreError::Db { context: format!("commit table {}", info.name), source: e })
     })?;
-    Ok(TableReport { rows, upserted: counts.upserted, tombstoned: counts.tombstoned })
+    if !quarantined.is_empty() {
+        warn!(client = %job.client, table = %info.name, values = quarantined.len(),
+              "values the mirror cannot hold were quarantined (see sync_metadata.quarantine)");
+    }
+    Ok(TableReport {
+        rows,
+        quarantined: quarantined.len() as u64,
+        upserted: counts.upserted,
+        tombstoned: counts.tombstoned,
+    })
 }
 
 /// The last statement before commit: does this replica still hold the lease?

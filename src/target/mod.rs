@@ -17,8 +17,6 @@ use crate::sql::{qualified, quote_ident};
 pub enum TargetError {
     #[error("table {table}: {context}: {source}")]
     Db { table: String, context: String, source: sqlx::Error },
-    #[error("table {table}, row {key}, column {column}: {reason}")]
-    Unfit { table: String, key: String, column: String, reason: Unfit },
 }
 
 pub type Result<T, E = TargetError> = std::result::Result<T, E>;
@@ -112,10 +110,39 @@ fn key_text(t: &MirrorTable, slice: &Slice, i: usize) -> String {
     parts.join(", ")
 }
 
-/// Encodes a slice as COPY text and streams it into the stage table.
-pub async fn copy_slice(conn: &mut PgConnection, t: &MirrorTable, slice: &Slice) -> Result<u64> {
+/// A value the mirror's column cannot hold as it is, kept raw for the quarantine table.
+#[derive(Debug, Clone)]
+pub struct Quarantined {
+    pub key: String,
+    pub column: String,
+    pub storage_class: &'static str,
+    pub reason: String,
+    pub raw: Option<Vec<u8>>,
+}
+
+fn raw_of(v: &Value) -> (&'static str, Option<Vec<u8>>) {
+    match v {
+        Value::Null => ("null", None),
+        Value::Integer(i) => ("integer", Some(i.to_string().into_bytes())),
+        Value::Real(f) => {
+            let mut b = Vec::new();
+            fmt_f64(&mut b, *f);
+            ("real", Some(b))
+        }
+        Value::Text(t) => ("text", Some(t.clone())),
+        Value::Blob(b) => ("blob", Some(b.clone())),
+    }
+}
+
+/// Encodes a slice as COPY text and streams it into the stage table. A value its column
+/// cannot hold becomes NULL in the mirror and is returned for the quarantine; a row
+/// whose key cannot be held is left out entirely (and its key value quarantined).
+pub async fn copy_slice(conn: &mut PgConnection, t: &MirrorTable, slice: &Slice) -> Result<(u64, Vec<Quarantined>)> {
     let mut buf = Vec::with_capacity(slice.bytes + slice.rows.len() * 16);
-    for (i, row) in slice.rows.iter().enumerate() {
+    let mut quarantined = Vec::new();
+    let mut field = Vec::new();
+    'rows: for (i, row) in slice.rows.iter().enumerate() {
+        let start = buf.len();
         if t.by_rowid {
             buf.extend_from_slice(slice.rowids[i].to_string().as_bytes());
             buf.push(b'\t');
@@ -124,12 +151,31 @@ pub async fn copy_slice(conn: &mut PgConnection, t: &MirrorTable, slice: &Slice)
             if j > 0 {
                 buf.push(b'\t');
             }
-            encode_field(&mut buf, *ty, v).map_err(|reason| TargetError::Unfit {
-                table: t.name.clone(),
-                key: key_text(t, slice, i),
-                column: name.clone(),
-                reason,
-            })?;
+            field.clear();
+            match encode_field(&mut field, *ty, v) {
+                Ok(()) => buf.extend_from_slice(&field),
+                Err(reason) => {
+                    let (storage_class, raw) = raw_of(v);
+                    let key = key_text(t, slice, i);
+                    let in_key = t.key.contains(name);
+                    quarantined.push(Quarantined {
+                        key,
+                        column: name.clone(),
+                        storage_class,
+                        reason: if in_key {
+                            format!("{reason} (a key column: the row is not mirrored)")
+                        } else {
+                            reason.to_string()
+                        },
+                        raw,
+                    });
+                    if in_key {
+                        buf.truncate(start);
+                        continue 'rows;
+                    }
+                    buf.extend_from_slice(b"\\N");
+                }
+            }
         }
         buf.push(b'\n');
     }
@@ -140,7 +186,53 @@ pub async fn copy_slice(conn: &mut PgConnection, t: &MirrorTable, slice: &Slice)
         let _ = copy.abort("owsync: send failed").await;
         return Err(TargetError::Db { table: t.name.clone(), context: "send COPY data".into(), source: e });
     }
-    copy.finish().await.map_err(t.db_err("finish COPY"))
+    let n = copy.finish().await.map_err(t.db_err("finish COPY"))?;
+    Ok((n, quarantined))
+}
+
+/// Replaces the table's open quarantine entries with this full pass's (inside the
+/// table's transaction): values fixed at the source are marked resolved.
+pub async fn record_quarantine(
+    conn: &mut PgConnection,
+    cluster: &str,
+    client: &str,
+    t: &MirrorTable,
+    entries: &[Quarantined],
+) -> Result<()> {
+    sqlx::query(
+        "UPDATE sync_metadata.quarantine SET resolved_at = now()
+         WHERE cluster_name = $1 AND client_name = $2 AND table_name = $3 AND resolved_at IS NULL",
+    )
+    .bind(cluster)
+    .bind(client)
+    .bind(&t.name)
+    .execute(&mut *conn)
+    .await
+    .map_err(t.db_err("resolve quarantine entries"))?;
+    for q in entries {
+        sqlx::query(
+            "INSERT INTO sync_metadata.quarantine (cluster_name, client_name, table_name, row_key, column_name,
+                 storage_class, reason, raw)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+             ON CONFLICT (cluster_name, client_name, table_name, row_key, column_name) DO UPDATE SET
+                 storage_class = EXCLUDED.storage_class, reason = EXCLUDED.reason, raw = EXCLUDED.raw,
+                 detected_at = CASE WHEN quarantine.resolved_at IS NULL AND quarantine.raw = EXCLUDED.raw
+                                    THEN quarantine.detected_at ELSE now() END,
+                 resolved_at = NULL",
+        )
+        .bind(cluster)
+        .bind(client)
+        .bind(&t.name)
+        .bind(&q.key)
+        .bind(&q.column)
+        .bind(q.storage_class)
+        .bind(&q.reason)
+        .bind(&q.raw)
+        .execute(&mut *conn)
+        .await
+        .map_err(t.db_err("record a quarantined value"))?;
+    }
+    Ok(())
 }
 
 #[derive(Debug, Default, Clone, Copy, serde::Serialize)]

@@ -39,6 +39,8 @@ pub struct TableDiff {
     pub extra: Vec<String>,
     /// Keys whose values differ, with the differing columns (for the first few).
     pub differing: Vec<(String, Vec<String>)>,
+    /// Source values held in `sync_metadata.quarantine` (NULL, or no row, in the mirror).
+    pub quarantined: u64,
 }
 
 impl TableDiff {
@@ -63,28 +65,92 @@ impl VerifyReport {
 struct SourceSide {
     info: TableInfo,
     rows: HashMap<String, [u8; 16]>,
+    quarantined: u64,
 }
 
-fn source_side(path: PathBuf, spec: ClientSyncSpec, schema: String) -> Result<Vec<SourceSide>, source::SourceError> {
+/// Open quarantine entries: (table, row key, column) -> raw value.
+type Quarantine = HashMap<(String, String, String), Option<Vec<u8>>>;
+
+async fn quarantine(pool: &PgPool, cluster: &str, client: &str) -> Result<Quarantine, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT set_config('app.current_host_id', $1, true)").bind(cluster).execute(&mut *tx).await?;
+    let rows = sqlx::query(
+        "SELECT table_name, row_key, column_name, raw FROM sync_metadata.quarantine
+         WHERE cluster_name = $1 AND client_name = $2 AND resolved_at IS NULL",
+    )
+    .bind(cluster)
+    .bind(client)
+    .fetch_all(&mut *tx)
+    .await?;
+    let _ = tx.commit().await;
+    Ok(rows.iter().map(|r| ((r.get(0), r.get(1), r.get(2)), r.get(3))).collect())
+}
+
+/// The raw bytes the quarantine keeps of a value (as the sync stores them).
+fn raw(v: &Value) -> Option<Vec<u8>> {
+    match v {
+        Value::Null => None,
+        Value::Integer(i) => Some(i.to_string().into_bytes()),
+        Value::Real(f) => {
+            let mut b = Vec::new();
+            crate::target::fmt_f64(&mut b, *f);
+            Some(b)
+        }
+        Value::Text(b) | Value::Blob(b) => Some(b.clone()),
+    }
+}
+
+fn source_side(
+    path: PathBuf,
+    spec: ClientSyncSpec,
+    schema: String,
+    quarantine: Quarantine,
+) -> Result<Vec<SourceSide>, source::SourceError> {
     let src = Source::open(&path)?;
     let mut out = Vec::new();
     for info in source::discover(&src)?.into_iter().filter(|t| table_selected(&spec.tables, &t.name)) {
         let mt = MirrorTable::from_source(&schema, &info);
         let key_idx = key_positions(&info);
         let mut rows = HashMap::new();
+        let mut quarantined = 0;
+        let has_q = quarantine.keys().any(|(t, _, _)| t == &info.name);
         let mut reader = SliceReader::new(&src, &info);
         while let Some(slice) = reader.next_slice()? {
-            for (i, row) in slice.rows.iter().enumerate() {
-                let canon: Vec<Option<Vec<u8>>> =
+            'rows: for (i, row) in slice.rows.iter().enumerate() {
+                let mut canon: Vec<Option<Vec<u8>>> =
                     mt.columns.iter().zip(row).map(|((_, ty), v)| canon::source(*ty, v)).collect();
                 let key = match &key_idx {
-                    None => slice.rowids[i].to_string(),
+                    None => format!("rowid {}", slice.rowids[i]),
                     Some(idx) => canon::key_text(&idx.iter().map(|&k| canon[k].clone()).collect::<Vec<_>>()),
                 };
+                if has_q {
+                    // The sync's key text for quarantine entries is the raw key.
+                    let qkey = match &key_idx {
+                        None => key.clone(),
+                        Some(idx) => idx
+                            .iter()
+                            .map(|&k| match &row[k] {
+                                Value::Text(b) => String::from_utf8_lossy(b).into_owned(),
+                                v => format!("{v:?}"),
+                            })
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                    };
+                    for (j, (col, _)) in mt.columns.iter().enumerate() {
+                        if quarantine.get(&(info.name.clone(), qkey.clone(), col.clone())) == Some(&raw(&row[j])) {
+                            quarantined += 1;
+                            if mt.key.contains(col) {
+                                continue 'rows;
+                            }
+                            canon[j] = None;
+                        }
+                    }
+                }
+                let key = key.strip_prefix("rowid ").map(str::to_string).unwrap_or(key);
                 rows.insert(key, canon::row_hash(canon.iter()));
             }
         }
-        out.push(SourceSide { info, rows });
+        out.push(SourceSide { info, rows, quarantined });
     }
     Ok(out)
 }
@@ -98,10 +164,20 @@ fn key_positions(info: &TableInfo) -> Option<Vec<usize>> {
 }
 
 /// Compares every selected table of a tenant's source with its mirror.
-pub async fn verify(pool: &PgPool, client: &str, spec: &ClientSyncSpec) -> Result<VerifyReport, VerifyError> {
+pub async fn verify(
+    pool: &PgPool,
+    cluster: &str,
+    client: &str,
+    spec: &ClientSyncSpec,
+) -> Result<VerifyReport, VerifyError> {
     let schema = spec.target.schema.clone().unwrap_or_else(|| default_schema(client));
+    let q = quarantine(pool, cluster, client).await.map_err(|source| VerifyError::Mirror {
+        client: client.into(),
+        table: "quarantine".into(),
+        source,
+    })?;
     let (path, sp, sc) = (PathBuf::from(&spec.source.path), spec.clone(), schema.clone());
-    let sides = tokio::task::spawn_blocking(move || source_side(path, sp, sc))
+    let sides = tokio::task::spawn_blocking(move || source_side(path, sp, sc, q))
         .await
         .map_err(|e| VerifyError::Task { client: client.into(), message: e.to_string() })?
         .map_err(|source| VerifyError::Source { client: client.into(), source })?;
