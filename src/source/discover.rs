@@ -43,37 +43,25 @@ impl TableInfo {
     }
 }
 
-/// Every user table: skips `sqlite_*`, views, virtual tables and their shadow tables.
+/// Every user table: skips `sqlite_*`, views, virtual tables and their shadow tables. SQLite
+/// itself says which tables are virtual or shadow (`pragma_table_list.type`), so an ordinary
+/// table whose name merely ends like a shadow table's (`geo_data` beside an rtree `geo`) is kept.
 pub fn discover(src: &Source) -> Result<Vec<TableInfo>> {
     let mut stmt = src
         .conn
-        .prepare("SELECT name, coalesce(sql, '') FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' ORDER BY name")
+        .prepare(
+            "SELECT s.name, coalesce(s.sql, '') FROM sqlite_schema s
+             JOIN pragma_table_list l ON l.schema = 'main' AND l.name = s.name
+             WHERE s.type = 'table' AND l.type = 'table' AND s.name NOT LIKE 'sqlite\\_%' ESCAPE '\\'
+             ORDER BY s.name",
+        )
         .map_err(src.err("sqlite_schema"))?;
     let all: Vec<(String, String)> = stmt
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
         .map_err(src.err("sqlite_schema"))?
         .collect::<Result<_, _>>()
         .map_err(src.err("sqlite_schema"))?;
-    let virtuals: Vec<&str> = all
-        .iter()
-        .filter(|(_, sql)| sql.trim_start().to_ascii_uppercase().starts_with("CREATE VIRTUAL TABLE"))
-        .map(|(n, _)| n.as_str())
-        .collect();
-    let mut out = Vec::new();
-    for (name, ddl) in &all {
-        if virtuals.contains(&name.as_str()) || virtuals.iter().any(|v| is_shadow_of(name, v)) {
-            continue;
-        }
-        out.push(table_info(src, name, ddl)?);
-    }
-    Ok(out)
-}
-
-fn is_shadow_of(name: &str, vtab: &str) -> bool {
-    name.strip_prefix(vtab).and_then(|rest| rest.strip_prefix('_')).is_some_and(|suffix| {
-        ["data", "idx", "content", "docsize", "config", "segments", "segdir", "stat", "node", "parent", "rowid"]
-            .contains(&suffix)
-    })
+    all.iter().map(|(name, ddl)| table_info(src, name, ddl)).collect()
 }
 
 fn table_info(src: &Source, name: &str, ddl: &str) -> Result<TableInfo> {

@@ -70,6 +70,10 @@ pub struct SliceReader<'a> {
     done: bool,
     pub max_rows: usize,
     pub max_bytes: usize,
+    /// How long one slice may hold SQLite's read lock. In rollback-journal mode a writer's
+    /// COMMIT waits for it, and SQLite's busy handler retries at 1, 3, 8, 18, 33, 53 ms: a
+    /// slice must end well within that for the writer to wait less than 50 ms.
+    pub max_time: std::time::Duration,
 }
 
 impl<'a> SliceReader<'a> {
@@ -112,6 +116,7 @@ impl<'a> SliceReader<'a> {
             done: false,
             max_rows: 2000,
             max_bytes: 4 << 20,
+            max_time: std::time::Duration::from_millis(10),
         }
     }
 
@@ -134,6 +139,8 @@ impl<'a> SliceReader<'a> {
         }
         let mut rows = stmt.query(params.as_slice()).map_err(self.src.err(&self.table.name))?;
         let mut slice = Slice::default();
+        let started = std::time::Instant::now();
+        let mut cut = false;
         let ncols = self.table.columns.len();
         let off = usize::from(by_rowid);
         while let Some(row) = rows.next().map_err(self.src.err(&self.table.name))? {
@@ -147,7 +154,8 @@ impl<'a> SliceReader<'a> {
                 slice.rowids.push(row.get(0).map_err(self.src.err(&self.table.name))?);
             }
             slice.rows.push(vals);
-            if slice.bytes >= self.max_bytes {
+            if slice.bytes >= self.max_bytes || started.elapsed() >= self.max_time {
+                cut = true;
                 break;
             }
         }
@@ -158,7 +166,7 @@ impl<'a> SliceReader<'a> {
             self.done = true;
             return Ok(None);
         }
-        if n < self.max_rows && slice.bytes < self.max_bytes {
+        if n < self.max_rows && !cut {
             self.done = true;
         }
         if by_rowid {

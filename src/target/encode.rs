@@ -14,6 +14,8 @@ pub enum Unfit {
     InvalidJson,
     /// The value's storage class does not fit the column type (e.g. text in INTEGER).
     StorageClass(&'static str),
+    /// NULL in a key column: SQLite allows it in the primary key of a rowid table.
+    NullInKey,
 }
 
 impl std::fmt::Display for Unfit {
@@ -22,7 +24,13 @@ impl std::fmt::Display for Unfit {
             Unfit::NulInText => write!(f, "text contains a NUL byte, which PostgreSQL text cannot hold"),
             Unfit::InvalidUtf8 => write!(f, "text is not valid UTF-8"),
             Unfit::InvalidJson => write!(f, "value is not valid JSON"),
-            Unfit::StorageClass(c) => write!(f, "a {c} value does not fit the column's type"),
+            Unfit::StorageClass(c) => {
+                let a = if c.starts_with(['a', 'e', 'i', 'o', 'u']) { "an" } else { "a" };
+                write!(f, "{a} {c} value does not fit the column's type")
+            }
+            Unfit::NullInKey => {
+                write!(f, "NULL in a primary-key column (SQLite allows it in a rowid table, PostgreSQL does not)")
+            }
         }
     }
 }

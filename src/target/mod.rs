@@ -94,20 +94,39 @@ pub async fn begin_stage(conn: &mut PgConnection, t: &MirrorTable) -> Result<()>
     Ok(())
 }
 
+/// One key value as a row is named in errors and in `sync_metadata.quarantine.row_key`:
+/// text PostgreSQL can hold as is, anything else as a hex literal (so two distinct keys
+/// never print alike, as lossy UTF-8 would make them, and no NUL reaches PostgreSQL text).
+pub fn key_value_text(v: &Value) -> String {
+    match v {
+        Value::Text(b) if !b.contains(&0) && std::str::from_utf8(b).is_ok() => String::from_utf8_lossy(b).into_owned(),
+        Value::Text(b) | Value::Blob(b) => format!("x'{}'", b.iter().map(|x| format!("{x:02x}")).collect::<String>()),
+        Value::Integer(n) => n.to_string(),
+        Value::Real(f) => {
+            let mut s = Vec::new();
+            fmt_f64(&mut s, *f);
+            String::from_utf8_lossy(&s).into_owned()
+        }
+        Value::Null => "NULL".to_string(),
+    }
+}
+
+/// The name of a row of a table with a declared key: its key values joined by `, `; with
+/// the rowid added when a key part is NULL (which a rowid table allows) and names nothing.
+pub fn row_key_text<'a>(parts: impl IntoIterator<Item = &'a Value>, rowid: Option<i64>) -> String {
+    let parts: Vec<String> = parts.into_iter().map(key_value_text).collect();
+    match rowid {
+        Some(r) if parts.iter().any(|p| p == "NULL") => format!("{} (rowid {r})", parts.join(", ")),
+        _ => parts.join(", "),
+    }
+}
+
 fn key_text(t: &MirrorTable, slice: &Slice, i: usize) -> String {
     if t.by_rowid {
         return format!("rowid {}", slice.rowids.get(i).copied().unwrap_or_default());
     }
-    let parts: Vec<String> = t
-        .key
-        .iter()
-        .filter_map(|k| t.columns.iter().position(|(n, _)| n == k))
-        .map(|idx| match &slice.rows[i][idx] {
-            Value::Text(b) => String::from_utf8_lossy(b).into_owned(),
-            v => format!("{v:?}"),
-        })
-        .collect();
-    parts.join(", ")
+    let parts = t.key.iter().filter_map(|k| t.columns.iter().position(|(n, _)| n == k)).map(|idx| &slice.rows[i][idx]);
+    row_key_text(parts, slice.rowids.get(i).copied())
 }
 
 /// A value the mirror's column cannot hold as it is, kept raw for the quarantine table.
@@ -152,12 +171,17 @@ pub async fn copy_slice(conn: &mut PgConnection, t: &MirrorTable, slice: &Slice)
                 buf.push(b'\t');
             }
             field.clear();
-            match encode_field(&mut field, *ty, v) {
+            let in_key = t.key.contains(name);
+            let fits = if in_key && matches!(v, Value::Null) {
+                Err(Unfit::NullInKey)
+            } else {
+                encode_field(&mut field, *ty, v)
+            };
+            match fits {
                 Ok(()) => buf.extend_from_slice(&field),
                 Err(reason) => {
                     let (storage_class, raw) = raw_of(v);
                     let key = key_text(t, slice, i);
-                    let in_key = t.key.contains(name);
                     quarantined.push(Quarantined {
                         key,
                         column: name.clone(),

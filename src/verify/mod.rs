@@ -127,14 +127,9 @@ fn source_side(
                     // The sync's key text for quarantine entries is the raw key.
                     let qkey = match &key_idx {
                         None => key.clone(),
-                        Some(idx) => idx
-                            .iter()
-                            .map(|&k| match &row[k] {
-                                Value::Text(b) => String::from_utf8_lossy(b).into_owned(),
-                                v => format!("{v:?}"),
-                            })
-                            .collect::<Vec<_>>()
-                            .join(", "),
+                        Some(idx) => {
+                            crate::target::row_key_text(idx.iter().map(|&k| &row[k]), slice.rowids.get(i).copied())
+                        }
                     };
                     for (j, (col, _)) in mt.columns.iter().enumerate() {
                         if quarantine.get(&(info.name.clone(), qkey.clone(), col.clone())) == Some(&raw(&row[j])) {
@@ -197,7 +192,7 @@ async fn compare_table(
 ) -> Result<TableDiff, VerifyError> {
     let mt = MirrorTable::from_source(schema, &side.info);
     let mut diff =
-        TableDiff { table: side.info.name.clone(), source_rows: side.rows.len() as u64, ..Default::default() };
+        TableDiff { table: side.info.name.clone(), source_rows: side.rows.len() as u64, quarantined: side.quarantined, ..Default::default() };
     let key_idx = key_positions(&side.info);
     let mut select: Vec<String> = Vec::new();
     if mt.by_rowid {
