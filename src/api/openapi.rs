@@ -27,9 +27,10 @@ pub async fn document() -> Json<Value> {
                     "properties": {"key": {"type": "string"}, "value": {}, "updated_at": {"type": "string"},
                         "cached": {"type": "boolean"}, "stale": {"type": "boolean"}}},
                 "PutState": {"type": "object", "required": ["key", "value"], "additionalProperties": false,
-                    "properties": {"key": {"type": "string", "minLength": 1, "maxLength": 256}, "value": {}}},
+                    "properties": {"key": {"type": "string", "minLength": 1, "maxLength": 256, "pattern": "^[^\\u0000-\\u001f\\u007f-\\u009f]+$",
+                        "description": "no control characters"}, "value": {"description": "any JSON without NUL characters"}}},
                 "Trigger": {"type": "object", "required": ["client_name"], "additionalProperties": false,
-                    "properties": {"client_name": {"type": "string"}}},
+                    "properties": {"client_name": {"type": "string", "maxLength": 63, "pattern": "^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"}}},
                 "TriggerAccepted": {"type": "object", "required": ["success", "sync_id", "status"],
                     "properties": {"success": {"type": "boolean"}, "sync_id": {"type": "string"}, "status": {"type": "string"}}}
             }
@@ -45,7 +46,7 @@ pub async fn document() -> Json<Value> {
             "/api/v1/clients": {"get": {"summary": "Every tenant of this cluster, spec and status",
                 "responses": {"200": {"description": "list"}, "503": err_ref()}}},
             "/api/v1/clients/{name}": {"get": {"summary": "One tenant",
-                "parameters": [{"name": "name", "in": "path", "required": true, "schema": {"type": "string"}}],
+                "parameters": [{"name": "name", "in": "path", "required": true, "schema": {"type": "string", "maxLength": 63, "pattern": "^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"}}],
                 "responses": {"200": {"description": "the tenant"}, "400": err_ref(), "404": err_ref(), "503": err_ref()}}},
             "/api/v1/state": {
                 "get": {"summary": "Read a state key (cache-aside, 5 min TTL, stale-if-error)",

@@ -16,7 +16,23 @@ use crate::store::{self, requests, specs, state, status};
 fn store_error(e: store::StoreError) -> Response {
     match e {
         store::StoreError::NotFound { .. } => error(StatusCode::NOT_FOUND, e.to_string()),
+        // SQLSTATE class 22 (data exception): the request's data, not the database, is at fault.
+        store::StoreError::Db { source: sqlx::Error::Database(ref d), .. }
+            if d.code().is_some_and(|c| c.starts_with("22")) =>
+        {
+            error(StatusCode::UNPROCESSABLE_ENTITY, format!("PostgreSQL cannot store this value: {e}"))
+        }
         other => error(StatusCode::SERVICE_UNAVAILABLE, format!("database unavailable: {other}")),
+    }
+}
+
+/// Whether a JSON value holds a NUL character (which PostgreSQL's jsonb cannot store).
+fn has_nul(v: &serde_json::Value) -> bool {
+    match v {
+        serde_json::Value::String(s) => s.contains('\0'),
+        serde_json::Value::Array(a) => a.iter().any(has_nul),
+        serde_json::Value::Object(o) => o.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
+        _ => false,
     }
 }
 
@@ -126,6 +142,9 @@ pub async fn put_state(
     };
     if let Some(r) = check_key(&b.key) {
         return r;
+    }
+    if has_nul(&b.value) {
+        return error(StatusCode::UNPROCESSABLE_ENTITY, "value contains a NUL character (\\u0000), which PostgreSQL cannot store");
     }
     let sh = &app.shared;
     // PostgreSQL first, then the cache (every replica's, through NOTIFY).
