@@ -3,9 +3,11 @@
 #   postgres  PostgreSQL's server binaries (initdb, pg_ctl, postgres): owsync starts its
 #             own throwaway servers from them and never touches a system cluster
 #   sqldiff   Debian's sqlite3-tools (the restore test compares databases with it)
+#   pgbouncer PgBouncer (the connection tests put it in front of PostgreSQL)
+#   venv      Python's venv module (the API fuzz test installs schemathesis into one)
 # Installs the missing Debian/Ubuntu packages as root or through sudo, without letting
 # the postgresql package create and start a system cluster.
-# Usage: scripts/ensure-deps.sh postgres [sqldiff]
+# Usage: scripts/ensure-deps.sh postgres [sqldiff] [pgbouncer] [venv]
 set -euo pipefail
 
 have_pg() {
@@ -19,6 +21,8 @@ for want in "$@"; do
   case "$want" in
     postgres) have_pg || packages+=(postgresql) ;;
     sqldiff) command -v sqldiff >/dev/null 2>&1 || packages+=(sqlite3-tools) ;;
+    pgbouncer) command -v pgbouncer >/dev/null 2>&1 || [[ -x /usr/sbin/pgbouncer ]] || packages+=(pgbouncer) ;;
+    venv) python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || packages+=(python3-venv) ;;
     *) echo "ensure-deps: unknown tool $want" >&2; exit 2 ;;
   esac
 done
@@ -47,6 +51,7 @@ for want in "$@"; do
   case "$want" in
     postgres) have_pg || { echo "error: postgresql installed but initdb still not found" >&2; exit 1; } ;;
     sqldiff) command -v sqldiff >/dev/null || { echo "error: sqlite3-tools installed but sqldiff not found" >&2; exit 1; } ;;
+    pgbouncer) command -v pgbouncer >/dev/null || [[ -x /usr/sbin/pgbouncer ]] || { echo "error: pgbouncer not found after install" >&2; exit 1; } ;;
   esac
 done
 echo "installed ${packages[*]}" >&2

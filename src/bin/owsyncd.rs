@@ -99,19 +99,53 @@ async fn main() -> anyhow::Result<()> {
     if !owsync::spec::is_dns_label(&a.cluster) {
         bail!("--cluster {:?} is not a DNS-1123 label", a.cluster);
     }
+    if a.renew_deadline >= a.lease_duration {
+        bail!(
+            "--renew-deadline ({}) must be shorter than --lease-duration ({}): a leader has to stop before its lease can pass to another replica",
+            humantime::format_duration(a.renew_deadline),
+            humantime::format_duration(a.lease_duration)
+        );
+    }
+    if a.retry_period >= a.renew_deadline {
+        bail!(
+            "--retry-period ({}) must be shorter than --renew-deadline ({})",
+            humantime::format_duration(a.retry_period),
+            humantime::format_duration(a.renew_deadline)
+        );
+    }
     let url = database_url(&a)?;
+    if let Some(why) = store::transaction_pooler_hint(&url) {
+        bail!("refusing to start: {why}. {}", store::POOLER_FIX);
+    }
     let node_id = a.node_id.clone().unwrap_or_else(hostname);
-    let connect = store::connect_options(&url, &format!("owsyncd/{node_id}"))?;
+    // Every session carries this process's instance tag, so a replica that takes the lease
+    // over can end the sessions of a frozen former leader.
+    let instance = uuid::Uuid::new_v4();
+    let app_name = store::lease::application_name(&node_id, instance);
+    let connect = store::connect_options(&url, &app_name)?;
     info!(cluster = %a.cluster, node = %node_id, database = %redact_url(&url), "owsyncd starting");
 
     let pool_size = (a.max_concurrency as u32) + 4;
     let pool = loop {
-        match store::connect(&url, &format!("owsyncd/{node_id}"), pool_size).await {
-            Ok(p) => match store::migrate::require_current(&p).await {
-                Ok(()) => break p,
-                Err(e @ store::StoreError::NotMigrated { .. }) => return Err(e.into()),
-                Err(e) => warn!(error = %e, "database not ready; retrying in 2s"),
-            },
+        match store::connect(&url, &app_name, pool_size).await {
+            Ok(p) => {
+                // Before anything else: through a transaction-mode pooler even the
+                // migration check can fail in confusing ways.
+                match store::check_session_pooling(&p).await {
+                    Err(e @ store::StoreError::TransactionPooler(_)) => bail!("refusing to start: {e}"),
+                    Err(e) => {
+                        warn!(error = %e, "database not ready; retrying in 2s");
+                        tokio::time::sleep(Duration::from_secs(2)).await;
+                        continue;
+                    }
+                    Ok(()) => {}
+                }
+                match store::migrate::require_current(&p).await {
+                    Ok(()) => break p,
+                    Err(e @ store::StoreError::NotMigrated { .. }) => return Err(e.into()),
+                    Err(e) => warn!(error = %e, "database not ready; retrying in 2s"),
+                }
+            }
             Err(e) => warn!(error = %e, "cannot connect; retrying in 2s"),
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
@@ -124,7 +158,7 @@ async fn main() -> anyhow::Result<()> {
         max_concurrency: a.max_concurrency,
         stall_after: 5,
     };
-    let shared = Shared::new(config, pool, connect);
+    let shared = Shared::with_instance(config, instance, pool, connect);
     let shutdown = CancellationToken::new();
 
     let listener = tokio::net::TcpListener::bind(a.listen).await.with_context(|| format!("listen on {}", a.listen))?;

@@ -1,22 +1,33 @@
 //! Lease-based leader election on a dedicated connection (its backend pid is recorded as
-//! the holder's), renewed in the background; fail-stop when the renew deadline passes.
+//! the holder's), renewed in the background.
+//!
+//! Fail-stop: a term of leadership is valid until the start of its last successful lease
+//! round plus the renew deadline ([`super::Term`]). When that passes, when a round
+//! fails (the connection that holds the lease broke: a standby may take over at once) or
+//! when another replica holds the lease, the leader task is aborted with every reconciler
+//! in it: in-flight syncs are dropped and their transactions roll back; nothing waits
+//! for them to end. Only a shutdown (SIGTERM) drains, while the lease keeps being renewed.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use sqlx::postgres::PgListener;
 use sqlx::{Connection, PgConnection};
 use tokio::task::JoinHandle;
+use tokio::time::{Instant, timeout};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::Shared;
 use super::leader::run_leader;
+use super::{Shared, Term};
 use crate::store::{jobs, lease};
 
 struct Leading {
     epoch: i64,
-    token: CancellationToken,
+    /// Cancelled to stop gracefully (drain in-flight syncs).
+    stop: CancellationToken,
+    /// Cancelled when the leader task has returned.
+    done: CancellationToken,
     task: JoinHandle<()>,
 }
 
@@ -24,9 +35,13 @@ fn jittered(d: Duration, spread: f64) -> Duration {
     d.mul_f64(1.0 + rand::random_range(-spread..=spread))
 }
 
+/// Fail-stop: ends the term at once and aborts the leader task, which aborts every
+/// reconciler it holds (and so every in-flight sync).
 async fn step_down(shared: &Shared, leading: Leading, why: &str) {
-    warn!(epoch = leading.epoch, reason = why, "stepping down: stopping all reconcilers");
-    leading.token.cancel();
+    shared.set_term(None);
+    warn!(epoch = leading.epoch, reason = why, "stepping down: lost the lease; aborting all reconcilers");
+    leading.stop.cancel();
+    leading.task.abort();
     let _ = leading.task.await;
     shared.metrics.is_leader.set(0);
     shared.metrics.leader_transitions.inc();
@@ -37,69 +52,105 @@ async fn step_down(shared: &Shared, leading: Leading, why: &str) {
 }
 
 /// LISTEN for lease releases; `None` when it cannot (polling still works).
-async fn lease_listener(shared: &Shared) -> Option<PgListener> {
-    let mut l = PgListener::connect_with(&shared.pool).await.ok()?;
-    l.listen("owsync_lease").await.ok()?;
-    Some(l)
+async fn lease_listener(shared: &Shared, within: Duration) -> Option<PgListener> {
+    let connect = async {
+        let mut l = PgListener::connect_with(&shared.pool).await.ok()?;
+        l.listen("owsync_lease").await.ok()?;
+        Some(l)
+    };
+    timeout(within, connect).await.ok().flatten()
 }
 
-/// Runs until `shutdown` is cancelled; then drains the reconcilers, releases the lease
-/// and notifies the standby.
+async fn recv_or_pending(l: Option<&mut PgListener>) -> bool {
+    match l {
+        Some(l) => l.recv().await.is_ok(),
+        None => std::future::pending().await,
+    }
+}
+
+async fn done_or_pending(l: Option<&Leading>) {
+    match l {
+        Some(l) => l.done.cancelled().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn deadline_or_pending(term: Option<Term>) {
+    match term {
+        Some(t) => tokio::time::sleep_until(t.valid_until).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Runs until `shutdown` is cancelled; then drains the reconcilers (renewing the lease
+/// meanwhile), releases the lease and notifies the standby.
 pub async fn run_election(shared: Arc<Shared>, shutdown: CancellationToken) {
     let cfg = shared.config.election.clone();
     let who = shared.candidate.clone();
     let mut conn: Option<PgConnection> = None;
     let mut leading: Option<Leading> = None;
-    let mut last_renew = Instant::now();
     let mut released: Option<PgListener> = None;
     let version = env!("CARGO_PKG_VERSION");
+    // Side queries (heartbeat, who leads) never hold up the lease rounds for long.
+    let side = cfg.retry.clamp(Duration::from_millis(200), Duration::from_secs(2));
 
-    while !shutdown.is_cancelled() {
-        if conn.is_none() {
-            match PgConnection::connect_with(&shared.connect).await {
-                Ok(c) => conn = Some(c),
-                Err(e) => warn!(error = %e, "cannot connect for leader election; retrying"),
+    loop {
+        let draining = shutdown.is_cancelled();
+        if draining {
+            match &leading {
+                None => break,
+                Some(l) if l.done.is_cancelled() => break,
+                Some(l) => l.stop.cancel(),
+            }
+        } else if leading.as_ref().is_some_and(|l| l.done.is_cancelled())
+            && let Some(l) = leading.take()
+        {
+            step_down(&shared, l, "the leader task ended").await;
+        }
+        if let Some(l) = &leading
+            && !shared.lease_valid(l.epoch)
+            && let Some(l) = leading.take()
+        {
+            step_down(&shared, l, "renew deadline passed").await;
+            conn = None;
+            if draining {
+                break;
             }
         }
-        let budget = if leading.is_some() {
-            cfg.renew_deadline.saturating_sub(last_renew.elapsed()).max(Duration::from_millis(100))
-        } else {
-            cfg.renew_deadline
+
+        // A leader's round may take what is left of its term; a standby's, a renew deadline.
+        let budget = match shared.term() {
+            Some(t) if leading.is_some() => {
+                t.valid_until.saturating_duration_since(Instant::now()).max(Duration::from_millis(100))
+            }
+            _ => cfg.renew_deadline,
         };
+        if conn.is_none() {
+            match timeout(budget, PgConnection::connect_with(&shared.connect)).await {
+                Ok(Ok(c)) => conn = Some(c),
+                Ok(Err(e)) => warn!(error = %e, "cannot connect for leader election; retrying"),
+                Err(_) => warn!("connecting for leader election timed out; retrying"),
+            }
+        }
+        let sent = Instant::now();
+        let renewing = leading.as_ref().map(|l| l.epoch);
         let outcome = match conn.as_mut() {
-            Some(c) => tokio::time::timeout(budget, lease::try_acquire(c, &who, cfg.lease)).await.ok(),
+            Some(c) => timeout(budget, lease::try_acquire(c, &who, cfg.lease, renewing)).await.ok(),
             None => None,
         };
         match outcome {
-            Some(Ok(Some(epoch))) => {
-                last_renew = Instant::now();
+            Some(Ok(Some(acq))) => {
                 shared.update_node(|n| n.db_ok = true);
-                if leading.as_ref().is_some_and(|l| l.epoch != epoch)
+                if leading.as_ref().is_some_and(|l| l.epoch != acq.epoch)
                     && let Some(l) = leading.take()
                 {
-                    step_down(&shared, l, "lease re-acquired under a new epoch").await;
+                    step_down(&shared, l, "lease renewed only after it expired (new term)").await;
                 }
-                if leading.is_none() {
-                    info!(epoch, node = %who.node_id, cluster = %who.cluster, "became leader");
-                    shared.metrics.is_leader.set(1);
-                    shared.metrics.leader_transitions.inc();
-                    shared.update_node(|n| {
-                        n.is_leader = true;
-                        n.epoch = Some(epoch);
-                        n.leader_id = Some(who.node_id.clone());
-                    });
-                    if let Ok(mut tx) = crate::store::begin(&shared.pool, &who.cluster).await {
-                        let msg = format!("{} leads cluster {} at epoch {epoch}", who.node_id, who.cluster);
-                        let _ =
-                            jobs::event(&mut tx, &who.cluster, None, false, "LeaderElected", &msg, Some(&who.node_id))
-                                .await;
-                        // Runs of earlier epochs that never ended died with their leader.
-                        let _ = jobs::abandon_unfinished(&mut tx, &who.cluster, epoch).await;
-                        let _ = tx.commit().await;
-                    }
-                    let token = shutdown.child_token();
-                    let task = tokio::spawn(run_leader(shared.clone(), epoch, token.clone()));
-                    leading = Some(Leading { epoch, token, task });
+                if leading.is_some() {
+                    shared.set_term(Some(Term { epoch: acq.epoch, valid_until: sent + cfg.renew_deadline }));
+                } else if !draining {
+                    shared.set_term(Some(Term { epoch: acq.epoch, valid_until: sent + cfg.renew_deadline }));
+                    leading = Some(become_leader(&shared, &acq, &shutdown).await);
                 }
             }
             Some(Ok(None)) => {
@@ -112,6 +163,9 @@ pub async fn run_election(shared: Arc<Shared>, shutdown: CancellationToken) {
                 warn!(error = %e, "lease round failed");
                 conn = None;
                 shared.update_node(|n| n.db_ok = false);
+                if let Some(l) = leading.take() {
+                    step_down(&shared, l, "lost the connection that holds the lease").await;
+                }
             }
             None => {
                 if conn.is_some() {
@@ -119,55 +173,98 @@ pub async fn run_election(shared: Arc<Shared>, shutdown: CancellationToken) {
                 }
                 conn = None;
                 shared.update_node(|n| n.db_ok = false);
+                if let Some(l) = leading.take() {
+                    step_down(&shared, l, "lease round timed out").await;
+                }
             }
         }
-        if leading.is_some()
-            && last_renew.elapsed() >= cfg.renew_deadline
-            && let Some(l) = leading.take()
-        {
-            step_down(&shared, l, "renew deadline passed").await;
+        if draining && leading.is_none() {
+            break;
         }
-        if !shared.node().is_leader
-            && let Ok(Some(l)) = lease::current(&shared.pool, &who.cluster).await
+        if leading.is_none()
+            && let Ok(Ok(Some(l))) = timeout(side, lease::current(&shared.pool, &who.cluster)).await
         {
             shared.update_node(|n| n.leader_id = (!l.expired).then_some(l.leader_id));
         }
-        let _ = lease::heartbeat(&shared.pool, &who, leading.is_some(), version).await;
-        let pause = if leading.is_some() { jittered(cfg.retry, 0.1) } else { jittered(cfg.retry / 2, 0.1) };
+        let _ = timeout(side, lease::heartbeat(&shared.pool, &who, leading.is_some(), version)).await;
+        let pause = match (&leading, draining) {
+            (Some(_), false) => jittered(cfg.retry, 0.1),
+            // Draining: keep renewing, and notice the end of the drain soon.
+            (Some(_), true) => jittered(cfg.retry, 0.1).min(Duration::from_millis(200)),
+            (None, _) => jittered(cfg.retry / 2, 0.1),
+        };
         if leading.is_none() && released.is_none() {
-            released = lease_listener(&shared).await;
+            released = lease_listener(&shared, side).await;
         }
-        match (leading.is_none(), released.as_mut()) {
+        let term = leading.as_ref().and(shared.term());
+        let listen = if leading.is_none() { released.as_mut() } else { None };
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            _ = shutdown.cancelled(), if !draining => {}
+            _ = done_or_pending(leading.as_ref()) => {}
+            _ = deadline_or_pending(term) => {}
             // A standby wakes as soon as the leader releases the lease (clean shutdown).
-            (true, Some(l)) => tokio::select! {
-                r = l.recv() => if r.is_err() { released = None },
-                _ = tokio::time::sleep(pause) => {}
-                _ = shutdown.cancelled() => {}
-            },
-            _ => tokio::select! {
-                _ = tokio::time::sleep(pause) => {}
-                _ = shutdown.cancelled() => {}
-            },
+            ok = recv_or_pending(listen) => if !ok { released = None },
         }
     }
 
+    shared.set_term(None);
     if let Some(l) = leading.take() {
-        info!("shutting down: draining in-flight syncs");
-        l.token.cancel();
         let _ = l.task.await;
         shared.metrics.is_leader.set(0);
         shared.update_node(|n| n.is_leader = false);
         if let Some(c) = conn.as_mut() {
-            match lease::release(c, &who).await {
-                Ok(()) => info!("lease released"),
-                Err(e) => {
+            match timeout(cfg.renew_deadline, lease::release(c, &who)).await {
+                Ok(Ok(())) => info!("lease released"),
+                Ok(Err(e)) => {
                     warn!(error = %e, "could not release the lease; the standby takes over when it expires")
                 }
+                Err(_) => warn!("releasing the lease timed out; the standby takes over when it expires"),
             }
         }
     }
-    let _ = lease::heartbeat(&shared.pool, &who, false, version).await;
+    let _ = timeout(side, lease::heartbeat(&shared.pool, &who, false, version)).await;
     if let Some(c) = conn {
         let _ = c.close().await;
     }
+}
+
+/// Starts a term: records the event, closes runs of earlier epochs and starts the leader
+/// task.
+async fn become_leader(shared: &Arc<Shared>, acq: &lease::Acquired, shutdown: &CancellationToken) -> Leading {
+    let who = &shared.candidate;
+    let epoch = acq.epoch;
+    let side = shared.config.election.renew_deadline;
+    info!(epoch, node = %who.node_id, cluster = %who.cluster, "became leader");
+    if let Some(prev) = acq.took_over_from {
+        info!(previous = %prev, sessions_ended = acq.sessions_ended, "took the lease over from another replica");
+    }
+    shared.metrics.is_leader.set(1);
+    shared.metrics.leader_transitions.inc();
+    shared.update_node(|n| {
+        n.is_leader = true;
+        n.epoch = Some(epoch);
+        n.leader_id = Some(who.node_id.clone());
+    });
+    let record = async {
+        let mut tx = crate::store::begin(&shared.pool, &who.cluster).await.ok()?;
+        let msg = format!("{} leads cluster {} at epoch {epoch}", who.node_id, who.cluster);
+        let _ = jobs::event(&mut tx, &who.cluster, None, false, "LeaderElected", &msg, Some(&who.node_id)).await;
+        // Runs of earlier epochs that never ended died with their term.
+        let _ = jobs::abandon_unfinished(&mut tx, &who.cluster, epoch).await;
+        if crate::store::lease::holds(&mut tx, who, epoch).await.ok()? {
+            tx.commit().await.ok()?;
+        }
+        Some(())
+    };
+    let _ = timeout(side, record).await;
+    let stop = shutdown.child_token();
+    let done = CancellationToken::new();
+    let (s, d) = (shared.clone(), done.clone());
+    let token = stop.clone();
+    let task = tokio::spawn(async move {
+        let _done = d.drop_guard();
+        run_leader(s, epoch, token).await;
+    });
+    Leading { epoch, stop, done, task }
 }

@@ -7,12 +7,11 @@ use std::time::Duration;
 
 use sqlx::postgres::PgListener;
 use tokio::sync::{Mutex, Notify, Semaphore};
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::Shared;
 use super::reconciler::{Reconciler, mark_suspended};
+use super::{AbortOnDrop, Shared};
 use crate::store::{requests, specs};
 use crate::sync::Fence;
 
@@ -20,7 +19,9 @@ struct Running {
     generation: i64,
     wake: Arc<Notify>,
     token: CancellationToken,
-    task: JoinHandle<()>,
+    /// Dropping it aborts the reconciler: when the leader task is aborted (lost lease),
+    /// every reconciler goes with it.
+    task: AbortOnDrop,
 }
 
 /// LISTEN for spec changes; `None` when it cannot (polling still works).
@@ -30,17 +31,28 @@ async fn listener(shared: &Shared) -> Option<PgListener> {
     Some(l)
 }
 
+/// Runs the leader's reconcilers until `token` is cancelled (then lets in-flight syncs
+/// finish: spec changes and shutdown), or until the task is aborted (lost lease: every
+/// reconciler is aborted with it).
 pub(super) async fn run_leader(shared: Arc<Shared>, epoch: i64, token: CancellationToken) {
     let cluster = shared.config.cluster.clone();
     let fence = Fence { who: shared.candidate.clone(), epoch };
     let slots = Arc::new(Semaphore::new(shared.config.max_concurrency.max(1)));
     let mut locks: HashMap<String, Arc<Mutex<()>>> = HashMap::new();
-    let mut running: HashMap<String, Running> = HashMap::new();
-    let mut stopping: Vec<JoinHandle<()>> = Vec::new();
+    let mut fleet = Fleet { epoch, running: HashMap::new(), stopping: Vec::new(), drained: false };
+    let Fleet { running, stopping, .. } = &mut fleet;
     let mut suspended: HashMap<String, i64> = HashMap::new();
     let mut listen = listener(&shared).await;
 
     while !token.is_cancelled() {
+        if !shared.lease_valid(epoch) {
+            // The election aborts this task in a moment; start nothing new meanwhile.
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                _ = token.cancelled() => {}
+            }
+            continue;
+        }
         match specs::list(&shared.pool, &cluster).await {
             Ok(list) => {
                 let wanted: HashMap<&str, &specs::StoredSpec> =
@@ -74,7 +86,7 @@ pub(super) async fn run_leader(shared: Arc<Shared>, epoch: i64, token: Cancellat
                         token: child.clone(),
                     };
                     info!(client = %name, generation = spec.generation, "starting reconciler");
-                    let task = tokio::spawn(rec.run());
+                    let task = AbortOnDrop(tokio::spawn(rec.run()));
                     running.insert(name.to_string(), Running { generation: spec.generation, wake, token: child, task });
                 }
                 for s in list.iter().filter(|s| !s.spec.enabled) {
@@ -97,7 +109,11 @@ pub(super) async fn run_leader(shared: Arc<Shared>, epoch: i64, token: Cancellat
             }
             Err(e) => warn!(error = %e, "cannot read specs; keeping current reconcilers"),
         }
-        match requests::claim(&shared.pool, &cluster).await {
+        let claimed = match shared.lease_valid(epoch) {
+            true => requests::claim(&shared.pool, &cluster).await,
+            false => Ok(Vec::new()),
+        };
+        match claimed {
             Ok(claimed) => {
                 for (id, name) in claimed {
                     match running.get(&name) {
@@ -111,7 +127,7 @@ pub(super) async fn run_leader(shared: Arc<Shared>, epoch: i64, token: Cancellat
             }
             Err(e) => warn!(error = %e, "cannot read sync requests"),
         }
-        stopping.retain(|t| !t.is_finished());
+        stopping.retain(|t| !t.0.is_finished());
         let poll = shared.config.spec_poll;
         match listen.as_mut() {
             Some(l) => tokio::select! {
@@ -138,7 +154,27 @@ pub(super) async fn run_leader(shared: Arc<Shared>, epoch: i64, token: Cancellat
         r.token.cancel();
         stopping.push(r.task);
     }
-    for t in stopping {
-        let _ = t.await;
+    for t in stopping.iter_mut() {
+        let _ = (&mut t.0).await;
+    }
+    fleet.drained = true;
+}
+
+/// The leader's reconcilers. Dropped without having been drained (the leader task was
+/// aborted: lost lease), it aborts every one of them at once and says so.
+struct Fleet {
+    epoch: i64,
+    running: HashMap<String, Running>,
+    /// Stopped (spec changed, disabled, deleted), finishing an in-flight sync.
+    stopping: Vec<AbortOnDrop>,
+    drained: bool,
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        if !self.drained {
+            let busy = self.running.values().map(|r| &r.task).chain(&self.stopping).filter(|t| !t.0.is_finished());
+            warn!(epoch = self.epoch, reconcilers = busy.count(), "leader aborted: aborting all reconcilers");
+        }
     }
 }

@@ -3,14 +3,19 @@
 //! itself (interval on success, resetting exponential backoff on failure).
 
 mod backoff;
+mod conditions;
 mod election;
 mod leader;
 mod reconciler;
+pub mod schedule;
 
 pub use backoff::backoff_delay;
 pub use election::run_election;
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, RwLock};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -64,6 +69,15 @@ pub struct NodeState {
     pub db_ok: bool,
 }
 
+/// The current term of leadership: its epoch, and until when this replica may act on
+/// it without another successful renewal (the start of the last successful lease round
+/// plus the renew deadline; the lease itself lasts longer, so this always ends first).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Term {
+    pub epoch: i64,
+    pub valid_until: tokio::time::Instant,
+}
+
 /// State shared between the controller's tasks and the HTTP API.
 pub struct Shared {
     pub config: ControllerConfig,
@@ -73,15 +87,23 @@ pub struct Shared {
     pub metrics: Metrics,
     pub node: RwLock<NodeState>,
     pub started: Instant,
+    term: RwLock<Option<Term>>,
 }
 
 impl Shared {
     pub fn new(config: ControllerConfig, pool: PgPool, connect: PgConnectOptions) -> Arc<Shared> {
-        let candidate = Candidate {
-            cluster: config.cluster.clone(),
-            node_id: config.node_id.clone(),
-            instance: uuid::Uuid::new_v4(),
-        };
+        Shared::with_instance(config, uuid::Uuid::new_v4(), pool, connect)
+    }
+
+    /// With a given instance id (whose tag the connections' `application_name` carries:
+    /// [`crate::store::lease::application_name`]).
+    pub fn with_instance(
+        config: ControllerConfig,
+        instance: uuid::Uuid,
+        pool: PgPool,
+        connect: PgConnectOptions,
+    ) -> Arc<Shared> {
+        let candidate = Candidate { cluster: config.cluster.clone(), node_id: config.node_id.clone(), instance };
         Arc::new(Shared {
             config,
             candidate,
@@ -90,16 +112,154 @@ impl Shared {
             metrics: Metrics::new(),
             node: RwLock::new(NodeState::default()),
             started: Instant::now(),
+            term: RwLock::new(None),
         })
     }
 
+    /// What the API shows. `is_leader` is true only within the current term's deadline:
+    /// a leader that was frozen (SIGSTOP, a stalled VM) past it says false at once, before
+    /// its election loop has even noticed.
     pub fn node(&self) -> NodeState {
-        self.node.read().map(|n| n.clone()).unwrap_or_default()
+        let mut n = self.node.read().map(|n| n.clone()).unwrap_or_default();
+        if n.is_leader && !n.epoch.is_some_and(|e| self.lease_valid(e)) {
+            n.is_leader = false;
+        }
+        n
+    }
+
+    pub fn term(&self) -> Option<Term> {
+        self.term.read().ok().and_then(|t| *t)
+    }
+
+    pub(crate) fn set_term(&self, term: Option<Term>) {
+        if let Ok(mut t) = self.term.write() {
+            *t = term;
+        }
+    }
+
+    /// Whether this replica may still act as leader of `epoch` (checked against the
+    /// clock, not a timer, so it holds the moment a frozen process resumes).
+    pub fn lease_valid(&self, epoch: i64) -> bool {
+        self.term().is_some_and(|t| t.epoch == epoch && tokio::time::Instant::now() < t.valid_until)
+    }
+
+    /// Resolves as soon as this replica may no longer act as leader of `epoch`. Meant as
+    /// the first branch of a `biased` select around work done as leader: it looks at the
+    /// clock every time it is polled, so the work is dropped (its transactions roll back)
+    /// before it can take another step past the deadline.
+    pub fn lease_lost(&self, epoch: i64) -> LeaseLost<'_> {
+        LeaseLost { shared: self, epoch, sleep: Box::pin(tokio::time::sleep(Duration::ZERO)) }
     }
 
     pub(crate) fn update_node(&self, f: impl FnOnce(&mut NodeState)) {
         if let Ok(mut n) = self.node.write() {
             f(&mut n);
         }
+    }
+}
+
+/// See [`Shared::lease_lost`].
+pub struct LeaseLost<'a> {
+    shared: &'a Shared,
+    epoch: i64,
+    sleep: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl Future for LeaseLost<'_> {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        loop {
+            let Some(term) = self.shared.term().filter(|t| t.epoch == self.epoch) else { return Poll::Ready(()) };
+            if tokio::time::Instant::now() >= term.valid_until {
+                return Poll::Ready(());
+            }
+            if self.sleep.deadline() != term.valid_until {
+                self.sleep.as_mut().reset(term.valid_until);
+            }
+            match self.sleep.as_mut().poll(cx) {
+                Poll::Ready(()) => continue,
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}
+
+/// A task handle that aborts its task when dropped: the leader holds its reconcilers
+/// this way, so aborting the leader aborts every reconciler with it (fail-stop).
+pub(crate) struct AbortOnDrop(pub tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shared() -> Arc<Shared> {
+        let connect: PgConnectOptions = "postgres://u@127.0.0.1:1/db".parse().unwrap();
+        let pool = sqlx::postgres::PgPoolOptions::new().connect_lazy_with(connect.clone());
+        let config = ControllerConfig {
+            cluster: "c".into(),
+            node_id: "n".into(),
+            election: ElectionConfig::default(),
+            spec_poll: Duration::from_secs(2),
+            max_concurrency: 1,
+            stall_after: 5,
+        };
+        Shared::new(config, pool, connect)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_term_ends_at_its_deadline_and_health_says_so() {
+        let sh = shared();
+        let now = tokio::time::Instant::now();
+        sh.set_term(Some(Term { epoch: 7, valid_until: now + Duration::from_secs(10) }));
+        sh.update_node(|n| {
+            n.is_leader = true;
+            n.epoch = Some(7);
+        });
+        assert!(sh.lease_valid(7) && !sh.lease_valid(6));
+        assert!(sh.node().is_leader);
+        // Work as leader runs until the deadline, which renewals push back.
+        let t0 = tokio::time::Instant::now();
+        let sh2 = sh.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(4)).await;
+            let until = tokio::time::Instant::now() + Duration::from_secs(10);
+            sh2.set_term(Some(Term { epoch: 7, valid_until: until }));
+        });
+        let work = std::future::pending::<()>();
+        tokio::select! {
+            biased;
+            _ = sh.lease_lost(7) => {}
+            _ = work => unreachable!(),
+        }
+        assert_eq!(t0.elapsed(), Duration::from_secs(14));
+        assert!(!sh.lease_valid(7));
+        assert!(!sh.node().is_leader, "past the deadline /health must not claim leadership");
+        // Lost at once when the term is gone or another epoch's.
+        sh.set_term(Some(Term { epoch: 8, valid_until: tokio::time::Instant::now() + Duration::from_secs(10) }));
+        tokio::time::timeout(Duration::from_millis(1), sh.lease_lost(7)).await.expect("epoch 7 is over");
+        sh.set_term(None);
+        tokio::time::timeout(Duration::from_millis(1), sh.lease_lost(8)).await.expect("no term");
+    }
+
+    /// A process frozen past its deadline (SIGSTOP) resumes with its timers not yet
+    /// fired: the clock check still stops the work on its first poll.
+    #[tokio::test]
+    async fn lease_lost_checks_the_clock_not_only_its_timer() {
+        let sh = shared();
+        let valid_until = tokio::time::Instant::now() + Duration::from_millis(30);
+        sh.set_term(Some(Term { epoch: 1, valid_until }));
+        let mut lost = Box::pin(sh.lease_lost(1));
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        assert!(lost.as_mut().poll(&mut cx).is_pending());
+        // Blocks the thread (as a stopped process would): the runtime's timer cannot fire.
+        std::thread::sleep(Duration::from_millis(40));
+        assert!(lost.as_mut().poll(&mut cx).is_ready());
     }
 }

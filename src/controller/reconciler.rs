@@ -1,16 +1,25 @@
 //! One tenant's reconcile loop: sync, record the outcome (status, job, event) in one
-//! fenced transaction, then requeue after `interval`, or after a resetting backoff.
+//! fenced transaction, then wait for the next reason to sync (`schedule`): the interval
+//! after a success or a resetting backoff after failures, a request, or (with
+//! `spec.watch`) a change of the source file.
+//!
+//! Everything a reconcile does as leader runs under [`Shared::lease_lost`]: the moment
+//! the term's deadline passes, the sync is dropped (its open transaction rolls back) and
+//! the reconciler ends, even before the election loop has noticed.
 
+use std::path::Path;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use tokio::sync::{Mutex, Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, info_span, warn};
+use tracing::{Instrument, info, info_span, warn};
 
 use super::Shared;
-use super::backoff::{backoff_delay, random_jitter};
+use super::backoff::random_jitter;
+use super::conditions::{self, Outcome};
+use super::schedule::{FileWatch, Schedule, Wake, next_wake};
 use crate::spec::{ClientSyncStatus, Phase, TableStatus, interval_of};
 use crate::store::{self, jobs, specs::StoredSpec, status};
 use crate::sync::{Fence, SyncError, SyncJob, SyncReport, sync_tenant};
@@ -37,7 +46,16 @@ enum RecordError {
 impl Reconciler {
     pub async fn run(self) {
         let name = self.spec.name.clone();
-        let mut st = status::get(&self.shared.pool, &self.spec.cluster, &name).await.ok().flatten().unwrap_or_default();
+        let epoch = self.fence.epoch;
+        let read = status::get(&self.shared.pool, &self.spec.cluster, &name);
+        let mut st = tokio::select! {
+            biased;
+            _ = self.shared.lease_lost(epoch) => return,
+            s = read => s.ok().flatten().unwrap_or_default(),
+        };
+        let mut schedule = Schedule::new(interval_of(&self.spec.spec), st.consecutive_failures.max(0) as u32);
+        let mut watch = self.spec.spec.watch.then(|| FileWatch::new(Path::new(&self.spec.spec.source.path)));
+        let mut why = Wake::Due;
         loop {
             self.shared.metrics.queue_depth.inc();
             let permit = tokio::select! {
@@ -53,36 +71,52 @@ impl Reconciler {
             if self.token.is_cancelled() {
                 return;
             }
+            if let Some(w) = watch.as_mut() {
+                w.mark_synced();
+            }
             let span = info_span!("reconcile", client = %name, generation = self.spec.generation);
-            let Some(delay) = self.reconcile_once(&mut st).instrument(span).await else {
-                return;
+            let once = self.reconcile_once(&mut st, &mut schedule, why.trigger()).instrument(span);
+            let delay = tokio::select! {
+                biased;
+                _ = self.shared.lease_lost(epoch) => {
+                    warn!(client = %name, epoch, "lease lost: abandoning the sync (its transaction rolls back)");
+                    return;
+                }
+                d = once => d,
             };
+            let Some(delay) = delay else { return };
             drop(_guard);
             drop(_permit);
-            tokio::select! {
-                _ = tokio::time::sleep(delay) => {}
-                _ = self.wake.notified() => {}
-                _ = self.token.cancelled() => return,
+            // While backing off after failures, only a request cuts the wait short.
+            let watching = watch.as_mut().filter(|_| !schedule.backing_off());
+            why = next_wake(delay, &self.wake, watching, &self.token).await;
+            match why {
+                Wake::Stop => return,
+                Wake::Changed => info!(client = %name, "source changed: syncing"),
+                Wake::Due | Wake::Requested => {}
             }
         }
     }
 
     /// One sync and its record; the delay before the next one, or `None` to stop.
-    async fn reconcile_once(&self, st: &mut ClientSyncStatus) -> Option<std::time::Duration> {
+    async fn reconcile_once(
+        &self,
+        st: &mut ClientSyncStatus,
+        schedule: &mut Schedule,
+        trigger: &str,
+    ) -> Option<Duration> {
         let sh = &self.shared;
         let name = &self.spec.name;
         let cluster = &self.spec.cluster;
-        if st.observed_generation != self.spec.generation || st.phase == Phase::Pending {
+        let generation = self.spec.generation;
+        if st.observed_generation != generation || st.phase == Phase::Pending {
             // A first sync (or one of a new generation) can take long: show it.
-            let now = Utc::now();
-            st.phase = Phase::Syncing;
-            let msg = format!("syncing generation {}", self.spec.generation);
-            st.set_condition("Reconciling", true, "Syncing", &msg, self.spec.generation, now);
+            conditions::syncing(st, generation, Utc::now());
             if let Err(RecordError::OwnershipLost) = self.record_progress(st).await {
                 return None;
             }
         }
-        let job_id = match self.start_job().await {
+        let job_id = match self.start_job(trigger).await {
             Ok(id) => Some(id),
             Err(RecordError::OwnershipLost) => return None,
             Err(e) => {
@@ -101,11 +135,9 @@ impl Reconciler {
             return None;
         }
         let now = Utc::now();
-        let generation = self.spec.generation;
-        st.observed_generation = generation;
         let ok = matches!(&result, Ok(r) if r.failed.is_empty());
         sh.metrics.record_sync(name, ok, elapsed.as_secs_f64());
-        let (job_status, rows, error) = match &result {
+        let (job_status, rows, error, outcome) = match &result {
             Ok(r) => {
                 for (t, tr) in &r.tables {
                     sh.metrics.record_rows(name, t, "upsert", tr.upserted);
@@ -114,38 +146,19 @@ impl Reconciler {
                 }
                 st.tables.retain(|t, _| r.tables.contains_key(t) || r.failed.contains_key(t));
                 if r.failed.is_empty() {
-                    ("succeeded", r.rows_written as i64, None)
+                    ("succeeded", r.rows_written as i64, None, Outcome::Succeeded { tables: r.tables.len(), elapsed })
                 } else {
-                    ("degraded", r.rows_written as i64, Some(describe_failed(r)))
+                    let msg = describe_failed(r);
+                    ("degraded", r.rows_written as i64, Some(msg.clone()), Outcome::Degraded { message: msg })
                 }
             }
-            Err(e) => ("failed", 0, Some(e.to_string())),
+            Err(e) => ("failed", 0, Some(e.to_string()), Outcome::Failed { message: e.to_string() }),
         };
-        let delay = if ok {
-            st.consecutive_failures = 0;
-            st.phase = Phase::Synced;
-            st.last_sync_time = Some(now);
-            st.last_error = None;
-            let msg = format!("synced {} tables in {}", st.tables.len(), humantime::format_duration(trunc(elapsed)));
-            st.set_condition("Ready", true, "SyncSucceeded", &msg, generation, now);
-            st.set_condition("Stalled", false, "Progressing", "syncs succeed", generation, now);
+        let delay = if ok { schedule.succeeded() } else { schedule.failed(random_jitter()) };
+        conditions::record(st, &outcome, generation, now, schedule.failures(), sh.config.stall_after, delay);
+        if ok {
             sh.update_node(|n| n.last_sync = Some(now));
-            interval_of(&self.spec.spec)
-        } else {
-            st.consecutive_failures += 1;
-            let err = error.clone().unwrap_or_default();
-            st.phase = if result.is_ok() { Phase::Degraded } else { Phase::Failed };
-            let reason = if result.is_ok() { "TablesFailed" } else { "SyncFailed" };
-            st.last_error = Some(err.clone());
-            st.set_condition("Ready", false, reason, &err, generation, now);
-            if st.consecutive_failures >= sh.config.stall_after {
-                let msg = format!("{} consecutive failures; last: {err}", st.consecutive_failures);
-                st.set_condition("Stalled", true, "RepeatedFailures", &msg, generation, now);
-            }
-            backoff_delay(st.consecutive_failures as u32, random_jitter())
-        };
-        st.set_condition("Reconciling", false, "Idle", "waiting for the next sync", generation, now);
-        st.next_sync_time = chrono::Duration::from_std(delay).ok().map(|d| now + d);
+        }
         match self.record(st, job_id, job_status, rows, error.as_deref(), &result, elapsed).await {
             Ok(()) => Some(delay),
             Err(RecordError::OwnershipLost) => None,
@@ -158,7 +171,9 @@ impl Reconciler {
 
     /// Commits `tx` only if this replica still holds the lease at its epoch.
     async fn commit_fenced(&self, mut tx: sqlx::Transaction<'static, sqlx::Postgres>) -> Result<(), RecordError> {
-        if !store::lease::holds(&mut tx, &self.fence.who, self.fence.epoch).await? {
+        if !self.shared.lease_valid(self.fence.epoch)
+            || !store::lease::holds(&mut tx, &self.fence.who, self.fence.epoch).await?
+        {
             return Err(RecordError::OwnershipLost);
         }
         tx.commit().await.map_err(|e| store::StoreError::Db { context: "commit".into(), source: e })?;
@@ -173,10 +188,10 @@ impl Reconciler {
     }
 
     /// Records the start of a run (fenced): its `sync_jobs` row.
-    async fn start_job(&self) -> Result<uuid::Uuid, RecordError> {
+    async fn start_job(&self, trigger: &str) -> Result<uuid::Uuid, RecordError> {
         let mut tx = store::begin(&self.shared.pool, &self.spec.cluster).await?;
         let (who, epoch) = (&self.fence.who, self.fence.epoch);
-        let id = jobs::start(&mut tx, &self.spec.cluster, &self.spec.name, &who.node_id, epoch, "schedule").await?;
+        let id = jobs::start(&mut tx, &self.spec.cluster, &self.spec.name, &who.node_id, epoch, trigger).await?;
         self.commit_fenced(tx).await?;
         Ok(id)
     }
@@ -190,7 +205,7 @@ impl Reconciler {
         rows: i64,
         error: Option<&str>,
         result: &Result<SyncReport, SyncError>,
-        elapsed: std::time::Duration,
+        elapsed: Duration,
     ) -> Result<(), RecordError> {
         let sh = &self.shared;
         let (cluster, name) = (&self.spec.cluster, &self.spec.name);
@@ -213,10 +228,6 @@ impl Reconciler {
     }
 }
 
-fn trunc(d: std::time::Duration) -> std::time::Duration {
-    std::time::Duration::from_millis(d.as_millis() as u64)
-}
-
 fn describe_failed(r: &SyncReport) -> String {
     let parts: Vec<String> = r.failed.iter().map(|(t, e)| format!("{t}: {e}")).collect();
     format!("{} of {} tables failed: {}", r.failed.len(), r.failed.len() + r.tables.len(), parts.join("; "))
@@ -232,7 +243,7 @@ pub(super) async fn mark_suspended(sh: &Shared, fence: &Fence, spec: &StoredSpec
     st.set_condition("Ready", false, "Suspended", "spec.enabled is false", spec.generation, now);
     let mut tx = store::begin(&sh.pool, &spec.cluster).await?;
     status::write(&mut tx, &spec.cluster, &spec.name, &st, None).await?;
-    if store::lease::holds(&mut tx, &fence.who, fence.epoch).await? {
+    if sh.lease_valid(fence.epoch) && store::lease::holds(&mut tx, &fence.who, fence.epoch).await? {
         tx.commit().await.map_err(|e| store::StoreError::Db { context: "commit status".into(), source: e })?;
     }
     Ok(())

@@ -33,20 +33,86 @@ pub struct Candidate {
     pub instance: Uuid,
 }
 
+/// What one lease round did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Acquired {
+    /// The epoch this candidate holds the lease at.
+    pub epoch: i64,
+    /// The instance that held the lease before, when this round took it over from another
+    /// replica.
+    pub took_over_from: Option<Uuid>,
+    /// How many sessions of that former holder this round ended (see [`try_acquire`]).
+    pub sessions_ended: i64,
+}
+
+/// The `application_name` of a replica's sessions: carries a tag of its instance, so a
+/// new leader can find (and end) the sessions of the replica it took the lease from.
+pub fn application_name(node_id: &str, instance: Uuid) -> String {
+    let mut s = format!("owsyncd/{}/{node_id}", instance_tag(instance));
+    // PostgreSQL keeps 63 bytes; cut on a character boundary.
+    while s.len() > 63 {
+        s.pop();
+    }
+    s
+}
+
+fn instance_tag(instance: Uuid) -> String {
+    instance.simple().to_string()[..12].to_string()
+}
+
 /// Takes or renews the lease on `conn` (whose backend pid is recorded as the holder's).
-/// Returns the epoch when this candidate holds the lease afterwards, `None` otherwise.
-pub async fn try_acquire(conn: &mut PgConnection, who: &Candidate, lease: Duration) -> Result<Option<i64>> {
+///
+/// `renewing` is the epoch of the term this candidate is leading in, if any. The epoch
+/// stays the same only for an on-time renewal of that very term; every new term (another
+/// holder, this replica again after stepping down, or a renewal that came after expiry)
+/// gets a greater epoch, so fenced writes of an earlier term can never commit.
+///
+/// Before taking over from another replica whose lease has lapsed (or whose lease
+/// session is gone) while it did not release it, this ends that replica's remaining
+/// sessions (`pg_terminate_backend` works on one's own role's sessions; they are found by
+/// the instance tag in their `application_name`): a frozen or cut-off former leader must
+/// not keep row locks that block the new one (or hold the lease row's share lock of a
+/// fence between its check and its commit), and whatever it had in flight rolls back now.
+///
+/// Returns `None` when another replica holds the lease.
+pub async fn try_acquire(
+    conn: &mut PgConnection,
+    who: &Candidate,
+    lease: Duration,
+    renewing: Option<i64>,
+) -> Result<Option<Acquired>> {
     let mut tx = sqlx::Connection::begin(&mut *conn).await.ctx(|| "begin lease transaction".into())?;
     set_cluster(&mut tx, &who.cluster).await?;
-    let epoch: Option<i64> = sqlx::query_scalar(
-        "INSERT INTO sync_metadata.leader_election AS le
+    // A plain read: it does not wait for locks on the row.
+    let stale: Option<Uuid> = sqlx::query_scalar(
+        "SELECT holder_instance FROM sync_metadata.leader_election le
+         WHERE cluster_name = $1 AND holder_instance IS DISTINCT FROM $2 AND holder_pid IS NOT NULL
+           AND (expires_at < now() OR NOT EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.pid = le.holder_pid))",
+    )
+    .bind(&who.cluster)
+    .bind(who.instance)
+    .fetch_optional(&mut *tx)
+    .await
+    .ctx(|| format!("read the lease of cluster {}", who.cluster))?
+    .flatten();
+    let sessions_ended = match stale {
+        Some(prev) => terminate_sessions(&mut tx, prev).await?,
+        None => 0,
+    };
+    let row = sqlx::query(
+        "WITH prev AS (SELECT holder_instance FROM sync_metadata.leader_election WHERE cluster_name = $1)
+         INSERT INTO sync_metadata.leader_election AS le
              (cluster_name, leader_id, holder_instance, holder_pid, epoch, acquired_at, renewed_at, expires_at)
          VALUES ($1, $2, $3, pg_backend_pid(), 1, now(), now(), now() + make_interval(secs => $4))
          ON CONFLICT (cluster_name) DO UPDATE SET
              leader_id = EXCLUDED.leader_id,
              holder_pid = EXCLUDED.holder_pid,
-             epoch = CASE WHEN le.holder_instance = EXCLUDED.holder_instance THEN le.epoch ELSE le.epoch + 1 END,
-             acquired_at = CASE WHEN le.holder_instance = EXCLUDED.holder_instance THEN le.acquired_at ELSE now() END,
+             epoch = CASE WHEN le.holder_instance = EXCLUDED.holder_instance AND le.epoch = $5
+                               AND le.expires_at >= now()
+                          THEN le.epoch ELSE le.epoch + 1 END,
+             acquired_at = CASE WHEN le.holder_instance = EXCLUDED.holder_instance AND le.epoch = $5
+                                     AND le.expires_at >= now()
+                                THEN le.acquired_at ELSE now() END,
              holder_instance = EXCLUDED.holder_instance,
              renewed_at = now(),
              expires_at = EXCLUDED.expires_at
@@ -54,17 +120,35 @@ pub async fn try_acquire(conn: &mut PgConnection, who: &Candidate, lease: Durati
             OR le.expires_at < now()
             OR (le.holder_pid IS NOT NULL
                 AND NOT EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.pid = le.holder_pid))
-         RETURNING epoch",
+         RETURNING epoch, (SELECT holder_instance FROM prev)",
     )
     .bind(&who.cluster)
     .bind(&who.node_id)
     .bind(who.instance)
     .bind(lease.as_secs_f64())
+    .bind(renewing)
     .fetch_optional(&mut *tx)
     .await
     .ctx(|| format!("take or renew the lease of cluster {}", who.cluster))?;
     tx.commit().await.ctx(|| "commit lease".into())?;
-    Ok(epoch)
+    Ok(row.map(|r| {
+        let prev: Option<Uuid> = r.get(1);
+        Acquired { epoch: r.get(0), took_over_from: prev.filter(|p| *p != who.instance), sessions_ended }
+    }))
+}
+
+/// Ends the sessions of a replica instance that lost the lease. Returns how many.
+pub async fn terminate_sessions(conn: &mut PgConnection, instance: Uuid) -> Result<i64> {
+    let pattern = format!("owsyncd/{}/%", instance_tag(instance));
+    sqlx::query_scalar(
+        "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid))
+         FROM pg_stat_activity
+         WHERE application_name LIKE $1 AND pid <> pg_backend_pid() AND usename = current_user",
+    )
+    .bind(pattern)
+    .fetch_one(conn)
+    .await
+    .ctx(|| "end the sessions of the former leader".into())
 }
 
 /// Gives the lease up at once (clean shutdown), so a standby need not wait for expiry.

@@ -33,6 +33,9 @@ pub enum StoreError {
     /// A spec the database refuses, with the field path and value.
     #[error("{0}")]
     Invalid(String),
+    /// The connection goes through a transaction-mode pooler (see [`check_session_pooling`]).
+    #[error("{0}")]
+    TransactionPooler(String),
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -82,4 +85,89 @@ pub async fn begin(pool: &PgPool, cluster: &str) -> Result<Transaction<'static, 
         .await
         .ctx(|| "set app.current_host_id".into())?;
     Ok(tx)
+}
+
+/// What to do about a transaction-mode pooler; part of every refusal.
+pub const POOLER_FIX: &str = "owsyncd needs session semantics (prepared statements, SET, LISTEN/NOTIFY, a lease \
+     held on one connection): use the session pooler instead (Supabase: the pooler host on port 5432, not 6543; \
+     PgBouncer: pool_mode = session) or a direct connection, and drop pgbouncer=true from the URL";
+
+/// A transaction-mode pooler named by the URL itself: Supabase's transaction pooler port
+/// 6543, or `pgbouncer=true` (Prisma's flag for it). `None` when the URL says nothing.
+pub fn transaction_pooler_hint(url: &str) -> Option<String> {
+    let lower = url.to_ascii_lowercase();
+    let (base, query) = lower.split_once('?').unwrap_or((&lower, ""));
+    if query.split('&').any(|kv| kv == "pgbouncer=true") {
+        return Some("the database URL has pgbouncer=true (a transaction-mode pooler)".into());
+    }
+    let host_part = base.split_once("://").map_or(base, |(_, r)| r);
+    let host_part = host_part.split('/').next().unwrap_or("");
+    let host_part = host_part.rsplit_once('@').map_or(host_part, |(_, h)| h);
+    let port_in_host = host_part.rsplit_once(':').map(|(_, p)| p);
+    let port_in_query = query.split('&').find_map(|kv| kv.strip_prefix("port="));
+    if port_in_host == Some("6543") || port_in_query == Some("6543") {
+        return Some("the database URL uses port 6543 (Supabase's transaction-mode pooler)".into());
+    }
+    None
+}
+
+/// Refuses a transaction-mode pooler (PgBouncer `pool_mode = transaction`, Supavisor on
+/// 6543): it hands each statement or transaction to whichever server connection is free,
+/// which breaks named prepared statements, session settings, LISTEN/NOTIFY and the
+/// lease's session. The probe: two pooled connections each set a session setting and
+/// read their backend pid, then each reads both back in a separate round trip; through
+/// a session pooler (or directly) every connection keeps its own backend and setting.
+/// Uses the simple query protocol only, so the probe itself works through any pooler.
+pub async fn check_session_pooling(pool: &PgPool) -> Result<()> {
+    use rand::Rng;
+    let ctx = || "probe the connection's session semantics".to_string();
+    let mut a = pool.acquire().await.ctx(ctx)?;
+    let mut b = pool.acquire().await.ctx(ctx)?;
+    let tag = |c: char| -> String {
+        let r: String = rand::rng().sample_iter(&rand::distr::Alphanumeric).take(16).map(char::from).collect();
+        format!("{c}{r}")
+    };
+    let (ta, tb) = (tag('a'), tag('b'));
+    let set = |t: &str| {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "SELECT set_config('owsync.session_probe', '{t}', false), pg_backend_pid()"
+        )))
+    };
+    let get = || sqlx::raw_sql("SELECT current_setting('owsync.session_probe', true), pg_backend_pid()");
+    let read = |r: sqlx::postgres::PgRow| -> (String, i32) {
+        use sqlx::Row;
+        (r.try_get::<Option<String>, _>(0).ok().flatten().unwrap_or_default(), r.try_get(1).unwrap_or(0))
+    };
+    let pa = read(set(&ta).fetch_one(&mut *a).await.ctx(ctx)?);
+    let pb = read(set(&tb).fetch_one(&mut *b).await.ctx(ctx)?);
+    let ra = read(get().fetch_one(&mut *a).await.ctx(ctx)?);
+    let rb = read(get().fetch_one(&mut *b).await.ctx(ctx)?);
+    let _ = sqlx::raw_sql("SELECT set_config('owsync.session_probe', '', false)").execute(&mut *a).await;
+    let _ = sqlx::raw_sql("SELECT set_config('owsync.session_probe', '', false)").execute(&mut *b).await;
+    let session = pa.1 != pb.1 && ra == (ta.clone(), pa.1) && rb == (tb.clone(), pb.1);
+    if session {
+        return Ok(());
+    }
+    Err(StoreError::TransactionPooler(format!(
+        "the database connection goes through a transaction-mode pooler: session state does not survive \
+         between statements (two connections shared backend pids {} and {}; a setting made on one connection \
+         read back as {:?} instead of {:?}). {POOLER_FIX}",
+        pa.1, pb.1, ra.0, ta
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::transaction_pooler_hint as hint;
+
+    #[test]
+    fn pooler_hints_from_the_url() {
+        assert!(hint("postgres://u:p@aws-0-eu.pooler.supabase.com:6543/postgres").is_some());
+        assert!(hint("postgresql://u:p@host:5432/db?pgbouncer=true&sslmode=require").is_some());
+        assert!(hint("postgres://u:p@host/db?port=6543").is_some());
+        assert!(hint("postgres://u:p@aws-0-eu.pooler.supabase.com:5432/postgres").is_none());
+        assert!(hint("postgres://u:6543@host:5432/db").is_none(), "a password of 6543 is not a port");
+        assert!(hint("postgres://u:p@host:16543/db").is_none());
+        assert!(hint("postgres://u:p@host:5432/db?pgbouncer=false").is_none());
+    }
 }

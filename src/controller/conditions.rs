@@ -1,0 +1,182 @@
+//! How one sync's outcome changes a tenant's status: phase, conditions (`Ready`,
+//! `Reconciling`, `Degraded`, `Stalled`), failures and the next sync time. Pure, so the
+//! rules are unit-tested; `lastTransitionTime` moves only when a condition's status does
+//! (`ClientSyncStatus::set_condition`).
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use crate::spec::{ClientSyncStatus, Phase};
+
+/// What a sync came to.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    /// Every selected table synced.
+    Succeeded { tables: usize, elapsed: Duration },
+    /// Some tables failed (named in `message`); the others synced.
+    Degraded { message: String },
+    /// The sync as a whole failed.
+    Failed { message: String },
+}
+
+fn short(d: Duration) -> String {
+    humantime::format_duration(Duration::from_millis(d.as_millis() as u64)).to_string()
+}
+
+/// A sync of `generation` starts (shown for first syncs and new generations, which can
+/// take long).
+pub fn syncing(st: &mut ClientSyncStatus, generation: i64, now: DateTime<Utc>) {
+    st.phase = Phase::Syncing;
+    let msg = format!("syncing generation {generation}");
+    st.set_condition("Reconciling", true, "Syncing", &msg, generation, now);
+}
+
+/// Records `outcome`. `failures` counts consecutive failures including this one (0 after
+/// a success), `delay` is when the next sync comes, `stall_after` the failures after
+/// which the tenant is `Stalled`.
+pub fn record(
+    st: &mut ClientSyncStatus,
+    outcome: &Outcome,
+    generation: i64,
+    now: DateTime<Utc>,
+    failures: u32,
+    stall_after: i32,
+    delay: Duration,
+) {
+    st.observed_generation = generation;
+    st.consecutive_failures = failures.min(i32::MAX as u32) as i32;
+    let (error, reason) = match outcome {
+        Outcome::Succeeded { tables, elapsed } => {
+            st.phase = Phase::Synced;
+            st.last_sync_time = Some(now);
+            st.last_error = None;
+            let msg = format!("synced {tables} tables in {}", short(*elapsed));
+            st.set_condition("Ready", true, "SyncSucceeded", &msg, generation, now);
+            st.set_condition("Degraded", false, "AllTablesSynced", "every selected table synced", generation, now);
+            st.set_condition("Stalled", false, "Progressing", "syncs succeed", generation, now);
+            st.set_condition("Reconciling", false, "Idle", "waiting for the next sync", generation, now);
+            st.next_sync_time = chrono::Duration::from_std(delay).ok().map(|d| now + d);
+            return;
+        }
+        Outcome::Degraded { message } => {
+            st.phase = Phase::Degraded;
+            st.set_condition("Degraded", true, "TablesFailed", message, generation, now);
+            (message, "TablesFailed")
+        }
+        Outcome::Failed { message } => {
+            st.phase = Phase::Failed;
+            (message, "SyncFailed")
+        }
+    };
+    st.last_error = Some(error.clone());
+    st.set_condition("Ready", false, reason, error, generation, now);
+    let plural = if failures == 1 { "" } else { "s" };
+    if st.consecutive_failures >= stall_after {
+        let msg = format!(
+            "{failures} consecutive failure{plural}, retrying with backoff (next in {}); last: {error}",
+            short(delay)
+        );
+        st.set_condition("Stalled", true, "RepeatedFailures", &msg, generation, now);
+    } else {
+        let msg = format!("{failures} consecutive failure{plural}; retrying in {}", short(delay));
+        st.set_condition("Stalled", false, "Retrying", &msg, generation, now);
+    }
+    let msg = format!("retrying in {}", short(delay));
+    st.set_condition("Reconciling", false, "BackingOff", &msg, generation, now);
+    st.next_sync_time = chrono::Duration::from_std(delay).ok().map(|d| now + d);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::controller::schedule::Schedule;
+
+    fn t(s: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_700_000_000 + s, 0).unwrap()
+    }
+
+    fn cond<'a>(st: &'a ClientSyncStatus, ty: &str) -> (&'a str, &'a str, DateTime<Utc>) {
+        let c = st.condition(ty).unwrap_or_else(|| panic!("no {ty} condition: {st:#?}"));
+        (c.status.as_str(), c.reason.as_str(), c.last_transition_time)
+    }
+
+    /// The status through a run of outcomes, as the reconciler records them.
+    #[test]
+    fn conditions_follow_outcomes_and_transition_times_move_only_on_status_changes() {
+        let mut st = ClientSyncStatus::default();
+        let mut sched = Schedule::new(Duration::from_secs(300), 0);
+        let ok = Outcome::Succeeded { tables: 12, elapsed: Duration::from_millis(1234) };
+        let degraded = Outcome::Degraded { message: "1 of 12 tables failed: chat: NUL in text".into() };
+        let failed = Outcome::Failed { message: "tenant x: cannot open /data/x/webui.db".into() };
+        let mut apply = |st: &mut ClientSyncStatus, o: &Outcome, now: i64| {
+            let delay = match o {
+                Outcome::Succeeded { .. } => sched.succeeded(),
+                _ => sched.failed(0.0),
+            };
+            record(st, o, 3, t(now), sched.failures(), 5, delay);
+        };
+
+        syncing(&mut st, 3, t(0));
+        assert_eq!(st.phase, Phase::Syncing);
+        assert_eq!(cond(&st, "Reconciling").0, "True");
+        apply(&mut st, &ok, 10);
+        assert_eq!(st.phase, Phase::Synced);
+        assert_eq!(st.observed_generation, 3);
+        assert_eq!(cond(&st, "Ready"), ("True", "SyncSucceeded", t(10)));
+        assert_eq!(cond(&st, "Degraded"), ("False", "AllTablesSynced", t(10)));
+        assert_eq!(cond(&st, "Stalled"), ("False", "Progressing", t(10)));
+        assert_eq!(cond(&st, "Reconciling"), ("False", "Idle", t(10)));
+        assert_eq!(st.next_sync_time, Some(t(310)));
+        assert_eq!(st.last_sync_time, Some(t(10)));
+        assert!(st.condition("Ready").unwrap().message.contains("12 tables in 1s 234ms"), "{st:#?}");
+
+        // A second success changes no transition time.
+        apply(&mut st, &ok, 310);
+        assert_eq!(cond(&st, "Ready").2, t(10));
+        assert_eq!(cond(&st, "Degraded").2, t(10));
+
+        // Some tables fail: Degraded, not Ready, one failure, backoff 5 s.
+        apply(&mut st, &degraded, 620);
+        assert_eq!(st.phase, Phase::Degraded);
+        assert_eq!(cond(&st, "Degraded"), ("True", "TablesFailed", t(620)));
+        assert_eq!(cond(&st, "Ready"), ("False", "TablesFailed", t(620)));
+        assert_eq!(cond(&st, "Stalled"), ("False", "Retrying", t(10)));
+        assert_eq!(st.consecutive_failures, 1);
+        assert_eq!(st.next_sync_time, Some(t(625)));
+        assert_eq!(st.last_error.as_deref(), Some("1 of 12 tables failed: chat: NUL in text"));
+        assert_eq!(st.last_sync_time, Some(t(310)), "a degraded run is not a successful sync");
+
+        // Then the whole sync fails, four times: Stalled at the fifth failure.
+        for (i, now) in [630, 640, 660, 700].into_iter().enumerate() {
+            apply(&mut st, &failed, now);
+            assert_eq!(st.phase, Phase::Failed);
+            assert_eq!(st.consecutive_failures, i as i32 + 2);
+            assert_eq!(cond(&st, "Ready"), ("False", "SyncFailed", t(620)), "status unchanged: same transition time");
+            assert_eq!(cond(&st, "Degraded").0, "True", "a failed run says nothing about tables");
+        }
+        assert_eq!(cond(&st, "Stalled"), ("True", "RepeatedFailures", t(700)));
+        let msg = &st.condition("Stalled").unwrap().message;
+        assert!(msg.contains("5 consecutive failures") && msg.contains("cannot open"), "{msg}");
+        assert_eq!(st.next_sync_time, Some(t(780)), "fifth failure: 80 s");
+
+        // It stays Stalled while failures go on, and its transition time stays.
+        apply(&mut st, &failed, 780);
+        assert_eq!(cond(&st, "Stalled"), ("True", "RepeatedFailures", t(700)));
+        assert!(st.condition("Stalled").unwrap().message.contains("6 consecutive failures"));
+
+        // One success resets everything.
+        apply(&mut st, &ok, 1000);
+        assert_eq!(st.phase, Phase::Synced);
+        assert_eq!(st.consecutive_failures, 0);
+        assert_eq!(st.last_error, None);
+        assert_eq!(cond(&st, "Ready"), ("True", "SyncSucceeded", t(1000)));
+        assert_eq!(cond(&st, "Degraded"), ("False", "AllTablesSynced", t(1000)));
+        assert_eq!(cond(&st, "Stalled"), ("False", "Progressing", t(1000)));
+        assert_eq!(st.next_sync_time, Some(t(1300)));
+        // And the backoff starts over at 5 s.
+        apply(&mut st, &failed, 1300);
+        assert_eq!(st.next_sync_time, Some(t(1305)));
+        assert_eq!(cond(&st, "Stalled"), ("False", "Retrying", t(1000)));
+    }
+}
