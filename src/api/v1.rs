@@ -26,13 +26,19 @@ fn store_error(e: store::StoreError) -> Response {
     }
 }
 
-/// Whether a JSON value holds a NUL character (which PostgreSQL's jsonb cannot store).
-fn has_nul(v: &serde_json::Value) -> bool {
+/// Why PostgreSQL's jsonb could not give a JSON value back as it is: a NUL character, or
+/// a number so close to the double range's end that its decimal form reads back out of it.
+fn unstorable(v: &serde_json::Value) -> Option<&'static str> {
     match v {
-        serde_json::Value::String(s) => s.contains('\0'),
-        serde_json::Value::Array(a) => a.iter().any(has_nul),
-        serde_json::Value::Object(o) => o.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
-        _ => false,
+        serde_json::Value::String(s) if s.contains('\0') => Some("a NUL character (\\u0000)"),
+        serde_json::Value::Number(n) if n.as_f64().is_some_and(|f| f.abs() >= 1e300) => {
+            Some("a number of magnitude 1e300 or more")
+        }
+        serde_json::Value::Array(a) => a.iter().find_map(unstorable),
+        serde_json::Value::Object(o) => {
+            o.iter().find_map(|(k, v)| if k.contains('\0') { Some("a NUL character (\\u0000)") } else { unstorable(v) })
+        }
+        _ => None,
     }
 }
 
@@ -143,8 +149,11 @@ pub async fn put_state(
     if let Some(r) = check_key(&b.key) {
         return r;
     }
-    if has_nul(&b.value) {
-        return error(StatusCode::UNPROCESSABLE_ENTITY, "value contains a NUL character (\\u0000), which PostgreSQL cannot store");
+    if let Some(why) = unstorable(&b.value) {
+        return error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("value contains {why}, which PostgreSQL cannot store exactly"),
+        );
     }
     let sh = &app.shared;
     // PostgreSQL first, then the cache (every replica's, through NOTIFY).

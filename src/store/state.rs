@@ -22,11 +22,9 @@ pub async fn get(pool: &PgPool, cluster: &str, key: &str) -> Result<Option<State
         .await
         .ctx(|| format!("read state {key}"))?;
     tx.commit().await.ctx(|| "commit".into())?;
-    Ok(row.map(|r| StateEntry {
-        key: key.to_string(),
-        value: r.get::<Json<serde_json::Value>, _>(0).0,
-        updated_at: r.get(1),
-    }))
+    let Some(r) = row else { return Ok(None) };
+    let value = r.try_get::<Json<serde_json::Value>, _>(0).ctx(|| format!("decode state {key}"))?.0;
+    Ok(Some(StateEntry { key: key.to_string(), value, updated_at: r.get(1) }))
 }
 
 /// Writes a key, then tells every replica to drop it from its cache (NOTIFY owsync_state
