@@ -1,0 +1,1239 @@
+//! Packaging and operations assets, checked without a Docker engine, Grafana or
+//! Prometheus: the HA compose file, the Dockerfile and its entrypoint, the Grafana
+//! dashboard and alert rules (every metric and label they use is one owsyncd exports),
+//! the GitOps layout (it applies, and every tenant of the compose host is mounted), and
+//! every `owsyncctl`/`owsyncd` command line in the operator guide (it exists).
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::Value;
+
+const COMPOSE: &str = "docker/docker-compose.sync-ha.yml";
+const OWSYNCD_SERVICES: [&str; 2] = ["owsync-primary", "owsync-secondary"];
+/// The release build CI runs and the Dockerfile must run.
+const BUILD_COMMAND: &str = "cargo build --release --locked --bins";
+const GITOPS_HOSTS: &str = "manifests/gitops/hosts";
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn read(rel: &str) -> String {
+    std::fs::read_to_string(root().join(rel)).unwrap_or_else(|e| panic!("read {rel}: {e}"))
+}
+
+fn yaml(rel: &str) -> Value {
+    serde_saphyr::from_str::<Value>(&read(rel)).unwrap_or_else(|e| panic!("{rel} is not valid YAML: {e}"))
+}
+
+// ---------------------------------------------------------------------------------------
+// Compose
+
+/// Compose's interpolation with an empty environment: `${X:-d}` and `${X-d}` give `d`,
+/// `${X:?msg}` (required) gives `<X>`, `${X}` gives "", `$$` gives `$`.
+fn interpolate(s: &str) -> String {
+    let mut out = String::new();
+    let mut rest = s;
+    while let Some(i) = rest.find('$') {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 1..];
+        if let Some(a) = after.strip_prefix('$') {
+            out.push('$');
+            rest = a;
+        } else if let Some(body) = after.strip_prefix('{') {
+            let end = body.find('}').unwrap_or_else(|| panic!("unterminated ${{ in {s:?}"));
+            let expr = &body[..end];
+            let name_end = expr.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(expr.len());
+            let (name, op) = expr.split_at(name_end);
+            let value = if let Some(d) = op.strip_prefix(":-").or_else(|| op.strip_prefix('-')) {
+                interpolate(d)
+            } else if op.starts_with(":?") || op.starts_with('?') {
+                format!("<{name}>")
+            } else {
+                assert!(op.is_empty(), "unsupported interpolation ${{{expr}}} in {s:?}");
+                String::new()
+            };
+            out.push_str(&value);
+            rest = &body[end + 1..];
+        } else {
+            out.push('$');
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+fn interpolate_all(v: &mut Value) {
+    match v {
+        Value::String(s) => *s = interpolate(s),
+        Value::Array(a) => a.iter_mut().for_each(interpolate_all),
+        Value::Object(o) => o.values_mut().for_each(interpolate_all),
+        _ => {}
+    }
+}
+
+fn compose() -> Value {
+    let mut v = yaml(COMPOSE);
+    interpolate_all(&mut v);
+    v
+}
+
+fn service<'a>(c: &'a Value, name: &str) -> &'a Value {
+    let s = &c["services"][name];
+    assert!(s.is_object(), "{COMPOSE}: no service {name}");
+    s
+}
+
+/// A service's environment as a map (list or mapping syntax).
+fn environment(s: &Value) -> BTreeMap<String, String> {
+    let scalar = |v: &Value| match v {
+        Value::String(s) => s.clone(),
+        Value::Null => String::new(),
+        other => other.to_string(),
+    };
+    match &s["environment"] {
+        Value::Object(o) => o.iter().map(|(k, v)| (k.clone(), scalar(v))).collect(),
+        Value::Array(a) => a
+            .iter()
+            .map(|e| {
+                let e = e.as_str().expect("environment entry");
+                let (k, v) = e.split_once('=').unwrap_or((e, ""));
+                (k.to_string(), v.to_string())
+            })
+            .collect(),
+        Value::Null => BTreeMap::new(),
+        other => panic!("environment: unexpected {other}"),
+    }
+}
+
+fn strings(v: &Value) -> Vec<String> {
+    v.as_array().map(|a| a.iter().filter_map(|x| x.as_str().map(String::from)).collect()).unwrap_or_default()
+}
+
+/// The secrets a service references (short or long syntax).
+fn service_secrets(s: &Value) -> Vec<String> {
+    s["secrets"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|x| match x {
+                    Value::String(n) => n.clone(),
+                    o => o["source"].as_str().expect("secret source").to_string(),
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `(host port, container port)` of each published port.
+fn ports(s: &Value) -> Vec<(u16, u16)> {
+    s["ports"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|p| match p {
+                    Value::String(p) => {
+                        let parts: Vec<&str> = p.rsplitn(3, ':').collect();
+                        let container = parts[0].split('/').next().unwrap().parse().expect("container port");
+                        let host = parts.get(1).expect("a host port").parse().expect("host port");
+                        (host, container)
+                    }
+                    o => (
+                        o["published"]
+                            .as_str()
+                            .map_or_else(|| o["published"].as_u64().unwrap() as u16, |s| s.parse().unwrap()),
+                        o["target"].as_u64().expect("target") as u16,
+                    ),
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `(source, target, read_only)` of each volume (short or long syntax).
+fn volumes(s: &Value) -> Vec<(String, String, bool)> {
+    s["volumes"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|v| match v {
+                    Value::String(v) => {
+                        let parts: Vec<&str> = v.split(':').collect();
+                        let ro = parts.get(2).is_some_and(|m| m.split(',').any(|o| o == "ro"));
+                        (parts[0].to_string(), parts.get(1).unwrap_or(&parts[0]).to_string(), ro)
+                    }
+                    o => (
+                        o["source"].as_str().unwrap_or_default().to_string(),
+                        o["target"].as_str().expect("volume target").to_string(),
+                        o["read_only"].as_bool().unwrap_or(false),
+                    ),
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The value of `--flag` in a service's command, or of its env variable.
+fn setting(s: &Value, flag: &str, env: &str) -> Option<String> {
+    let cmd = strings(&s["command"]);
+    cmd.iter()
+        .position(|a| a == flag)
+        .and_then(|i| cmd.get(i + 1).cloned())
+        .or_else(|| cmd.iter().find_map(|a| a.strip_prefix(&format!("{flag}=")).map(String::from)))
+        .or_else(|| environment(s).get(env).cloned())
+}
+
+fn healthcheck_text(s: &Value) -> String {
+    match &s["healthcheck"]["test"] {
+        Value::Array(a) => a.iter().filter_map(|x| x.as_str()).collect::<Vec<_>>().join(" "),
+        Value::String(t) => t.clone(),
+        other => panic!("healthcheck.test: unexpected {other}"),
+    }
+}
+
+#[test]
+fn compose_runs_an_ha_pair_on_9443_and_9444() {
+    let c = compose();
+    let mut node_ids = BTreeSet::new();
+    let mut clusters = BTreeSet::new();
+    let mut host_ports = Vec::new();
+    for name in OWSYNCD_SERVICES {
+        let s = service(&c, name);
+        assert!(s["profiles"].is_null(), "{name} must run without a profile");
+        let image = s["image"].as_str().unwrap_or_default();
+        assert!(!image.is_empty() || s["build"].is_object(), "{name}: no image or build");
+        if s["build"].is_object() {
+            let df = s["build"]["dockerfile"].as_str().expect("build.dockerfile");
+            let ctx = s["build"]["context"].as_str().expect("build.context");
+            assert!(root().join("docker").join(ctx).join(df).is_file(), "{name}: build {ctx}/{df} does not exist");
+        }
+        let restart = s["restart"].as_str().unwrap_or("no");
+        assert!(["always", "unless-stopped"].contains(&restart), "{name}: restart policy {restart:?}");
+        node_ids.insert(setting(s, "--node-id", "OWSYNC_NODE_ID").unwrap_or_else(|| panic!("{name}: no node id")));
+        clusters.insert(setting(s, "--cluster", "OWSYNC_CLUSTER").unwrap_or_else(|| panic!("{name}: no cluster")));
+        let listen = setting(s, "--listen", "OWSYNC_LISTEN").unwrap_or_else(|| panic!("{name}: no listen address"));
+        let listen_port: u16 = listen.rsplit(':').next().unwrap().parse().expect("listen port");
+        assert!(!listen.starts_with("127.0.0.1"), "{name}: listening on loopback is unreachable from the host");
+        let p = ports(s);
+        assert_eq!(p.len(), 1, "{name}: one published port, got {p:?}");
+        assert_eq!(p[0].1, listen_port, "{name}: publishes container port {} but owsyncd listens on {listen}", p[0].1);
+        host_ports.push(p[0].0);
+        let hc = healthcheck_text(s);
+        assert!(hc.contains("/healthz"), "{name}: healthcheck {hc:?} does not probe /healthz");
+        assert!(hc.contains(&format!(":{listen_port}/")), "{name}: healthcheck {hc:?} is not on port {listen_port}");
+        assert!(s["healthcheck"]["disable"].as_bool() != Some(true), "{name}: healthcheck disabled");
+        let grace = s["stop_grace_period"].as_str().unwrap_or("10s");
+        let grace = humantime::parse_duration(grace).expect("stop_grace_period");
+        assert!(grace.as_secs() >= 30, "{name}: stop_grace_period {grace:?} leaves SIGTERM's drain too little time");
+    }
+    assert_eq!(host_ports, vec![9443, 9444], "primary on 9443, secondary on 9444 (the seed's ports)");
+    assert_eq!(node_ids.len(), 2, "the replicas need distinct node ids: {node_ids:?}");
+    assert_eq!(clusters.len(), 1, "both replicas belong to one cluster: {clusters:?}");
+    assert!(clusters.contains("<OWSYNC_CLUSTER>"), "the cluster must be required from the environment: {clusters:?}");
+}
+
+#[test]
+fn compose_secrets_are_files_and_never_values() {
+    let c = compose();
+    let defined: BTreeMap<String, Value> =
+        c["secrets"].as_object().expect("top-level secrets").iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    for (name, def) in &defined {
+        assert!(def["file"].is_string(), "secret {name} must come from a file, not {def}");
+    }
+    let mut used = BTreeSet::new();
+    for (name, s) in c["services"].as_object().unwrap() {
+        let secrets = service_secrets(s);
+        for sec in &secrets {
+            assert!(defined.contains_key(sec), "service {name} uses undefined secret {sec}");
+            used.insert(sec.clone());
+        }
+        for (k, v) in environment(s) {
+            let upper = k.to_ascii_uppercase();
+            let secretish = ["URL", "PASSWORD", "TOKEN", "SECRET", "KEY", "DSN"].iter().any(|w| upper.contains(w));
+            if upper.ends_with("_FILE") {
+                let file = v.strip_prefix("/run/secrets/").unwrap_or_else(|| {
+                    panic!("service {name}: {k}={v} is not a Docker secret path (/run/secrets/NAME)")
+                });
+                assert!(
+                    secrets.iter().any(|s| s == file),
+                    "service {name}: {k} points at secret {file} it does not get"
+                );
+            } else {
+                assert!(!secretish, "service {name}: {k} looks like a secret passed as a value; use {k}_FILE");
+            }
+            assert!(!v.contains("://") || !v.contains('@'), "service {name}: {k} holds a URL with credentials");
+        }
+        for a in strings(&s["command"]) {
+            assert!(!a.contains("://"), "service {name}: a URL in argv ({a})");
+            assert!(
+                !["--database-url", "--admin-url", "--api-token"].contains(&a.as_str()),
+                "service {name}: secret flag {a} in argv (use the *_FILE variable)"
+            );
+        }
+    }
+    for name in OWSYNCD_SERVICES {
+        let s = service(&c, name);
+        let env = environment(s);
+        assert!(env.contains_key("OWSYNC_DATABASE_URL_FILE"), "{name}: OWSYNC_DATABASE_URL_FILE");
+        assert!(env.contains_key("OWSYNC_API_TOKEN_FILE"), "{name}: OWSYNC_API_TOKEN_FILE");
+        for forbidden in ["OWSYNC_DATABASE_URL", "DATABASE_URL"] {
+            assert!(!env.contains_key(forbidden), "{name}: {forbidden} passes the URL as a value");
+        }
+    }
+    let unused: Vec<_> = defined.keys().filter(|k| !used.contains(*k)).collect();
+    assert!(unused.is_empty(), "secrets defined but used by no service: {unused:?}");
+}
+
+/// Every `[env: NAME]` a binary's `--help` shows.
+fn env_names(bin: &str, args: &[&str]) -> BTreeSet<String> {
+    let out = Command::new(bin).args(args).arg("--help").output().expect("run --help");
+    assert!(out.status.success(), "{bin} {args:?} --help failed");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.split("[env: ").skip(1).map(|rest| rest.split(['=', ']']).next().unwrap().trim().to_string()).collect()
+}
+
+#[test]
+fn compose_environment_is_what_the_binaries_read() {
+    let c = compose();
+    let daemon = env_names(env!("CARGO_BIN_EXE_owsyncd"), &[]);
+    let migrate = env_names(env!("CARGO_BIN_EXE_owsyncctl"), &["migrate"]);
+    let entrypoint = read("docker/entrypoint.sh");
+    let owsyncd_src = read("src/bin/owsyncd.rs");
+    // Read outside clap: the log filter (owsyncd) and the entrypoint's own switches.
+    let other = |k: &str| owsyncd_src.contains(&format!("\"{k}\"")) || entrypoint.contains(k);
+    for name in OWSYNCD_SERVICES {
+        for k in environment(service(&c, name)).keys() {
+            assert!(daemon.contains(k) || other(k), "{name}: owsyncd does not read {k} (it reads {daemon:?})");
+        }
+    }
+    for k in environment(service(&c, "migrate")).keys() {
+        assert!(migrate.contains(k) || other(k), "migrate: `owsyncctl migrate` does not read {k} ({migrate:?})");
+    }
+}
+
+/// ClientSync source paths of every manifest under `dir`.
+fn clientsync_sources(dir: &Path) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.extension().is_some_and(|e| e == "yaml" || e == "yml") {
+                let text = std::fs::read_to_string(&p).unwrap();
+                let docs = owsync::spec::parse_documents(&p.display().to_string(), &text).unwrap();
+                for d in docs {
+                    let n = owsync::spec::normalize(&d.doc, "default").unwrap_or_else(|e| panic!("{e:?}"));
+                    out.push((n.metadata.name.clone(), n.spec.source.path.to_string()));
+                }
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn compose_mounts_tenant_data_read_only_at_their_source_paths() {
+    let c = compose();
+    let mut lists = Vec::new();
+    for name in OWSYNCD_SERVICES {
+        let s = service(&c, name);
+        assert_eq!(s["read_only"].as_bool(), Some(true), "{name}: root filesystem should be read-only");
+        let vols = volumes(s);
+        assert!(!vols.is_empty(), "{name}: no tenant data mounted");
+        for (src, target, ro) in &vols {
+            assert!(*ro, "{name}: {src}:{target} must be mounted read-only (:ro)");
+        }
+        lists.push(vols);
+    }
+    assert_eq!(lists[0], lists[1], "both replicas must see the same tenants (whichever leads syncs them all)");
+    // Every tenant of the host this file deploys has its database under a mount.
+    let sources = clientsync_sources(&root().join(GITOPS_HOSTS).join("prod-host-1"));
+    assert!(sources.len() >= 3, "expected prod-host-1's tenants, found {sources:?}");
+    for (tenant, path) in sources {
+        assert!(
+            lists[0].iter().any(|(_, target, _)| Path::new(&path).starts_with(target)),
+            "tenant {tenant}: {path} is under no mount of {COMPOSE}"
+        );
+    }
+}
+
+#[test]
+fn compose_dev_profile_has_postgres_and_a_one_shot_migrate() {
+    let c = compose();
+    let pg = service(&c, "postgres");
+    assert!(strings(&pg["profiles"]).contains(&"dev".to_string()), "postgres belongs in the dev profile only");
+    assert!(pg["image"].as_str().unwrap_or_default().starts_with("postgres:"), "postgres image");
+    assert!(healthcheck_text(pg).contains("pg_isready"), "postgres healthcheck");
+    let pg_env = environment(pg);
+    assert!(pg_env.contains_key("POSTGRES_PASSWORD_FILE") && !pg_env.contains_key("POSTGRES_PASSWORD"));
+    for (_, port) in ports(pg) {
+        assert_eq!(port, 5432);
+    }
+    for p in pg["ports"].as_array().into_iter().flatten() {
+        assert!(p.as_str().is_some_and(|p| p.starts_with("127.0.0.1:")), "dev PostgreSQL on loopback only: {p}");
+    }
+
+    let m = service(&c, "migrate");
+    assert!(strings(&m["profiles"]).contains(&"dev".to_string()), "migrate runs in the dev profile");
+    assert_eq!(strings(&m["command"]).first().map(String::as_str), Some("migrate"), "migrate: command");
+    assert_eq!(m["restart"].as_str(), Some("no"), "migrate is one-shot");
+    assert!(service_secrets(m).contains(&"owsync_admin_url".to_string()), "migrate needs the admin URL secret");
+    assert_eq!(environment(m).get("OWSYNC_ADMIN_URL_FILE").map(String::as_str), Some("/run/secrets/owsync_admin_url"));
+    assert_eq!(m["depends_on"]["postgres"]["condition"].as_str(), Some("service_healthy"));
+    assert_eq!(m["depends_on"]["postgres"]["required"].as_bool(), Some(false), "postgres is optional (prod)");
+    for name in OWSYNCD_SERVICES {
+        let d = &service(&c, name)["depends_on"]["migrate"];
+        assert_eq!(d["condition"].as_str(), Some("service_completed_successfully"), "{name} waits for migrate");
+        assert_eq!(d["required"].as_bool(), Some(false), "{name}: migrate must stay optional outside dev");
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Dockerfile and entrypoint
+
+/// Dockerfile instructions with continuation lines joined: `(INSTRUCTION, rest)`.
+fn dockerfile() -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    for line in read("docker/Dockerfile").lines() {
+        let t = line.trim();
+        if cur.is_empty() && (t.is_empty() || t.starts_with('#')) {
+            continue;
+        }
+        if t.starts_with('#') {
+            continue;
+        }
+        if let Some(body) = t.strip_suffix('\\') {
+            cur.push_str(body);
+            cur.push(' ');
+            continue;
+        }
+        cur.push_str(t);
+        let (ins, rest) = cur.split_once(char::is_whitespace).unwrap_or((&cur, ""));
+        out.push((ins.to_ascii_uppercase(), rest.split_whitespace().collect::<Vec<_>>().join(" ")));
+        cur.clear();
+    }
+    out
+}
+
+#[test]
+fn dockerfile_is_multi_stage_non_root_with_a_healthcheck_and_ci_build() {
+    let ins = dockerfile();
+    let froms: Vec<_> = ins.iter().enumerate().filter(|(_, (i, _))| i == "FROM").collect();
+    assert!(froms.len() >= 2, "multi-stage: at least a build and a runtime stage");
+    let build_stage = froms[0].1.1.split_whitespace().last().unwrap().to_string();
+    let last_from = froms.last().unwrap().0;
+    let runtime = &ins[last_from..];
+    assert!(
+        runtime.iter().any(|(i, r)| i == "COPY" && r.contains(&format!("--from={build_stage}"))),
+        "the runtime stage copies the binaries from the build stage {build_stage:?}"
+    );
+    assert!(!runtime.iter().any(|(i, r)| i == "RUN" && r.contains("cargo")), "no toolchain in the runtime stage");
+    let user = runtime.iter().rev().find(|(i, _)| i == "USER").map(|(_, r)| r.clone()).expect("a USER");
+    let uid = user.split(':').next().unwrap();
+    assert!(!["root", "0"].contains(&uid), "runtime user must not be root: {user}");
+    let hc = runtime.iter().find(|(i, _)| i == "HEALTHCHECK").map(|(_, r)| r.clone()).expect("a HEALTHCHECK");
+    assert!(hc.contains("CMD") && hc.contains("/healthz"), "HEALTHCHECK must probe /healthz: {hc}");
+    let build: Vec<_> = ins[..last_from].iter().filter(|(i, r)| i == "RUN" && r.contains("cargo build")).collect();
+    assert_eq!(build.len(), 1, "one cargo build in the build stage");
+    assert!(build[0].1.contains(BUILD_COMMAND), "the build stage must run `{BUILD_COMMAND}`: {}", build[0].1);
+    let entry = runtime.iter().find(|(i, _)| i == "ENTRYPOINT").map(|(_, r)| r.clone()).expect("ENTRYPOINT");
+    assert!(entry.starts_with('['), "exec-form ENTRYPOINT (signals reach owsyncd): {entry}");
+    assert!(
+        runtime.iter().any(|(i, r)| i == "COPY" && r.contains("docker/entrypoint.sh")),
+        "the entrypoint is copied in"
+    );
+}
+
+/// Paths cargo needs to load Cargo.toml: every explicitly declared target's source
+/// (`[[bench]]`, `[[test]]`, `[[example]]`, `[[bin]]`, `[lib]`) and a build script.
+/// Cargo refuses the whole manifest, even for `--bins`, when one of them is missing.
+fn manifest_paths(manifest: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut section = String::new();
+    let mut fields: BTreeMap<String, String> = BTreeMap::new();
+    let mut finish = |section: &str, fields: &mut BTreeMap<String, String>| {
+        let name = fields.get("name").cloned().unwrap_or_default();
+        let default = match section {
+            "[[bench]]" => Some(format!("benches/{name}.rs")),
+            "[[test]]" => Some(format!("tests/{name}.rs")),
+            "[[example]]" => Some(format!("examples/{name}.rs")),
+            "[[bin]]" => Some(format!("src/bin/{name}.rs")),
+            "[lib]" => Some("src/lib.rs".to_string()),
+            _ => None,
+        };
+        if let Some(d) = default {
+            out.push(fields.get("path").cloned().unwrap_or(d));
+        }
+        if section == "[package]"
+            && let Some(b) = fields.get("build")
+            && b != "false"
+        {
+            out.push(b.clone());
+        }
+        fields.clear();
+    };
+    for line in manifest.lines() {
+        let t = line.split('#').next().unwrap().trim();
+        if t.starts_with('[') {
+            finish(&section, &mut fields);
+            section = t.to_string();
+        } else if let Some((k, v)) = t.split_once('=') {
+            fields.insert(k.trim().to_string(), v.trim().trim_matches('"').to_string());
+        }
+    }
+    finish(&section, &mut fields);
+    if root().join("build.rs").exists() {
+        out.push("build.rs".into());
+    }
+    out
+}
+
+#[test]
+fn docker_build_needs_nothing_but_what_it_copies() {
+    // What the build stage copies into the image (sources of COPY without --from).
+    let ins = dockerfile();
+    let last_from = ins.iter().rposition(|(i, _)| i == "FROM").unwrap();
+    let copies: Vec<String> = ins[..last_from]
+        .iter()
+        .filter(|(i, r)| i == "COPY" && !r.contains("--from="))
+        .flat_map(|(_, r)| {
+            let words: Vec<String> = r.split_whitespace().filter(|w| !w.starts_with("--")).map(String::from).collect();
+            words[..words.len() - 1].to_vec()
+        })
+        .collect();
+    for c in &copies {
+        assert!(root().join(c).exists(), "the Dockerfile copies {c}, which does not exist: the build would fail");
+    }
+    let copied = |p: &str| copies.iter().any(|c| Path::new(p).starts_with(c.trim_end_matches('/')));
+    for needed in ["Cargo.toml", "Cargo.lock", "src"] {
+        assert!(copied(needed), "the Dockerfile does not copy {needed}");
+    }
+    let manifest = read("Cargo.toml");
+    for key in ["[workspace]", "path = \"../"] {
+        assert!(!manifest.contains(key), "Cargo.toml has {key:?}: the Dockerfile's build context needs updating");
+    }
+    for p in manifest_paths(&manifest) {
+        assert!(
+            copied(&p),
+            "Cargo.toml needs {p} (cargo refuses the manifest without it, even for --bins), \
+             but the Dockerfile's build stage does not copy it: add `COPY {} ./{}`",
+            p.split('/').next().unwrap(),
+            p.split('/').next().unwrap()
+        );
+    }
+    // Files the sources embed must be inside src/.
+    let mut stack = vec![root().join("src")];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+                continue;
+            }
+            if p.extension().is_none_or(|e| e != "rs") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&p).unwrap();
+            for mac in ["include_str!(\"", "include_bytes!(\""] {
+                for part in text.split(mac).skip(1) {
+                    let rel = part.split('"').next().unwrap();
+                    let target = p.parent().unwrap().join(rel);
+                    let target = target.canonicalize().unwrap_or_else(|_| panic!("{}: {rel} missing", p.display()));
+                    assert!(
+                        target.starts_with(root().join("src").canonicalize().unwrap()),
+                        "{} embeds {rel}, outside src/ (the image build would not have it)",
+                        p.display()
+                    );
+                }
+            }
+        }
+    }
+    // `--locked` fails when Cargo.lock is stale (resolution only, for this platform: offline).
+    let out = Command::new(env!("CARGO"))
+        .args(["tree", "--locked", "--offline", "--quiet", "--depth", "0"])
+        .current_dir(root())
+        .output()
+        .expect("cargo metadata");
+    assert!(
+        out.status.success(),
+        "Cargo.lock is not current, so `{BUILD_COMMAND}` fails: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn entrypoint_never_puts_secrets_in_argv() {
+    let text = read("docker/entrypoint.sh");
+    let code: Vec<&str> = text.lines().filter(|l| !l.trim_start().starts_with('#')).collect();
+    for l in &code {
+        assert!(!l.contains("$(cat") && !l.contains("`cat"), "entrypoint reads a secret into a value: {l}");
+        assert!(!l.contains("$(<"), "entrypoint reads a secret into a value: {l}");
+        for flag in ["--database-url ", "--database-url=", "--admin-url ", "--admin-url=", "--api-token "] {
+            assert!(!l.contains(flag), "entrypoint passes a secret flag: {l}");
+        }
+    }
+    assert!(code.iter().any(|l| l.contains("exec owsyncd")), "the entrypoint execs owsyncd (PID 1 gets SIGTERM)");
+
+    // And by behaviour: fake binaries record their argv and environment.
+    let dir = tempfile::tempdir().unwrap();
+    let bin = dir.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let record = dir.path().join("record");
+    for b in ["owsyncd", "owsyncctl"] {
+        let script =
+            format!("#!/bin/sh\n{{ echo \"argv: {b} $*\"; env | sed 's/^/env: /'; }} >> '{}'\n", record.display());
+        let p = bin.join(b);
+        std::fs::write(&p, script).unwrap();
+        std::process::Command::new("chmod").arg("+x").arg(&p).status().unwrap();
+    }
+    let password = "s3cret-pw-9c1f";
+    let url = format!("postgresql://sync_service:{password}@db.example:5432/postgres");
+    let url_file = dir.path().join("database_url");
+    std::fs::write(&url_file, &url).unwrap();
+    let admin_file = dir.path().join("admin_url");
+    std::fs::write(&admin_file, format!("postgresql://postgres:{password}-admin@db.example:5432/postgres")).unwrap();
+    let token_file = dir.path().join("api_token");
+    std::fs::write(&token_file, "tok-2b7e\n").unwrap();
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
+    let run = |args: &[&str], extra: &[(&str, &str)]| {
+        let mut cmd = Command::new("sh");
+        cmd.arg(root().join("docker/entrypoint.sh"))
+            .args(args)
+            .env_clear()
+            .env("PATH", &path)
+            .env("OWSYNC_DATABASE_URL_FILE", &url_file)
+            .env("OWSYNC_API_TOKEN_FILE", &token_file)
+            .env("OWSYNC_ADMIN_URL_FILE", &admin_file);
+        for (k, v) in extra {
+            cmd.env(k, v);
+        }
+        cmd.output().unwrap()
+    };
+    let out = run(&["--node-id", "openwebui-sync-primary"], &[]);
+    assert!(out.status.success(), "entrypoint failed: {}", String::from_utf8_lossy(&out.stderr));
+    let out = run(&["migrate"], &[]);
+    assert!(out.status.success(), "entrypoint migrate failed: {}", String::from_utf8_lossy(&out.stderr));
+    let rec = std::fs::read_to_string(&record).unwrap();
+    assert!(rec.contains("argv: owsyncd --node-id openwebui-sync-primary"), "{rec}");
+    assert!(rec.contains("argv: owsyncctl migrate"), "{rec}");
+    for secret in [password, "tok-2b7e"] {
+        assert!(!rec.contains(secret), "a secret reached argv or the environment:\n{rec}");
+    }
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains(password), "the entrypoint printed a secret: {stderr}");
+    // A URL passed as a value is refused, naming the fix, and not echoed.
+    let out = run(&[], &[("OWSYNC_DATABASE_URL", &url)]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("OWSYNC_DATABASE_URL_FILE"), "{stderr}");
+    assert!(!stderr.contains(password), "{stderr}");
+    // A missing secret file names itself.
+    let out = run(&[], &[("OWSYNC_DATABASE_URL_FILE", "/nonexistent/secret")]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("/nonexistent/secret"));
+}
+
+// ---------------------------------------------------------------------------------------
+// Monitoring: every metric and label the dashboard and the alerts use is exported
+
+#[derive(Debug, Default)]
+struct Exported {
+    /// Series name -> label names.
+    series: BTreeMap<String, BTreeSet<String>>,
+}
+
+/// What owsyncd exports, read from src/metrics.rs as text: `registry.register("name",
+/// help, var.clone())` with `let var = Family::<Labels, Counter|Gauge|Histogram>...`.
+/// prometheus-client appends `_total` to counters; histograms give `_bucket` (with `le`),
+/// `_sum` and `_count`.
+fn exported_metrics() -> Exported {
+    let text = read("src/metrics.rs");
+    let flat = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    let mut structs: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for part in flat.split("pub struct ").skip(1) {
+        let name = part.split([' ', '{']).next().unwrap().to_string();
+        let body = part.split_once('{').map(|(_, b)| b.split('}').next().unwrap()).unwrap_or("");
+        let fields = body
+            .split(',')
+            .filter_map(|f| f.trim().strip_prefix("pub ").and_then(|f| f.split(':').next()))
+            .map(|f| f.trim().to_string())
+            .collect();
+        structs.insert(name, fields);
+    }
+    let mut out = Exported::default();
+    for call in flat.split("registry.register(").skip(1) {
+        let name = call.split('"').nth(1).expect("metric name").to_string();
+        let args = call.split(".clone()").next().unwrap();
+        let var = args.rsplit([',', ' ']).next().unwrap().trim().to_string();
+        let decl = flat
+            .split(&format!("let {var} = "))
+            .nth(1)
+            .unwrap_or_else(|| panic!("src/metrics.rs: no `let {var} = ` for metric {name}"));
+        let decl = decl.split("; ").next().unwrap();
+        let labels = decl
+            .split("Family::<")
+            .nth(1)
+            .map(|r| r.split(',').next().unwrap().trim().to_string())
+            .map(|s| structs.get(&s).cloned().unwrap_or_else(|| panic!("labels struct {s}")))
+            .unwrap_or_default();
+        if decl.contains("Histogram") {
+            let mut with_le = labels.clone();
+            with_le.insert("le".into());
+            out.series.insert(format!("{name}_bucket"), with_le);
+            out.series.insert(format!("{name}_sum"), labels.clone());
+            out.series.insert(format!("{name}_count"), labels);
+        } else if decl.contains("Counter") {
+            out.series.insert(format!("{name}_total"), labels);
+        } else if decl.contains("Gauge") {
+            out.series.insert(name, labels);
+        } else {
+            panic!("src/metrics.rs: cannot tell the type of {name} from {decl:?}");
+        }
+    }
+    assert!(out.series.len() >= 10, "src/metrics.rs parsed to too few metrics: {:?}", out.series.keys());
+    out
+}
+
+/// Labels every scraped series has (Prometheus' target labels).
+const TARGET_LABELS: [&str; 2] = ["job", "instance"];
+
+const PROMQL_WORDS: &[&str] = &[
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "and",
+    "or",
+    "unless",
+    "offset",
+    "bool",
+    "sum",
+    "min",
+    "max",
+    "avg",
+    "group",
+    "stddev",
+    "stdvar",
+    "count",
+    "count_values",
+    "bottomk",
+    "topk",
+    "quantile",
+    "limitk",
+    "limit_ratio",
+    "inf",
+    "nan",
+];
+
+#[derive(Debug, Default)]
+struct Used {
+    metrics: Vec<(String, Vec<String>)>,
+    grouping: Vec<String>,
+}
+
+/// Metric names with their label matchers, and grouping labels, of a PromQL expression.
+fn promql_uses(expr: &str) -> Used {
+    // Drop string literals (label values, Grafana variables inside them).
+    let mut s = String::new();
+    let mut quote = None;
+    for c in expr.chars() {
+        match quote {
+            Some(q) if c == q => quote = None,
+            Some(_) => {}
+            None if c == '"' || c == '\'' || c == '`' => {
+                quote = Some(c);
+                s.push_str("\"\"");
+            }
+            None => s.push(c),
+        }
+    }
+    let b: Vec<char> = s.chars().collect();
+    let mut used = Used::default();
+    let mut i = 0;
+    let ident = |i: &mut usize| {
+        let st = *i;
+        while *i < b.len() && (b[*i].is_ascii_alphanumeric() || b[*i] == '_' || b[*i] == ':') {
+            *i += 1;
+        }
+        b[st..*i].iter().collect::<String>()
+    };
+    let skip_ws = |i: &mut usize| {
+        while *i < b.len() && b[*i].is_whitespace() {
+            *i += 1;
+        }
+    };
+    let group_list = |i: &mut usize| {
+        // at '(' : label names until ')'
+        let end = b[*i..].iter().position(|&c| c == ')').map(|p| *i + p).expect("unclosed label list");
+        let list: String = b[*i + 1..end].iter().collect();
+        *i = end + 1;
+        list.split(',').map(|l| l.trim().to_string()).filter(|l| !l.is_empty()).collect::<Vec<_>>()
+    };
+    while i < b.len() {
+        let c = b[i];
+        if c == '$' {
+            i += 1;
+            ident(&mut i);
+        } else if c == '[' {
+            i = b[i..].iter().position(|&c| c == ']').map(|p| i + p + 1).expect("unclosed [");
+        } else if c.is_ascii_digit() || c == '.' {
+            while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == '.') {
+                i += 1;
+            }
+        } else if c.is_ascii_alphabetic() || c == '_' || c == ':' {
+            let word = ident(&mut i);
+            let mut j = i;
+            skip_ws(&mut j);
+            let lower = word.to_ascii_lowercase();
+            if ["by", "without", "on", "ignoring", "group_left", "group_right"].contains(&lower.as_str()) {
+                if j < b.len() && b[j] == '(' {
+                    i = j;
+                    used.grouping.extend(group_list(&mut i));
+                }
+            } else if lower == "offset" {
+                i = j;
+                while i < b.len() && b[i].is_ascii_alphanumeric() {
+                    i += 1;
+                }
+            } else if j < b.len() && b[j] == '(' || PROMQL_WORDS.contains(&lower.as_str()) {
+                // a function or an operator
+            } else {
+                let mut labels = Vec::new();
+                if j < b.len() && b[j] == '{' {
+                    let end = b[j..].iter().position(|&c| c == '}').map(|p| j + p).expect("unclosed {");
+                    let body: String = b[j + 1..end].iter().collect();
+                    for m in body.split(',') {
+                        let name = m.split(['=', '!', '~']).next().unwrap().trim();
+                        if !name.is_empty() {
+                            labels.push(name.to_string());
+                        }
+                    }
+                    i = end + 1;
+                }
+                used.metrics.push((word, labels));
+            }
+        } else if c == '{' {
+            // a selector without a name, e.g. {__name__=~"..."}: not used here
+            panic!("nameless selector in {expr:?}");
+        } else {
+            i += 1;
+        }
+    }
+    used
+}
+
+/// Checks one expression against what owsyncd exports; returns the metrics it uses.
+fn check_expr(where_: &str, expr: &str, exported: &Exported) -> Vec<String> {
+    let used = promql_uses(expr);
+    assert!(!used.metrics.is_empty(), "{where_}: no metric in {expr:?}");
+    let mut available: BTreeSet<String> = TARGET_LABELS.iter().map(|s| s.to_string()).collect();
+    for (metric, matchers) in &used.metrics {
+        let labels = exported.series.get(metric).unwrap_or_else(|| {
+            panic!(
+                "{where_}: {metric} is not a series owsyncd exports (src/metrics.rs gives {:?})",
+                exported.series.keys().collect::<Vec<_>>()
+            )
+        });
+        for m in matchers {
+            assert!(
+                labels.contains(m) || TARGET_LABELS.contains(&m.as_str()),
+                "{where_}: {metric} has no label {m:?} (it has {labels:?})"
+            );
+        }
+        available.extend(labels.iter().cloned());
+    }
+    for g in &used.grouping {
+        assert!(available.contains(g), "{where_}: grouping by {g:?}, which none of its metrics has: {expr:?}");
+    }
+    used.metrics.into_iter().map(|(m, _)| m).collect()
+}
+
+#[test]
+fn promql_scanner_finds_metrics_labels_and_grouping() {
+    let u = promql_uses(
+        r#"histogram_quantile(0.95, sum by (client, le) (rate(sync_duration_seconds_bucket{job=~"$job"}[$__rate_interval]))) > 60 and on (job) x_total offset 10m"#,
+    );
+    let names: Vec<_> = u.metrics.iter().map(|(m, _)| m.as_str()).collect();
+    assert_eq!(names, ["sync_duration_seconds_bucket", "x_total"]);
+    assert_eq!(u.metrics[0].1, ["job"]);
+    assert_eq!(u.grouping, ["client", "le", "job"]);
+}
+
+#[test]
+fn grafana_dashboard_is_importable_and_uses_exported_metrics() {
+    let rel = "manifests/monitoring/grafana-dashboard.json";
+    let d: Value = serde_json::from_str(&read(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"));
+    let exported = exported_metrics();
+    assert!(d["schemaVersion"].as_u64().is_some_and(|v| v >= 36), "schemaVersion");
+    assert!(d["uid"].as_str().is_some_and(|u| !u.is_empty() && u.len() <= 40), "uid");
+    assert!(d["title"].as_str().is_some_and(|t| !t.is_empty()), "title");
+    let inputs = d["__inputs"].as_array().expect("__inputs");
+    assert!(
+        inputs
+            .iter()
+            .any(|i| i["name"] == "DS_PROMETHEUS" && i["pluginId"] == "prometheus" && i["type"] == "datasource"),
+        "a DS_PROMETHEUS datasource input"
+    );
+    let ds_ok = |v: &Value| v["uid"] == "${DS_PROMETHEUS}" && v["type"] == "prometheus";
+    let mut ids = BTreeSet::new();
+    let mut used = BTreeSet::new();
+    let mut boxes: Vec<(String, u64, u64, u64, u64)> = Vec::new();
+    for p in d["panels"].as_array().expect("panels") {
+        let title = p["title"].as_str().unwrap_or("?").to_string();
+        assert!(ids.insert(p["id"].as_u64().expect("panel id")), "duplicate panel id in {title}");
+        let g = &p["gridPos"];
+        let (x, y, w, h) =
+            (g["x"].as_u64().unwrap(), g["y"].as_u64().unwrap(), g["w"].as_u64().unwrap(), g["h"].as_u64().unwrap());
+        assert!(x + w <= 24 && w > 0 && h > 0, "{title}: gridPos out of the 24-column grid");
+        for (other, ox, oy, ow, oh) in &boxes {
+            let overlap = x < ox + ow && *ox < x + w && y < oy + oh && *oy < y + h;
+            assert!(!overlap, "panels {title:?} and {other:?} overlap");
+        }
+        boxes.push((title.clone(), x, y, w, h));
+        if p["type"] == "row" {
+            continue;
+        }
+        assert!(ds_ok(&p["datasource"]), "{title}: datasource must be ${{DS_PROMETHEUS}}");
+        let targets = p["targets"].as_array().unwrap_or_else(|| panic!("{title}: no targets"));
+        assert!(!targets.is_empty(), "{title}: no targets");
+        for t in targets {
+            assert!(ds_ok(&t["datasource"]), "{title}: target datasource must be ${{DS_PROMETHEUS}}");
+            let expr = t["expr"].as_str().unwrap_or_else(|| panic!("{title}: target without expr"));
+            used.extend(check_expr(&format!("{rel}: panel {title:?}"), expr, &exported));
+        }
+    }
+    for a in d["annotations"]["list"].as_array().into_iter().flatten() {
+        if let Some(expr) = a["expr"].as_str() {
+            assert!(ds_ok(&a["datasource"]), "annotation datasource");
+            used.extend(check_expr(&format!("{rel}: annotation"), expr, &exported));
+        }
+    }
+    for v in d["templating"]["list"].as_array().into_iter().flatten() {
+        if v["type"] != "query" {
+            continue;
+        }
+        assert!(ds_ok(&v["datasource"]), "variable {}: datasource", v["name"]);
+        let q = v["query"]["query"].as_str().or(v["query"].as_str()).expect("variable query");
+        let inner = q.strip_prefix("label_values(").and_then(|r| r.strip_suffix(')')).expect("label_values(...)");
+        let (sel, label) = inner.rsplit_once(',').expect("label_values(selector, label)");
+        let metrics = check_expr(&format!("{rel}: variable {}", v["name"]), sel, &exported);
+        let label = label.trim();
+        assert!(
+            TARGET_LABELS.contains(&label) || exported.series[&metrics[0]].contains(label),
+            "variable {}: {} has no label {label}",
+            v["name"],
+            metrics[0]
+        );
+    }
+    for m in [
+        "sync_operations_total",
+        "sync_duration_seconds_bucket",
+        "state_sync_lag_seconds",
+        "conflicts_detected_total",
+        "is_leader",
+        "leader_transitions_total",
+        "reconcile_queue_depth",
+        "rows_synced_total",
+    ] {
+        assert!(used.contains(m), "the dashboard has no panel for {m}");
+    }
+}
+
+#[test]
+fn alert_rules_are_the_seeds_five_on_exported_metrics() {
+    let rel = "manifests/monitoring/alerts.yaml";
+    let a = yaml(rel);
+    let exported = exported_metrics();
+    let mut alerts = BTreeMap::new();
+    for g in a["groups"].as_array().expect("groups") {
+        for r in g["rules"].as_array().expect("rules") {
+            let name = r["alert"].as_str().expect("alert name").to_string();
+            let expr = r["expr"].as_str().expect("expr");
+            assert!(r["labels"]["severity"].is_string(), "{name}: severity");
+            assert!(r["annotations"]["summary"].is_string(), "{name}: summary");
+            let used = check_expr(&format!("{rel}: {name}"), expr, &exported);
+            alerts.insert(name, (expr.to_string(), used));
+        }
+    }
+    // The seed's five: failed syncs > 5 in 10 min, leaders != 1, p95 > 60 s, conflict
+    // spike, lag > 600 s.
+    let uses = |m: &str, threshold: &str| {
+        alerts.values().any(|(e, used)| used.iter().any(|u| u == m) && e.replace(' ', "").contains(threshold))
+    };
+    assert!(uses("sync_operations_total", ">5"), "failed syncs > 5 in 10 minutes");
+    assert!(uses("is_leader", "!=1"), "leaders != 1");
+    assert!(uses("sync_duration_seconds_bucket", ">60"), "p95 sync duration > 60 s");
+    assert!(alerts.values().any(|(_, u)| u.iter().any(|m| m == "conflicts_detected_total")), "conflict spike");
+    assert!(uses("state_sync_lag_seconds", ">600"), "lag > 600 s");
+}
+
+// ---------------------------------------------------------------------------------------
+// Documentation and CI snippets name only commands and flags that exist
+
+/// Subcommands and long/short flags of `owsyncctl <path...>` from its --help.
+fn help(bin: &str, path: &[String]) -> (BTreeSet<String>, BTreeSet<String>) {
+    let out = Command::new(bin).args(path).arg("--help").output().expect("--help");
+    assert!(out.status.success(), "{bin} {path:?} --help failed");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut subs = BTreeSet::new();
+    let mut flags = BTreeSet::new();
+    let mut in_commands = false;
+    for line in text.lines() {
+        if line.starts_with("Commands:") {
+            in_commands = true;
+            continue;
+        }
+        if !line.starts_with(' ') {
+            in_commands = false;
+        }
+        let t = line.trim_start();
+        if in_commands && let Some(w) = t.split_whitespace().next() {
+            subs.insert(w.to_string());
+        }
+        if t.starts_with('-') {
+            for w in t.split([' ', ',']).filter(|w| w.starts_with('-')) {
+                flags.insert(w.split(['=', '<']).next().unwrap().to_string());
+            }
+        }
+    }
+    (subs, flags)
+}
+
+/// Checks a command line like `owsyncctl apply -R -f dir --dry-run`.
+fn check_command(bin_name: &str, words: &[String], origin: &str) {
+    let bin = match bin_name {
+        "owsyncctl" => env!("CARGO_BIN_EXE_owsyncctl"),
+        _ => env!("CARGO_BIN_EXE_owsyncd"),
+    };
+    let mut path: Vec<String> = Vec::new();
+    let (mut subs, mut flags) = help(bin, &path);
+    for w in words {
+        if w.starts_with('-') {
+            let flag = w.split('=').next().unwrap();
+            assert!(flags.contains(flag), "{origin}: `{bin_name} {}` has no flag {flag}", path.join(" "));
+        } else if subs.contains(w) {
+            path.push(w.clone());
+            (subs, flags) = help(bin, &path);
+        }
+    }
+    if bin_name == "owsyncctl" {
+        assert!(!path.is_empty(), "{origin}: `owsyncctl {}` names no subcommand", words.join(" "));
+    }
+}
+
+/// `owsyncctl ...` / `owsyncd ...` invocations in a line of shell.
+fn invocations(line: &str) -> Vec<(String, Vec<String>)> {
+    let line = line.split(" #").next().unwrap();
+    let mut out = Vec::new();
+    for bin in ["owsyncctl", "owsyncd"] {
+        for (i, _) in line.match_indices(bin) {
+            let before = line[..i].chars().last();
+            let after = line[i + bin.len()..].chars().next();
+            if before.is_some_and(|c| c.is_ascii_alphanumeric() || c == '-' || c == '/' || c == '_' || c == '.')
+                || after != Some(' ')
+            {
+                continue;
+            }
+            let rest = &line[i + bin.len()..];
+            let end = rest.find(['|', ';', '&', ')', '`', '>', '<']).unwrap_or(rest.len());
+            let words: Vec<String> = rest[..end].split_whitespace().map(|w| w.trim_matches('"').to_string()).collect();
+            if words.first().is_some_and(|w| w == "..." || w == "…") {
+                continue; // a placeholder: "owsyncctl ..."
+            }
+            out.push((bin.to_string(), words));
+        }
+    }
+    out
+}
+
+#[test]
+fn docs_and_ci_name_only_commands_and_flags_that_exist() {
+    let mut files: Vec<PathBuf> = Vec::new();
+    let docs = root().join("docs");
+    for e in std::fs::read_dir(&docs).expect("docs/") {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|e| e == "md") {
+            files.push(p);
+        }
+    }
+    assert!(files.len() >= 3, "the operator guide is missing: {files:?}");
+    for rel in ["manifests/gitops/README.md", "manifests/gitops/ci/github-actions.yml", "docker/README.md"] {
+        files.push(root().join(rel));
+    }
+    for d in std::fs::read_dir(root().join(GITOPS_HOSTS)).unwrap() {
+        files.push(d.unwrap().path().join("README.md"));
+    }
+    let mut checked = 0;
+    for f in files {
+        let origin = f.strip_prefix(root()).unwrap().display().to_string();
+        let text = std::fs::read_to_string(&f).unwrap_or_else(|e| panic!("{origin}: {e}"));
+        let is_md = origin.ends_with(".md");
+        // Units to check, each with its line and whether it describes a plan: joined shell
+        // lines of code blocks (and of the CI file), and prose paragraphs (or list items)
+        // for their inline `owsyncctl ...` spans.
+        let mut units: Vec<(usize, String, bool)> = Vec::new();
+        let mut in_block = false;
+        let mut planned_section = false; // under a heading that says "planned"/"not built"
+        let mut logical = String::new();
+        let mut para = String::new();
+        let mut para_line = 0;
+        let says_planned = |t: &str| t.contains("planned") || t.contains("not built");
+        let flush = |para: &mut String, line: usize, section: bool, units: &mut Vec<(usize, String, bool)>| {
+            if !para.is_empty() {
+                let planned = section || says_planned(para);
+                for (k, span) in para.split('`').enumerate() {
+                    if k % 2 == 1 && (span.starts_with("owsyncctl ") || span.starts_with("owsyncd ")) {
+                        units.push((line, span.to_string(), planned));
+                    }
+                }
+                para.clear();
+            }
+        };
+        for (n, raw) in text.lines().enumerate() {
+            let t = raw.trim();
+            if is_md && t.starts_with("```") {
+                flush(&mut para, para_line, planned_section, &mut units);
+                in_block = !in_block;
+                continue;
+            }
+            if !is_md || in_block {
+                if let Some(body) = t.strip_suffix('\\') {
+                    logical.push_str(body);
+                    logical.push(' ');
+                    continue;
+                }
+                logical.push_str(t);
+                let line = std::mem::take(&mut logical);
+                if !line.starts_with('#') {
+                    let planned = planned_section || says_planned(&line);
+                    units.push((n + 1, line, planned));
+                }
+                continue;
+            }
+            let item = t.starts_with("* ")
+                || t.starts_with("- ")
+                || t.split_once(". ").is_some_and(|(d, _)| d.parse::<u32>().is_ok());
+            if t.is_empty() || t.starts_with('#') || t.starts_with('|') || item {
+                flush(&mut para, para_line, planned_section, &mut units);
+            }
+            if t.starts_with('#') {
+                let h = t.to_ascii_lowercase();
+                planned_section = says_planned(&h);
+                continue;
+            }
+            if !t.is_empty() {
+                if para.is_empty() {
+                    para_line = n + 1;
+                }
+                para.push_str(t);
+                para.push(' ');
+                if t.starts_with('|') {
+                    flush(&mut para, para_line, planned_section, &mut units);
+                }
+            }
+        }
+        flush(&mut para, para_line, planned_section, &mut units);
+        for (line, unit, planned) in units {
+            if planned {
+                continue;
+            }
+            for (bin, words) in invocations(&unit) {
+                check_command(&bin, &words, &format!("{origin}:{line}"));
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked >= 30, "expected the guide's many command lines, checked {checked}");
+}
+
+// ---------------------------------------------------------------------------------------
+// GitOps layout: applies, then diffs clean
+
+#[tokio::test(flavor = "multi_thread")]
+async fn gitops_hosts_apply_and_then_diff_clean() {
+    let env = common::TestEnv::new("gitops").await;
+    let hosts = root().join(GITOPS_HOSTS);
+    let mut names: Vec<_> = std::fs::read_dir(&hosts).unwrap().map(|e| e.unwrap().path()).collect();
+    names.sort();
+    assert!(names.len() >= 2, "a directory per host");
+    for dir in names {
+        let host = dir.file_name().unwrap().to_str().unwrap().to_string();
+        let d = dir.to_str().unwrap();
+        let files = clientsync_sources(&dir);
+        let diff = env.ctl(&["diff", "-R", "-f", d, "--cluster", &host]);
+        assert_eq!(diff.status.code(), Some(1), "{host}: diff before apply shows changes: {}", common::stderr(&diff));
+        let dry = common::ok(&env.ctl(&["apply", "-R", "-f", d, "--cluster", &host, "--dry-run"]));
+        assert_eq!(dry.matches("created").count(), files.len(), "{host}: dry run\n{dry}");
+        let applied = common::ok(&env.ctl(&["apply", "-R", "-f", d, "--cluster", &host]));
+        assert_eq!(applied.matches("created").count(), files.len(), "{host}: apply\n{applied}");
+        let diff = env.ctl(&["diff", "-R", "-f", d, "--cluster", &host]);
+        assert_eq!(diff.status.code(), Some(0), "{host}: diff after apply: {}", common::stdout(&diff));
+        let again = common::ok(&env.ctl(&["apply", "-R", "-f", d, "--cluster", &host]));
+        assert_eq!(again.matches("unchanged").count(), files.len(), "{host}: re-apply\n{again}");
+        let list = common::ok(&env.ctl(&["get", "clients", "--cluster", &host, "-o", "json"]));
+        for (tenant, _) in &files {
+            assert!(list.contains(&format!("\"{tenant}\"")), "{host}: {tenant} missing from get clients:\n{list}");
+        }
+    }
+}
+
+/// GitHub's anchor for a heading: lower case, punctuation dropped, spaces to hyphens.
+fn anchor(heading: &str) -> String {
+    heading
+        .trim()
+        .to_lowercase()
+        .chars()
+        .filter(|c| c.is_alphanumeric() || *c == ' ' || *c == '-' || *c == '_')
+        .map(|c| if c == ' ' { '-' } else { c })
+        .collect()
+}
+
+#[test]
+fn docs_links_resolve() {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(root().join("docs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "md"))
+        .collect();
+    files.push(root().join("manifests/gitops/README.md"));
+    files.push(root().join("docker/README.md"));
+    let anchors_of = |p: &Path| -> BTreeSet<String> {
+        let text = std::fs::read_to_string(p).unwrap_or_default();
+        let mut in_block = false;
+        let mut out = BTreeSet::new();
+        for l in text.lines() {
+            if l.trim_start().starts_with("```") {
+                in_block = !in_block;
+            } else if !in_block && l.starts_with('#') {
+                out.insert(anchor(l.trim_start_matches('#')));
+            }
+        }
+        out
+    };
+    let mut checked = 0;
+    for f in files {
+        let text = std::fs::read_to_string(&f).unwrap();
+        for part in text.split("](").skip(1) {
+            let target = part.split(')').next().unwrap();
+            if target.starts_with("http") || target.contains(' ') {
+                continue;
+            }
+            let (file, frag) = target.split_once('#').unwrap_or((target, ""));
+            let path = if file.is_empty() { f.clone() } else { f.parent().unwrap().join(file) };
+            assert!(path.exists(), "{}: link to {target}: no such file", f.display());
+            if !frag.is_empty() {
+                assert!(anchors_of(&path).contains(frag), "{}: link to {target}: no such heading", f.display());
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked >= 20, "expected the guide's cross references, checked {checked}");
+}
