@@ -7,6 +7,7 @@
 
 pub mod compare;
 pub mod daemon;
+pub mod repo;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
