@@ -191,8 +191,12 @@ async fn compare_table(
     spec: &ClientSyncSpec,
 ) -> Result<TableDiff, VerifyError> {
     let mt = MirrorTable::from_source(schema, &side.info);
-    let mut diff =
-        TableDiff { table: side.info.name.clone(), source_rows: side.rows.len() as u64, quarantined: side.quarantined, ..Default::default() };
+    let mut diff = TableDiff {
+        table: side.info.name.clone(),
+        source_rows: side.rows.len() as u64,
+        quarantined: side.quarantined,
+        ..Default::default()
+    };
     let key_idx = key_positions(&side.info);
     let mut select: Vec<String> = Vec::new();
     if mt.by_rowid {
