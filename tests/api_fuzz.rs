@@ -122,7 +122,18 @@ async fn openapi_fuzzing_finds_no_server_errors() {
     let daemon_log = notable[notable.len().saturating_sub(80)..].join("\n");
     assert!(!full_log.contains("panicked"), "owsyncd panicked while fuzzed:\n{daemon_log}");
     assert!(d.child.try_wait().expect("poll owsyncd").is_none(), "owsyncd exited while fuzzed:\n{daemon_log}");
-    assert!(passed, "schemathesis reported failures (report above); owsyncd warnings and errors:\n{daemon_log}");
+    // Schemathesis's own internal errors (its "Runtime Error", e.g. a hypothesis recursion
+    // mismatch while generating deeply nested JSON) are not answers of owsyncd: only
+    // failed checks (a 5xx, a crash) fail this test.
+    let failed_checks = report.contains("Failures:") || report.contains("Server error");
+    let only_tool_errors = !failed_checks && report.contains("Runtime Error");
+    if only_tool_errors {
+        eprintln!("note: schemathesis hit an internal error of its own; no check failed");
+    }
+    assert!(
+        passed || only_tool_errors,
+        "schemathesis reported failures (report above); owsyncd warnings and errors:\n{daemon_log}"
+    );
     // It really exercised the API: every operation of the document was tested.
     let count = |label: &str| {
         report.lines().find_map(|l| l.trim().strip_prefix(label)).map(|v| v.trim().to_string()).unwrap_or_default()
