@@ -26,6 +26,11 @@ pub const MIGRATIONS: &[Migration] = &[
         sql: include_str!("migrations/0004_unique_target_schema.sql"),
     },
     Migration { version: 5, name: "quarantine", sql: include_str!("migrations/0005_quarantine.sql") },
+    Migration {
+        version: 6,
+        name: "provision_without_locks",
+        sql: include_str!("migrations/0006_provision_without_locks.sql"),
+    },
 ];
 
 /// The schema version this build needs.
