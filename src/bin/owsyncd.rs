@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Parser;
+use owsync::cli::read_secret;
 use owsync::controller::{ControllerConfig, ElectionConfig, Shared, run_election};
 use owsync::sql::redact_url;
 use owsync::store;
@@ -56,8 +57,7 @@ struct Args {
 
 fn database_url(a: &Args) -> anyhow::Result<String> {
     if let Some(f) = &a.database_url_file {
-        let s = std::fs::read_to_string(f).with_context(|| format!("read --database-url-file {}", f.display()))?;
-        return Ok(s.trim_end_matches(['\n', '\r']).to_string());
+        return read_secret(f).context("--database-url-file");
     }
     for var in ["OWSYNC_DATABASE_URL", "DATABASE_URL"] {
         if let Ok(u) = std::env::var(var) {
@@ -164,12 +164,7 @@ async fn main() -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(a.listen).await.with_context(|| format!("listen on {}", a.listen))?;
     info!(listen = %a.listen, "HTTP API up");
     let token = match &a.api_token_file {
-        Some(f) => Some(
-            std::fs::read_to_string(f)
-                .with_context(|| format!("read --api-token-file {}", f.display()))?
-                .trim_end_matches(['\n', '\r'])
-                .to_string(),
-        ),
+        Some(f) => Some(read_secret(f).context("--api-token-file")?),
         None => {
             warn!(
                 "no --api-token-file: mutating API endpoints (PUT /api/v1/state, POST /api/v1/sync/trigger) are disabled"

@@ -13,7 +13,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-pub use common::{CliError, Global, Output};
+pub use common::{CliError, Global, Output, read_secret};
 
 #[derive(Debug, Parser)]
 #[command(name = "owsyncctl", version, about = "Declaratively mirror Open WebUI SQLite tenants into PostgreSQL")]
