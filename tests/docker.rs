@@ -134,6 +134,10 @@ fn docker_build_needs_nothing_but_what_it_copies() {
     for needed in ["Cargo.toml", "Cargo.lock", "src"] {
         assert!(copied(needed), "the Dockerfile does not copy {needed}");
     }
+    // .cargo/config.toml sets LIBSQLITE3_FLAGS (the sqlite_dbpage virtual table the sync needs).
+    if root().join(".cargo/config.toml").exists() {
+        assert!(copied(".cargo/config.toml"), "the Dockerfile does not copy .cargo (add `COPY .cargo ./.cargo`)");
+    }
     let manifest = read("Cargo.toml");
     for key in ["[workspace]", "path = \"../"] {
         assert!(!manifest.contains(key), "Cargo.toml has {key:?}: the Dockerfile's build context needs updating");

@@ -43,7 +43,7 @@ fn written(out: &str, table: &str) -> (u64, u64) {
         .lines()
         .find(|l| l.split_whitespace().next() == Some(table))
         .unwrap_or_else(|| panic!("no line for {table} in:\n{out}"));
-    let f: Vec<u64> = line.split_whitespace().skip(2).map(|x| x.parse().unwrap()).collect();
+    let f: Vec<u64> = line.split_whitespace().skip(2).take(2).map(|x| x.parse().unwrap()).collect();
     (f[0], f[1])
 }
 
@@ -219,8 +219,10 @@ async fn schema_evolution_is_additive() {
     assert!(live > 0);
 }
 
-/// Runs `sync --once` while another connection commits a small insert every 10 ms;
-/// returns the worst commit latency, after checking a final sync equals the source.
+/// Runs `sync --once` twice (a first full pass, then a pass over what changed meanwhile;
+/// both walk every table's pages) while another connection commits a small insert every
+/// 10 ms; returns the worst commit latency during the syncs, after checking a final sync
+/// equals the source.
 async fn sync_under_writes(prefix: &str, journal: JournalMode) -> Duration {
     // One at a time: the two runs would otherwise measure each other's disk load.
     static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -242,7 +244,10 @@ async fn sync_under_writes(prefix: &str, journal: JournalMode) -> Duration {
         std::thread::spawn(move || {
             let c = rusqlite::Connection::open(&db).unwrap();
             c.busy_handler(Some(like_busy_timeout)).unwrap();
-            c.execute_batch("PRAGMA synchronous=NORMAL").unwrap();
+            // No fsync: on this shared machine an fsync alone takes 25-520 ms, which says
+            // nothing about the sync. What is measured is what the sync costs the writer:
+            // waiting on SQLite's locks, and the CPU and I/O of the commit itself.
+            c.execute_batch("PRAGMA synchronous=OFF").unwrap();
             let mut commits = Vec::new();
             while !stop.load(Ordering::Relaxed) {
                 BUSY_WAITS.with(|b| b.set(0));
@@ -256,25 +261,31 @@ async fn sync_under_writes(prefix: &str, journal: JournalMode) -> Duration {
     };
     // A second of writes alone first: the machine's own commit latency.
     std::thread::sleep(Duration::from_secs(1));
-    let t = Instant::now();
-    let out = tokio::task::block_in_place(|| env.ctl(&["sync", "busy", "--once"]));
-    let took = t.elapsed();
+    let mut windows = Vec::new();
+    for _ in 0..2 {
+        let t = Instant::now();
+        let out = tokio::task::block_in_place(|| env.ctl(&["sync", "busy", "--once"]));
+        windows.push((t, t.elapsed()));
+        ok(&out);
+    }
     stop.store(true, Ordering::Relaxed);
     let commits = writer.join().unwrap();
-    ok(&out);
     let worst = |f: &dyn Fn(&&(Instant, Duration, u32)) -> bool| {
         commits.iter().filter(f).map(|c| c.1).max().unwrap_or_default()
     };
-    let during = |c: &&(Instant, Duration, u32)| c.0 >= t && c.0 <= t + took;
+    let during = |c: &&(Instant, Duration, u32)| windows.iter().any(|(t, took)| c.0 >= *t && c.0 <= *t + *took);
     let waited = commits.iter().filter(|c| during(c) && c.2 > 0).count();
     let worst_during = worst(&during);
     println!(
-        "{journal}: {rows} rows synced in {took:?}; {} commits meanwhile, {waited} of them waited on a lock; \
-         worst commit {worst_during:?} during the sync (lock waiters {:?}, lock-free {:?}), {:?} in the second before",
+        "{journal}: {rows} rows synced in {:?}, then again in {:?}; {} commits meanwhile, {waited} of them waited \
+         on a lock; worst commit {worst_during:?} during the syncs (lock waiters {:?}, lock-free {:?}), {:?} in \
+         the second before",
+        windows[0].1,
+        windows[1].1,
         commits.iter().filter(during).count(),
         worst(&|c| during(c) && c.2 > 0),
         worst(&|c| during(c) && c.2 == 0),
-        worst(&|c| c.0 < t),
+        worst(&|c| c.0 < windows[0].0),
     );
     sync(&env, "busy");
     let pool = env.sync_pool().await;
@@ -299,12 +310,12 @@ fn like_busy_timeout(n: i32) -> bool {
 #[tokio::test(flavor = "multi_thread")]
 async fn sync_does_not_stall_a_wal_writer() {
     let worst = sync_under_writes("mirror_busy_wal", JournalMode::Wal).await;
-    // The guarantee is 50 ms; today only a gross stall fails the test.
-    assert!(worst < Duration::from_secs(1), "worst commit {worst:?}");
+    assert!(worst < Duration::from_millis(50), "worst commit {worst:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sync_does_not_stall_a_rollback_journal_writer() {
     let worst = sync_under_writes("mirror_busy_del", JournalMode::Delete).await;
+    // TODO(pages): 50 ms; 68 ms measured on the loaded shared box.
     assert!(worst < Duration::from_secs(1), "worst commit {worst:?}");
 }

@@ -89,9 +89,19 @@ pub async fn sync(g: &Global, a: SyncArgs) -> Result<ExitCode, CliError> {
     let rows: Vec<Vec<String>> = report
         .tables
         .iter()
-        .map(|(t, r)| vec![t.clone(), r.rows.to_string(), r.upserted.to_string(), r.tombstoned.to_string()])
+        .map(|(t, r)| {
+            let pass = if r.incremental { "changed-pages" } else { "full" };
+            vec![
+                t.clone(),
+                r.rows.to_string(),
+                r.upserted.to_string(),
+                r.tombstoned.to_string(),
+                r.rows_read.to_string(),
+                pass.to_string(),
+            ]
+        })
         .collect();
-    print!("{}", super::get::table(&["TABLE", "ROWS", "UPSERTED", "TOMBSTONED"], &rows));
+    print!("{}", super::get::table(&["TABLE", "ROWS", "UPSERTED", "TOMBSTONED", "READ", "PASS"], &rows));
     for (t, e) in &report.failed {
         eprintln!("table {t} failed: {e}");
     }

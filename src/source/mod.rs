@@ -2,8 +2,10 @@
 //! with a busy timeout, read in short keyset slices with no read transaction held
 //! between slices, never checkpointed.
 
+pub mod btree;
 mod discover;
 mod fingerprint;
+pub mod pages;
 mod read;
 
 pub use discover::{ColumnInfo, RowKey, TableInfo, discover};

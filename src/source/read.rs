@@ -56,6 +56,9 @@ pub struct Slice {
     pub rows: Vec<Vec<Value>>,
     pub rowids: Vec<i64>,
     pub bytes: usize,
+    /// For tables read by rowid: the inclusive rowid interval this slice looked at (rows
+    /// absent from it within that interval do not exist in the source).
+    pub scanned: Option<(i64, i64)>,
 }
 
 /// Iterates a table in key order, one bounded slice at a time.
@@ -64,6 +67,12 @@ pub struct SliceReader<'a> {
     table: &'a TableInfo,
     sql_first: String,
     sql_next: String,
+    sql_range: String,
+    /// Read only these inclusive rowid ranges (sorted, disjoint), from `ranges[range_idx]`
+    /// at rowid `cursor` on.
+    ranges: Option<Vec<(i64, i64)>>,
+    range_idx: usize,
+    cursor: i64,
     key_idx: Vec<usize>,
     last_key: Option<Vec<Value>>,
     last_rowid: Option<i64>,
@@ -81,8 +90,12 @@ impl<'a> SliceReader<'a> {
         let cols: Vec<String> = table.columns.iter().map(|c| quote_ident(&c.name)).collect();
         let t = quote_ident(&table.name);
         let by_rowid = !table.without_rowid;
+        let alias = rowid_alias(table);
+        let sql_range = format!(
+            "SELECT {alias}, {} FROM {t} WHERE {alias} >= ?2 AND {alias} <= ?3 ORDER BY {alias} LIMIT ?1",
+            cols.join(", ")
+        );
         let (sql_first, sql_next, key_idx) = if by_rowid {
-            let alias = rowid_alias(table);
             let list = cols.join(", ");
             (
                 format!("SELECT {alias}, {list} FROM {t} ORDER BY {alias} LIMIT ?1"),
@@ -110,6 +123,10 @@ impl<'a> SliceReader<'a> {
             table,
             sql_first,
             sql_next,
+            sql_range,
+            ranges: None,
+            range_idx: 0,
+            cursor: i64::MIN,
             key_idx,
             last_key: None,
             last_rowid: None,
@@ -120,10 +137,22 @@ impl<'a> SliceReader<'a> {
         }
     }
 
+    /// A reader of only the rows whose rowid lies in `ranges` (inclusive; sorted and
+    /// disjoint, as `pages::merge_ranges` makes them) of a table that has a rowid.
+    pub fn with_ranges(src: &'a Source, table: &'a TableInfo, ranges: Vec<(i64, i64)>) -> SliceReader<'a> {
+        let mut r = SliceReader::new(src, table);
+        r.cursor = ranges.first().map_or(i64::MIN, |x| x.0);
+        r.ranges = Some(ranges);
+        r
+    }
+
     /// The next slice, or `None` at the end of the table.
     pub fn next_slice(&mut self) -> Result<Option<Slice>> {
         if self.done {
             return Ok(None);
+        }
+        if self.ranges.is_some() {
+            return self.next_range_slice();
         }
         let by_rowid = !self.table.without_rowid;
         let first = self.last_key.is_none() && self.last_rowid.is_none();
@@ -170,10 +199,80 @@ impl<'a> SliceReader<'a> {
             self.done = true;
         }
         if by_rowid {
+            let lo = self.last_rowid.map_or(i64::MIN, |r| r.saturating_add(1));
             self.last_rowid = slice.rowids.last().copied();
+            let hi = if self.done { i64::MAX } else { self.last_rowid.unwrap_or(i64::MAX) };
+            slice.scanned = Some((lo, hi));
         } else if let Some(last) = slice.rows.last() {
             self.last_key = Some(self.key_idx.iter().map(|&i| last[i].clone()).collect());
         }
+        Ok(Some(slice))
+    }
+}
+
+impl SliceReader<'_> {
+    /// One slice of a ranges reader: rows of as many ranges as the slice budget allows.
+    fn next_range_slice(&mut self) -> Result<Option<Slice>> {
+        let name = &self.table.name;
+        let ranges = self.ranges.take().unwrap_or_default();
+        let mut slice = Slice::default();
+        let started = std::time::Instant::now();
+        let scan_lo = self.cursor;
+        let mut scan_hi = self.cursor;
+        let ncols = self.table.columns.len();
+        let mut full = false;
+        let result = (|| -> Result<()> {
+            let mut stmt = self.src.conn.prepare_cached(&self.sql_range).map_err(self.src.err(name))?;
+            while let Some(&(lo, hi)) = ranges.get(self.range_idx) {
+                let from = self.cursor.max(lo);
+                let limit = (self.max_rows - slice.rows.len()) as i64;
+                let mut rows = stmt.query(rusqlite::params![limit, from, hi]).map_err(self.src.err(name))?;
+                let mut n = 0i64;
+                let mut last = None;
+                while let Some(row) = rows.next().map_err(self.src.err(name))? {
+                    let rowid: i64 = row.get(0).map_err(self.src.err(name))?;
+                    let mut vals = Vec::with_capacity(ncols);
+                    for i in 0..ncols {
+                        let v = Value::from_ref(row.get_ref(i + 1).map_err(self.src.err(name))?);
+                        slice.bytes += v.size();
+                        vals.push(v);
+                    }
+                    slice.rowids.push(rowid);
+                    slice.rows.push(vals);
+                    n += 1;
+                    last = Some(rowid);
+                    if slice.bytes >= self.max_bytes || started.elapsed() >= self.max_time {
+                        full = true;
+                        break;
+                    }
+                }
+                match last {
+                    Some(r) if (full || n == limit) && r < hi => {
+                        self.cursor = r + 1;
+                        scan_hi = r;
+                        full = true;
+                    }
+                    _ => {
+                        scan_hi = hi;
+                        self.range_idx += 1;
+                        self.cursor = ranges.get(self.range_idx).map_or(i64::MAX, |x| x.0);
+                    }
+                }
+                if full || slice.rows.len() >= self.max_rows || started.elapsed() >= self.max_time {
+                    break;
+                }
+            }
+            Ok(())
+        })();
+        self.ranges = Some(ranges);
+        result?;
+        if self.range_idx >= self.ranges.as_ref().map_or(0, Vec::len) {
+            self.done = true;
+        }
+        if slice.rows.is_empty() && self.done && scan_lo == scan_hi && scan_lo == i64::MIN {
+            return Ok(None);
+        }
+        slice.scanned = Some((scan_lo, scan_hi));
         Ok(Some(slice))
     }
 }

@@ -31,6 +31,7 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "provision_without_locks",
         sql: include_str!("migrations/0006_provision_without_locks.sql"),
     },
+    Migration { version: 7, name: "page_state", sql: include_str!("migrations/0007_page_state.sql") },
 ];
 
 /// The schema version this build needs.

@@ -3,6 +3,7 @@
 //! record the table's state, and commit only if this replica still holds the lease.
 //! A library: usable without the daemon (`owsyncctl sync NAME --once`).
 
+mod reader;
 mod skip;
 
 use std::collections::BTreeMap;
@@ -13,10 +14,11 @@ use sqlx::{PgConnection, PgPool};
 use tokio::sync::mpsc;
 use tracing::{Instrument, info, info_span, warn};
 
-use crate::source::{self, Slice, SliceReader, Source, TableInfo};
-use crate::spec::{ClientSyncSpec, DeletePolicy, table_selected};
+use crate::source::{self, TableInfo};
+use crate::spec::{ClientSyncSpec, DeletePolicy};
 use crate::store::{self, lease::Candidate};
 use crate::target::{self, MirrorTable};
+use reader::{Msg, ReaderJob, TableEnd, TablePlan};
 
 /// Proof of leadership a sync's transactions are fenced with.
 #[derive(Debug, Clone)]
@@ -50,6 +52,11 @@ impl SyncError {
 #[derive(Debug, Default, Clone, serde::Serialize)]
 pub struct TableReport {
     pub rows: i64,
+    /// Rows read from the source by this sync: all of them in a full pass, those in the
+    /// changed pages' rowid ranges in an incremental one.
+    pub rows_read: u64,
+    /// Only the rowid ranges of changed pages were re-read (see `source::pages`).
+    pub incremental: bool,
     /// Values kept in `sync_metadata.quarantine` instead of the mirror.
     pub quarantined: u64,
     pub upserted: u64,
@@ -77,49 +84,6 @@ pub struct SyncJob<'a> {
     pub fence: Option<&'a Fence>,
 }
 
-enum Msg {
-    Table(Box<TableInfo>),
-    Slice(Slice),
-    End,
-    Failed(String),
-}
-
-/// Reads every selected table on a blocking thread, a slice at a time.
-fn spawn_reader(
-    path: PathBuf,
-    spec: ClientSyncSpec,
-    tx: mpsc::Sender<Msg>,
-) -> tokio::task::JoinHandle<Result<(), source::SourceError>> {
-    tokio::task::spawn_blocking(move || {
-        let src = Source::open(&path)?;
-        let tables = source::discover(&src)?;
-        for t in tables.into_iter().filter(|t| table_selected(&spec.tables, &t.name)) {
-            if tx.blocking_send(Msg::Table(Box::new(t.clone()))).is_err() {
-                return Ok(());
-            }
-            let mut reader = SliceReader::new(&src, &t);
-            loop {
-                match reader.next_slice() {
-                    Ok(Some(s)) => {
-                        if tx.blocking_send(Msg::Slice(s)).is_err() {
-                            return Ok(());
-                        }
-                    }
-                    Ok(None) => break,
-                    Err(e) => {
-                        let _ = tx.blocking_send(Msg::Failed(e.to_string()));
-                        break;
-                    }
-                }
-            }
-            if tx.blocking_send(Msg::End).is_err() {
-                return Ok(());
-            }
-        }
-        Ok(())
-    })
-}
-
 /// Runs one sync of a tenant; does nothing when the source is unchanged since the last
 /// complete sync.
 pub async fn sync_tenant(job: &SyncJob<'_>) -> Result<SyncReport, SyncError> {
@@ -142,7 +106,7 @@ pub async fn sync_tenant_with(job: &SyncJob<'_>, full: bool) -> Result<SyncRepor
         let tables = rows.into_iter().map(|(t, rows)| (t, TableReport { rows, ..Default::default() })).collect();
         return Ok(SyncReport { tables, unchanged: true, duration: started.elapsed(), ..Default::default() });
     }
-    let mut report = sync_all(job).await?;
+    let mut report = sync_all(job, full).await?;
     if report.failed.is_empty() && !skip::record(job, &fp).await.map_err(store_err)? {
         return Err(SyncError::OwnershipLost { client, epoch: job.fence.map_or(0, |f| f.epoch) });
     }
@@ -150,19 +114,29 @@ pub async fn sync_tenant_with(job: &SyncJob<'_>, full: bool) -> Result<SyncRepor
     Ok(report)
 }
 
-async fn sync_all(job: &SyncJob<'_>) -> Result<SyncReport, SyncError> {
+async fn sync_all(job: &SyncJob<'_>, full: bool) -> Result<SyncReport, SyncError> {
     let started = Instant::now();
     let client = job.client.to_string();
     let schema = job.spec.target.schema.clone().unwrap_or_else(|| crate::spec::default_schema(job.client));
+    let previous =
+        skip::page_states(job).await.map_err(|source| SyncError::Store { client: client.clone(), source })?;
     let (tx, mut rx) = mpsc::channel::<Msg>(2);
-    let reader = spawn_reader(PathBuf::from(&job.spec.source.path), job.spec.clone(), tx);
+    let rj = ReaderJob {
+        path: PathBuf::from(&job.spec.source.path),
+        spec: job.spec.clone(),
+        schema: schema.clone(),
+        previous,
+        full,
+    };
+    let reader = reader::spawn_reader(rj, tx);
     let mut report = SyncReport::default();
 
     while let Some(msg) = rx.recv().await {
-        let Msg::Table(info) = msg else { continue };
-        let table = MirrorTable::from_source(&schema, &info);
+        let Msg::Table(plan) = msg else { continue };
+        let info = &plan.info;
+        let table = MirrorTable::from_source(&schema, info);
         let span = info_span!("table", client = %client, table = %info.name);
-        match sync_table(job, &info, &table, &mut rx).instrument(span).await {
+        match sync_table(job, &plan, &table, &mut rx).instrument(span).await {
             Ok(tr) => {
                 report.rows_written += tr.upserted + tr.tombstoned;
                 report.tables.insert(info.name.clone(), tr);
@@ -201,7 +175,7 @@ enum TableFailure {
 /// Drains the rest of a table's slices from the reader.
 async fn skip_rest(rx: &mut mpsc::Receiver<Msg>) {
     while let Some(m) = rx.recv().await {
-        if matches!(m, Msg::End | Msg::Failed(_)) {
+        if matches!(m, Msg::End(_) | Msg::Failed(_)) {
             if matches!(m, Msg::Failed(_)) {
                 // a Failed is followed by End
                 continue;
@@ -213,7 +187,7 @@ async fn skip_rest(rx: &mut mpsc::Receiver<Msg>) {
 
 async fn sync_table(
     job: &SyncJob<'_>,
-    info: &TableInfo,
+    plan: &TablePlan,
     table: &MirrorTable,
     rx: &mut mpsc::Receiver<Msg>,
 ) -> Result<TableReport, TableFailure> {
@@ -227,7 +201,9 @@ async fn sync_table(
         }
         _ => TableFailure::Table(e.to_string()),
     };
+    let info = &plan.info;
     let mut rows: i64 = 0;
+    let mut end = TableEnd::default();
     let mut quarantined = Vec::new();
     let result: Result<target::MergeCounts, TableFailure> = async {
         target::provision(&mut tx, table).await.map_err(target_err)?;
@@ -236,17 +212,29 @@ async fn sync_table(
             match rx.recv().await {
                 Some(Msg::Slice(s)) => {
                     rows += s.rows.len() as i64;
-                    let (_, q) = target::copy_slice(&mut tx, table, &s).await.map_err(target_err)?;
-                    quarantined.extend(q);
+                    if !s.rows.is_empty() {
+                        let (_, q) = target::copy_slice(&mut tx, table, &s).await.map_err(target_err)?;
+                        quarantined.extend(q);
+                    }
                 }
                 Some(Msg::Failed(m)) => return Err(TableFailure::Table(m)),
-                Some(Msg::End) | None => break,
-                Some(Msg::Table(_)) => break,
+                Some(Msg::End(e)) => {
+                    end = e;
+                    break;
+                }
+                None | Some(Msg::Table(_)) => break,
             }
         }
         let tombstones = job.spec.deletes == DeletePolicy::Tombstone;
-        let counts = target::merge_stage(&mut tx, table, tombstones).await.map_err(target_err)?;
-        target::record_quarantine(&mut tx, job.cluster, job.client, table, &quarantined).await.map_err(target_err)?;
+        let full_pass = plan.ranges.is_none();
+        let mut counts = target::merge_stage(&mut tx, table, tombstones && full_pass).await.map_err(target_err)?;
+        if let (Some(ranges), true) = (&plan.ranges, tombstones) {
+            counts.tombstoned +=
+                target::ranges::tombstone_in_ranges(&mut tx, table, ranges).await.map_err(target_err)?;
+        }
+        target::record_quarantine(&mut tx, job.cluster, job.client, table, &quarantined, full_pass)
+            .await
+            .map_err(target_err)?;
         Ok(counts)
     }
     .await;
@@ -258,7 +246,9 @@ async fn sync_table(
             return Err(e);
         }
     };
-    record_table_state(&mut tx, job, info, rows).await.map_err(fatal_store)?;
+    let rows_read = rows as u64;
+    let rows = if plan.ranges.is_some() { end.rows.unwrap_or(rows) } else { rows };
+    record_table_state(&mut tx, job, info, rows, end.pages.as_deref()).await.map_err(fatal_store)?;
     fence(&mut tx, job).await?;
     tx.commit().await.map_err(|e| {
         fatal_store(store::StoreError::Db { context: format!("commit table {}", info.name), source: e })
@@ -269,6 +259,8 @@ async fn sync_table(
     }
     Ok(TableReport {
         rows,
+        rows_read,
+        incremental: plan.ranges.is_some(),
         quarantined: quarantined.len() as u64,
         upserted: counts.upserted,
         tombstoned: counts.tombstoned,
@@ -292,15 +284,16 @@ async fn record_table_state(
     job: &SyncJob<'_>,
     info: &TableInfo,
     rows: i64,
+    pages: Option<&[u8]>,
 ) -> Result<(), store::StoreError> {
     use store::Context;
     sqlx::query(
-        "INSERT INTO sync_metadata.table_state (cluster_name, client_name, table_name, source_ddl, key_columns, rows, watermark, epoch, updated_at, source_indexes)
-         VALUES ($1, $2, $3, $4, $5, $6, jsonb_build_object('full_sync_at', now()), $7, now(), $8)
+        "INSERT INTO sync_metadata.table_state (cluster_name, client_name, table_name, source_ddl, key_columns, rows, watermark, epoch, updated_at, source_indexes, pages)
+         VALUES ($1, $2, $3, $4, $5, $6, jsonb_build_object('full_sync_at', now()), $7, now(), $8, $9)
          ON CONFLICT (cluster_name, client_name, table_name) DO UPDATE SET source_ddl = EXCLUDED.source_ddl,
              source_indexes = EXCLUDED.source_indexes,
              key_columns = EXCLUDED.key_columns, rows = EXCLUDED.rows, watermark = EXCLUDED.watermark,
-             epoch = EXCLUDED.epoch, updated_at = now()",
+             epoch = EXCLUDED.epoch, updated_at = now(), pages = EXCLUDED.pages",
     )
     .bind(job.cluster)
     .bind(job.client)
@@ -310,6 +303,7 @@ async fn record_table_state(
     .bind(rows)
     .bind(job.fence.map(|f| f.epoch))
     .bind(&info.extra_ddl)
+    .bind(pages)
     .execute(conn)
     .await
     .ctx(|| format!("record state of table {}", info.name))?;

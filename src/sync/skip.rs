@@ -69,3 +69,19 @@ pub async fn record(job: &SyncJob<'_>, fingerprint: &str) -> Result<bool, StoreE
     tx.commit().await.ctx(|| "commit".into())?;
     Ok(true)
 }
+
+/// The recorded page state of each table of the tenant that has one.
+pub async fn page_states(job: &SyncJob<'_>) -> Result<super::reader::Previous, StoreError> {
+    let mut tx = store::begin(job.pool, job.cluster).await?;
+    let rows = sqlx::query(
+        "SELECT table_name, coalesce(source_ddl, ''), pages FROM sync_metadata.table_state
+         WHERE cluster_name = $1 AND client_name = $2 AND pages IS NOT NULL",
+    )
+    .bind(job.cluster)
+    .bind(job.client)
+    .fetch_all(&mut *tx)
+    .await
+    .ctx(|| format!("read the page state of {}", job.client))?;
+    let _ = tx.commit().await;
+    Ok(rows.into_iter().map(|r| (r.get(0), (r.get(1), r.get(2)))).collect())
+}

@@ -2,6 +2,7 @@
 //! SECURITY DEFINER path, COPY into a per-transaction stage, upsert and tombstones.
 
 mod encode;
+pub mod ranges;
 mod types;
 
 pub use encode::{Unfit, encode_field, fmt_f64};
@@ -31,6 +32,9 @@ pub struct MirrorTable {
     /// Key columns in the mirror (`_owsync_rowid` for tables without a primary key).
     pub key: Vec<String>,
     pub by_rowid: bool,
+    /// The source table has a rowid (not WITHOUT ROWID): the mirror keeps it in `COL_ROWID`
+    /// (the key when `by_rowid`, an indexed plain column otherwise) for incremental passes.
+    pub has_rowid: bool,
 }
 
 impl MirrorTable {
@@ -40,7 +44,14 @@ impl MirrorTable {
             RowKey::Primary(k) => (k.clone(), false),
             RowKey::Rowid => (vec![COL_ROWID.to_string()], true),
         };
-        MirrorTable { schema: schema.to_string(), name: t.name.clone(), columns, key, by_rowid }
+        MirrorTable {
+            schema: schema.to_string(),
+            name: t.name.clone(),
+            columns,
+            key,
+            by_rowid,
+            has_rowid: !t.without_rowid,
+        }
     }
 
     pub fn qualified(&self) -> String {
@@ -52,10 +63,10 @@ impl MirrorTable {
         move |source| TargetError::Db { table: self.name.clone(), context, source }
     }
 
-    /// Columns the sync writes: rowid first when keyed by rowid, then source columns.
+    /// Columns the sync writes: rowid first when the source has one, then source columns.
     fn data_columns(&self) -> Vec<(String, PgType)> {
         let mut cols = Vec::new();
-        if self.by_rowid {
+        if self.has_rowid {
             cols.push((COL_ROWID.to_string(), PgType::BigInt));
         }
         cols.extend(self.columns.iter().cloned());
@@ -74,6 +85,10 @@ impl MirrorTable {
 pub async fn provision(conn: &mut PgConnection, t: &MirrorTable) -> Result<()> {
     let mut cols: Vec<serde_json::Value> =
         t.data_columns().iter().map(|(n, ty)| serde_json::json!({"name": n, "type": ty.sql()})).collect();
+    if t.has_rowid && !t.by_rowid {
+        // Incremental passes tombstone by rowid range (target::ranges): index it.
+        cols[0]["index"] = serde_json::json!(true);
+    }
     cols.push(serde_json::json!({"name": COL_DELETED, "type": "boolean"}));
     cols.push(serde_json::json!({"name": COL_SYNCED_AT, "type": "timestamptz"}));
     sqlx::query("SELECT sync_metadata.provision_table($1, $2, $3, $4)")
@@ -162,7 +177,7 @@ pub async fn copy_slice(conn: &mut PgConnection, t: &MirrorTable, slice: &Slice)
     let mut field = Vec::new();
     'rows: for (i, row) in slice.rows.iter().enumerate() {
         let start = buf.len();
-        if t.by_rowid {
+        if t.has_rowid {
             buf.extend_from_slice(slice.rowids[i].to_string().as_bytes());
             buf.push(b'\t');
         }
@@ -214,25 +229,29 @@ pub async fn copy_slice(conn: &mut PgConnection, t: &MirrorTable, slice: &Slice)
     Ok((n, quarantined))
 }
 
-/// Replaces the table's open quarantine entries with this full pass's (inside the
-/// table's transaction): values fixed at the source are marked resolved.
+/// Records quarantined values (inside the table's transaction). After a full pass
+/// (`full_pass`) it replaces the table's open entries: values fixed at the source are
+/// marked resolved; an incremental pass only adds or refreshes the entries it met.
 pub async fn record_quarantine(
     conn: &mut PgConnection,
     cluster: &str,
     client: &str,
     t: &MirrorTable,
     entries: &[Quarantined],
+    full_pass: bool,
 ) -> Result<()> {
-    sqlx::query(
-        "UPDATE sync_metadata.quarantine SET resolved_at = now()
+    if full_pass {
+        sqlx::query(
+            "UPDATE sync_metadata.quarantine SET resolved_at = now()
          WHERE cluster_name = $1 AND client_name = $2 AND table_name = $3 AND resolved_at IS NULL",
-    )
-    .bind(cluster)
-    .bind(client)
-    .bind(&t.name)
-    .execute(&mut *conn)
-    .await
-    .map_err(t.db_err("resolve quarantine entries"))?;
+        )
+        .bind(cluster)
+        .bind(client)
+        .bind(&t.name)
+        .execute(&mut *conn)
+        .await
+        .map_err(t.db_err("resolve quarantine entries"))?;
+    }
     for q in entries {
         sqlx::query(
             "INSERT INTO sync_metadata.quarantine (cluster_name, client_name, table_name, row_key, column_name,

@@ -1,0 +1,307 @@
+//! Page-level change capture: hashes every leaf of a table's b-tree (with the overflow
+//! pages of its cells) through SQLite's `sqlite_dbpage` virtual table, which reads pages
+//! through the pager and so sees WAL content. Comparing two walks by page number tells
+//! which rowid ranges may have changed: a leaf with the same page number and the same
+//! bytes holds exactly the same rows, so only the ranges of leaves that changed, appeared
+//! or disappeared need re-reading.
+
+use std::time::{Duration, Instant};
+
+use rusqlite::OptionalExtension;
+use sha2::{Digest, Sha256};
+
+use super::btree::{self, TablePage};
+use super::{Result, Source, SourceError};
+
+/// One leaf of a table b-tree as of a walk. `min > max` for a leaf without cells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Leaf {
+    pub pgno: u32,
+    pub hash: [u8; 16],
+    pub min: i64,
+    pub max: i64,
+}
+
+/// Page number of entries that stand for "rows read while the source moved": never a
+/// real page, so the next walk always counts them as changed.
+pub const SUSPECT_PGNO: u32 = 0;
+
+/// The leaves of one table, sorted by page number.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PageState {
+    pub leaves: Vec<Leaf>,
+}
+
+const MAGIC: &[u8; 4] = b"OWP1";
+const RECORD: usize = 36;
+
+impl PageState {
+    /// Compact fixed-width encoding, bound to the mirror table it describes (`target`):
+    /// `OWP1`, u16 length + target name, then 36-byte records (pgno, hash, min, max).
+    pub fn encode(&self, target: &str) -> Vec<u8> {
+        let mut out = Vec::with_capacity(6 + target.len() + self.leaves.len() * RECORD);
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&(target.len() as u16).to_be_bytes());
+        out.extend_from_slice(target.as_bytes());
+        for l in &self.leaves {
+            out.extend_from_slice(&l.pgno.to_be_bytes());
+            out.extend_from_slice(&l.hash);
+            out.extend_from_slice(&l.min.to_be_bytes());
+            out.extend_from_slice(&l.max.to_be_bytes());
+        }
+        out
+    }
+
+    /// `None` when the bytes are not a page state of `target` (another mirror, a damaged or
+    /// older encoding): the table then takes a full pass.
+    pub fn decode(b: &[u8], target: &str) -> Option<PageState> {
+        if b.get(..4)? != MAGIC {
+            return None;
+        }
+        let n = usize::from(u16::from_be_bytes(b.get(4..6)?.try_into().ok()?));
+        if b.get(6..6 + n)? != target.as_bytes() {
+            return None;
+        }
+        let body = &b[6 + n..];
+        if !body.len().is_multiple_of(RECORD) {
+            return None;
+        }
+        let leaves = body
+            .chunks_exact(RECORD)
+            .map(|r| {
+                Some(Leaf {
+                    pgno: u32::from_be_bytes(r[0..4].try_into().ok()?),
+                    hash: r[4..20].try_into().ok()?,
+                    min: i64::from_be_bytes(r[20..28].try_into().ok()?),
+                    max: i64::from_be_bytes(r[28..36].try_into().ok()?),
+                })
+            })
+            .collect::<Option<Vec<_>>>()?;
+        Some(PageState { leaves })
+    }
+
+    /// Adds entries for rowid ranges read while the source was changing.
+    pub fn add_suspect(&mut self, ranges: &[(i64, i64)]) {
+        for &(min, max) in &merge_ranges(ranges.to_vec()) {
+            self.leaves.push(Leaf { pgno: SUSPECT_PGNO, hash: [0; 16], min, max });
+        }
+        self.leaves.sort_by_key(|l| l.pgno);
+    }
+}
+
+/// What changed between a recorded state and a new walk.
+#[derive(Debug, Default, PartialEq)]
+pub struct Changes {
+    /// Merged, sorted, inclusive rowid ranges to re-read.
+    pub ranges: Vec<(i64, i64)>,
+    /// Leaves of the new walk that differ from the recorded state.
+    pub changed_leaves: usize,
+    pub total_leaves: usize,
+}
+
+/// Rowid ranges that may differ between the rows `old` describes and those of `new`.
+pub fn diff(old: &PageState, new: &PageState) -> Changes {
+    let by_pgno: std::collections::HashMap<u32, &Leaf> = old.leaves.iter().map(|l| (l.pgno, l)).collect();
+    let mut ranges = Vec::new();
+    let mut changed_leaves = 0;
+    let mut kept = std::collections::HashSet::new();
+    for l in &new.leaves {
+        match by_pgno.get(&l.pgno) {
+            Some(o) if o.hash == l.hash && l.pgno != SUSPECT_PGNO => {
+                kept.insert(l.pgno);
+            }
+            other => {
+                changed_leaves += 1;
+                ranges.push((l.min, l.max));
+                if let Some(o) = other {
+                    ranges.push((o.min, o.max));
+                    kept.insert(l.pgno);
+                }
+            }
+        }
+    }
+    for o in &old.leaves {
+        if !kept.contains(&o.pgno) || o.pgno == SUSPECT_PGNO {
+            ranges.push((o.min, o.max));
+        }
+    }
+    Changes { ranges: merge_ranges(ranges), changed_leaves, total_leaves: new.leaves.len() }
+}
+
+/// Sorted, disjoint, inclusive ranges covering the given ones (empty ones dropped).
+pub fn merge_ranges(mut r: Vec<(i64, i64)>) -> Vec<(i64, i64)> {
+    r.retain(|(a, b)| a <= b);
+    r.sort_unstable();
+    let mut out: Vec<(i64, i64)> = Vec::with_capacity(r.len());
+    for (a, b) in r {
+        match out.last_mut() {
+            Some(last) if a <= last.1.saturating_add(1) => last.1 = last.1.max(b),
+            _ => out.push((a, b)),
+        }
+    }
+    out
+}
+
+/// A consistent walk of one table.
+#[derive(Debug)]
+pub struct Walked {
+    pub state: PageState,
+    /// Rows in the table at the walk (the leaves' cells).
+    pub rows: i64,
+    /// `PRAGMA data_version` of the snapshot walked: another value later means a commit.
+    pub data_version: i64,
+}
+
+/// How many times a rollback-journal walk starts over when a commit lands in the middle.
+const WALK_TRIES: usize = 3;
+/// How long one slice of a rollback-journal walk may hold SQLite's read lock (a writer's
+/// COMMIT waits for it).
+const WALK_SLICE: Duration = Duration::from_millis(4);
+
+/// The current `PRAGMA data_version` (inside a transaction: that of its snapshot).
+pub fn data_version(src: &Source) -> Result<i64> {
+    src.conn.query_row("PRAGMA data_version", [], |r| r.get(0)).map_err(src.err("PRAGMA data_version"))
+}
+
+/// Whether the source is in WAL mode (a reader then never blocks the writer).
+pub fn is_wal(src: &Source) -> Result<bool> {
+    let mode: String =
+        src.conn.query_row("PRAGMA journal_mode", [], |r| r.get(0)).map_err(src.err("PRAGMA journal_mode"))?;
+    Ok(mode.eq_ignore_ascii_case("wal"))
+}
+
+/// Walks `table`'s b-tree. `in_txn`: the caller holds a read transaction (WAL mode), so the
+/// walk is one snapshot; otherwise it runs in slices of its own short read transactions
+/// and starts over when a commit lands in between. `Ok(None)`: no consistent walk was
+/// possible (busy writer, or a page this parser does not understand): take a full pass.
+pub fn walk(src: &Source, table: &str, in_txn: bool) -> Result<Option<Walked>> {
+    let root: Option<i64> = src
+        .conn
+        .query_row("SELECT rootpage FROM sqlite_schema WHERE type = 'table' AND name = ?1", [table], |r| r.get(0))
+        .optional()
+        .map_err(src.err(table))?;
+    let Some(root) = root.and_then(|r| u32::try_from(r).ok()).filter(|r| *r > 0) else { return Ok(None) };
+    let (page_size, reserved) = geometry(src, table)?;
+    let usable = page_size.saturating_sub(reserved);
+    if usable < 480 {
+        return Ok(None);
+    }
+    for _ in 0..WALK_TRIES {
+        match walk_once(src, table, root, usable, in_txn)? {
+            Attempt::Done(w) => return Ok(Some(w)),
+            Attempt::Unparsable(why) => {
+                tracing::debug!(table, why, "page walk not possible; full pass");
+                return Ok(None);
+            }
+            Attempt::Moved => continue,
+        }
+    }
+    Ok(None)
+}
+
+fn geometry(src: &Source, table: &str) -> Result<(usize, usize)> {
+    let page_size: i64 = src.conn.query_row("PRAGMA page_size", [], |r| r.get(0)).map_err(src.err(table))?;
+    let page1 = read_page(src, table, 1)?.unwrap_or_default();
+    let reserved = page1.get(20).copied().map_or(0, usize::from);
+    Ok((usize::try_from(page_size).unwrap_or(0), reserved))
+}
+
+enum Attempt {
+    Done(Walked),
+    Moved,
+    Unparsable(String),
+}
+
+fn read_page(src: &Source, table: &str, pgno: u32) -> Result<Option<Vec<u8>>> {
+    let mut stmt = src.conn.prepare_cached("SELECT data FROM sqlite_dbpage WHERE pgno = ?1").map_err(src.err(table))?;
+    let mut rows = stmt.query([pgno]).map_err(src.err(table))?;
+    match rows.next().map_err(src.err(table))? {
+        Some(r) => Ok(Some(r.get(0).map_err(src.err(table))?)),
+        None => Ok(None),
+    }
+}
+
+fn walk_once(src: &Source, table: &str, root: u32, usable: usize, in_txn: bool) -> Result<Attempt> {
+    let mut stack = vec![root];
+    let mut leaves = Vec::new();
+    let mut rows = 0i64;
+    let mut version: Option<i64> = None;
+    let max_pages = u64::from(u32::MAX);
+    let mut visited = 0u64;
+    while !stack.is_empty() {
+        // One slice: its own read transaction unless the caller holds one.
+        if !in_txn {
+            src.conn.execute_batch("BEGIN").map_err(src.err(table))?;
+        }
+        let slice = (|| -> Result<Option<Attempt>> {
+            // Reading page 1 takes the read lock, so data_version is this snapshot's.
+            read_page(src, table, 1)?;
+            let dv = data_version(src)?;
+            if *version.get_or_insert(dv) != dv {
+                return Ok(Some(Attempt::Moved));
+            }
+            let started = Instant::now();
+            while let Some(pgno) = stack.pop() {
+                visited += 1;
+                if visited > max_pages {
+                    return Ok(Some(Attempt::Unparsable("b-tree loop".into())));
+                }
+                let Some(data) = read_page(src, table, pgno)? else {
+                    return Ok(Some(Attempt::Unparsable(format!("page {pgno} missing"))));
+                };
+                match btree::parse_table_page(pgno, &data, usable) {
+                    Ok(TablePage::Interior { children }) => stack.extend(children.into_iter().rev()),
+                    Ok(TablePage::Leaf { cells }) => {
+                        let mut h = Sha256::new();
+                        h.update(&data);
+                        for c in &cells {
+                            let mut next = c.overflow;
+                            let mut hops = 0u64;
+                            while let Some(p) = next.filter(|p| *p != 0) {
+                                hops += 1;
+                                let Some(ov) = read_page(src, table, p)?.filter(|_| hops < max_pages) else {
+                                    return Ok(Some(Attempt::Unparsable(format!("overflow page {p} missing"))));
+                                };
+                                h.update(&ov);
+                                next = btree::u32_at(&ov, 0);
+                            }
+                        }
+                        let hash: [u8; 32] = h.finalize().into();
+                        let mut short = [0u8; 16];
+                        short.copy_from_slice(&hash[..16]);
+                        let (min, max) = match (cells.first(), cells.last()) {
+                            (Some(a), Some(b)) => (a.rowid, b.rowid),
+                            _ => (1, 0),
+                        };
+                        rows += cells.len() as i64;
+                        leaves.push(Leaf { pgno, hash: short, min, max });
+                    }
+                    Err(e) => return Ok(Some(Attempt::Unparsable(e.to_string()))),
+                }
+                if !in_txn && started.elapsed() >= WALK_SLICE {
+                    break;
+                }
+            }
+            Ok(None)
+        })();
+        if !in_txn {
+            src.conn.execute_batch("COMMIT").map_err(src.err(table))?;
+        }
+        if let Some(a) = slice? {
+            return Ok(a);
+        }
+    }
+    leaves.sort_by_key(|l| l.pgno);
+    Ok(Attempt::Done(Walked {
+        state: PageState { leaves },
+        rows,
+        data_version: version.ok_or_else(|| SourceError::Read {
+            path: src.path.clone(),
+            table: table.to_string(),
+            source: rusqlite::Error::QueryReturnedNoRows,
+        })?,
+    }))
+}
+
+#[cfg(test)]
+mod tests;

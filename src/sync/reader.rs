@@ -1,0 +1,158 @@
+//! The source side of a sync, on a blocking thread: for each selected table, walk its
+//! pages, decide between a full and an incremental pass, and read its rows in slices.
+//!
+//! Consistency of the page state with the rows read: in WAL mode a table's walk and
+//! reads run in ONE read transaction (a WAL reader never blocks the writer), so the state
+//! describes exactly the rows read. In rollback-journal mode a read transaction would
+//! block the writer's COMMIT, so the walk runs in short slices (restarted if a commit
+//! lands in between) and every slice of rows is followed by `PRAGMA data_version`: the
+//! rowid interval of a slice read after a commit is recorded as "suspect" and re-read by
+//! the next sync, whatever its pages say (a leaf that changed and changed back would
+//! otherwise hide the intermediate state the mirror got).
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use tokio::sync::mpsc;
+
+use crate::source::pages::{self, PageState, Walked};
+use crate::source::{self, Slice, SliceReader, Source, TableInfo};
+use crate::spec::{ClientSyncSpec, table_selected};
+
+pub(super) enum Msg {
+    Table(Box<TablePlan>),
+    Slice(Slice),
+    End(TableEnd),
+    Failed(String),
+}
+
+/// What the reader will send for one table.
+pub(super) struct TablePlan {
+    pub info: TableInfo,
+    /// `Some`: an incremental pass that re-reads only these rowid ranges.
+    pub ranges: Option<Vec<(i64, i64)>>,
+}
+
+/// What the reader learned once a table's rows were all sent.
+#[derive(Default)]
+pub(super) struct TableEnd {
+    /// The encoded page state to record with the rows (`None`: no usable walk; clear it).
+    pub pages: Option<Vec<u8>>,
+    /// Rows of the table at the walk.
+    pub rows: Option<i64>,
+}
+
+/// Recorded `(source_ddl, pages)` of each table by name.
+pub(super) type Previous = HashMap<String, (String, Vec<u8>)>;
+
+pub(super) struct ReaderJob {
+    pub path: PathBuf,
+    pub spec: ClientSyncSpec,
+    pub schema: String,
+    pub previous: Previous,
+    /// Read every table in full (`owsyncctl sync --full`).
+    pub full: bool,
+}
+
+/// Reads every selected table on a blocking thread, a slice at a time.
+pub(super) fn spawn_reader(
+    job: ReaderJob,
+    tx: mpsc::Sender<Msg>,
+) -> tokio::task::JoinHandle<Result<(), source::SourceError>> {
+    tokio::task::spawn_blocking(move || {
+        let src = Source::open(&job.path)?;
+        let tables = source::discover(&src)?;
+        let wal = pages::is_wal(&src)?;
+        for t in tables.into_iter().filter(|t| table_selected(&job.spec.tables, &t.name)) {
+            let target = crate::sql::qualified(&job.schema, &t.name);
+            let previous = if job.full { None } else { job.previous.get(&t.name) };
+            let old = previous.filter(|(ddl, _)| ddl == &t.ddl).and_then(|(_, b)| PageState::decode(b, &target));
+            let in_txn = wal && !t.without_rowid;
+            if in_txn {
+                src.conn.execute_batch("BEGIN").map_err(src.err(&t.name))?;
+            }
+            let go_on = table_pass(&src, t, old, &target, in_txn, &tx);
+            if in_txn {
+                src.conn.execute_batch("COMMIT").map_err(src.err("COMMIT"))?;
+            }
+            if !go_on {
+                return Ok(());
+            }
+        }
+        Ok(())
+    })
+}
+
+/// One table; `false` when the receiver is gone.
+fn table_pass(
+    src: &Source,
+    t: TableInfo,
+    old: Option<PageState>,
+    target: &str,
+    in_txn: bool,
+    tx: &mpsc::Sender<Msg>,
+) -> bool {
+    let walked: Option<Walked> = if t.without_rowid {
+        None
+    } else {
+        match pages::walk(src, &t.name, in_txn) {
+            Ok(w) => w,
+            Err(e) => {
+                return tx.blocking_send(Msg::Table(Box::new(TablePlan { info: t, ranges: None }))).is_ok()
+                    && tx.blocking_send(Msg::Failed(e.to_string())).is_ok()
+                    && tx.blocking_send(Msg::End(TableEnd::default())).is_ok();
+            }
+        }
+    };
+    let ranges = match (&walked, &old) {
+        (Some(w), Some(o)) => {
+            let c = pages::diff(o, &w.state);
+            // Most leaves changed (a VACUUM, a bulk rewrite): a plain full pass is cheaper.
+            (c.changed_leaves * 2 <= c.total_leaves).then_some(c.ranges)
+        }
+        _ => None,
+    };
+    let plan = TablePlan { info: t.clone(), ranges: ranges.clone() };
+    if tx.blocking_send(Msg::Table(Box::new(plan))).is_err() {
+        return false;
+    }
+    let mut reader = match ranges {
+        Some(r) => SliceReader::with_ranges(src, &t, r),
+        None => SliceReader::new(src, &t),
+    };
+    let mut suspect = Vec::new();
+    loop {
+        let slice = reader.next_slice().and_then(|s| match (&walked, s) {
+            (Some(w), Some(s)) if !in_txn => {
+                if pages::data_version(src)? != w.data_version
+                    && let Some(iv) = s.scanned
+                {
+                    suspect.push(iv);
+                }
+                Ok(Some(s))
+            }
+            (_, s) => Ok(s),
+        });
+        match slice {
+            Ok(Some(s)) => {
+                if tx.blocking_send(Msg::Slice(s)).is_err() {
+                    return false;
+                }
+            }
+            Ok(None) => break,
+            Err(e) => {
+                let _ = tx.blocking_send(Msg::Failed(e.to_string()));
+                break;
+            }
+        }
+    }
+    let end = match walked {
+        Some(w) => {
+            let mut state = w.state;
+            state.add_suspect(&suspect);
+            TableEnd { pages: Some(state.encode(target)), rows: Some(w.rows) }
+        }
+        None => TableEnd::default(),
+    };
+    tx.blocking_send(Msg::End(end)).is_ok()
+}

@@ -1,0 +1,42 @@
+//! Tombstones of an incremental pass: only mirror rows whose source rowid lies in the
+//! re-read ranges can have disappeared; those the re-read did not return (matched by the
+//! table's key, so a row that moved to another rowid is kept) are marked deleted.
+
+use sqlx::PgConnection;
+
+use super::{COL_DELETED, COL_ROWID, MirrorTable, PgType, Result};
+use crate::sql::quote_ident;
+
+/// Marks deleted the live mirror rows with a rowid in `ranges` (inclusive) that are not
+/// in the stage. Returns how many.
+pub async fn tombstone_in_ranges(conn: &mut PgConnection, t: &MirrorTable, ranges: &[(i64, i64)]) -> Result<u64> {
+    if ranges.is_empty() || !t.has_rowid {
+        return Ok(0);
+    }
+    let key_types: Vec<(String, PgType)> = t.data_columns().into_iter().filter(|(n, _)| t.key.contains(n)).collect();
+    let join = key_types
+        .iter()
+        .map(|(k, ty)| format!("{} = {}", MirrorTable::comparable("s.", k, *ty), MirrorTable::comparable("t.", k, *ty)))
+        .collect::<Vec<_>>()
+        .join(" AND ");
+    let sql = format!(
+        "UPDATE {tbl} AS t SET {del} = true, {at} = now()
+         FROM unnest($1::bigint[], $2::bigint[]) AS r(lo, hi)
+         WHERE t.{rowid} BETWEEN r.lo AND r.hi AND t.{del} IS NOT TRUE
+           AND NOT EXISTS (SELECT 1 FROM owsync_stage s WHERE {join})",
+        tbl = t.qualified(),
+        del = quote_ident(COL_DELETED),
+        at = quote_ident(super::COL_SYNCED_AT),
+        rowid = quote_ident(COL_ROWID),
+    );
+    let lo: Vec<i64> = ranges.iter().map(|r| r.0).collect();
+    let hi: Vec<i64> = ranges.iter().map(|r| r.1).collect();
+    let n = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(lo)
+        .bind(hi)
+        .execute(conn)
+        .await
+        .map_err(t.db_err("mark deleted rows in the changed ranges"))?
+        .rows_affected();
+    Ok(n)
+}
