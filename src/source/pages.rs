@@ -156,7 +156,7 @@ pub struct Walked {
 const WALK_TRIES: usize = 3;
 /// How long one slice of a rollback-journal walk may hold SQLite's read lock (a writer's
 /// COMMIT waits for it).
-const WALK_SLICE: Duration = Duration::from_millis(4);
+const WALK_SLICE: Duration = Duration::from_millis(2);
 
 /// The current `PRAGMA data_version` (inside a transaction: that of its snapshot).
 pub fn data_version(src: &Source) -> Result<i64> {

@@ -19,6 +19,9 @@ use crate::source::pages::{self, PageState, Walked};
 use crate::source::{self, Slice, SliceReader, Source, TableInfo};
 use crate::spec::{ClientSyncSpec, table_selected};
 
+/// CPU budget of one slice of rows in rollback-journal mode.
+const ROLLBACK_SLICE: std::time::Duration = std::time::Duration::from_millis(4);
+
 pub(super) enum Msg {
     Table(Box<TablePlan>),
     Slice(Slice),
@@ -120,6 +123,11 @@ fn table_pass(
         Some(r) => SliceReader::with_ranges(src, &t, r),
         None => SliceReader::new(src, &t),
     };
+    if !in_txn {
+        // Rollback journal: the writer's COMMIT waits for each slice's read lock. A busy
+        // machine stretches a slice's CPU time several-fold in wall time: keep it short.
+        reader.max_time = ROLLBACK_SLICE;
+    }
     let mut suspect = Vec::new();
     loop {
         let slice = reader.next_slice().and_then(|s| match (&walked, s) {
