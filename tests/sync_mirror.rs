@@ -221,9 +221,10 @@ async fn schema_evolution_is_additive() {
 
 /// Runs `sync --once` twice (a first full pass, then a pass over what changed meanwhile;
 /// both walk every table's pages) while another connection commits a small insert every
-/// 10 ms; returns the worst commit latency during the syncs, after checking a final sync
-/// equals the source.
-async fn sync_under_writes(prefix: &str, journal: JournalMode) -> Duration {
+/// 10 ms; returns the worst commit latency and the worst wait on the sync's locks (from
+/// the writer's first busy retry to its commit) during the syncs, after checking a final
+/// sync equals the source.
+async fn sync_under_writes(prefix: &str, journal: JournalMode) -> Stalls {
     // One at a time: the two runs would otherwise measure each other's disk load.
     static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
     let _serial = ONE_AT_A_TIME.lock().await;
@@ -251,9 +252,11 @@ async fn sync_under_writes(prefix: &str, journal: JournalMode) -> Duration {
             let mut commits = Vec::new();
             while !stop.load(Ordering::Relaxed) {
                 BUSY_WAITS.with(|b| b.set(0));
+                FIRST_BUSY.with(|b| b.set(None));
                 let t = Instant::now();
                 c.execute("INSERT INTO probe (at, note) VALUES (?1, 'x')", [commits.len() as i64]).unwrap();
-                commits.push((t, t.elapsed(), BUSY_WAITS.with(|b| b.get())));
+                let lock_wait = FIRST_BUSY.with(|b| b.get()).map(|f| f.elapsed()).unwrap_or_default();
+                commits.push((t, t.elapsed(), BUSY_WAITS.with(|b| b.get()), lock_wait));
                 std::thread::sleep(Duration::from_millis(10));
             }
             commits
@@ -270,15 +273,15 @@ async fn sync_under_writes(prefix: &str, journal: JournalMode) -> Duration {
     }
     stop.store(true, Ordering::Relaxed);
     let commits = writer.join().unwrap();
-    let worst = |f: &dyn Fn(&&(Instant, Duration, u32)) -> bool| {
-        commits.iter().filter(f).map(|c| c.1).max().unwrap_or_default()
-    };
-    let during = |c: &&(Instant, Duration, u32)| windows.iter().any(|(t, took)| c.0 >= *t && c.0 <= *t + *took);
+    type Commit = (Instant, Duration, u32, Duration);
+    let worst = |f: &dyn Fn(&&Commit) -> bool| commits.iter().filter(f).map(|c| c.1).max().unwrap_or_default();
+    let during = |c: &&Commit| windows.iter().any(|(t, took)| c.0 >= *t && c.0 <= *t + *took);
     let waited = commits.iter().filter(|c| during(c) && c.2 > 0).count();
     let worst_during = worst(&during);
+    let worst_wait = commits.iter().filter(during).map(|c| c.3).max().unwrap_or_default();
     println!(
         "{journal}: {rows} rows synced in {:?}, then again in {:?}; {} commits meanwhile, {waited} of them waited \
-         on a lock; worst commit {worst_during:?} during the syncs (lock waiters {:?}, lock-free {:?}), {:?} in \
+         on a lock (worst wait {worst_wait:?}); worst commit {worst_during:?} during the syncs (lock waiters {:?}, lock-free {:?}), {:?} in \
          the second before",
         windows[0].1,
         windows[1].1,
@@ -290,11 +293,20 @@ async fn sync_under_writes(prefix: &str, journal: JournalMode) -> Duration {
     sync(&env, "busy");
     let pool = env.sync_pool().await;
     assert_equal(&pool, "client_busy", &db).await;
-    worst_during
+    Stalls { worst: worst_during, wait: worst_wait, noise: worst(&|c| during(c) && c.2 == 0) }
+}
+
+/// The writer's worst commit and worst wait on the sync's locks during the syncs, and its
+/// worst commit that waited on no lock (what the machine alone costs it).
+struct Stalls {
+    worst: Duration,
+    wait: Duration,
+    noise: Duration,
 }
 
 thread_local! {
     static BUSY_WAITS: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+    static FIRST_BUSY: std::cell::Cell<Option<Instant>> = const { std::cell::Cell::new(None) };
 }
 
 /// SQLite's own busy_timeout schedule (what Open WebUI's `timeout=5` gets), counting
@@ -302,6 +314,11 @@ thread_local! {
 fn like_busy_timeout(n: i32) -> bool {
     const DELAYS: [u64; 12] = [1, 2, 5, 10, 15, 20, 25, 25, 25, 50, 50, 100];
     BUSY_WAITS.with(|b| b.set(b.get() + 1));
+    FIRST_BUSY.with(|b| {
+        if b.get().is_none() {
+            b.set(Some(Instant::now()));
+        }
+    });
     let i = (n as usize).min(DELAYS.len() - 1);
     std::thread::sleep(Duration::from_millis(DELAYS[i]));
     n < 100
@@ -309,13 +326,23 @@ fn like_busy_timeout(n: i32) -> bool {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sync_does_not_stall_a_wal_writer() {
-    let worst = sync_under_writes("mirror_busy_wal", JournalMode::Wal).await;
-    assert!(worst < Duration::from_millis(50), "worst commit {worst:?}");
+    let s = sync_under_writes("mirror_busy_wal", JournalMode::Wal).await;
+    // A WAL reader never takes the writer's lock: any wait is a defect.
+    assert!(s.wait < Duration::from_millis(50), "worst wait on the sync's locks {:?}", s.wait);
+    assert!(s.worst < Duration::from_millis(500), "worst commit {:?}", s.worst);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sync_does_not_stall_a_rollback_journal_writer() {
-    let worst = sync_under_writes("mirror_busy_del", JournalMode::Delete).await;
-    // TODO(pages): 50 ms; 68 ms measured on the loaded shared box.
-    assert!(worst < Duration::from_secs(1), "worst commit {worst:?}");
+    let s = sync_under_writes("mirror_busy_del", JournalMode::Delete).await;
+    // The sync's cost to the writer is the wait for a slice of the page walk (2 ms) or of
+    // the reads (2 ms) to release SQLite's lock; the issue's goal is under 50 ms. On this
+    // shared machine (load 13-15 on 2 cores) the worst wait measured 103-138 ms in one run
+    // out of two (the other under 50 ms), with 30-90 ms for commits that waited on no lock
+    // at all: a reader preempted while it holds the lock. Not yet proven under 50 ms
+    // here; this bound catches a slice that holds the lock for long (the old 10 ms
+    // slices: 291 ms).
+    let bound = Duration::from_millis(200) + 2 * s.noise;
+    assert!(s.wait < bound, "worst wait on the sync's locks {:?} (bound {bound:?})", s.wait);
+    assert!(s.worst < Duration::from_millis(500), "worst commit {:?}", s.worst);
 }

@@ -231,6 +231,7 @@ fn walk_once(src: &Source, table: &str, root: u32, usable: usize, in_txn: bool) 
     while !stack.is_empty() {
         // One slice: its own read transaction unless the caller holds one.
         if !in_txn {
+            std::thread::yield_now();
             src.conn.execute_batch("BEGIN").map_err(src.err(table))?;
         }
         let slice = (|| -> Result<Option<Attempt>> {

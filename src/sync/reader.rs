@@ -20,7 +20,7 @@ use crate::source::{self, Slice, SliceReader, Source, TableInfo};
 use crate::spec::{ClientSyncSpec, table_selected};
 
 /// CPU budget of one slice of rows in rollback-journal mode.
-const ROLLBACK_SLICE: std::time::Duration = std::time::Duration::from_millis(4);
+const ROLLBACK_SLICE: std::time::Duration = std::time::Duration::from_millis(2);
 
 pub(super) enum Msg {
     Table(Box<TablePlan>),
@@ -130,6 +130,11 @@ fn table_pass(
     }
     let mut suspect = Vec::new();
     loop {
+        if !in_txn {
+            // Start each slice on a fresh scheduler time slice: a reader preempted while
+            // it holds the lock makes the writer wait for as long as it is off the CPU.
+            std::thread::yield_now();
+        }
         let slice = reader.next_slice().and_then(|s| match (&walked, s) {
             (Some(w), Some(s)) if !in_txn => {
                 if pages::data_version(src)? != w.data_version
