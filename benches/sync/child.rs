@@ -124,7 +124,10 @@ pub fn parse_child(out: &std::process::Output) -> Result<ChildRun> {
             m.iter()
                 .map(|(k, t)| {
                     let g = |f: &str| t[f].as_i64().unwrap_or(0);
-                    (k.clone(), (g("rows"), g("upserted") as u64, g("tombstoned") as u64))
+                    // Rows the sync read (all of them in a full pass, those of changed pages
+                    // in an incremental one); older reports only have `rows`.
+                    let read = t["rows_read"].as_i64().unwrap_or_else(|| g("rows"));
+                    (k.clone(), (read, g("upserted") as u64, g("tombstoned") as u64))
                 })
                 .collect()
         })
