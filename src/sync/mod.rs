@@ -191,9 +191,6 @@ async fn sync_table(
     table: &MirrorTable,
     rx: &mut mpsc::Receiver<Msg>,
 ) -> Result<TableReport, TableFailure> {
-    if plan.ranges.as_ref().is_some_and(Vec::is_empty) {
-        return unchanged_table(rx).await;
-    }
     let client = job.client.to_string();
     let fatal_store =
         |e: store::StoreError| TableFailure::Fatal(SyncError::Store { client: client.clone(), source: e });
@@ -268,24 +265,6 @@ async fn sync_table(
         upserted: counts.upserted,
         tombstoned: counts.tombstoned,
     })
-}
-
-/// A table whose pages all equal the recorded ones: its mirror and page state are
-/// already right, so no transaction at all.
-async fn unchanged_table(rx: &mut mpsc::Receiver<Msg>) -> Result<TableReport, TableFailure> {
-    loop {
-        match rx.recv().await {
-            Some(Msg::Slice(_)) => {}
-            Some(Msg::Failed(m)) => {
-                skip_rest(rx).await;
-                return Err(TableFailure::Table(m));
-            }
-            Some(Msg::End(end)) => {
-                return Ok(TableReport { rows: end.rows.unwrap_or_default(), incremental: true, ..Default::default() });
-            }
-            None | Some(Msg::Table(_)) => return Ok(TableReport { incremental: true, ..Default::default() }),
-        }
-    }
 }
 
 /// The last statement before commit: does this replica still hold the lease?
