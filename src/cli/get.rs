@@ -37,7 +37,7 @@ pub struct DeleteArgs {
     pub force: bool,
 }
 
-fn ago(t: Option<DateTime<Utc>>, now: DateTime<Utc>) -> String {
+pub(super) fn ago(t: Option<DateTime<Utc>>, now: DateTime<Utc>) -> String {
     match t {
         None => "-".into(),
         Some(t) => {

@@ -2,6 +2,7 @@
 
 mod apply;
 mod common;
+mod conflicts;
 mod demo;
 mod dev;
 mod get;
@@ -42,6 +43,9 @@ pub enum Command {
     Trigger(ops::TriggerArgs),
     /// Block until a tenant meets a condition (exit 0 met, 1 timeout).
     Wait(watch::WaitArgs),
+    /// The manual-review queue: rows changed both in the source and in PostgreSQL.
+    #[command(subcommand)]
+    Conflicts(conflicts::ConflictsCommand),
     /// The cluster's leader, epoch and replicas.
     #[command(subcommand)]
     Cluster(watch::ClusterCommand),
@@ -74,6 +78,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Trigger(a) => ops::trigger(&cli.global, a).await,
         Command::Wait(a) => watch::wait(&cli.global, a).await,
         Command::Cluster(c) => watch::cluster(&cli.global, c).await,
+        Command::Conflicts(c) => conflicts::run(&cli.global, c).await,
         Command::Schema(a) => ops::schema(a),
         Command::Verify(a) => verify::verify(&cli.global, a).await,
         Command::Restore(a) => verify::restore(&cli.global, a).await,

@@ -95,6 +95,16 @@ pub async fn sync(g: &Global, a: SyncArgs) -> Result<ExitCode, CliError> {
     for (t, e) in &report.failed {
         eprintln!("table {t} failed: {e}");
     }
+    let conflicts: u64 = report.tables.values().map(|t| t.conflicts).sum();
+    let pending: u64 = report.tables.values().map(|t| t.pending_conflicts).sum();
+    let kept: u64 = report.tables.values().map(|t| t.kept_target).sum();
+    if conflicts > 0 || kept > 0 {
+        println!(
+            "{conflicts} conflicts resolved by the tables' strategies ({pending} left for review: owsyncctl conflicts list {}); \
+             {kept} rows changed only in PostgreSQL kept",
+            a.name
+        );
+    }
     println!(
         "clientsync/{} synced: {} tables, {} rows written in {}",
         a.name,

@@ -87,6 +87,22 @@ pub fn record(
     st.next_sync_time = chrono::Duration::from_std(delay).ok().map(|d| now + d);
 }
 
+/// `ConflictsPending`: True while `pending` of the tenant's conflicts wait for review
+/// (`manual` tables), with the commands that resolve them; False once none do. Not added
+/// to a tenant that never had one.
+pub fn conflicts_pending(st: &mut ClientSyncStatus, client: &str, pending: i64, generation: i64, now: DateTime<Utc>) {
+    if pending > 0 {
+        let plural = if pending == 1 { " waits" } else { "s wait" };
+        let msg = format!(
+            "{pending} conflict{plural} for review: `owsyncctl conflicts list {client}`, then \
+             `owsyncctl conflicts resolve ID --use source|target`"
+        );
+        st.set_condition("ConflictsPending", true, "ManualReview", &msg, generation, now);
+    } else if st.condition("ConflictsPending").is_some() {
+        st.set_condition("ConflictsPending", false, "NonePending", "no conflict waits for review", generation, now);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -102,6 +118,20 @@ mod tests {
     }
 
     /// The status through a run of outcomes, as the reconciler records them.
+    #[test]
+    fn conflicts_pending_names_the_count_and_the_commands() {
+        let mut st = ClientSyncStatus::default();
+        conflicts_pending(&mut st, "acme", 0, 1, t(0));
+        assert!(st.condition("ConflictsPending").is_none(), "not added while there never was one");
+        conflicts_pending(&mut st, "acme", 2, 1, t(5));
+        assert_eq!(cond(&st, "ConflictsPending"), ("True", "ManualReview", t(5)));
+        let msg = &st.condition("ConflictsPending").unwrap().message;
+        assert!(msg.contains("2 conflicts wait") && msg.contains("owsyncctl conflicts list acme"), "{msg}");
+        assert!(msg.contains("conflicts resolve ID --use source|target"), "{msg}");
+        conflicts_pending(&mut st, "acme", 0, 1, t(9));
+        assert_eq!(cond(&st, "ConflictsPending"), ("False", "NonePending", t(9)));
+    }
+
     #[test]
     fn conditions_follow_outcomes_and_transition_times_move_only_on_status_changes() {
         let mut st = ClientSyncStatus::default();

@@ -142,6 +142,7 @@ impl Reconciler {
                 for (t, tr) in &r.tables {
                     sh.metrics.record_rows(name, t, "upsert", tr.upserted);
                     sh.metrics.record_rows(name, t, "tombstone", tr.tombstoned);
+                    sh.metrics.record_conflicts(name, t, tr.conflict_strategy, tr.conflicts);
                     st.tables.insert(t.clone(), TableStatus { rows: tr.rows, quarantined: 0, watermark: None });
                 }
                 st.tables.retain(|t, _| r.tables.contains_key(t) || r.failed.contains_key(t));
@@ -156,6 +157,10 @@ impl Reconciler {
         };
         let delay = if ok { schedule.succeeded() } else { schedule.failed(random_jitter()) };
         conditions::record(st, &outcome, generation, now, schedule.failures(), sh.config.stall_after, delay);
+        match self.pending_conflicts().await {
+            Ok(n) => conditions::conflicts_pending(st, name, n, generation, now),
+            Err(e) => warn!(client = %name, error = %e, "cannot count pending conflicts"),
+        }
         if ok {
             sh.update_node(|n| n.last_sync = Some(now));
         }
@@ -167,6 +172,13 @@ impl Reconciler {
                 Some(delay)
             }
         }
+    }
+
+    async fn pending_conflicts(&self) -> Result<i64, store::StoreError> {
+        let mut tx = store::begin(&self.shared.pool, &self.spec.cluster).await?;
+        let n = store::conflicts::pending_count(&mut tx, &self.spec.cluster, &self.spec.name).await?;
+        let _ = tx.rollback().await;
+        Ok(n)
     }
 
     /// Commits `tx` only if this replica still holds the lease at its epoch.

@@ -31,6 +31,7 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "provision_without_locks",
         sql: include_str!("migrations/0006_provision_without_locks.sql"),
     },
+    Migration { version: 8, name: "conflicts", sql: include_str!("migrations/0008_conflicts.sql") },
 ];
 
 /// The schema version this build needs.

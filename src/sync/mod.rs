@@ -16,6 +16,7 @@ use tracing::{Instrument, info, info_span, warn};
 use crate::source::{self, Slice, SliceReader, Source, TableInfo};
 use crate::spec::{ClientSyncSpec, DeletePolicy, table_selected};
 use crate::store::{self, lease::Candidate};
+use crate::target::conflict::{self, ConflictCounts, ConflictCtx};
 use crate::target::{self, MirrorTable};
 
 /// Proof of leadership a sync's transactions are fenced with.
@@ -54,6 +55,13 @@ pub struct TableReport {
     pub quarantined: u64,
     pub upserted: u64,
     pub tombstoned: u64,
+    /// Rows changed both in the source and in PostgreSQL, resolved by `conflict_strategy`.
+    pub conflicts: u64,
+    /// Of those, left for review (`manual`): `owsyncctl conflicts list`.
+    pub pending_conflicts: u64,
+    /// Rows changed only in PostgreSQL, left as they are.
+    pub kept_target: u64,
+    pub conflict_strategy: &'static str,
 }
 
 #[derive(Debug, Default, Clone, serde::Serialize)]
@@ -229,8 +237,9 @@ async fn sync_table(
     };
     let mut rows: i64 = 0;
     let mut quarantined = Vec::new();
-    let result: Result<target::MergeCounts, TableFailure> = async {
+    let result: Result<(target::MergeCounts, ConflictCounts), TableFailure> = async {
         target::provision(&mut tx, table).await.map_err(target_err)?;
+        conflict::provision(&mut tx, table).await.map_err(target_err)?;
         target::begin_stage(&mut tx, table).await.map_err(target_err)?;
         loop {
             match rx.recv().await {
@@ -245,12 +254,14 @@ async fn sync_table(
             }
         }
         let tombstones = job.spec.deletes == DeletePolicy::Tombstone;
+        let cctx = ConflictCtx { cluster: job.cluster, client: job.client, policy: &job.spec.conflicts };
+        let conflicts = conflict::resolve_stage(&mut tx, table, &cctx).await.map_err(target_err)?;
         let counts = target::merge_stage(&mut tx, table, tombstones).await.map_err(target_err)?;
         target::record_quarantine(&mut tx, job.cluster, job.client, table, &quarantined).await.map_err(target_err)?;
-        Ok(counts)
+        Ok((counts, conflicts))
     }
     .await;
-    let counts = match result {
+    let (counts, conflicts) = match result {
         Ok(c) => c,
         Err(e) => {
             skip_rest(rx).await;
@@ -272,6 +283,10 @@ async fn sync_table(
         quarantined: quarantined.len() as u64,
         upserted: counts.upserted,
         tombstoned: counts.tombstoned,
+        conflicts: conflicts.conflicts,
+        pending_conflicts: conflicts.pending,
+        kept_target: conflicts.kept_target,
+        conflict_strategy: conflicts.strategy,
     })
 }
 
