@@ -289,6 +289,11 @@ async fn manual_conflicts_set_conflicts_pending_until_resolved() {
         described.contains("1 conflict waits for review") && described.contains("conflicts list acme"),
         "{described}"
     );
+    let table = ok(&env.ctl(&["get", "clients"]));
+    let row: Vec<&str> = table.lines().nth(1).unwrap().split_whitespace().collect();
+    assert_eq!(row[5], "1", "the CONFLICTS column counts pending ones: {table}");
+    let described = ok(&env.ctl(&["describe", "client", "acme"]));
+    assert!(described.contains("Open Conflicts: 1") && described.contains(&chat_id), "{described}");
     let metrics = d.get_text("/metrics").await.unwrap();
     assert!(
         metrics.contains(r#"conflicts_detected_total{client="acme",table="chat",strategy="manual"} 1"#),

@@ -1,6 +1,8 @@
 //! `sync_metadata.conflict_log`: rows changed both in the source and in PostgreSQL, how
 //! each was resolved, and the manual-review queue (`owsyncctl conflicts list|resolve`).
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::Value;
@@ -87,6 +89,21 @@ pub async fn list(pool: &PgPool, cluster: &str, client: Option<&str>, all: bool)
     .ctx(|| format!("list conflicts of cluster {cluster}"))?;
     tx.commit().await.ctx(|| "commit".into())?;
     Ok(rows.iter().map(from_row).collect())
+}
+
+/// How many conflicts wait for review, by tenant (tenants without any are left out).
+pub async fn pending_counts(pool: &PgPool, cluster: &str) -> Result<BTreeMap<String, i64>, StoreError> {
+    let mut tx = super::begin(pool, cluster).await?;
+    let rows = sqlx::query(
+        "SELECT client_name, count(*) FROM sync_metadata.conflict_log
+         WHERE cluster_name = $1 AND resolved_at IS NULL GROUP BY client_name",
+    )
+    .bind(cluster)
+    .fetch_all(&mut *tx)
+    .await
+    .ctx(|| format!("count pending conflicts of cluster {cluster}"))?;
+    tx.commit().await.ctx(|| "commit".into())?;
+    Ok(rows.iter().map(|r| (r.get::<String, _>(0), r.get::<i64, _>(1))).collect())
 }
 
 /// How many of a tenant's conflicts wait for review.

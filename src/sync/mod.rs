@@ -239,7 +239,6 @@ async fn sync_table(
     let mut quarantined = Vec::new();
     let result: Result<(target::MergeCounts, ConflictCounts), TableFailure> = async {
         target::provision(&mut tx, table).await.map_err(target_err)?;
-        conflict::provision(&mut tx, table).await.map_err(target_err)?;
         target::begin_stage(&mut tx, table).await.map_err(target_err)?;
         loop {
             match rx.recv().await {

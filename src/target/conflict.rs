@@ -29,18 +29,6 @@ pub const COL_TARGET_CHANGED: &str = "_owsync_target_changed_at";
 /// `sync_metadata.source_hash` of the source version the row was last synced or resolved against.
 pub const COL_SOURCE_HASH: &str = "_owsync_source_hash";
 
-/// Adds the conflict bookkeeping (columns, trigger, index) to a provisioned mirror table,
-/// through the SECURITY DEFINER `sync_metadata.provision_conflict_tracking`.
-pub async fn provision(conn: &mut PgConnection, t: &MirrorTable) -> Result<()> {
-    sqlx::query("SELECT sync_metadata.provision_conflict_tracking($1, $2)")
-        .bind(&t.schema)
-        .bind(&t.name)
-        .execute(conn)
-        .await
-        .map_err(t.db_err("provision conflict tracking"))?;
-    Ok(())
-}
-
 /// Marks the transaction as owsync's: its writes are not stamped as PostgreSQL edits.
 pub async fn as_owsync(conn: &mut PgConnection) -> std::result::Result<(), sqlx::Error> {
     sqlx::query("SELECT set_config('owsync.writer', 'on', true)").execute(conn).await?;
@@ -90,10 +78,19 @@ fn key_join(t: &MirrorTable, a: &str, b: &str) -> String {
 
 /// Resolves the stage's conflicts with the mirror (call after the COPY, before the
 /// upsert, in the table's transaction); the rows the upsert must not touch leave the stage.
+/// First gives the mirror table its conflict bookkeeping (columns, trigger, index) when
+/// missing, through the SECURITY DEFINER `sync_metadata.provision_conflict_tracking`,
+/// and marks the transaction as owsync's.
 pub async fn resolve_stage(conn: &mut PgConnection, t: &MirrorTable, ctx: &ConflictCtx<'_>) -> Result<ConflictCounts> {
     let rules = Rules::for_table(ctx.policy, &t.name);
     let mut counts = ConflictCounts { strategy: merge::strategy_name(rules.strategy), ..Default::default() };
-    as_owsync(&mut *conn).await.map_err(t.db_err("mark the transaction as owsync's"))?;
+    // One round trip: the bookkeeping (only created when missing) and owsync's mark.
+    sqlx::query("SELECT sync_metadata.provision_conflict_tracking($1, $2), set_config('owsync.writer', 'on', true)")
+        .bind(&t.schema)
+        .bind(&t.name)
+        .execute(&mut *conn)
+        .await
+        .map_err(t.db_err("provision conflict tracking"))?;
     let tbl = t.qualified();
     let (stamp, hash) = (quote_ident(COL_TARGET_CHANGED), quote_ident(COL_SOURCE_HASH));
     let any: bool = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
