@@ -325,3 +325,56 @@ async fn manual_conflicts_set_conflicts_pending_until_resolved() {
     assert_eq!(n, 1);
     ok(&env.ctl(&["wait", "client/acme", "--for", "condition=ConflictsPending=False", "--timeout", "5s"]));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tracking_is_provisioned_narrowly_and_its_stamp_cannot_be_forged() {
+    let env = TestEnv::new("conflicts_narrow").await;
+    let db = env.path("webui.db");
+    small_db(&db, 13);
+    ok(&env.ctl(&["apply", "-f", env.manifest("acme", &db, "").to_str().unwrap()]));
+    ok(&env.ctl(&["sync", "acme", "--once"]));
+    let pool = env.sync_pool().await;
+    for (schema, table) in [("public", "x"), ("client_other", "chat"), ("sync_metadata", "client_specs")] {
+        let mut tx = owsync::store::begin(&pool, &env.cluster).await.unwrap();
+        let r = sqlx::query("SELECT sync_metadata.provision_conflict_tracking($1, $2)")
+            .bind(schema)
+            .bind(table)
+            .execute(&mut *tx)
+            .await;
+        let err = r.expect_err("refused").to_string();
+        assert!(err.contains("not a tenant schema") || err.contains("no ClientSync"), "{schema}.{table}: {err}");
+    }
+    // sync_service itself, outside a sync transaction, is "PostgreSQL": stamped, and the
+    // hash of owsync's version cannot be overwritten.
+    let (chat_id, _) = first_chat(&db);
+    let before: Option<String> = sqlx::query_scalar("SELECT _owsync_source_hash FROM client_acme.chat WHERE id = $1")
+        .bind(&chat_id)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(before, None, "a row owsync wrote carries no stamp");
+    sqlx::query("UPDATE client_acme.chat SET title = 'x', _owsync_source_hash = 'forged', _owsync_target_changed_at = NULL WHERE id = $1")
+        .bind(&chat_id)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let (hash, stamped): (Option<String>, bool) = sqlx::query_as(
+        "SELECT _owsync_source_hash, _owsync_target_changed_at IS NOT NULL FROM client_acme.chat WHERE id = $1",
+    )
+    .bind(&chat_id)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert!(stamped);
+    assert_ne!(hash.as_deref(), Some("forged"));
+    assert_eq!(hash.map(|h| h.len()), Some(32), "md5 of owsync's version");
+    // The source did not change that row: the next sync keeps the edit, with no conflict.
+    let out = ok(&env.ctl(&["sync", "acme", "--once", "--full"]));
+    assert!(out.contains("0 conflicts") && out.contains("1 rows changed only in PostgreSQL kept"), "{out}");
+    let title: String = sqlx::query_scalar("SELECT title FROM client_acme.chat WHERE id = $1")
+        .bind(&chat_id)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(title, "x");
+}

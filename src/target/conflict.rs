@@ -84,24 +84,21 @@ fn key_join(t: &MirrorTable, a: &str, b: &str) -> String {
 pub async fn resolve_stage(conn: &mut PgConnection, t: &MirrorTable, ctx: &ConflictCtx<'_>) -> Result<ConflictCounts> {
     let rules = Rules::for_table(ctx.policy, &t.name);
     let mut counts = ConflictCounts { strategy: merge::strategy_name(rules.strategy), ..Default::default() };
-    // One round trip: the bookkeeping (only created when missing) and owsync's mark.
-    sqlx::query("SELECT sync_metadata.provision_conflict_tracking($1, $2), set_config('owsync.writer', 'on', true)")
-        .bind(&t.schema)
-        .bind(&t.name)
-        .execute(&mut *conn)
-        .await
-        .map_err(t.db_err("provision conflict tracking"))?;
-    let tbl = t.qualified();
-    let (stamp, hash) = (quote_ident(COL_TARGET_CHANGED), quote_ident(COL_SOURCE_HASH));
-    let any: bool = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-        "SELECT EXISTS (SELECT 1 FROM {tbl} WHERE {stamp} IS NOT NULL)"
-    )))
+    // One round trip: the bookkeeping (only created when missing), owsync's mark, and
+    // whether any row was changed in PostgreSQL at all.
+    let any: bool = sqlx::query_scalar(
+        "SELECT sync_metadata.provision_conflict_tracking($1, $2) FROM set_config('owsync.writer', 'on', true)",
+    )
+    .bind(&t.schema)
+    .bind(&t.name)
     .fetch_one(&mut *conn)
     .await
-    .map_err(t.db_err("look for rows changed in PostgreSQL"))?;
+    .map_err(t.db_err("provision conflict tracking"))?;
     if !any {
         return Ok(counts);
     }
+    let tbl = t.qualified();
+    let (stamp, hash) = (quote_ident(COL_TARGET_CHANGED), quote_ident(COL_SOURCE_HASH));
     let join = key_join(t, "s", "t");
     // Changed only in PostgreSQL: the source still has the version owsync last wrote.
     counts.kept_target = sqlx::query(sqlx::AssertSqlSafe(format!(

@@ -56,9 +56,10 @@ REVOKE ALL ON FUNCTION sync_metadata.stamp_target_change() FROM PUBLIC;
 -- Gives an existing mirror table the two bookkeeping columns, the trigger and a partial
 -- index of the stamped rows; each only when missing (ALTER/CREATE take locks that would
 -- block the mirror's readers). Same checks as provision_table: client_* schemas of a
--- ClientSync of the caller's cluster only.
+-- ClientSync of the caller's cluster only. Returns whether any row is stamped (so a sync
+-- looks for conflicts in one round trip per table, and only where there can be some).
 CREATE FUNCTION sync_metadata.provision_conflict_tracking(p_schema text, p_table text)
-RETURNS void
+RETURNS boolean
 LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
@@ -66,6 +67,7 @@ AS $fn$
 DECLARE
     cluster text := current_setting('app.current_host_id', true);
     rel regclass;
+    stamped boolean;
     idx text := left(p_table, 30) || '_' || left(md5(p_table), 8) || '_owsync_tc';
 BEGIN
     IF p_schema !~ '^client_[a-z0-9_]+$' OR length(p_schema) > 63 THEN
@@ -98,6 +100,9 @@ BEGIN
         EXECUTE format('CREATE INDEX %I ON %I.%I (_owsync_target_changed_at) '
                        'WHERE _owsync_target_changed_at IS NOT NULL', idx, p_schema, p_table);
     END IF;
+    EXECUTE format('SELECT EXISTS (SELECT 1 FROM %I.%I WHERE _owsync_target_changed_at IS NOT NULL)',
+                   p_schema, p_table) INTO stamped;
+    RETURN stamped;
 END
 $fn$;
 REVOKE ALL ON FUNCTION sync_metadata.provision_conflict_tracking(text, text) FROM PUBLIC;
