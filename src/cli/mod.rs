@@ -4,6 +4,7 @@ mod apply;
 mod common;
 mod demo;
 mod dev;
+mod doctor;
 mod get;
 mod ops;
 mod verify;
@@ -53,6 +54,8 @@ pub enum Command {
     Restore(verify::RestoreArgs),
     /// Print the JSON Schema of a kind.
     Schema(ops::SchemaArgs),
+    /// Check that a database URL is usable by owsyncd, step by step (exit 0 usable, 1 not).
+    Doctor(doctor::DoctorArgs),
     /// Run a complete local demo: throwaway PostgreSQL, a generated tenant, owsyncd.
     Demo(demo::DemoArgs),
     /// Developer tools: generate and mutate Open WebUI-shaped databases.
@@ -77,6 +80,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Schema(a) => ops::schema(a),
         Command::Verify(a) => verify::verify(&cli.global, a).await,
         Command::Restore(a) => verify::restore(&cli.global, a).await,
+        Command::Doctor(a) => doctor::doctor(&cli.global, a).await,
         Command::Demo(a) => demo::demo(a).await,
         Command::Dev(c) => dev::run(c).await,
     };
