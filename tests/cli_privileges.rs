@@ -457,3 +457,27 @@ async fn row_level_security_on_status_and_state_directly_and_through_a_session_p
     assert_eq!(fingerprint().await, before, "other-host changed test-host's rows");
     assert_eq!(n("SELECT count(*) FROM sync_metadata.state WHERE key IN ('evil', 'moved')").await, 0);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn provision_table_refuses_a_deleted_clientsync_until_it_is_applied_again() {
+    let env = synced_env("priv_deleted").await;
+    let pool = env.sync_pool().await;
+    let sql = r#"SELECT sync_metadata.provision_table('client_x', 'extra', '[{"name": "id", "type": "text"}]'::jsonb, ARRAY['id'])"#;
+    let provision = || async {
+        let mut c = pool.acquire().await.unwrap();
+        set_host(&mut c, "test-host").await;
+        try_sql(&mut c, sql).await
+    };
+    assert_eq!(provision().await, None, "a live ClientSync provisions");
+    let out = ok(&env.ctl(&["delete", "client", "x", "--force"]));
+    assert!(out.contains("clientsync/x"), "{out}");
+    let r = provision().await;
+    println!("NEGATIVE CHECK provision_table for deleted clientsync/x: {r:?}");
+    let (code, msg) = r.clone().expect("provision_table accepted a deleted ClientSync");
+    assert_eq!(code, "42501", "{msg}");
+    assert!(msg.contains("is deleted") && msg.contains("re-apply"), "{msg}");
+    // Applying it again clears the deletion.
+    let db = env.path("webui.db");
+    ok(&env.ctl(&["apply", "-f", s(&env.manifest("x", &db, ""))]));
+    assert_eq!(provision().await, None, "a re-applied ClientSync provisions again");
+}

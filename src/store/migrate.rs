@@ -31,6 +31,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "provision_without_locks",
         sql: include_str!("migrations/0006_provision_without_locks.sql"),
     },
+    Migration {
+        version: 10,
+        name: "provision_refuses_deleted",
+        sql: include_str!("migrations/0010_provision_refuses_deleted.sql"),
+    },
 ];
 
 /// The schema version this build needs.
