@@ -31,6 +31,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "provision_without_locks",
         sql: include_str!("migrations/0006_provision_without_locks.sql"),
     },
+    Migration {
+        version: 9,
+        name: "inventory_and_retirement",
+        sql: include_str!("migrations/0009_inventory_and_retirement.sql"),
+    },
 ];
 
 /// The schema version this build needs.
