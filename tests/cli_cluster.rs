@@ -321,7 +321,54 @@ async fn move_carries_spec_status_and_watermarks_and_refuses_collisions() {
     assert!(err.contains("clientsync/nobody not found in cluster test-host"), "{err}");
     let (_, err) = fails(&env.ctl(&admin_args(&env, &["move", "twin", "--to-cluster", "test-host"])));
     assert!(err.contains("already in cluster test-host"), "{err}");
+    sqlx::query("INSERT INTO sync_metadata.retired_clusters (cluster_name) VALUES ('gone-host')")
+        .execute(&admin)
+        .await
+        .unwrap();
+    let o = env.ctl(&admin_args(&env, &["move", "twin", "--to-cluster", "gone-host"]));
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    assert!(stderr(&o).contains("cluster gone-host was deregistered"), "{}", stderr(&o));
     let after = (rows_of(&admin, &cl).await, rows_of(&admin, OTHER).await);
     assert_eq!(before.0["client_specs"], after.0["client_specs"]);
     assert_eq!(before.1["client_specs"], after.1["client_specs"]);
+}
+
+/// Runs `owsyncctl ARGS` on a pseudo-terminal (util-linux `script`), typing `answer`.
+fn on_terminal(env: &TestEnv, args: &[&str], answer: &str) -> Output {
+    use std::io::Write;
+    let quoted: Vec<String> = std::iter::once(env!("CARGO_BIN_EXE_owsyncctl"))
+        .chain(args.iter().copied())
+        .map(|a| format!("'{}'", a.replace('\'', r"'\''")))
+        .collect();
+    let mut child = std::process::Command::new("script")
+        .args(["-qec", &quoted.join(" "), "/dev/null"])
+        .env_remove("OWSYNC_DATABASE_URL")
+        .env_remove("DATABASE_URL")
+        .env("OWSYNC_DATABASE_URL_FILE", &env.url_file)
+        .env("OWSYNC_CLUSTER", &env.cluster)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("util-linux script");
+    std::thread::sleep(Duration::from_secs(2)); // let it reach the prompt
+    child.stdin.take().unwrap().write_all(format!("{answer}\n").as_bytes()).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn deregister_asks_for_the_cluster_name_on_a_terminal() {
+    let env = TestEnv::new("dereg_tty").await;
+    let admin = env.admin_pool().await;
+    tenant(&env, &env.cluster, "idle", false);
+    let before = rows_of(&admin, &env.cluster).await;
+    let args = admin_args(&env, &["cluster", "deregister", "test-host"]);
+    let o = on_terminal(&env, &args, "yes");
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    assert!(stdout(&o).contains("Type the cluster name to confirm") && stdout(&o).contains("not confirmed"));
+    assert_eq!(rows_of(&admin, &env.cluster).await, before);
+    let o = on_terminal(&env, &args, "test-host");
+    assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
+    assert!(stdout(&o).contains("cluster/test-host deregistered"), "{}", stdout(&o));
+    assert_eq!(total(&rows_of(&admin, &env.cluster).await), 0);
 }
