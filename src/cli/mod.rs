@@ -1,6 +1,7 @@
 //! `owsyncctl`: the declarative command line (apply, diff, get, describe, delete, ...).
 
 mod apply;
+mod cluster;
 mod common;
 mod demo;
 mod dev;
@@ -43,9 +44,11 @@ pub enum Command {
     Trigger(ops::TriggerArgs),
     /// Block until a tenant meets a condition (exit 0 met, 1 timeout).
     Wait(watch::WaitArgs),
-    /// The cluster's leader, epoch and replicas.
+    /// The cluster's leader, epoch and replicas; deregistering a host; stale hosts.
     #[command(subcommand)]
-    Cluster(watch::ClusterCommand),
+    Cluster(cluster::ClusterCommand),
+    /// Move a tenant to another cluster (admin; spec, status and state rows in one transaction).
+    Move(cluster::MoveArgs),
     /// Run one reconcile of a tenant in this process (operators' debug tool).
     Sync(ops::SyncArgs),
     /// Prove the mirror equals the source, row by row (exit 0 equal, 1 differs).
@@ -76,7 +79,8 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Sync(a) => ops::sync(&cli.global, a).await,
         Command::Trigger(a) => ops::trigger(&cli.global, a).await,
         Command::Wait(a) => watch::wait(&cli.global, a).await,
-        Command::Cluster(c) => watch::cluster(&cli.global, c).await,
+        Command::Cluster(c) => cluster::cluster(&cli.global, c).await,
+        Command::Move(a) => cluster::move_tenant(&cli.global, a).await,
         Command::Schema(a) => ops::schema(a),
         Command::Verify(a) => verify::verify(&cli.global, a).await,
         Command::Restore(a) => verify::restore(&cli.global, a).await,

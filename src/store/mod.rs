@@ -1,6 +1,8 @@
 //! Everything the controller keeps in PostgreSQL's `sync_metadata` schema: migrations,
 //! specs, status, the leader lease, jobs and events.
 
+pub mod cluster;
+pub mod inventory;
 pub mod jobs;
 pub mod lease;
 pub mod migrate;
