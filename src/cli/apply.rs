@@ -9,7 +9,7 @@ use clap::Args;
 
 use super::common::{CliError, Global};
 use crate::spec::{self, ClientSync, Document};
-use crate::store::specs;
+use crate::store::{inventory, specs};
 
 #[derive(Debug, Args)]
 pub struct ApplyArgs {
@@ -19,9 +19,17 @@ pub struct ApplyArgs {
     /// Recurse into directories.
     #[arg(short = 'R', long)]
     pub recursive: bool,
-    /// Validate and show what would happen, in a transaction that is rolled back.
+    /// Validate and show what would happen (prunes included), in a transaction that is rolled back.
     #[arg(long)]
     pub dry_run: bool,
+    /// Also delete (like `owsyncctl delete`; mirrors kept) the tenants previously applied
+    /// from the same inventory that these files no longer have.
+    #[arg(long)]
+    pub prune: bool,
+    /// The inventory (ApplySet) id recorded on every applied tenant; default: the last
+    /// path components of the -f arguments (e.g. `hosts/prod-host-1` -> `prod-host-1`).
+    #[arg(long, value_name = "ID")]
+    pub inventory: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -123,21 +131,79 @@ pub fn load_all(files: &[PathBuf], recursive: bool, cluster: &str) -> Result<Vec
     Ok(out)
 }
 
+/// The inventory id of an apply: `--inventory`, else the last components of the `-f`
+/// paths (sorted, joined with `+`), so where the repository is checked out does not
+/// matter. `None` for documents from stdin without `--inventory`.
+fn inventory_id(a: &ApplyArgs) -> Result<Option<String>, CliError> {
+    if let Some(id) = &a.inventory {
+        if id.is_empty() || id.len() > 253 || id.chars().any(char::is_control) {
+            return Err(CliError::msg(format!("--inventory {id:?}: give 1 to 253 printable characters")));
+        }
+        return Ok(Some(id.clone()));
+    }
+    let mut names = BTreeSet::new();
+    for f in &a.files {
+        if f.as_os_str() == "-" {
+            return Ok(None);
+        }
+        let name = match f.file_name() {
+            Some(n) => n.to_string_lossy().into_owned(),
+            None => std::fs::canonicalize(f)
+                .ok()
+                .and_then(|c| c.file_name().map(|n| n.to_string_lossy().into_owned()))
+                .unwrap_or_else(|| f.display().to_string()),
+        };
+        names.insert(name);
+    }
+    Ok(Some(names.into_iter().collect::<Vec<_>>().join("+")))
+}
+
 pub async fn apply(g: &Global, a: ApplyArgs) -> Result<ExitCode, CliError> {
     let docs = load_all(&a.files, a.recursive, &g.cluster)?;
+    let inventory_id = inventory_id(&a)?;
+    if a.prune && inventory_id.is_none() {
+        return Err(CliError::msg(
+            "--prune with documents from stdin needs --inventory ID (which earlier apply the documents belong to); nothing was applied",
+        ));
+    }
     let pool = g.pool().await?;
     let mut tx = pool.begin().await.map_err(|e| CliError::msg(format!("begin transaction: {e}")))?;
     let mut lines = Vec::new();
+    let dry = if a.dry_run { " (dry run)" } else { "" };
+    // The applied names per cluster; the --cluster's own is always looked at by --prune.
+    let mut applied: std::collections::BTreeMap<String, BTreeSet<String>> = Default::default();
+    applied.entry(g.cluster.clone()).or_default();
     for (d, n) in &docs {
         let outcome = specs::apply(&mut tx, n)
             .await
             .map_err(|e| CliError::msg(format!("{}:{}: {e}; nothing was applied", d.file, d.line)))?;
-        lines.push(format!(
-            "clientsync/{} {}{}",
-            n.metadata.name,
-            outcome.as_str(),
-            if a.dry_run { " (dry run)" } else { "" }
-        ));
+        let cluster = n.metadata.cluster.clone().unwrap_or_default();
+        if let Some(id) = &inventory_id {
+            inventory::claim(&mut tx, &cluster, &n.metadata.name, id)
+                .await
+                .map_err(|e| CliError::msg(format!("{e}; nothing was applied")))?;
+        }
+        applied.entry(cluster).or_default().insert(n.metadata.name.clone());
+        lines.push(format!("clientsync/{} {}{dry}", n.metadata.name, outcome.as_str()));
+    }
+    if let Some(id) = &inventory_id {
+        let fail = |e: crate::store::StoreError| CliError::msg(format!("{e}; nothing was applied"));
+        for (cluster, keep) in &applied {
+            if keep.is_empty() && !a.prune {
+                continue;
+            }
+            if a.prune {
+                for (name, enabled) in inventory::prune_candidates(&mut tx, cluster, id, keep).await.map_err(fail)? {
+                    inventory::prune(&mut tx, cluster, &name).await.map_err(fail)?;
+                    let was = if enabled { ", was enabled" } else { "" };
+                    lines.push(format!("clientsync/{name} pruned{dry} (inventory {id}{was}; its mirror is kept)"));
+                }
+            }
+            let members = inventory::record(&mut tx, cluster, id).await.map_err(fail)?;
+            if a.prune {
+                lines.push(format!("inventory {id} of cluster {cluster}: {} tenants{dry}", members.len()));
+            }
+        }
     }
     if a.dry_run {
         tx.rollback().await.map_err(|e| CliError::msg(format!("roll back: {e}")))?;

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use clap::{Args, Subcommand};
+use clap::Args;
 use sqlx::Row;
 
 use super::common::{CliError, Global, Output};
@@ -62,14 +62,8 @@ pub async fn wait(g: &Global, a: WaitArgs) -> Result<ExitCode, CliError> {
     }
 }
 
-#[derive(Debug, Subcommand)]
-pub enum ClusterCommand {
-    /// Leader, epoch, lease expiry and every replica's heartbeat.
-    Status,
-}
-
-pub async fn cluster(g: &Global, c: ClusterCommand) -> Result<ExitCode, CliError> {
-    let ClusterCommand::Status = c;
+/// `cluster status`: the lease and every replica's heartbeat.
+pub async fn status(g: &Global) -> Result<ExitCode, CliError> {
     let pool = g.pool().await?;
     let l = lease::current(&pool, &g.cluster).await?;
     let mut tx = store::begin(&pool, &g.cluster).await?;

@@ -32,6 +32,16 @@ pub const MIGRATIONS: &[Migration] = &[
         sql: include_str!("migrations/0006_provision_without_locks.sql"),
     },
     Migration { version: 8, name: "conflicts", sql: include_str!("migrations/0008_conflicts.sql") },
+    Migration {
+        version: 9,
+        name: "inventory_and_retirement",
+        sql: include_str!("migrations/0009_inventory_and_retirement.sql"),
+    },
+    Migration {
+        version: 10,
+        name: "provision_refuses_deleted",
+        sql: include_str!("migrations/0010_provision_refuses_deleted.sql"),
+    },
 ];
 
 /// The schema version this build needs.

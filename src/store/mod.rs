@@ -1,7 +1,9 @@
 //! Everything the controller keeps in PostgreSQL's `sync_metadata` schema: migrations,
 //! specs, status, the leader lease, jobs and events.
 
+pub mod cluster;
 pub mod conflicts;
+pub mod inventory;
 pub mod jobs;
 pub mod lease;
 pub mod migrate;
