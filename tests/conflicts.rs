@@ -289,6 +289,8 @@ async fn manual_conflicts_set_conflicts_pending_until_resolved() {
         described.contains("1 conflict waits for review") && described.contains("conflicts list acme"),
         "{described}"
     );
+    let resource: Value = serde_json::from_str(&described).unwrap();
+    assert_eq!(resource["status"]["tables"]["chat"]["conflicts"], 1, "{resource}");
     let table = ok(&env.ctl(&["get", "clients"]));
     let row: Vec<&str> = table.lines().nth(1).unwrap().split_whitespace().collect();
     assert_eq!(row[5], "1", "the CONFLICTS column counts pending ones: {table}");

@@ -173,9 +173,12 @@ fn describe_status(out: &mut String, st: &ClientSyncStatus) {
         let _ = writeln!(out, "  {l}");
     }
     let _ = writeln!(out, "Tables:");
-    let rows: Vec<Vec<String>> =
-        st.tables.iter().map(|(t, ts)| vec![t.clone(), ts.rows.to_string(), ts.quarantined.to_string()]).collect();
-    for l in table(&["TABLE", "ROWS", "QUARANTINED"], &rows).lines() {
+    let rows: Vec<Vec<String>> = st
+        .tables
+        .iter()
+        .map(|(t, ts)| vec![t.clone(), ts.rows.to_string(), ts.quarantined.to_string(), ts.conflicts.to_string()])
+        .collect();
+    for l in table(&["TABLE", "ROWS", "QUARANTINED", "CONFLICTS"], &rows).lines() {
         let _ = writeln!(out, "  {l}");
     }
 }

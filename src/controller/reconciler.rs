@@ -143,7 +143,9 @@ impl Reconciler {
                     sh.metrics.record_rows(name, t, "upsert", tr.upserted);
                     sh.metrics.record_rows(name, t, "tombstone", tr.tombstoned);
                     sh.metrics.record_conflicts(name, t, tr.conflict_strategy, tr.conflicts);
-                    st.tables.insert(t.clone(), TableStatus { rows: tr.rows, quarantined: 0, watermark: None });
+                    let conflicts = st.tables.get(t).map_or(0, |s| s.conflicts) + tr.conflicts as i64;
+                    st.tables
+                        .insert(t.clone(), TableStatus { rows: tr.rows, quarantined: 0, watermark: None, conflicts });
                 }
                 st.tables.retain(|t, _| r.tables.contains_key(t) || r.failed.contains_key(t));
                 if r.failed.is_empty() {
