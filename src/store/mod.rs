@@ -79,10 +79,12 @@ pub async fn connect(url: &str, application: &str, max_connections: u32) -> Resu
 
 /// Begins a transaction scoped to one cluster: row-level security lets `sync_service`
 /// see only rows whose `cluster_name` equals `app.current_host_id`, set here with
-/// `SET LOCAL` semantics so it also holds through a session pooler.
+/// `SET LOCAL` semantics so it also holds through a session pooler. It also sets
+/// `owsync.writer = on`: what owsync writes to a mirror is not a change made in
+/// PostgreSQL (see `target::conflict`), whichever code path writes it.
 pub async fn begin(pool: &PgPool, cluster: &str) -> Result<Transaction<'static, Postgres>> {
     let mut tx = pool.begin().await.ctx(|| "begin transaction".into())?;
-    sqlx::query("SELECT set_config('app.current_host_id', $1, true)")
+    sqlx::query("SELECT set_config('app.current_host_id', $1, true), set_config('owsync.writer', 'on', true)")
         .bind(cluster)
         .execute(&mut *tx)
         .await
