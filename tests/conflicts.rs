@@ -49,12 +49,17 @@ fn add_message(chat: &mut Value, id: &str, content: &str) {
     chat["messages"].as_array_mut().unwrap().push(msg);
 }
 
+/// A mirror row's value; it must not be tombstoned (the source has every row).
 async fn value(pool: &PgPool, table: &str, id: &str) -> String {
-    sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT v FROM client_acme.{table} WHERE id = $1")))
-        .bind(id)
-        .fetch_one(pool)
-        .await
-        .unwrap()
+    let (v, deleted): (String, bool) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT v, _owsync_deleted FROM client_acme.{table} WHERE id = $1"
+    )))
+    .bind(id)
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    assert!(!deleted, "{table} row {id} is tombstoned but the source has it");
+    v
 }
 
 /// (strategy, resolution, source v, target v) of a table's conflict_log entries, by key.
@@ -167,7 +172,7 @@ async fn each_strategy_resolves_rows_changed_on_both_sides() {
 
     // merge: the two histories are unioned by message id, nothing lost; title follows its rule.
     let (title, merged): (String, String) =
-        sqlx::query_as("SELECT title, chat::text FROM client_acme.chat WHERE id = $1")
+        sqlx::query_as("SELECT title, chat::text FROM client_acme.chat WHERE id = $1 AND NOT _owsync_deleted")
             .bind(&chat_id)
             .fetch_one(&admin)
             .await
@@ -203,11 +208,12 @@ async fn each_strategy_resolves_rows_changed_on_both_sides() {
     assert_eq!(value(&admin, "t_manual", "a").await, "pg");
     let n: i64 = sqlx::query_scalar("SELECT count(*) FROM sync_metadata.conflict_log").fetch_one(&admin).await.unwrap();
     assert_eq!(n, 6, "no new conflicts");
-    let again: String = sqlx::query_scalar("SELECT chat::text FROM client_acme.chat WHERE id = $1")
-        .bind(&chat_id)
-        .fetch_one(&admin)
-        .await
-        .unwrap();
+    let again: String =
+        sqlx::query_scalar("SELECT chat::text FROM client_acme.chat WHERE id = $1 AND NOT _owsync_deleted")
+            .bind(&chat_id)
+            .fetch_one(&admin)
+            .await
+            .unwrap();
     assert_eq!(message_ids(&serde_json::from_str(&again).unwrap()), want, "the merged chat stays merged");
 
     // The source changes a kept row again: a new conflict, resolved the same way; a
@@ -277,7 +283,7 @@ async fn manual_conflicts_set_conflicts_pending_until_resolved() {
     let out = ok(&env.ctl(&["wait", "client/acme", "--for", "condition=ConflictsPending=True", "--timeout", "30s"]));
     assert!(out.contains("condition met"), "{out}");
     let title = || async {
-        sqlx::query_scalar::<_, String>("SELECT title FROM client_acme.chat WHERE id = $1")
+        sqlx::query_scalar::<_, String>("SELECT title FROM client_acme.chat WHERE id = $1 AND NOT _owsync_deleted")
             .bind(&chat_id)
             .fetch_one(&admin)
             .await
@@ -373,7 +379,7 @@ async fn tracking_is_provisioned_narrowly_and_its_stamp_cannot_be_forged() {
     // The source did not change that row: the next sync keeps the edit, with no conflict.
     let out = ok(&env.ctl(&["sync", "acme", "--once", "--full"]));
     assert!(out.contains("0 conflicts") && out.contains("1 rows changed only in PostgreSQL kept"), "{out}");
-    let title: String = sqlx::query_scalar("SELECT title FROM client_acme.chat WHERE id = $1")
+    let title: String = sqlx::query_scalar("SELECT title FROM client_acme.chat WHERE id = $1 AND NOT _owsync_deleted")
         .bind(&chat_id)
         .fetch_one(&pool)
         .await

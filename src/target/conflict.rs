@@ -6,7 +6,7 @@
 //! version owsync last wrote. Before the stage is upserted, [`resolve_stage`] looks at
 //! the staged rows whose mirror row is stamped:
 //! - the staged row hashes like the stored hash: only PostgreSQL changed it; the mirror
-//!   row is left alone (taken out of the stage);
+//!   row is left alone (the upsert skips stamped rows);
 //! - otherwise both sides changed: the table's strategy decides ([`super::merge`]), the
 //!   conflict goes to `sync_metadata.conflict_log` in the table's transaction.
 //!
@@ -77,7 +77,7 @@ fn key_join(t: &MirrorTable, a: &str, b: &str) -> String {
 }
 
 /// Resolves the stage's conflicts with the mirror (call after the COPY, before the
-/// upsert, in the table's transaction); the rows the upsert must not touch leave the stage.
+/// upsert, in the table's transaction); rows that stay stamped are skipped by the upsert.
 /// First gives the mirror table its conflict bookkeeping (columns, trigger, index) when
 /// missing, through the SECURITY DEFINER `sync_metadata.provision_conflict_tracking`,
 /// and marks the transaction as owsync's.
@@ -101,17 +101,19 @@ pub async fn resolve_stage(conn: &mut PgConnection, t: &MirrorTable, ctx: &Confl
     let (stamp, hash) = (quote_ident(COL_TARGET_CHANGED), quote_ident(COL_SOURCE_HASH));
     let join = key_join(t, "s", "t");
     // Changed only in PostgreSQL: the source still has the version owsync last wrote.
-    counts.kept_target = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "DELETE FROM owsync_stage s USING {tbl} t WHERE {join} AND t.{stamp} IS NOT NULL
-           AND sync_metadata.source_hash(to_jsonb(s)) IS NOT DISTINCT FROM t.{hash}"
+    // These rows (like every row that stays stamped below) stay in the stage, so the
+    // tombstone pass sees the source still has them; the upsert skips stamped rows.
+    let same = format!("sync_metadata.source_hash(to_jsonb(s)) IS NOT DISTINCT FROM t.{hash}");
+    let kept: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT count(*) FROM owsync_stage s JOIN {tbl} t ON {join} WHERE t.{stamp} IS NOT NULL AND {same}"
     )))
-    .execute(&mut *conn)
+    .fetch_one(&mut *conn)
     .await
-    .map_err(t.db_err("keep rows changed only in PostgreSQL"))?
-    .rows_affected();
+    .map_err(t.db_err("count rows changed only in PostgreSQL"))?;
+    counts.kept_target = kept as u64;
     let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
         "SELECT sync_metadata.source_hash(to_jsonb(s)), to_json(s), to_json(t)
-         FROM owsync_stage s JOIN {tbl} t ON {join} WHERE t.{stamp} IS NOT NULL"
+         FROM owsync_stage s JOIN {tbl} t ON {join} WHERE t.{stamp} IS NOT NULL AND NOT ({same})"
     )))
     .fetch_all(&mut *conn)
     .await
@@ -137,8 +139,9 @@ pub async fn resolve_stage(conn: &mut PgConnection, t: &MirrorTable, ctx: &Confl
     Ok(counts)
 }
 
-/// Writes one conflict's outcome to the mirror row (and takes it out of the stage unless
-/// the upsert is to write the source's version).
+/// Writes one conflict's outcome to the mirror row. `Source` clears the stamp, so the
+/// upsert writes the staged version; every other outcome leaves the row stamped, so the
+/// upsert skips it (it stays in the stage: the source has the row, no tombstone).
 async fn apply(
     conn: &mut PgConnection,
     t: &MirrorTable,
@@ -185,16 +188,6 @@ async fn apply(
         q = q.bind(source_hash);
     }
     q.execute(&mut *conn).await.map_err(t.db_err("write a conflict's resolution"))?;
-    if *outcome != Outcome::Source {
-        let join = key_join(t, "s", "r");
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "DELETE FROM owsync_stage s USING jsonb_populate_record(NULL::{tbl}, $1) r WHERE {join}"
-        )))
-        .bind(Json(Value::Object(key.clone())))
-        .execute(&mut *conn)
-        .await
-        .map_err(t.db_err("take a resolved conflict out of the stage"))?;
-    }
     Ok(())
 }
 
