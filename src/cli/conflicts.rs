@@ -122,8 +122,7 @@ async fn resolve(g: &Global, a: ResolveArgs) -> Result<ExitCode, CliError> {
     let pool = g.pool().await?;
     let use_source = a.use_ == Side::Source;
     // The tenant (for its schema) comes from the entry itself.
-    let entry = conflicts::list(&pool, &g.cluster, None, true).await?.into_iter().find(|c| c.id == a.id);
-    let Some(entry) = entry else {
+    let Some(entry) = conflicts::get(&pool, &g.cluster, a.id).await? else {
         return Err(CliError::msg(
             conflicts::ConflictError::NotFound { cluster: g.cluster.clone(), id: a.id }.to_string(),
         ));

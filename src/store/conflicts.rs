@@ -91,6 +91,21 @@ pub async fn list(pool: &PgPool, cluster: &str, client: Option<&str>, all: bool)
     Ok(rows.iter().map(from_row).collect())
 }
 
+/// One conflict by its id (in any tenant of the cluster).
+pub async fn get(pool: &PgPool, cluster: &str, id: i64) -> Result<Option<Conflict>, StoreError> {
+    let mut tx = super::begin(pool, cluster).await?;
+    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM sync_metadata.conflict_log WHERE cluster_name = $1 AND id = $2"
+    )))
+    .bind(cluster)
+    .bind(id)
+    .fetch_optional(&mut *tx)
+    .await
+    .ctx(|| format!("read conflict {id}"))?;
+    tx.commit().await.ctx(|| "commit".into())?;
+    Ok(row.as_ref().map(from_row))
+}
+
 /// How many conflicts wait for review, by tenant (tenants without any are left out).
 pub async fn pending_counts(pool: &PgPool, cluster: &str) -> Result<BTreeMap<String, i64>, StoreError> {
     let mut tx = super::begin(pool, cluster).await?;
