@@ -3,6 +3,7 @@
 //! record the table's state, and commit only if this replica still holds the lease.
 //! A library: usable without the daemon (`owsyncctl sync NAME --once`).
 
+pub mod drift;
 mod skip;
 
 use std::collections::BTreeMap;
@@ -66,6 +67,10 @@ pub struct SyncReport {
     pub unchanged: bool,
     #[serde(skip)]
     pub duration: Duration,
+    /// Where the mirror cannot follow the source (`drift.rs`); `None` when not checked
+    /// (unchanged source, or the check itself failed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub drift: Option<Vec<drift::Drift>>,
 }
 
 /// What to sync and as whom.
@@ -143,6 +148,7 @@ pub async fn sync_tenant_with(job: &SyncJob<'_>, full: bool) -> Result<SyncRepor
         return Ok(SyncReport { tables, unchanged: true, duration: started.elapsed(), ..Default::default() });
     }
     let mut report = sync_all(job).await?;
+    report.drift = drift::check(job).await.inspect_err(|e| warn!(error = %e, "cannot check schema drift")).ok();
     if report.failed.is_empty() && !skip::record(job, &fp).await.map_err(store_err)? {
         return Err(SyncError::OwnershipLost { client, epoch: job.fence.map_or(0, |f| f.epoch) });
     }
