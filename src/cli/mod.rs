@@ -6,6 +6,7 @@ mod demo;
 mod dev;
 mod get;
 mod ops;
+mod progress;
 mod verify;
 mod watch;
 

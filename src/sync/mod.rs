@@ -4,6 +4,7 @@
 //! A library: usable without the daemon (`owsyncctl sync NAME --once`).
 
 pub mod drift;
+pub mod progress;
 mod skip;
 
 use std::collections::BTreeMap;
@@ -168,7 +169,14 @@ async fn sync_all(job: &SyncJob<'_>) -> Result<SyncReport, SyncError> {
         let Msg::Table(info) = msg else { continue };
         let table = MirrorTable::from_source(&schema, &info);
         let span = info_span!("table", client = %client, table = %info.name);
-        match sync_table(job, &info, &table, &mut rx).instrument(span).await {
+        progress::report(|p| p.table_started(&info.name));
+        let done = sync_table(job, &info, &table, &mut rx).instrument(span).await;
+        progress::report(|p| match &done {
+            Ok(tr) => p.table_done(&info.name, tr.rows, None),
+            Err(TableFailure::Table(m)) => p.table_done(&info.name, 0, Some(m)),
+            Err(TableFailure::Fatal(e)) => p.table_done(&info.name, 0, Some(&e.to_string())),
+        });
+        match done {
             Ok(tr) => {
                 report.rows_written += tr.upserted + tr.tombstoned;
                 report.tables.insert(info.name.clone(), tr);
@@ -243,6 +251,7 @@ async fn sync_table(
                 Some(Msg::Slice(s)) => {
                     rows += s.rows.len() as i64;
                     let (_, q) = target::copy_slice(&mut tx, table, &s).await.map_err(target_err)?;
+                    progress::report(|p| p.slice(&info.name, s.rows.len() as u64, s.bytes as u64));
                     quarantined.extend(q);
                 }
                 Some(Msg::Failed(m)) => return Err(TableFailure::Table(m)),
