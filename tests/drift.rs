@@ -116,7 +116,18 @@ async fn schema_drift_is_reported_with_what_to_do_and_clears_once_fixed() {
     .await
     .unwrap();
     assert_eq!(events, ["SchemaDrift", "SchemaDriftResolved"]);
-    // config_old came back with the new key and every row.
+    // config_old comes back with the new key and every row: the condition may clear on a
+    // re-check before the next sync re-creates the table, so wait for that sync.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let back: Option<String> =
+            sqlx::query_scalar("SELECT to_regclass('client_tenant.config_old')::text").fetch_one(&admin).await.unwrap();
+        if back.is_some() {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "client_tenant.config_old was not re-created within 60 s");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
     let key: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid
          WHERE c.oid = 'client_tenant.config_old'::regclass AND i.indisprimary AND i.indnatts = 2",
