@@ -223,3 +223,17 @@ async fn a_server_that_never_answers_times_out() {
     assert!(took < Duration::from_secs(5), "took {took:?}");
     drop(silent);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn malformed_urls_fail_without_printing_the_password() {
+    let env = TestEnv::new("doctor_malformed").await;
+    for (url, want) in [
+        (format!("postgres://sync_service:{SYNC_PASSWORD}@127.0.0.1:notaport/db"), "invalid port number"),
+        (format!("postgres://sync_service:{SYNC_PASSWORD}@127.0.0.1/db?sslmode=bogus"), "bogus"),
+        (format!("mysql://sync_service:{SYNC_PASSWORD}@127.0.0.1/db"), "postgres://"),
+    ] {
+        let (code, text) = doctor(&env, &url, &[]);
+        assert_eq!(code, 1, "{text}");
+        assert!(line(&text, "✗ url: ").contains(want), "{want}: {text}");
+    }
+}
