@@ -155,11 +155,14 @@ async fn deregister_refuses_while_tenants_sync_then_removes_everything() {
     assert!(mirrored > 0, "the mirror was dropped");
 
     // The name is retired until reinstated.
+    let status = ok(&env.ctl(&["cluster", "status"]));
+    assert!(status.contains("Retired: deregistered at"), "{status}");
     let (_, err) = fails(&env.ctl(&["apply", "-f", s(&live)]));
     assert!(err.contains("cluster test-host was deregistered"), "{err}");
     let (_, err) = fails(&env.ctl(&admin_args(&env, &["cluster", "deregister", &cl, "--yes"])));
     assert!(err.contains("no rows in sync_metadata"), "{err}");
     ok(&env.ctl(&admin_args(&env, &["cluster", "reinstate", &cl])));
+    assert!(!ok(&env.ctl(&["cluster", "status"])).contains("Retired"));
     assert!(ok(&env.ctl(&["apply", "-f", s(&live)])).contains("clientsync/live created"));
 }
 

@@ -1,6 +1,6 @@
 //! `apply` and `diff`: read every document, validate them all, then act.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -30,6 +30,29 @@ pub struct ApplyArgs {
     /// path components of the -f arguments (e.g. `hosts/prod-host-1` -> `prod-host-1`).
     #[arg(long, value_name = "ID")]
     pub inventory: Option<String>,
+    /// With --prune: prune only tenants that also carry these labels (`k=v,k2=v2`); narrows
+    /// the inventory, never replaces it.
+    #[arg(short = 'l', long = "selector", value_name = "k=v,...", requires = "prune", value_parser = parse_selector)]
+    pub selector: Option<BTreeMap<String, String>>,
+}
+
+/// `k=v,k2=v2` (equality only).
+fn parse_selector(s: &str) -> Result<BTreeMap<String, String>, String> {
+    let mut out = BTreeMap::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let Some((k, v)) = part.split_once('=') else {
+            return Err(format!("{part:?} is not k=v"));
+        };
+        let (k, v) = (k.trim().trim_end_matches('='), v.trim());
+        if k.is_empty() {
+            return Err(format!("{part:?} has no label key"));
+        }
+        out.insert(k.to_string(), v.to_string());
+    }
+    if out.is_empty() {
+        return Err("empty selector".into());
+    }
+    Ok(out)
 }
 
 #[derive(Debug, Args)]
@@ -193,7 +216,9 @@ pub async fn apply(g: &Global, a: ApplyArgs) -> Result<ExitCode, CliError> {
                 continue;
             }
             if a.prune {
-                for (name, enabled) in inventory::prune_candidates(&mut tx, cluster, id, keep).await.map_err(fail)? {
+                for (name, enabled) in
+                    inventory::prune_candidates(&mut tx, cluster, id, keep, a.selector.as_ref()).await.map_err(fail)?
+                {
                     inventory::prune(&mut tx, cluster, &name).await.map_err(fail)?;
                     let was = if enabled { ", was enabled" } else { "" };
                     lines.push(format!("clientsync/{name} pruned{dry} (inventory {id}{was}; its mirror is kept)"));
