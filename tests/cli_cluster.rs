@@ -203,15 +203,6 @@ async fn a_running_replica_is_fenced_out_by_deregistration() {
     drop(tx);
     let e = owsync::store::lease::try_acquire(&mut conn, &who, Duration::from_secs(3), Some(epoch)).await;
     assert!(format!("{:?}", e.unwrap_err()).contains("was deregistered"));
-    // Nor can it leave a late row anywhere else (an event, a job, a watermark).
-    let mut tx = owsync::store::begin(&sync_pool, &env.cluster).await.unwrap();
-    let late = sqlx::query(
-        "INSERT INTO sync_metadata.events (cluster_name, client_name, reason, message) VALUES ($1, 'acme', 'Late', 'x')",
-    )
-    .bind(&env.cluster)
-    .execute(&mut *tx)
-    .await;
-    assert!(late.unwrap_err().to_string().contains("was deregistered"));
 
     // The running daemon stops leading and re-creates nothing (heartbeats and lease rounds refused).
     eventually(Duration::from_secs(10), "node-a steps down", || async move { (!dr.is_leader().await).then_some(()) })

@@ -19,9 +19,9 @@ CREATE POLICY sync_host_isolation ON sync_metadata.inventories FOR ALL TO sync_s
     USING (cluster_name = current_setting('app.current_host_id', true))
     WITH CHECK (cluster_name = current_setting('app.current_host_id', true));
 
--- A deregistered cluster's name. While it is here, no row of the cluster may be written:
--- a replica of the cluster that is still running can neither heartbeat nor take the
--- lease (so it can never pass a fence again), nor leave a late job or event row. Written and removed
+-- A deregistered cluster's name. While it is here, nothing may (re)create the cluster's
+-- host, lease or spec rows: a replica of the cluster that is still running can neither
+-- heartbeat nor take the lease, so it can never pass a fence again. Written and removed
 -- by admin commands only (`cluster deregister` / `cluster reinstate`).
 CREATE TABLE sync_metadata.retired_clusters (
     cluster_name text        PRIMARY KEY,
@@ -50,18 +50,9 @@ END
 $fn$;
 REVOKE ALL ON FUNCTION sync_metadata.refuse_retired_cluster() FROM PUBLIC;
 
--- On every table keyed by cluster (those of earlier migrations, found in the catalog; a
--- later migration that adds such a table adds the trigger too): no row of a retired
--- cluster can be written, not even a late event or job row of a replica still running.
-DO $$
-DECLARE t text;
-BEGIN
-    FOR t IN SELECT c.table_name FROM information_schema.columns c
-             JOIN information_schema.tables i ON i.table_schema = c.table_schema AND i.table_name = c.table_name
-             WHERE c.table_schema = 'sync_metadata' AND c.column_name = 'cluster_name'
-               AND i.table_type = 'BASE TABLE' AND c.table_name <> 'retired_clusters'
-    LOOP
-        EXECUTE format('CREATE TRIGGER refuse_retired_cluster BEFORE INSERT OR UPDATE ON sync_metadata.%I '
-                       'FOR EACH ROW EXECUTE FUNCTION sync_metadata.refuse_retired_cluster()', t);
-    END LOOP;
-END $$;
+CREATE TRIGGER refuse_retired_cluster BEFORE INSERT OR UPDATE ON sync_metadata.hosts
+    FOR EACH ROW EXECUTE FUNCTION sync_metadata.refuse_retired_cluster();
+CREATE TRIGGER refuse_retired_cluster BEFORE INSERT OR UPDATE ON sync_metadata.leader_election
+    FOR EACH ROW EXECUTE FUNCTION sync_metadata.refuse_retired_cluster();
+CREATE TRIGGER refuse_retired_cluster BEFORE INSERT OR UPDATE ON sync_metadata.client_specs
+    FOR EACH ROW EXECUTE FUNCTION sync_metadata.refuse_retired_cluster();
