@@ -90,6 +90,15 @@ async fn prune_deletes_only_what_its_own_inventory_no_longer_has() {
         put(&ci, n, "test-host");
     }
     let before = specs(&admin).await;
+    // What a pull request's CI shows: no change without --prune, the prune with it.
+    let o = env.ctl(&["diff", "-f", s(&ci)]);
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    let o = env.ctl(&["diff", "--prune", "-f", s(&ci)]);
+    assert_eq!(o.status.code(), Some(1), "{}{}", stdout(&o), stderr(&o));
+    let d = stdout(&o);
+    assert!(d.starts_with("--- live/clientsync/t3\n+++ pruned/clientsync/t3 (inventory test-host)\n"), "{d}");
+    assert!(d.contains("\n-  name: t3\n") && !d.contains("clientsync/t1"), "{d}");
+    assert!(!d.lines().any(|l| l.starts_with('+') && !l.starts_with("+++")), "{d}");
     let out = ok(&env.ctl(&["apply", "--prune", "--dry-run", "-f", s(&ci)]));
     assert_eq!(
         out,
