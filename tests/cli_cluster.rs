@@ -155,11 +155,14 @@ async fn deregister_refuses_while_tenants_sync_then_removes_everything() {
     assert!(mirrored > 0, "the mirror was dropped");
 
     // The name is retired until reinstated.
+    let status = ok(&env.ctl(&["cluster", "status"]));
+    assert!(status.contains("Retired: deregistered at"), "{status}");
     let (_, err) = fails(&env.ctl(&["apply", "-f", s(&live)]));
     assert!(err.contains("cluster test-host was deregistered"), "{err}");
     let (_, err) = fails(&env.ctl(&admin_args(&env, &["cluster", "deregister", &cl, "--yes"])));
     assert!(err.contains("no rows in sync_metadata"), "{err}");
     ok(&env.ctl(&admin_args(&env, &["cluster", "reinstate", &cl])));
+    assert!(!ok(&env.ctl(&["cluster", "status"])).contains("Retired"));
     assert!(ok(&env.ctl(&["apply", "-f", s(&live)])).contains("clientsync/live created"));
 }
 
@@ -371,4 +374,65 @@ async fn deregister_asks_for_the_cluster_name_on_a_terminal() {
     assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
     assert!(stdout(&o).contains("cluster/test-host deregistered"), "{}", stdout(&o));
     assert_eq!(total(&rows_of(&admin, &env.cluster).await), 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_moved_tenant_is_synced_by_the_other_clusters_leader_only() {
+    let mut env = TestEnv::new("move_live").await;
+    let admin = env.admin_pool().await;
+    tenant(&env, &env.cluster, "mover", true);
+    let a = Daemon::start(&env, "node-a", &FLAGS);
+    env.cluster = OTHER.into();
+    let b = Daemon::start(&env, "node-b", &FLAGS);
+    env.cluster = "test-host".into();
+    a.wait_up(Duration::from_secs(20)).await;
+    b.wait_up(Duration::from_secs(20)).await;
+    let jobs = |cluster: &'static str| {
+        let admin = admin.clone();
+        async move {
+            sqlx::query_as::<_, (String, String)>(
+                "SELECT leader_id, status FROM sync_metadata.sync_jobs
+                 WHERE cluster_name = $1 AND client_name = 'mover' ORDER BY started_at",
+            )
+            .bind(cluster)
+            .fetch_all(&admin)
+            .await
+            .unwrap()
+        }
+    };
+    eventually(Duration::from_secs(30), "node-a syncs mover", || async {
+        jobs("test-host").await.iter().any(|j| j.0 == "node-a" && j.1 == "succeeded").then_some(())
+    })
+    .await;
+
+    let out = ok(&env.ctl(&admin_args(&env, &["move", "mover", "--to-cluster", OTHER])));
+    assert!(out.contains("moved from cluster test-host to other-host") && out.contains("sync enabled"), "{out}");
+    let moved_jobs = jobs("other-host").await.len();
+    assert!(moved_jobs >= 1, "the job history did not move");
+    eventually(Duration::from_secs(30), "node-b syncs mover", || async {
+        let js = jobs("other-host").await;
+        js.iter().skip(moved_jobs).any(|j| j.0 == "node-b" && j.1 == "succeeded").then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for table in ["client_specs", "client_status"] {
+        let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT count(*) FROM sync_metadata.{table} WHERE cluster_name = 'test-host' AND name = 'mover'"
+        )))
+        .fetch_one(&admin)
+        .await
+        .unwrap();
+        assert_eq!(n, 0, "{table}: node-a wrote mover's rows after the move\n{}", a.log_text());
+    }
+    for table in ["table_state", "sync_jobs", "events"] {
+        let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT count(*) FROM sync_metadata.{table} WHERE cluster_name = 'test-host' AND client_name = 'mover'"
+        )))
+        .fetch_one(&admin)
+        .await
+        .unwrap();
+        assert_eq!(n, 0, "{table}: node-a wrote mover's rows after the move\n{}", a.log_text());
+    }
+    let v = b.get_json("/api/v1/clients/mover").await.expect("node-b serves mover");
+    assert_eq!(v["status"]["phase"], "Synced", "{v:#}");
 }

@@ -90,6 +90,15 @@ async fn prune_deletes_only_what_its_own_inventory_no_longer_has() {
         put(&ci, n, "test-host");
     }
     let before = specs(&admin).await;
+    // What a pull request's CI shows: no change without --prune, the prune with it.
+    let o = env.ctl(&["diff", "-f", s(&ci)]);
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    let o = env.ctl(&["diff", "--prune", "-f", s(&ci)]);
+    assert_eq!(o.status.code(), Some(1), "{}{}", stdout(&o), stderr(&o));
+    let d = stdout(&o);
+    assert!(d.starts_with("--- live/clientsync/t3\n+++ pruned/clientsync/t3 (inventory test-host)\n"), "{d}");
+    assert!(d.contains("\n-  name: t3\n") && !d.contains("clientsync/t1"), "{d}");
+    assert!(!d.lines().any(|l| l.starts_with('+') && !l.starts_with("+++")), "{d}");
     let out = ok(&env.ctl(&["apply", "--prune", "--dry-run", "-f", s(&ci)]));
     assert_eq!(
         out,
@@ -124,6 +133,18 @@ async fn prune_deletes_only_what_its_own_inventory_no_longer_has() {
     assert!(out.contains("clientsync/b2 created") && out.contains("clientsync/b1 pruned"), "{out}");
     assert_eq!(deleted(&admin).await, ["test-host/b1", "test-host/t3"]);
 
+    // A label selector narrows the inventory's prune (it never widens it).
+    std::fs::write(team.join("b3.yaml"), doc("b3", "test-host").replace("team: a", "team: z")).unwrap();
+    ok(&env.ctl(&["apply", "-f", s(&team), "--inventory", "team-b"]));
+    std::fs::remove_file(team.join("b2.yaml")).unwrap();
+    std::fs::remove_file(team.join("b3.yaml")).unwrap();
+    put(&team, "b4", "test-host");
+    let out = ok(&env.ctl(&["apply", "--prune", "-l", "team=z", "-f", s(&team), "--inventory", "team-b"]));
+    assert!(out.contains("clientsync/b3 pruned") && !out.contains("clientsync/b2 pruned"), "{out}");
+    assert_eq!(deleted(&admin).await, ["test-host/b1", "test-host/b3", "test-host/t3"]);
+    let out = ok(&env.ctl(&["apply", "--prune", "--selector", "team=nobody", "-f", s(&team), "--inventory", "team-b"]));
+    assert!(!out.contains("pruned"), "{out}");
+
     // stdin needs an explicit inventory to prune; an invalid document prunes nothing.
     let o = env.ctl_stdin(&["apply", "--prune", "-f", "-"], Some(&doc("piped", "test-host")));
     assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
@@ -132,12 +153,19 @@ async fn prune_deletes_only_what_its_own_inventory_no_longer_has() {
     std::fs::remove_file(ci.join("t1.yaml")).unwrap();
     let o = env.ctl(&["apply", "--prune", "-f", s(&ci)]);
     assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
-    assert_eq!(deleted(&admin).await, ["test-host/b1", "test-host/t3"]);
+    assert_eq!(deleted(&admin).await, ["test-host/b1", "test-host/b3", "test-host/t3"]);
     // Untouched throughout: the other cluster's t3 and o1, solo and piped.
     let live: Vec<String> =
         specs(&admin).await.into_iter().filter(|r| !r.2).map(|r| format!("{}/{}", r.0, r.1)).collect();
-    for want in ["other-host/o1", "other-host/t3", "test-host/piped", "test-host/solo", "test-host/t1", "test-host/b2"]
-    {
+    for want in [
+        "other-host/o1",
+        "other-host/t3",
+        "test-host/piped",
+        "test-host/solo",
+        "test-host/t1",
+        "test-host/b2",
+        "test-host/b4",
+    ] {
         assert!(live.contains(&want.to_string()), "{want} missing from {live:?}");
     }
 }

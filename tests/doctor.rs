@@ -104,10 +104,10 @@ async fn a_role_lacking_grants_fails_naming_what_is_missing() {
     let (code, text) = doctor(&env, &url, &[]);
     assert_eq!(code, 1, "{text}");
     let tables = line(&text, "✗ tables: ");
-    let want =
-        "INSERT/UPDATE on sync_metadata.{client_specs, client_status, conflict_log, events, hosts, leader_election";
+    let want = "INSERT/UPDATE on sync_metadata.{client_specs, client_status, conflict_log, events, hosts, inventories, leader_election";
     assert!(tables.contains(want), "{want}: {text}");
     assert!(!tables.contains("schema_migrations"), "schema_migrations needs SELECT only: {text}");
+    assert!(!tables.contains("retired_clusters"), "retired_clusters needs SELECT only: {text}");
     assert!(line(&text, "✗ provision: ").contains("lacks EXECUTE on sync_metadata.provision_table"), "{text}");
     line(&text, "✓ schema: ");
     assert!(line(&text, "✗ verdict: ").contains("NOT usable"), "{text}");
@@ -171,4 +171,69 @@ async fn poolers_session_mode_passes_transaction_mode_on_6543_fails_with_the_fix
     assert!(session_line.contains("transaction-mode pooler") && session_line.contains("session pooler"), "{text}");
     assert!(line(&text, "✗ verdict: ").contains("5432"), "{text}");
     assert!(transaction.log().contains("login attempt"), "doctor did not go through pgbouncer:\n{}", transaction.log());
+}
+
+/// Forwards TCP from `[::1]:PORT` to the test's PostgreSQL on 127.0.0.1: an IPv6 path.
+async fn ipv6_forwarder() -> u16 {
+    let l = tokio::net::TcpListener::bind("[::1]:0").await.expect("bind [::1] (no IPv6 loopback?)");
+    let port = l.local_addr().unwrap().port();
+    let target = format!("127.0.0.1:{}", pg().port());
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = l.accept().await {
+            let target = target.clone();
+            tokio::spawn(async move {
+                if let Ok(mut out) = tokio::net::TcpStream::connect(&target).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+                }
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ipv6_literal_is_resolved_reported_and_used() {
+    let env = TestEnv::new("doctor_ipv6").await;
+    let port = ipv6_forwarder().await;
+    let url = format!("postgres://sync_service:{SYNC_PASSWORD}@[::1]:{port}/{}", env.db);
+    let (code, text) = tokio::task::block_in_place(|| doctor(&env, &url, &[]));
+    assert_eq!(code, 0, "{text}");
+    assert!(line(&text, "✓ dns: ").contains("IPv6 ::1; IPv4 none"), "{text}");
+    assert!(line(&text, "✓ tcp: ").contains("connections use IPv6"), "{text}");
+    line(&text, "✓ connect: ");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_server_that_never_answers_times_out() {
+    let env = TestEnv::new("doctor_timeout").await;
+    // Accepts TCP (the kernel's backlog) but never speaks PostgreSQL.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let t = Instant::now();
+    let url = format!("postgres://sync_service:{SYNC_PASSWORD}@127.0.0.1:{port}/x");
+    let f = env.path("silent-url");
+    std::fs::write(&f, &url).unwrap();
+    let o = env.ctl(&["doctor", "--database-url-file", f.to_str().unwrap(), "--timeout", "1s"]);
+    let took = t.elapsed();
+    let text = String::from_utf8_lossy(&o.stdout).into_owned();
+    println!("{text}FIGURE doctor against a silent server with --timeout 1s: {took:?}");
+    assert_eq!(o.status.code(), Some(1), "{text}");
+    assert!(line(&text, "✓ tcp: ").contains("answers"), "{text}");
+    assert!(line(&text, "✗ connect: ").contains("no PostgreSQL answer from 127.0.0.1"), "{text}");
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+    drop(silent);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn malformed_urls_fail_without_printing_the_password() {
+    let env = TestEnv::new("doctor_malformed").await;
+    for (url, want) in [
+        (format!("postgres://sync_service:{SYNC_PASSWORD}@127.0.0.1:notaport/db"), "invalid port number"),
+        (format!("postgres://sync_service:{SYNC_PASSWORD}@127.0.0.1/db?sslmode=bogus"), "bogus"),
+        (format!("mysql://sync_service:{SYNC_PASSWORD}@127.0.0.1/db"), "postgres://"),
+    ] {
+        let (code, text) = doctor(&env, &url, &[]);
+        assert_eq!(code, 1, "{text}");
+        assert!(line(&text, "✗ url: ").contains(want), "{want}: {text}");
+    }
 }

@@ -1,7 +1,7 @@
 //! Secrets never leak: a whole sync and a failover with the real owsyncd (two replicas,
 //! kill -9 of the leader) and owsyncctl commands, with a known password and API token
 //! read from `*_FILE` paths, at debug log level. Neither appears in any log line, error
-//! message, `/proc/PID/cmdline` or `/proc/PID/environ`, or any API answer.
+//! message, `/proc/PID/cmdline` or `/proc/PID/environ`, any API answer, or the server's log.
 
 mod common;
 
@@ -206,5 +206,9 @@ async fn no_secret_in_logs_errors_argv_environ_or_api_answers() {
         assert!(log.contains("DEBUG"), "{} did not log at debug level:\n{log}", d.node_id);
         seen.add(format!("{} log", d.node_id), log);
     }
+    // And PostgreSQL's own log (failed logins, errors with statements).
+    let server_log = std::fs::read_to_string(pg().log_file()).unwrap_or_default();
+    assert!(server_log.contains("password authentication failed"), "{server_log}");
+    seen.add("PostgreSQL server log", server_log);
     seen.assert_clean();
 }

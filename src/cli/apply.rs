@@ -1,6 +1,6 @@
 //! `apply` and `diff`: read every document, validate them all, then act.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -22,14 +22,44 @@ pub struct ApplyArgs {
     /// Validate and show what would happen (prunes included), in a transaction that is rolled back.
     #[arg(long)]
     pub dry_run: bool,
+    #[command(flatten)]
+    pub inv: PruneArgs,
+}
+
+/// The inventory and pruning flags `apply` and `diff` share.
+#[derive(Debug, Args)]
+pub struct PruneArgs {
     /// Also delete (like `owsyncctl delete`; mirrors kept) the tenants previously applied
-    /// from the same inventory that these files no longer have.
+    /// from the same inventory that these files no longer have (diff: show them).
     #[arg(long)]
     pub prune: bool,
     /// The inventory (ApplySet) id recorded on every applied tenant; default: the last
     /// path components of the -f arguments (e.g. `hosts/prod-host-1` -> `prod-host-1`).
     #[arg(long, value_name = "ID")]
     pub inventory: Option<String>,
+    /// With --prune: prune only tenants that also carry these labels (`k=v,k2=v2`); narrows
+    /// the inventory, never replaces it.
+    #[arg(short = 'l', long = "selector", value_name = "k=v,...", requires = "prune", value_parser = parse_selector)]
+    pub selector: Option<BTreeMap<String, String>>,
+}
+
+/// `k=v,k2=v2` (equality only).
+fn parse_selector(s: &str) -> Result<BTreeMap<String, String>, String> {
+    let mut out = BTreeMap::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let Some((k, v)) = part.split_once('=') else {
+            return Err(format!("{part:?} is not k=v"));
+        };
+        let (k, v) = (k.trim().trim_end_matches('='), v.trim());
+        if k.is_empty() {
+            return Err(format!("{part:?} has no label key"));
+        }
+        out.insert(k.to_string(), v.to_string());
+    }
+    if out.is_empty() {
+        return Err("empty selector".into());
+    }
+    Ok(out)
 }
 
 #[derive(Debug, Args)]
@@ -38,6 +68,8 @@ pub struct DiffArgs {
     pub files: Vec<PathBuf>,
     #[arg(short = 'R', long)]
     pub recursive: bool,
+    #[command(flatten)]
+    pub inv: PruneArgs,
 }
 
 fn yaml_files(dir: &Path, recursive: bool, out: &mut Vec<PathBuf>) -> Result<(), CliError> {
@@ -134,7 +166,7 @@ pub fn load_all(files: &[PathBuf], recursive: bool, cluster: &str) -> Result<Vec
 /// The inventory id of an apply: `--inventory`, else the last components of the `-f`
 /// paths (sorted, joined with `+`), so where the repository is checked out does not
 /// matter. `None` for documents from stdin without `--inventory`.
-fn inventory_id(a: &ApplyArgs) -> Result<Option<String>, CliError> {
+fn inventory_id(files: &[PathBuf], a: &PruneArgs) -> Result<Option<String>, CliError> {
     if let Some(id) = &a.inventory {
         if id.is_empty() || id.len() > 253 || id.chars().any(char::is_control) {
             return Err(CliError::msg(format!("--inventory {id:?}: give 1 to 253 printable characters")));
@@ -142,7 +174,7 @@ fn inventory_id(a: &ApplyArgs) -> Result<Option<String>, CliError> {
         return Ok(Some(id.clone()));
     }
     let mut names = BTreeSet::new();
-    for f in &a.files {
+    for f in files {
         if f.as_os_str() == "-" {
             return Ok(None);
         }
@@ -160,8 +192,8 @@ fn inventory_id(a: &ApplyArgs) -> Result<Option<String>, CliError> {
 
 pub async fn apply(g: &Global, a: ApplyArgs) -> Result<ExitCode, CliError> {
     let docs = load_all(&a.files, a.recursive, &g.cluster)?;
-    let inventory_id = inventory_id(&a)?;
-    if a.prune && inventory_id.is_none() {
+    let inventory_id = inventory_id(&a.files, &a.inv)?;
+    if a.inv.prune && inventory_id.is_none() {
         return Err(CliError::msg(
             "--prune with documents from stdin needs --inventory ID (which earlier apply the documents belong to); nothing was applied",
         ));
@@ -189,18 +221,21 @@ pub async fn apply(g: &Global, a: ApplyArgs) -> Result<ExitCode, CliError> {
     if let Some(id) = &inventory_id {
         let fail = |e: crate::store::StoreError| CliError::msg(format!("{e}; nothing was applied"));
         for (cluster, keep) in &applied {
-            if keep.is_empty() && !a.prune {
+            if keep.is_empty() && !a.inv.prune {
                 continue;
             }
-            if a.prune {
-                for (name, enabled) in inventory::prune_candidates(&mut tx, cluster, id, keep).await.map_err(fail)? {
+            if a.inv.prune {
+                for (name, enabled) in inventory::prune_candidates(&mut tx, cluster, id, keep, a.inv.selector.as_ref())
+                    .await
+                    .map_err(fail)?
+                {
                     inventory::prune(&mut tx, cluster, &name).await.map_err(fail)?;
                     let was = if enabled { ", was enabled" } else { "" };
                     lines.push(format!("clientsync/{name} pruned{dry} (inventory {id}{was}; its mirror is kept)"));
                 }
             }
             let members = inventory::record(&mut tx, cluster, id).await.map_err(fail)?;
-            if a.prune {
+            if a.inv.prune {
                 lines.push(format!("inventory {id} of cluster {cluster}: {} tenants{dry}", members.len()));
             }
         }
@@ -237,5 +272,45 @@ pub async fn diff(g: &Global, a: DiffArgs) -> Result<ExitCode, CliError> {
             .to_string();
         print!("{text}");
     }
+    if a.inv.prune {
+        differs |= diff_prunes(g, &a, &pool, &docs).await?;
+    }
     Ok(if differs { ExitCode::from(1) } else { ExitCode::SUCCESS })
+}
+
+/// `diff --prune`: what `apply --prune` would delete, as diffs from live to nothing.
+async fn diff_prunes(
+    g: &Global,
+    a: &DiffArgs,
+    pool: &sqlx::PgPool,
+    docs: &[(Document, ClientSync)],
+) -> Result<bool, CliError> {
+    let Some(id) = inventory_id(&a.files, &a.inv)? else {
+        return Err(CliError::msg("--prune with documents from stdin needs --inventory ID"));
+    };
+    let mut applied: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    applied.entry(g.cluster.clone()).or_default();
+    for (_, n) in docs {
+        applied.entry(n.metadata.cluster.clone().unwrap_or_default()).or_default().insert(n.metadata.name.clone());
+    }
+    let mut any = false;
+    for (cluster, keep) in &applied {
+        // Candidates are read under row locks in a transaction that is rolled back at once.
+        let mut tx = pool.begin().await.map_err(|e| CliError::msg(format!("begin transaction: {e}")))?;
+        let gone = inventory::prune_candidates(&mut tx, cluster, &id, keep, a.inv.selector.as_ref()).await?;
+        tx.rollback().await.map_err(|e| CliError::msg(format!("roll back: {e}")))?;
+        for (name, _) in gone {
+            let Some(live) = specs::find(pool, cluster, &name).await? else { continue };
+            any = true;
+            let old = spec::to_yaml(&live.to_applied());
+            let what = format!("clientsync/{name}");
+            let text = similar::TextDiff::from_lines(old.as_str(), "")
+                .unified_diff()
+                .context_radius(3)
+                .header(&format!("live/{what}"), &format!("pruned/{what} (inventory {id})"))
+                .to_string();
+            print!("{text}");
+        }
+    }
+    Ok(any)
 }

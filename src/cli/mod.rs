@@ -9,6 +9,7 @@ mod dev;
 mod doctor;
 mod get;
 mod ops;
+mod progress;
 mod verify;
 mod watch;
 

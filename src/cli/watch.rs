@@ -76,11 +76,13 @@ pub async fn status(g: &Global) -> Result<ExitCode, CliError> {
     .fetch_all(&mut *tx)
     .await
     .map_err(|e| CliError::msg(format!("read hosts: {e}")))?;
+    let retired = store::cluster::retired(&mut tx, &g.cluster).await.map_err(|e| CliError::msg(e.to_string()))?;
     let _ = tx.commit().await;
     if g.output == Output::Json || g.output == Output::Yaml {
         let v = serde_json::json!({
             "cluster": g.cluster,
             "lease": l,
+            "retiredAt": retired.map(|r| r.0),
             "replicas": hosts.iter().map(|h| serde_json::json!({
                 "nodeId": h.get::<String, _>(0), "hostname": h.get::<String, _>(1), "version": h.get::<String, _>(2),
                 "status": h.get::<String, _>(3), "isLeader": h.get::<bool, _>(4),
@@ -95,6 +97,12 @@ pub async fn status(g: &Global) -> Result<ExitCode, CliError> {
         return Ok(ExitCode::SUCCESS);
     }
     println!("Cluster: {}", g.cluster);
+    if let Some((at, _)) = retired {
+        println!(
+            "Retired: deregistered at {} (its replicas cannot write; `owsyncctl cluster reinstate` frees the name)",
+            at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        );
+    }
     match &l {
         Some(l) if !l.expired => {
             let left = (l.expires_at - Utc::now()).num_milliseconds() as f64 / 1000.0;

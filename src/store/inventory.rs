@@ -5,9 +5,10 @@
 //! inventory id that the current apply no longer has: never by labels, never specs applied
 //! without an inventory or from another one.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use sqlx::PgConnection;
+use sqlx::types::Json;
 
 use super::specs::set_cluster;
 use super::{Context, Result};
@@ -28,23 +29,27 @@ pub async fn claim(conn: &mut PgConnection, cluster: &str, name: &str, id: &str)
     Ok(())
 }
 
-/// Live specs of `cluster` applied from inventory `id` whose names are not in `keep`.
+/// Live specs of `cluster` applied from inventory `id` whose names are not in `keep` (and
+/// that carry every label of `selector`, when given).
 pub async fn prune_candidates(
     conn: &mut PgConnection,
     cluster: &str,
     id: &str,
     keep: &BTreeSet<String>,
+    selector: Option<&BTreeMap<String, String>>,
 ) -> Result<Vec<(String, bool)>> {
     set_cluster(conn, cluster).await?;
     let keep: Vec<&str> = keep.iter().map(String::as_str).collect();
     let rows: Vec<(String, bool)> = sqlx::query_as(
         "SELECT name, enabled FROM sync_metadata.client_specs
          WHERE cluster_name = $1 AND applied_by_inventory = $2 AND deleted_at IS NULL AND NOT (name = ANY ($3))
+           AND labels @> $4
          ORDER BY name FOR UPDATE",
     )
     .bind(cluster)
     .bind(id)
     .bind(&keep)
+    .bind(Json(selector.cloned().unwrap_or_default()))
     .fetch_all(conn)
     .await
     .ctx(|| format!("find what inventory {id:?} of cluster {cluster} no longer has"))?;

@@ -57,6 +57,14 @@ impl<T> Context<T> for std::result::Result<T, sqlx::Error> {
 /// Connection options from a URL, tagged with an application name.
 pub fn connect_options(url: &str, application: &str) -> Result<PgConnectOptions> {
     let opts: PgConnectOptions = url.parse().map_err(|source| StoreError::Connect { url: redact_url(url), source })?;
+    // An IPv6 literal keeps its URL brackets (`[::1]`), which name resolution rejects.
+    let opts = match opts.get_host().strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        Some(ip) => {
+            let ip = ip.to_string();
+            opts.host(&ip)
+        }
+        None => opts,
+    };
     Ok(opts.application_name(application))
 }
 

@@ -3,6 +3,8 @@
 //! record the table's state, and commit only if this replica still holds the lease.
 //! A library: usable without the daemon (`owsyncctl sync NAME --once`).
 
+pub mod drift;
+pub mod progress;
 mod skip;
 
 use std::collections::BTreeMap;
@@ -74,6 +76,10 @@ pub struct SyncReport {
     pub unchanged: bool,
     #[serde(skip)]
     pub duration: Duration,
+    /// Where the mirror cannot follow the source (`drift.rs`); `None` when not checked
+    /// (unchanged source, or the check itself failed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub drift: Option<Vec<drift::Drift>>,
 }
 
 /// What to sync and as whom.
@@ -151,6 +157,7 @@ pub async fn sync_tenant_with(job: &SyncJob<'_>, full: bool) -> Result<SyncRepor
         return Ok(SyncReport { tables, unchanged: true, duration: started.elapsed(), ..Default::default() });
     }
     let mut report = sync_all(job).await?;
+    report.drift = drift::check(job).await.inspect_err(|e| warn!(error = %e, "cannot check schema drift")).ok();
     if report.failed.is_empty() && !skip::record(job, &fp).await.map_err(store_err)? {
         return Err(SyncError::OwnershipLost { client, epoch: job.fence.map_or(0, |f| f.epoch) });
     }
@@ -170,7 +177,14 @@ async fn sync_all(job: &SyncJob<'_>) -> Result<SyncReport, SyncError> {
         let Msg::Table(info) = msg else { continue };
         let table = MirrorTable::from_source(&schema, &info);
         let span = info_span!("table", client = %client, table = %info.name);
-        match sync_table(job, &info, &table, &mut rx).instrument(span).await {
+        progress::report(|p| p.table_started(&info.name));
+        let done = sync_table(job, &info, &table, &mut rx).instrument(span).await;
+        progress::report(|p| match &done {
+            Ok(tr) => p.table_done(&info.name, tr.rows, None),
+            Err(TableFailure::Table(m)) => p.table_done(&info.name, 0, Some(m)),
+            Err(TableFailure::Fatal(e)) => p.table_done(&info.name, 0, Some(&e.to_string())),
+        });
+        match done {
             Ok(tr) => {
                 report.rows_written += tr.upserted + tr.tombstoned;
                 report.tables.insert(info.name.clone(), tr);
@@ -245,6 +259,7 @@ async fn sync_table(
                 Some(Msg::Slice(s)) => {
                     rows += s.rows.len() as i64;
                     let (_, q) = target::copy_slice(&mut tx, table, &s).await.map_err(target_err)?;
+                    progress::report(|p| p.slice(&info.name, s.rows.len() as u64, s.bytes as u64));
                     quarantined.extend(q);
                 }
                 Some(Msg::Failed(m)) => return Err(TableFailure::Table(m)),

@@ -134,11 +134,20 @@ pub async fn doctor(g: &Global, a: DoctorArgs) -> Result<ExitCode, CliError> {
 pub async fn run(r: &mut Report, url: &str, cluster: &str, timeout: Duration) {
     let opts = match store::connect_options(url, "owsyncctl-doctor") {
         Ok(o) => o,
+        Err(store::StoreError::Connect { url: shown, source }) => {
+            r.fail("url", format!("{shown} is not a usable PostgreSQL URL: {source}"));
+            return;
+        }
         Err(e) => {
-            r.fail("url", format!("{e}"));
+            r.fail("url", e.to_string());
             return;
         }
     };
+    let scheme = url.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
+    if !matches!(scheme.as_deref(), Some("postgres" | "postgresql")) {
+        r.fail("url", "the URL must start with postgres:// or postgresql://");
+        return;
+    }
     net::endpoint(r, url, &opts);
     net::resolve(r, &opts, timeout).await;
     let Some(mut conn) = net::connect(r, &opts, timeout).await else {

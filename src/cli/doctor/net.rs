@@ -124,7 +124,8 @@ pub async fn resolve(r: &mut Report, opts: &PgConnectOptions, timeout: Duration)
     }
     let v6_only = addrs.iter().all(|a| a.is_ipv6());
     let hint = if v6_only {
-        " (the host has only IPv6 addresses: from a network without IPv6 use Supabase's session pooler on port 5432)"
+        " (the host has only IPv6 addresses: this machine needs an IPv6 route; for Supabase's direct connection, \
+         or use the session pooler on port 5432, which has IPv4)"
     } else {
         " (is the server running and listening on this port? a firewall?)"
     };

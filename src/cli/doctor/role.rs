@@ -90,6 +90,10 @@ fn names(v: &[&Rel]) -> String {
     v.iter().map(|r| r.name.as_str()).collect::<Vec<_>>().join(", ")
 }
 
+/// Metadata tables owsyncd only reads: the migration ledger, and the list of deregistered
+/// clusters (written by `owsyncctl cluster deregister` as admin).
+const READ_ONLY: &[&str] = &["schema_migrations", "retired_clusters"];
+
 pub async fn privileges(r: &mut Report, c: &mut PgConnection, cluster: &str) {
     let role = match sqlx::query(
         "SELECT rolname::text, rolsuper, rolbypassrls, rolcreaterole, rolcreatedb,
@@ -176,11 +180,11 @@ pub async fn privileges(r: &mut Report, c: &mut PgConnection, cluster: &str) {
         }
     };
     let tables: Vec<&Rel> = rels.iter().filter(|t| t.kind != "S").collect();
-    let working: Vec<&Rel> = tables.iter().copied().filter(|t| t.name != "schema_migrations").collect();
+    let working: Vec<&Rel> = tables.iter().copied().filter(|t| !READ_ONLY.contains(&t.name.as_str())).collect();
     // Grouped by what is lacking: "INSERT/UPDATE on client_specs, events, ...".
     let mut lacking: Vec<(String, Vec<&str>)> = Vec::new();
     for t in &tables {
-        let need: &[(&str, bool)] = if t.name == "schema_migrations" {
+        let need: &[(&str, bool)] = if READ_ONLY.contains(&t.name.as_str()) {
             &[("SELECT", t.select)]
         } else {
             &[("SELECT", t.select), ("INSERT", t.insert), ("UPDATE", t.update)]
