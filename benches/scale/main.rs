@@ -44,6 +44,8 @@ cargo bench --bench scale -- [options]
   --steady SECS     steady-state window (default 60)
   --changes N       tenants changed for the lag figures (default 100)
   --concurrency N   owsyncd --max-concurrency (default: owsyncd's own, 8)
+  --bin-dir DIR     run owsyncd and owsyncctl from DIR (e.g. target/release when this driver
+                    itself was built without optimisation; default: the ones cargo built with it)
   --work DIR        scratch directory (default target/owsync-scale)
   --out FILE        report file (default BENCHMARKS.md)
   --no-write        do not touch the report file";
@@ -56,6 +58,7 @@ pub struct Args {
     steady: u64,
     changes: usize,
     concurrency: Option<usize>,
+    bin_dir: Option<PathBuf>,
     work: PathBuf,
     out: Option<PathBuf>,
     strict: bool,
@@ -69,6 +72,7 @@ fn parse_args(argv: &[String]) -> Result<Args> {
         steady: 60,
         changes: 100,
         concurrency: None,
+        bin_dir: None,
         work: PathBuf::from("target/owsync-scale"),
         out: Some(PathBuf::from("BENCHMARKS.md")),
         strict: false,
@@ -83,6 +87,7 @@ fn parse_args(argv: &[String]) -> Result<Args> {
             "--steady" => a.steady = val()?.parse()?,
             "--changes" => a.changes = val()?.parse()?,
             "--concurrency" => a.concurrency = Some(val()?.parse()?),
+            "--bin-dir" => a.bin_dir = Some(val()?.into()),
             "--work" => a.work = val()?.into(),
             "--out" => a.out = Some(val()?.into()),
             "--no-write" => a.out = None,
@@ -165,8 +170,13 @@ fn manifests(a: &Args, names: &[String], paths: &[PathBuf]) -> String {
     s
 }
 
-fn ctl(url_file: &Path, args: &[&str]) -> Result<String> {
-    let out = Command::new(env!("CARGO_BIN_EXE_owsyncctl"))
+/// The path of binary `name`: from `--bin-dir`, or the one cargo built with this bench.
+fn bin(a: &Args, name: &str, built: &str) -> PathBuf {
+    a.bin_dir.as_ref().map_or_else(|| PathBuf::from(built), |d| d.join(name))
+}
+
+fn ctl(a: &Args, url_file: &Path, args: &[&str]) -> Result<String> {
+    let out = Command::new(bin(a, "owsyncctl", env!("CARGO_BIN_EXE_owsyncctl")))
         .args(args)
         .env_remove("OWSYNC_DATABASE_URL")
         .env_remove("DATABASE_URL")
@@ -217,7 +227,9 @@ async fn run(a: Args) -> Result<()> {
     let port = free_port()?;
     let log = std::fs::File::create(work.join("owsyncd.log"))?;
     let listen = format!("127.0.0.1:{port}");
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_owsyncd"));
+    let owsyncd = bin(&a, "owsyncd", env!("CARGO_BIN_EXE_owsyncd"));
+    let optimised = a.bin_dir.as_ref().is_some_and(|d| d.ends_with("release")) || !cfg!(debug_assertions);
+    let mut cmd = Command::new(&owsyncd);
     cmd.args(["--cluster", CLUSTER, "--node-id", "scale-a", "--listen", &listen])
         .env_remove("OWSYNC_DATABASE_URL")
         .env_remove("DATABASE_URL")
@@ -254,7 +266,7 @@ async fn run(a: Args) -> Result<()> {
     let fleet = work.join("fleet.yaml");
     std::fs::write(&fleet, manifests(&a, &names, &paths))?;
     let t = Instant::now();
-    ctl(&url_file, &["apply", "-f", fleet.to_str().unwrap_or_default()])?;
+    ctl(&a, &url_file, &["apply", "-f", fleet.to_str().unwrap_or_default()])?;
     let apply_secs = t.elapsed().as_secs_f64();
     let timeout = Duration::from_secs(120 + 3 * a.tenants as u64);
     let synced = wait_all_synced(&admin, a.tenants, timeout).await?;
@@ -275,7 +287,8 @@ async fn run(a: Args) -> Result<()> {
     eprintln!("scale: lag {lag:?}");
     let end = proc.sample()?;
     drop(daemon);
-    let report = render(&a, source_bytes, apply_secs, all_synced_secs, &idle, &after_sync, &end, &steady, &lag);
+    let build = if optimised { "optimised owsyncd" } else { "debug-build owsyncd (not for figures)" };
+    let report = render(&a, build, source_bytes, apply_secs, all_synced_secs, &idle, &after_sync, &end, &steady, &lag);
     println!("\n{report}");
     if let Some(out) = &a.out {
         write_region(out, &report)?;
@@ -297,6 +310,7 @@ async fn run(a: Args) -> Result<()> {
 #[allow(clippy::too_many_arguments)]
 fn render(
     a: &Args,
+    build: &str,
     source_bytes: u64,
     apply: f64,
     all_synced: f64,
@@ -309,13 +323,14 @@ fn render(
     let mut r = String::new();
     let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     r.push_str(&format!(
-        "Run: `cargo bench --bench scale -- --tenants {} --chats {} --interval {} --steady {} --changes {}` on {cpus} \
-         cores, {} (release build, one owsyncd leader{}, throwaway PostgreSQL with fsync off).\n\n",
+        "Run: `cargo bench --bench scale -- --tenants {} --chats {} --interval {} --steady {} --changes {}{}` on {cpus} \
+         cores, {} ({build}, one leader{}, throwaway PostgreSQL with fsync off).\n\n",
         a.tenants,
         a.chats,
         a.interval,
         a.steady,
         a.changes,
+        a.bin_dir.as_ref().map(|d| format!(" --bin-dir {}", d.display())).unwrap_or_default(),
         measure::load_note(),
         a.concurrency.map(|c| format!(", --max-concurrency {c}")).unwrap_or_default()
     ));
