@@ -130,6 +130,18 @@ impl Metrics {
         }
     }
 
+    pub fn record_conflicts(&self, client: &str, table: &str, strategy: &str, n: u64) {
+        if n > 0 {
+            self.conflicts_detected
+                .get_or_create(&ConflictLabels {
+                    client: client.into(),
+                    table: table.into(),
+                    strategy: strategy.into(),
+                })
+                .inc_by(n);
+        }
+    }
+
     /// Prometheus text exposition (OpenMetrics flavour).
     pub fn render(&self) -> String {
         if let Ok(m) = self.last_success.lock() {

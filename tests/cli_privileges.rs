@@ -276,3 +276,208 @@ async fn row_level_security_keeps_clusters_apart() {
     let out = ok(&env.ctl(&["--cluster", "other-host", "get", "clients"]));
     assert_eq!(out.lines().skip(1).map(|l| l.split(' ').next().unwrap()).collect::<Vec<_>>(), ["y"], "{out}");
 }
+
+/// Every table of sync_metadata and of the tenant's schema, by name (as admin).
+async fn tables_of(admin: &PgPool, schema: &str) -> Vec<String> {
+    sqlx::query_scalar("SELECT tablename::text FROM pg_tables WHERE schemaname = $1 ORDER BY 1")
+        .bind(schema)
+        .fetch_all(admin)
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sync_service_is_denied_ddl_delete_and_truncate_on_every_table() {
+    let env = synced_env("priv_every").await;
+    let admin = env.admin_pool().await;
+    let meta = tables_of(&admin, "sync_metadata").await;
+    let mirror = tables_of(&admin, "client_x").await;
+    assert!(meta.len() >= 12 && mirror.len() >= 10, "{meta:?} {mirror:?}");
+    let mut sql = Vec::new();
+    for (schema, tables) in [("sync_metadata", &meta), ("client_x", &mirror)] {
+        for t in tables {
+            let q = owsync::sql::qualified(schema, t);
+            sql.push(format!("DELETE FROM {q}"));
+            sql.push(format!("TRUNCATE {q}"));
+            sql.push(format!("DROP TABLE {q}"));
+            sql.push(format!("ALTER TABLE {q} OWNER TO sync_service"));
+        }
+        let s = owsync::sql::quote_ident(schema);
+        sql.push(format!("CREATE TABLE {s}.evil (id int)"));
+        sql.push(format!("CREATE VIEW {s}.evil AS SELECT 1 AS one"));
+        sql.push(format!("CREATE SEQUENCE {s}.evil"));
+        sql.push(format!("CREATE FUNCTION {s}.evil() RETURNS int LANGUAGE sql AS 'SELECT 1'"));
+        sql.push(format!("DROP SCHEMA {s} CASCADE"));
+        sql.push(format!("ALTER SCHEMA {s} RENAME TO evil"));
+    }
+    sql.push("CREATE SCHEMA evil".into());
+    sql.push("CREATE SCHEMA client_evil".into());
+    sql.push("CREATE SCHEMA evil AUTHORIZATION sync_service CREATE TABLE t (id int)".into());
+    sql.push("GRANT DELETE ON sync_metadata.client_specs TO sync_service".into());
+    sql.push("ALTER ROLE sync_service SUPERUSER".into());
+    sql.push("ALTER ROLE sync_service CREATEDB".into());
+    sql.push("SET ROLE postgres".into());
+
+    let pool = env.sync_pool().await;
+    let mut c = pool.acquire().await.unwrap();
+    set_host(&mut c, "test-host").await;
+    for q in &sql {
+        let r = try_sql(&mut c, q).await;
+        match &r {
+            Some((code, msg)) => println!("NEGATIVE CHECK denied ({code}): {q}: {msg}"),
+            None if q.starts_with("GRANT ") => println!("NEGATIVE CHECK no effect (a warning; checked below): {q}"),
+            None => println!("NEGATIVE CHECK ALLOWED: {q}"),
+        }
+        // GRANT of a privilege one does not hold is a warning, not an error: check it had no effect.
+        if q.starts_with("GRANT ") {
+            continue;
+        }
+        assert_denied(q, r);
+    }
+    drop(c);
+    let can_delete: bool =
+        sqlx::query_scalar("SELECT has_table_privilege('sync_service', 'sync_metadata.client_specs', 'DELETE')")
+            .fetch_one(&admin)
+            .await
+            .unwrap();
+    assert!(!can_delete, "sync_service granted itself DELETE");
+    println!("NEGATIVE CHECK denied: GRANT DELETE to itself had no effect (has_table_privilege = false)");
+    let left: i64 = sqlx::query_scalar(
+        "SELECT (SELECT count(*) FROM pg_class WHERE relname = 'evil') + (SELECT count(*) FROM pg_namespace
+         WHERE nspname IN ('evil', 'client_evil')) + (SELECT count(*) FROM pg_proc WHERE proname = 'evil')",
+    )
+    .fetch_one(&admin)
+    .await
+    .unwrap();
+    assert_eq!(left, 0, "an evil object was created");
+    assert_eq!(tables_of(&admin, "sync_metadata").await, meta);
+    assert_eq!(tables_of(&admin, "client_x").await, mirror);
+    println!("FIGURE {} negative privilege checks as sync_service, all denied or without effect", sql.len());
+}
+
+/// Row-level security on status, state and sync state through `store::begin` (the host
+/// set per transaction): another cluster's rows are invisible and unchangeable, and the
+/// setting ends with the transaction, so a pooled server connection keeps nothing.
+async fn other_cluster_cannot_touch(pool: &PgPool, via: &str) {
+    let tables = [
+        "client_specs",
+        "client_status",
+        "state",
+        "table_state",
+        "events",
+        "sync_jobs",
+        "hosts",
+        "leader_election",
+        "sync_requests",
+    ];
+    let mut tx = owsync::store::begin(pool, "other-host").await.unwrap();
+    for t in tables {
+        let q = format!("SELECT count(*) FROM sync_metadata.{t} WHERE cluster_name = 'test-host'");
+        let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(q.clone())).fetch_one(&mut *tx).await.unwrap();
+        println!("NEGATIVE CHECK ({via}) other-host reads test-host's {t}: {n} rows");
+        assert_eq!(n, 0, "{via}: {q}");
+    }
+    for t in ["client_specs", "client_status", "state", "table_state"] {
+        let q = format!("UPDATE sync_metadata.{t} SET updated_at = now() WHERE cluster_name = 'test-host'");
+        let n = sqlx::raw_sql(sqlx::AssertSqlSafe(q.clone())).execute(&mut *tx).await.unwrap().rows_affected();
+        println!("NEGATIVE CHECK ({via}) other-host updates test-host's {t}: {n} rows changed");
+        assert_eq!(n, 0, "{via}: {q}");
+    }
+    let own: i64 = sqlx::query_scalar("SELECT count(*) FROM sync_metadata.state").fetch_one(&mut *tx).await.unwrap();
+    assert_eq!(own, 1, "{via}: other-host sees its own state row");
+    tx.commit().await.unwrap();
+    for q in [
+        "INSERT INTO sync_metadata.state (cluster_name, key, value) VALUES ('test-host', 'evil', '1')",
+        "INSERT INTO sync_metadata.client_status (cluster_name, name) VALUES ('test-host', 'evil')",
+        "INSERT INTO sync_metadata.table_state (cluster_name, client_name, table_name) VALUES ('test-host', 'x', 'evil')",
+        "UPDATE sync_metadata.state SET cluster_name = 'test-host', key = 'moved' WHERE cluster_name = 'other-host'",
+        "UPDATE sync_metadata.client_status SET cluster_name = 'test-host' WHERE cluster_name = 'other-host'",
+    ] {
+        let mut tx = owsync::store::begin(pool, "other-host").await.unwrap();
+        let r = try_sql(&mut tx, q).await;
+        println!("NEGATIVE CHECK ({via}) {q}: {r:?}");
+        assert_denied(q, r);
+        tx.rollback().await.unwrap();
+    }
+    // The host was set for the transaction only: the (pooled) session keeps nothing.
+    let mut c = pool.acquire().await.unwrap();
+    let setting: Option<String> =
+        sqlx::query_scalar("SELECT current_setting('app.current_host_id', true)").fetch_one(&mut *c).await.unwrap();
+    let seen: i64 = sqlx::query_scalar("SELECT count(*) FROM sync_metadata.state").fetch_one(&mut *c).await.unwrap();
+    println!(
+        "NEGATIVE CHECK ({via}) after the transaction: app.current_host_id = {setting:?}, {seen} state rows visible"
+    );
+    assert!(setting.as_deref().unwrap_or("").is_empty(), "{via}: the host outlived its transaction: {setting:?}");
+    assert_eq!(seen, 0, "{via}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn row_level_security_on_status_and_state_directly_and_through_a_session_pooler() {
+    let env = synced_env("priv_rls_status").await;
+    let admin = env.admin_pool().await;
+    for q in [
+        "INSERT INTO sync_metadata.state (cluster_name, key, value) VALUES ('test-host', 'k', '1'), ('other-host', 'k', '2')",
+        "INSERT INTO sync_metadata.client_status (cluster_name, name) VALUES ('other-host', 'y'), ('test-host', 'x')
+         ON CONFLICT DO NOTHING",
+    ] {
+        sqlx::raw_sql(q).execute(&admin).await.unwrap();
+    }
+    let fingerprint = || async {
+        sqlx::query_scalar::<_, String>(
+            "SELECT concat_ws('|',
+               (SELECT string_agg(t::text, ',' ORDER BY t::text) FROM sync_metadata.client_specs t),
+               (SELECT string_agg(t::text, ',' ORDER BY t::text) FROM sync_metadata.client_status t),
+               (SELECT string_agg(t::text, ',' ORDER BY t::text) FROM sync_metadata.state t),
+               (SELECT string_agg(t::text, ',' ORDER BY t::text) FROM sync_metadata.table_state t))",
+        )
+        .fetch_one(&admin)
+        .await
+        .unwrap()
+    };
+    let n = |q: &'static str| {
+        let admin = admin.clone();
+        async move { sqlx::query_scalar::<_, i64>(q).fetch_one(&admin).await.unwrap() }
+    };
+    for t in ["client_specs", "client_status", "state", "table_state"] {
+        let q = format!("SELECT count(*) FROM sync_metadata.{t} WHERE cluster_name = 'test-host'");
+        let rows: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(q)).fetch_one(&admin).await.unwrap();
+        assert!(rows > 0, "test-host has no {t} rows to protect");
+    }
+    let before = fingerprint().await;
+
+    let direct = owsync::store::connect(&env.sync_url, "test-rls", 1).await.unwrap();
+    other_cluster_cannot_touch(&direct, "direct").await;
+    let bouncer = common::bouncer::Bouncer::start("session");
+    let probe = owsync::store::connect(&bouncer.url(&env.db), "test-rls-probe", 2).await.unwrap();
+    owsync::store::check_session_pooling(&probe).await.unwrap();
+    probe.close().await;
+    let pooled = owsync::store::connect(&bouncer.url(&env.db), "test-rls-pooled", 1).await.unwrap();
+    other_cluster_cannot_touch(&pooled, "session pooler").await;
+    assert!(bouncer.log().contains("login attempt"), "nothing went through pgbouncer");
+    assert_eq!(fingerprint().await, before, "other-host changed test-host's rows");
+    assert_eq!(n("SELECT count(*) FROM sync_metadata.state WHERE key IN ('evil', 'moved')").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn provision_table_refuses_a_deleted_clientsync_until_it_is_applied_again() {
+    let env = synced_env("priv_deleted").await;
+    let pool = env.sync_pool().await;
+    let sql = r#"SELECT sync_metadata.provision_table('client_x', 'extra', '[{"name": "id", "type": "text"}]'::jsonb, ARRAY['id'])"#;
+    let provision = || async {
+        let mut c = pool.acquire().await.unwrap();
+        set_host(&mut c, "test-host").await;
+        try_sql(&mut c, sql).await
+    };
+    assert_eq!(provision().await, None, "a live ClientSync provisions");
+    let out = ok(&env.ctl(&["delete", "client", "x", "--force"]));
+    assert!(out.contains("clientsync/x"), "{out}");
+    let r = provision().await;
+    println!("NEGATIVE CHECK provision_table for deleted clientsync/x: {r:?}");
+    let (code, msg) = r.clone().expect("provision_table accepted a deleted ClientSync");
+    assert_eq!(code, "42501", "{msg}");
+    assert!(msg.contains("is deleted") && msg.contains("re-apply"), "{msg}");
+    // Applying it again clears the deletion.
+    let db = env.path("webui.db");
+    ok(&env.ctl(&["apply", "-f", s(&env.manifest("x", &db, ""))]));
+    assert_eq!(provision().await, None, "a re-applied ClientSync provisions again");
+}

@@ -8,7 +8,7 @@ use clap::{Args, ValueEnum};
 
 use super::common::{CliError, Global, Output};
 use crate::spec::{self, ClientSyncStatus};
-use crate::store::{StoreError, jobs, specs, status};
+use crate::store::{StoreError, conflicts, jobs, specs, status};
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum Resource {
@@ -37,7 +37,7 @@ pub struct DeleteArgs {
     pub force: bool,
 }
 
-fn ago(t: Option<DateTime<Utc>>, now: DateTime<Utc>) -> String {
+pub(super) fn ago(t: Option<DateTime<Utc>>, now: DateTime<Utc>) -> String {
     match t {
         None => "-".into(),
         Some(t) => {
@@ -84,6 +84,7 @@ pub async fn get(g: &Global, a: GetArgs) -> Result<ExitCode, CliError> {
         }
     }
     let statuses = status::list(&pool, &g.cluster).await?;
+    let pending = conflicts::pending_counts(&pool, &g.cluster).await?;
     let resources: Vec<_> = list.iter().map(|s| s.to_resource(statuses.get(&s.name))).collect();
     match g.output {
         Output::Json => {
@@ -115,7 +116,7 @@ pub async fn get(g: &Global, a: GetArgs) -> Result<ExitCode, CliError> {
                         st.phase.as_str().to_string(),
                         st.last_sync_time.map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string()).unwrap_or("-".into()),
                         ago(st.last_sync_time, now),
-                        "0".into(),
+                        pending.get(&s.name).copied().unwrap_or(0).to_string(),
                         ago(Some(s.created_at), now),
                     ];
                     if wide {
@@ -172,11 +173,36 @@ fn describe_status(out: &mut String, st: &ClientSyncStatus) {
         let _ = writeln!(out, "  {l}");
     }
     let _ = writeln!(out, "Tables:");
-    let rows: Vec<Vec<String>> =
-        st.tables.iter().map(|(t, ts)| vec![t.clone(), ts.rows.to_string(), ts.quarantined.to_string()]).collect();
-    for l in table(&["TABLE", "ROWS", "QUARANTINED"], &rows).lines() {
+    let rows: Vec<Vec<String>> = st
+        .tables
+        .iter()
+        .map(|(t, ts)| vec![t.clone(), ts.rows.to_string(), ts.quarantined.to_string(), ts.conflicts.to_string()])
+        .collect();
+    for l in table(&["TABLE", "ROWS", "QUARANTINED", "CONFLICTS"], &rows).lines() {
         let _ = writeln!(out, "  {l}");
     }
+}
+
+/// The tenant's conflicts waiting for review (the newest 10).
+fn describe_conflicts(out: &mut String, name: &str, open: &[conflicts::Conflict]) {
+    let _ = writeln!(
+        out,
+        "Open Conflicts: {}",
+        if open.is_empty() { "<none>".to_string() } else { open.len().to_string() }
+    );
+    if open.is_empty() {
+        return;
+    }
+    let now = Utc::now();
+    let rows: Vec<Vec<String>> = open
+        .iter()
+        .take(10)
+        .map(|c| vec![c.id.to_string(), c.table.clone(), c.row_key.to_string(), ago(Some(c.detected_at), now)])
+        .collect();
+    for l in table(&["ID", "TABLE", "KEY", "AGE"], &rows).lines() {
+        let _ = writeln!(out, "  {l}");
+    }
+    let _ = writeln!(out, "  (owsyncctl conflicts list {name}; owsyncctl conflicts resolve ID --use source|target)");
 }
 
 /// `Ok(None)` (after saying so) when the tenant does not exist: exit code 1, not an error.
@@ -213,6 +239,8 @@ pub async fn describe(g: &Global, a: DescribeArgs) -> Result<ExitCode, CliError>
             let _ = writeln!(out, "Status:       <none> (no owsyncd leader has reconciled it yet)");
         }
     }
+    let open = conflicts::list(&pool, &g.cluster, Some(&a.name), false).await?;
+    describe_conflicts(&mut out, &a.name, &open);
     let _ = writeln!(out, "Events:");
     if events.is_empty() {
         let _ = writeln!(out, "  <none>");

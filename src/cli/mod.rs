@@ -1,11 +1,15 @@
 //! `owsyncctl`: the declarative command line (apply, diff, get, describe, delete, ...).
 
 mod apply;
+mod cluster;
 mod common;
+mod conflicts;
 mod demo;
 mod dev;
+mod doctor;
 mod get;
 mod ops;
+mod progress;
 mod verify;
 mod watch;
 
@@ -42,9 +46,14 @@ pub enum Command {
     Trigger(ops::TriggerArgs),
     /// Block until a tenant meets a condition (exit 0 met, 1 timeout).
     Wait(watch::WaitArgs),
-    /// The cluster's leader, epoch and replicas.
+    /// The manual-review queue: rows changed both in the source and in PostgreSQL.
     #[command(subcommand)]
-    Cluster(watch::ClusterCommand),
+    Conflicts(conflicts::ConflictsCommand),
+    /// The cluster's leader, epoch and replicas; deregistering a host; stale hosts.
+    #[command(subcommand)]
+    Cluster(cluster::ClusterCommand),
+    /// Move a tenant to another cluster (admin; spec, status and state rows in one transaction).
+    Move(cluster::MoveArgs),
     /// Run one reconcile of a tenant in this process (operators' debug tool).
     Sync(ops::SyncArgs),
     /// Prove the mirror equals the source, row by row (exit 0 equal, 1 differs).
@@ -53,6 +62,8 @@ pub enum Command {
     Restore(verify::RestoreArgs),
     /// Print the JSON Schema of a kind.
     Schema(ops::SchemaArgs),
+    /// Check that a database URL is usable by owsyncd, step by step (exit 0 usable, 1 not).
+    Doctor(doctor::DoctorArgs),
     /// Run a complete local demo: throwaway PostgreSQL, a generated tenant, owsyncd.
     Demo(demo::DemoArgs),
     /// Developer tools: generate and mutate Open WebUI-shaped databases.
@@ -73,10 +84,13 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Sync(a) => ops::sync(&cli.global, a).await,
         Command::Trigger(a) => ops::trigger(&cli.global, a).await,
         Command::Wait(a) => watch::wait(&cli.global, a).await,
-        Command::Cluster(c) => watch::cluster(&cli.global, c).await,
+        Command::Cluster(c) => cluster::cluster(&cli.global, c).await,
+        Command::Move(a) => cluster::move_tenant(&cli.global, a).await,
+        Command::Conflicts(c) => conflicts::run(&cli.global, c).await,
         Command::Schema(a) => ops::schema(a),
         Command::Verify(a) => verify::verify(&cli.global, a).await,
         Command::Restore(a) => verify::restore(&cli.global, a).await,
+        Command::Doctor(a) => doctor::doctor(&cli.global, a).await,
         Command::Demo(a) => demo::demo(a).await,
         Command::Dev(c) => dev::run(c).await,
     };

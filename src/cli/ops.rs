@@ -9,6 +9,7 @@ use super::common::{CliError, Global, read_secret};
 use crate::spec;
 use crate::sql::redact_url;
 use crate::store::{self, lease, migrate as mig, specs};
+use crate::sync::progress::with_progress;
 use crate::sync::{SyncJob, sync_tenant_with};
 
 #[derive(Debug, Args)]
@@ -63,6 +64,9 @@ pub struct SyncArgs {
     /// Read every table even if the source file has not changed since the last sync.
     #[arg(long)]
     pub full: bool,
+    /// No progress (by default a bar on a terminal, a line per table otherwise, on stderr).
+    #[arg(short, long)]
+    pub quiet: bool,
 }
 
 pub async fn sync(g: &Global, a: SyncArgs) -> Result<ExitCode, CliError> {
@@ -78,7 +82,25 @@ pub async fn sync(g: &Global, a: SyncArgs) -> Result<ExitCode, CliError> {
         )));
     }
     let job = SyncJob { pool: &pool, cluster: &g.cluster, client: &a.name, spec: &s.spec, fence: None };
-    let report = sync_tenant_with(&job, a.full).await?;
+    let report = match super::progress::Mode::detect(a.quiet) {
+        None => sync_tenant_with(&job, a.full).await?,
+        Some(mode) => {
+            let spec = s.spec.clone();
+            let shown = tokio::task::spawn_blocking(move || super::progress::CliProgress::new(mode, &spec))
+                .await
+                .map_err(|e| CliError::msg(format!("progress: {e}")))?;
+            let shown = std::sync::Arc::new(shown);
+            let r = with_progress(shown.clone(), sync_tenant_with(&job, a.full)).await;
+            shown.finish();
+            r?
+        }
+    };
+    if let Some(drift) = report.drift.as_deref().filter(|d| !d.is_empty()) {
+        let schema = s.spec.target.schema.clone().unwrap_or_else(|| spec::default_schema(&a.name));
+        for d in drift {
+            eprintln!("schema drift: {}", d.message(&schema));
+        }
+    }
     if report.unchanged {
         println!(
             "clientsync/{}: source unchanged since the last complete sync; nothing to do (--full reads every table anyway)",
@@ -104,6 +126,16 @@ pub async fn sync(g: &Global, a: SyncArgs) -> Result<ExitCode, CliError> {
     print!("{}", super::get::table(&["TABLE", "ROWS", "UPSERTED", "TOMBSTONED", "READ", "PASS"], &rows));
     for (t, e) in &report.failed {
         eprintln!("table {t} failed: {e}");
+    }
+    let conflicts: u64 = report.tables.values().map(|t| t.conflicts).sum();
+    let pending: u64 = report.tables.values().map(|t| t.pending_conflicts).sum();
+    let kept: u64 = report.tables.values().map(|t| t.kept_target).sum();
+    if conflicts > 0 || kept > 0 {
+        println!(
+            "{conflicts} conflicts resolved by the tables' strategies ({pending} left for review: owsyncctl conflicts list {}); \
+             {kept} rows changed only in PostgreSQL kept",
+            a.name
+        );
     }
     println!(
         "clientsync/{} synced: {} tables, {} rows written in {}",

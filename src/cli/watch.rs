@@ -4,7 +4,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use clap::{Args, Subcommand};
+use clap::Args;
 use sqlx::Row;
 
 use super::common::{CliError, Global, Output};
@@ -62,14 +62,8 @@ pub async fn wait(g: &Global, a: WaitArgs) -> Result<ExitCode, CliError> {
     }
 }
 
-#[derive(Debug, Subcommand)]
-pub enum ClusterCommand {
-    /// Leader, epoch, lease expiry and every replica's heartbeat.
-    Status,
-}
-
-pub async fn cluster(g: &Global, c: ClusterCommand) -> Result<ExitCode, CliError> {
-    let ClusterCommand::Status = c;
+/// `cluster status`: the lease and every replica's heartbeat.
+pub async fn status(g: &Global) -> Result<ExitCode, CliError> {
     let pool = g.pool().await?;
     let l = lease::current(&pool, &g.cluster).await?;
     let mut tx = store::begin(&pool, &g.cluster).await?;
@@ -82,11 +76,13 @@ pub async fn cluster(g: &Global, c: ClusterCommand) -> Result<ExitCode, CliError
     .fetch_all(&mut *tx)
     .await
     .map_err(|e| CliError::msg(format!("read hosts: {e}")))?;
+    let retired = store::cluster::retired(&mut tx, &g.cluster).await.map_err(|e| CliError::msg(e.to_string()))?;
     let _ = tx.commit().await;
     if g.output == Output::Json || g.output == Output::Yaml {
         let v = serde_json::json!({
             "cluster": g.cluster,
             "lease": l,
+            "retiredAt": retired.map(|r| r.0),
             "replicas": hosts.iter().map(|h| serde_json::json!({
                 "nodeId": h.get::<String, _>(0), "hostname": h.get::<String, _>(1), "version": h.get::<String, _>(2),
                 "status": h.get::<String, _>(3), "isLeader": h.get::<bool, _>(4),
@@ -101,6 +97,12 @@ pub async fn cluster(g: &Global, c: ClusterCommand) -> Result<ExitCode, CliError
         return Ok(ExitCode::SUCCESS);
     }
     println!("Cluster: {}", g.cluster);
+    if let Some((at, _)) = retired {
+        println!(
+            "Retired: deregistered at {} (its replicas cannot write; `owsyncctl cluster reinstate` frees the name)",
+            at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        );
+    }
     match &l {
         Some(l) if !l.expired => {
             let left = (l.expires_at - Utc::now()).num_milliseconds() as f64 / 1000.0;

@@ -8,6 +8,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use crate::spec::{ClientSyncStatus, Phase};
+use crate::sync::drift::Drift;
 
 /// What a sync came to.
 #[derive(Debug, Clone)]
@@ -87,6 +88,55 @@ pub fn record(
     st.next_sync_time = chrono::Duration::from_std(delay).ok().map(|d| now + d);
 }
 
+/// `ConflictsPending`: True while `pending` of the tenant's conflicts wait for review
+/// (`manual` tables), with the commands that resolve them; False once none do. Not added
+/// to a tenant that never had one.
+pub fn conflicts_pending(st: &mut ClientSyncStatus, client: &str, pending: i64, generation: i64, now: DateTime<Utc>) {
+    if pending > 0 {
+        let plural = if pending == 1 { " waits" } else { "s wait" };
+        let msg = format!(
+            "{pending} conflict{plural} for review: `owsyncctl conflicts list {client}`, then \
+             `owsyncctl conflicts resolve ID --use source|target`"
+        );
+        st.set_condition("ConflictsPending", true, "ManualReview", &msg, generation, now);
+    } else if st.condition("ConflictsPending").is_some() {
+        st.set_condition("ConflictsPending", false, "NonePending", "no conflict waits for review", generation, now);
+    }
+}
+
+/// The `SchemaDrift=True` reason and message for `drifts` (not empty).
+pub fn drift_summary(schema: &str, drifts: &[Drift]) -> (&'static str, String) {
+    let reason = match drifts.first().map(Drift::reason) {
+        Some(r) if drifts.iter().all(|d| d.reason() == r) => r,
+        _ => "SchemaChanged",
+    };
+    const SHOWN: usize = 5;
+    let mut msg: Vec<String> = drifts.iter().take(SHOWN).map(|d| d.message(schema)).collect();
+    if drifts.len() > SHOWN {
+        msg.push(format!("and {} more", drifts.len() - SHOWN));
+    }
+    (reason, format!("the mirror cannot follow the source; the sync goes on with the rest: {}", msg.join("; ")))
+}
+
+/// Records the schema drift a sync found (`schema`: the tenant's mirror schema).
+/// Returns the new status when `SchemaDrift` turned True or back to False (an event).
+pub fn drift(
+    st: &mut ClientSyncStatus,
+    schema: &str,
+    drifts: &[Drift],
+    generation: i64,
+    now: DateTime<Utc>,
+) -> Option<bool> {
+    let before = st.condition("SchemaDrift").map(|c| c.status == "True");
+    if drifts.is_empty() {
+        st.set_condition("SchemaDrift", false, "InSync", "the mirror follows the source's schema", generation, now);
+        return (before == Some(true)).then_some(false);
+    }
+    let (reason, msg) = drift_summary(schema, drifts);
+    st.set_condition("SchemaDrift", true, reason, &msg, generation, now);
+    (before != Some(true)).then_some(true)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -102,6 +152,20 @@ mod tests {
     }
 
     /// The status through a run of outcomes, as the reconciler records them.
+    #[test]
+    fn conflicts_pending_names_the_count_and_the_commands() {
+        let mut st = ClientSyncStatus::default();
+        conflicts_pending(&mut st, "acme", 0, 1, t(0));
+        assert!(st.condition("ConflictsPending").is_none(), "not added while there never was one");
+        conflicts_pending(&mut st, "acme", 2, 1, t(5));
+        assert_eq!(cond(&st, "ConflictsPending"), ("True", "ManualReview", t(5)));
+        let msg = &st.condition("ConflictsPending").unwrap().message;
+        assert!(msg.contains("2 conflicts wait") && msg.contains("owsyncctl conflicts list acme"), "{msg}");
+        assert!(msg.contains("conflicts resolve ID --use source|target"), "{msg}");
+        conflicts_pending(&mut st, "acme", 0, 1, t(9));
+        assert_eq!(cond(&st, "ConflictsPending"), ("False", "NonePending", t(9)));
+    }
+
     #[test]
     fn conditions_follow_outcomes_and_transition_times_move_only_on_status_changes() {
         let mut st = ClientSyncStatus::default();
@@ -178,5 +242,24 @@ mod tests {
         apply(&mut st, &failed, 1300);
         assert_eq!(st.next_sync_time, Some(t(1305)));
         assert_eq!(cond(&st, "Stalled"), ("False", "Retrying", t(1000)));
+    }
+
+    #[test]
+    fn schema_drift_turns_true_with_what_to_do_and_false_when_fixed() {
+        let mut st = ClientSyncStatus::default();
+        assert_eq!(drift(&mut st, "client_a", &[], 1, t(0)), None, "no drift at first: no event");
+        assert_eq!(cond(&st, "SchemaDrift"), ("False", "InSync", t(0)));
+        let dropped = Drift::ColumnDropped { table: "chat".into(), column: "summary".into() };
+        assert_eq!(drift(&mut st, "client_a", std::slice::from_ref(&dropped), 1, t(10)), Some(true));
+        assert_eq!(cond(&st, "SchemaDrift"), ("True", "ColumnDropped", t(10)));
+        let msg = &st.condition("SchemaDrift").unwrap().message;
+        assert!(msg.contains("table chat, column summary") && msg.contains("DROP COLUMN"), "{msg}");
+        // Still drifting, now two kinds: no new event, same transition time.
+        let gone = Drift::TableDropped { table: "old".into() };
+        assert_eq!(drift(&mut st, "client_a", &[dropped, gone], 1, t(20)), None);
+        assert_eq!(cond(&st, "SchemaDrift"), ("True", "SchemaChanged", t(10)));
+        // Fixed: False again, with an event.
+        assert_eq!(drift(&mut st, "client_a", &[], 1, t(30)), Some(false));
+        assert_eq!(cond(&st, "SchemaDrift"), ("False", "InSync", t(30)));
     }
 }

@@ -110,7 +110,7 @@ pub(super) async fn run_leader(shared: Arc<Shared>, epoch: i64, token: Cancellat
             Err(e) => warn!(error = %e, "cannot read specs; keeping current reconcilers"),
         }
         let claimed = match shared.lease_valid(epoch) {
-            true => requests::claim(&shared.pool, &cluster).await,
+            true => requests::claim(&shared.pool, &shared.candidate, epoch).await,
             false => Ok(Vec::new()),
         };
         match claimed {

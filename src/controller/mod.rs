@@ -3,7 +3,7 @@
 //! itself (interval on success, resetting exponential backoff on failure).
 
 mod backoff;
-mod conditions;
+pub mod conditions;
 mod election;
 mod leader;
 mod reconciler;

@@ -22,7 +22,8 @@ use super::conditions::{self, Outcome};
 use super::schedule::{FileWatch, Schedule, Wake, next_wake};
 use crate::spec::{ClientSyncStatus, Phase, TableStatus, interval_of};
 use crate::store::{self, jobs, specs::StoredSpec, status};
-use crate::sync::{Fence, SyncError, SyncJob, SyncReport, sync_tenant};
+use crate::sync::drift;
+use crate::sync::{Fence, SyncError, SyncJob, SyncReport, sync_tenant, sync_tenant_with};
 
 pub(super) struct Reconciler {
     pub shared: Arc<Shared>,
@@ -126,8 +127,9 @@ impl Reconciler {
         };
         let started = Instant::now();
         let job = SyncJob { pool: &sh.pool, cluster, client: name, spec: &self.spec.spec, fence: Some(&self.fence) };
-        let result = sync_tenant(&job).await;
+        let result = self.sync(&job, st).await;
         let elapsed = started.elapsed();
+        let drift = result.as_ref().ok().and_then(|r| r.drift.clone());
         if let Err(e) = &result
             && e.is_ownership_lost()
         {
@@ -142,7 +144,10 @@ impl Reconciler {
                 for (t, tr) in &r.tables {
                     sh.metrics.record_rows(name, t, "upsert", tr.upserted);
                     sh.metrics.record_rows(name, t, "tombstone", tr.tombstoned);
-                    st.tables.insert(t.clone(), TableStatus { rows: tr.rows, quarantined: 0, watermark: None });
+                    sh.metrics.record_conflicts(name, t, tr.conflict_strategy, tr.conflicts);
+                    let conflicts = st.tables.get(t).map_or(0, |s| s.conflicts) + tr.conflicts as i64;
+                    st.tables
+                        .insert(t.clone(), TableStatus { rows: tr.rows, quarantined: 0, watermark: None, conflicts });
                 }
                 st.tables.retain(|t, _| r.tables.contains_key(t) || r.failed.contains_key(t));
                 if r.failed.is_empty() {
@@ -156,10 +161,21 @@ impl Reconciler {
         };
         let delay = if ok { schedule.succeeded() } else { schedule.failed(random_jitter()) };
         conditions::record(st, &outcome, generation, now, schedule.failures(), sh.config.stall_after, delay);
+        let schema = self.spec.spec.target.schema.clone().unwrap_or_else(|| crate::spec::default_schema(name));
+        let drift_changed = drift.and_then(|d| conditions::drift(st, &schema, &d, generation, now));
+        // Counted only when it can have changed: an unchanged cycle stays a few round trips.
+        let pending_before = st.condition("ConflictsPending").is_some_and(|c| c.status == "True");
+        let pending_now = matches!(&result, Ok(r) if r.tables.values().any(|t| t.pending_conflicts > 0));
+        if pending_before || pending_now {
+            match self.pending_conflicts().await {
+                Ok(n) => conditions::conflicts_pending(st, name, n, generation, now),
+                Err(e) => warn!(client = %name, error = %e, "cannot count pending conflicts"),
+            }
+        }
         if ok {
             sh.update_node(|n| n.last_sync = Some(now));
         }
-        match self.record(st, job_id, job_status, rows, error.as_deref(), &result, elapsed).await {
+        match self.record(st, job_id, job_status, rows, error.as_deref(), &result, elapsed, drift_changed).await {
             Ok(()) => Some(delay),
             Err(RecordError::OwnershipLost) => None,
             Err(e) => {
@@ -167,6 +183,38 @@ impl Reconciler {
                 Some(delay)
             }
         }
+    }
+
+    async fn pending_conflicts(&self) -> Result<i64, store::StoreError> {
+        let mut tx = store::begin(&self.shared.pool, &self.spec.cluster).await?;
+        let n = store::conflicts::pending_count(&mut tx, &self.spec.cluster, &self.spec.name).await?;
+        let _ = tx.rollback().await;
+        Ok(n)
+    }
+
+    /// Syncs the tenant. While it drifts and its source is unchanged (the sync skipped
+    /// it), checks the drift again: if it changed (an operator fixed the mirror, e.g. by
+    /// dropping a table to have it re-created), syncs every table at once so the fix
+    /// takes effect without waiting for a source change. A healthy tenant's unchanged
+    /// cycle costs no more than before.
+    async fn sync(&self, job: &SyncJob<'_>, st: &ClientSyncStatus) -> Result<SyncReport, SyncError> {
+        let mut result = sync_tenant(job).await;
+        let drifting = st.condition("SchemaDrift").filter(|c| c.status == "True");
+        if let (Ok(r), Some(cond)) = (&mut result, drifting)
+            && r.unchanged
+        {
+            let schema =
+                self.spec.spec.target.schema.clone().unwrap_or_else(|| crate::spec::default_schema(job.client));
+            match drift::check(job).await {
+                Ok(d) if d.is_empty() || conditions::drift_summary(&schema, &d).1 != cond.message => {
+                    info!(client = %job.client, "schema drift changed: syncing every table");
+                    return sync_tenant_with(job, true).await;
+                }
+                Ok(d) => r.drift = Some(d),
+                Err(e) => warn!(client = %job.client, error = %e, "cannot check schema drift"),
+            }
+        }
+        result
     }
 
     /// Commits `tx` only if this replica still holds the lease at its epoch.
@@ -206,6 +254,7 @@ impl Reconciler {
         error: Option<&str>,
         result: &Result<SyncReport, SyncError>,
         elapsed: Duration,
+        drift_changed: Option<bool>,
     ) -> Result<(), RecordError> {
         let sh = &self.shared;
         let (cluster, name) = (&self.spec.cluster, &self.spec.name);
@@ -223,6 +272,14 @@ impl Reconciler {
         } else if st.consecutive_failures == 0 && rows > 0 {
             let msg = format!("wrote {rows} rows");
             jobs::event(&mut tx, cluster, Some(name), false, "Synced", &msg, Some(&self.fence.who.node_id)).await?;
+        }
+        if let Some(now_drifting) = drift_changed {
+            let node = Some(self.fence.who.node_id.as_str());
+            let (reason, msg) = match (now_drifting, st.condition("SchemaDrift")) {
+                (true, Some(c)) => ("SchemaDrift", c.message.as_str()),
+                _ => ("SchemaDriftResolved", "the mirror follows the source's schema again"),
+            };
+            jobs::event(&mut tx, cluster, Some(name), now_drifting, reason, msg, node).await?;
         }
         self.commit_fenced(tx).await
     }

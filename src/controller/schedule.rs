@@ -99,8 +99,11 @@ pub type Fingerprint = Vec<Option<(u64, SystemTime)>>;
 
 type StatFn = Box<dyn FnMut(&Path) -> Option<(u64, SystemTime)> + Send>;
 
+/// An empty file counts as missing: SQLite creates an empty `-wal` when a reader (owsync's
+/// first sync) opens a WAL database whose writer is not running, and that is no change
+/// (otherwise every such tenant re-syncs right after its first sync: seen at 1,000 tenants).
 fn stat_file(p: &Path) -> Option<(u64, SystemTime)> {
-    let m = std::fs::metadata(p).ok()?;
+    let m = std::fs::metadata(p).ok().filter(|m| m.len() > 0)?;
     Some((m.len(), m.modified().ok()?))
 }
 
@@ -220,6 +223,17 @@ mod tests {
     use std::sync::{Arc, Mutex};
 
     use super::*;
+
+    #[test]
+    fn an_empty_file_is_no_change_from_a_missing_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal = dir.path().join("webui.db-wal");
+        assert_eq!(stat_file(&wal), None);
+        std::fs::write(&wal, b"").unwrap();
+        assert_eq!(stat_file(&wal), None, "an empty -wal created by a reader");
+        std::fs::write(&wal, b"frames").unwrap();
+        assert_eq!(stat_file(&wal).map(|s| s.0), Some(6));
+    }
 
     #[test]
     fn success_requeues_after_interval_and_resets_backoff() {

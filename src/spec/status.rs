@@ -62,6 +62,10 @@ pub struct TableStatus {
     pub rows: i64,
     #[serde(default)]
     pub quarantined: i64,
+    /// Rows changed both in the source and in PostgreSQL, counted over the tenant's syncs
+    /// (each one is in `sync_metadata.conflict_log`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub conflicts: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub watermark: Option<String>,
 }
@@ -124,4 +128,8 @@ impl ClientSyncStatus {
             }),
         }
     }
+}
+
+fn is_zero(n: &i64) -> bool {
+    *n == 0
 }

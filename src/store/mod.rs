@@ -1,6 +1,9 @@
 //! Everything the controller keeps in PostgreSQL's `sync_metadata` schema: migrations,
 //! specs, status, the leader lease, jobs and events.
 
+pub mod cluster;
+pub mod conflicts;
+pub mod inventory;
 pub mod jobs;
 pub mod lease;
 pub mod migrate;
@@ -54,6 +57,14 @@ impl<T> Context<T> for std::result::Result<T, sqlx::Error> {
 /// Connection options from a URL, tagged with an application name.
 pub fn connect_options(url: &str, application: &str) -> Result<PgConnectOptions> {
     let opts: PgConnectOptions = url.parse().map_err(|source| StoreError::Connect { url: redact_url(url), source })?;
+    // An IPv6 literal keeps its URL brackets (`[::1]`), which name resolution rejects.
+    let opts = match opts.get_host().strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        Some(ip) => {
+            let ip = ip.to_string();
+            opts.host(&ip)
+        }
+        None => opts,
+    };
     Ok(opts.application_name(application))
 }
 
@@ -76,10 +87,12 @@ pub async fn connect(url: &str, application: &str, max_connections: u32) -> Resu
 
 /// Begins a transaction scoped to one cluster: row-level security lets `sync_service`
 /// see only rows whose `cluster_name` equals `app.current_host_id`, set here with
-/// `SET LOCAL` semantics so it also holds through a session pooler.
+/// `SET LOCAL` semantics so it also holds through a session pooler. It also sets
+/// `owsync.writer = on`: what owsync writes to a mirror is not a change made in
+/// PostgreSQL (see `target::conflict`), whichever code path writes it.
 pub async fn begin(pool: &PgPool, cluster: &str) -> Result<Transaction<'static, Postgres>> {
     let mut tx = pool.begin().await.ctx(|| "begin transaction".into())?;
-    sqlx::query("SELECT set_config('app.current_host_id', $1, true)")
+    sqlx::query("SELECT set_config('app.current_host_id', $1, true), set_config('owsync.writer', 'on', true)")
         .bind(cluster)
         .execute(&mut *tx)
         .await

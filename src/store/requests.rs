@@ -4,6 +4,7 @@
 use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
+use super::lease::Candidate;
 use super::{Context, Result};
 
 /// Files a request and wakes the leader (NOTIFY owsync_requests; it also polls).
@@ -29,14 +30,21 @@ pub async fn file(pool: &PgPool, cluster: &str, client: &str, requested_by: &str
     Ok(id)
 }
 
-/// Claims every open request of a cluster: `(request id, tenant)`.
-pub async fn claim(pool: &PgPool, cluster: &str) -> Result<Vec<(Uuid, String)>> {
-    let mut tx = super::begin(pool, cluster).await?;
+/// Claims every open request of `who`'s cluster: `(request id, tenant)`, but only while
+/// `who` holds the lease at `epoch`: the check runs inside the claim's transaction under
+/// the lease row's lock ([`super::lease::holds`]), so a deposed leader (another epoch,
+/// or its lease expired) claims nothing and the requests stay open for the new leader.
+pub async fn claim(pool: &PgPool, who: &Candidate, epoch: i64) -> Result<Vec<(Uuid, String)>> {
+    let mut tx = super::begin(pool, &who.cluster).await?;
+    if !super::lease::holds(&mut tx, who, epoch).await? {
+        tx.rollback().await.ctx(|| "roll back the claim".into())?;
+        return Ok(Vec::new());
+    }
     let rows = sqlx::query(
         "UPDATE sync_metadata.sync_requests SET claimed_at = now()
          WHERE cluster_name = $1 AND claimed_at IS NULL RETURNING id, client_name",
     )
-    .bind(cluster)
+    .bind(&who.cluster)
     .fetch_all(&mut *tx)
     .await
     .ctx(|| "claim sync requests".into())?;

@@ -3,6 +3,8 @@
 //! record the table's state, and commit only if this replica still holds the lease.
 //! A library: usable without the daemon (`owsyncctl sync NAME --once`).
 
+pub mod drift;
+pub mod progress;
 mod reader;
 mod skip;
 
@@ -17,6 +19,7 @@ use tracing::{Instrument, info, info_span, warn};
 use crate::source::{self, TableInfo};
 use crate::spec::{ClientSyncSpec, DeletePolicy};
 use crate::store::{self, lease::Candidate};
+use crate::target::conflict::{self, ConflictCounts, ConflictCtx};
 use crate::target::{self, MirrorTable};
 use reader::{Msg, ReaderJob, TableEnd, TablePlan};
 
@@ -61,6 +64,13 @@ pub struct TableReport {
     pub quarantined: u64,
     pub upserted: u64,
     pub tombstoned: u64,
+    /// Rows changed both in the source and in PostgreSQL, resolved by `conflict_strategy`.
+    pub conflicts: u64,
+    /// Of those, left for review (`manual`): `owsyncctl conflicts list`.
+    pub pending_conflicts: u64,
+    /// Rows changed only in PostgreSQL, left as they are.
+    pub kept_target: u64,
+    pub conflict_strategy: &'static str,
 }
 
 #[derive(Debug, Default, Clone, serde::Serialize)]
@@ -73,6 +83,10 @@ pub struct SyncReport {
     pub unchanged: bool,
     #[serde(skip)]
     pub duration: Duration,
+    /// Where the mirror cannot follow the source (`drift.rs`); `None` when not checked
+    /// (unchanged source, or the check itself failed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub drift: Option<Vec<drift::Drift>>,
 }
 
 /// What to sync and as whom.
@@ -107,6 +121,7 @@ pub async fn sync_tenant_with(job: &SyncJob<'_>, full: bool) -> Result<SyncRepor
         return Ok(SyncReport { tables, unchanged: true, duration: started.elapsed(), ..Default::default() });
     }
     let mut report = sync_all(job, full).await?;
+    report.drift = drift::check(job).await.inspect_err(|e| warn!(error = %e, "cannot check schema drift")).ok();
     if report.failed.is_empty() && !skip::record(job, &fp).await.map_err(store_err)? {
         return Err(SyncError::OwnershipLost { client, epoch: job.fence.map_or(0, |f| f.epoch) });
     }
@@ -136,7 +151,14 @@ async fn sync_all(job: &SyncJob<'_>, full: bool) -> Result<SyncReport, SyncError
         let info = &plan.info;
         let table = MirrorTable::from_source(&schema, info);
         let span = info_span!("table", client = %client, table = %info.name);
-        match sync_table(job, &plan, &table, &mut rx).instrument(span).await {
+        progress::report(|p| p.table_started(&info.name));
+        let done = sync_table(job, &plan, &table, &mut rx).instrument(span).await;
+        progress::report(|p| match &done {
+            Ok(tr) => p.table_done(&info.name, tr.rows, None),
+            Err(TableFailure::Table(m)) => p.table_done(&info.name, 0, Some(m)),
+            Err(TableFailure::Fatal(e)) => p.table_done(&info.name, 0, Some(&e.to_string())),
+        });
+        match done {
             Ok(tr) => {
                 report.rows_written += tr.upserted + tr.tombstoned;
                 report.tables.insert(info.name.clone(), tr);
@@ -205,7 +227,7 @@ async fn sync_table(
     let mut rows: i64 = 0;
     let mut end = TableEnd::default();
     let mut quarantined = Vec::new();
-    let result: Result<target::MergeCounts, TableFailure> = async {
+    let result: Result<(target::MergeCounts, ConflictCounts), TableFailure> = async {
         target::provision(&mut tx, table).await.map_err(target_err)?;
         target::begin_stage(&mut tx, table).await.map_err(target_err)?;
         loop {
@@ -216,6 +238,7 @@ async fn sync_table(
                         let (_, q) = target::copy_slice(&mut tx, table, &s).await.map_err(target_err)?;
                         quarantined.extend(q);
                     }
+                    progress::report(|p| p.slice(&info.name, s.rows.len() as u64, s.bytes as u64));
                 }
                 Some(Msg::Failed(m)) => return Err(TableFailure::Table(m)),
                 Some(Msg::End(e)) => {
@@ -227,6 +250,8 @@ async fn sync_table(
         }
         let tombstones = job.spec.deletes == DeletePolicy::Tombstone;
         let full_pass = plan.ranges.is_none();
+        let cctx = ConflictCtx { cluster: job.cluster, client: job.client, policy: &job.spec.conflicts };
+        let conflicts = conflict::resolve_stage(&mut tx, table, &cctx).await.map_err(target_err)?;
         let mut counts = target::merge_stage(&mut tx, table, tombstones && full_pass).await.map_err(target_err)?;
         if let (Some(ranges), true) = (&plan.ranges, tombstones) {
             counts.tombstoned +=
@@ -235,10 +260,10 @@ async fn sync_table(
         target::record_quarantine(&mut tx, job.cluster, job.client, table, &quarantined, full_pass)
             .await
             .map_err(target_err)?;
-        Ok(counts)
+        Ok((counts, conflicts))
     }
     .await;
-    let counts = match result {
+    let (counts, conflicts) = match result {
         Ok(c) => c,
         Err(e) => {
             skip_rest(rx).await;
@@ -264,6 +289,10 @@ async fn sync_table(
         quarantined: quarantined.len() as u64,
         upserted: counts.upserted,
         tombstoned: counts.tombstoned,
+        conflicts: conflicts.conflicts,
+        pending_conflicts: conflicts.pending,
+        kept_target: conflicts.kept_target,
+        conflict_strategy: conflicts.strategy,
     })
 }
 

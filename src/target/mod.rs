@@ -1,7 +1,9 @@
 //! The tenant's mirror in PostgreSQL: table shapes, provisioning through the narrow
 //! SECURITY DEFINER path, COPY into a per-transaction stage, upsert and tombstones.
 
+pub mod conflict;
 mod encode;
+pub mod merge;
 pub mod ranges;
 mod types;
 
@@ -304,12 +306,14 @@ pub async fn merge_stage(conn: &mut PgConnection, t: &MirrorTable, tombstone_mis
     }
     let upsert = format!(
         "INSERT INTO {tbl} AS t ({list}, {del}, {at}) SELECT {list}, false, now() FROM owsync_stage
-         ON CONFLICT ({keys}) DO UPDATE SET {sets} WHERE {changed}",
+         ON CONFLICT ({keys}) DO UPDATE SET {sets} WHERE ({changed}) AND t.{stamp} IS NULL",
         tbl = t.qualified(),
         del = quote_ident(COL_DELETED),
         at = quote_ident(COL_SYNCED_AT),
         sets = sets.join(", "),
         changed = changed.join(" OR "),
+        // A row changed in PostgreSQL meanwhile is the next sync's conflict, never overwritten.
+        stamp = quote_ident(conflict::COL_TARGET_CHANGED),
     );
     let upserted = sqlx::query(sqlx::AssertSqlSafe(upsert))
         .execute(&mut *conn)

@@ -5,6 +5,7 @@
 //! mirror with its source.
 #![allow(dead_code)]
 
+pub mod bouncer;
 pub mod compare;
 pub mod daemon;
 pub mod repo;
