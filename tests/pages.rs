@@ -85,11 +85,41 @@ async fn every_kind_of_change(prefix: &str, journal: JournalMode) {
     assert!(chats >= 480, "{out}");
 
     // 5 chats renamed in place (same size): a few leaves.
+    let admin = env.admin_pool().await;
+    let state_at = |t: &'static str| {
+        let admin = admin.clone();
+        async move {
+            sqlx::query_scalar::<_, chrono::DateTime<chrono::Utc>>(
+                "SELECT updated_at FROM sync_metadata.table_state WHERE client_name = 'pg' AND table_name = $1",
+            )
+            .bind(t)
+            .fetch_one(&admin)
+            .await
+            .unwrap()
+        }
+    };
+    let (xnote_at, chat_at) = (state_at("xnote").await, state_at("chat").await);
     sql(&db, "UPDATE chat SET title = upper(title) WHERE rowid IN (SELECT rowid FROM chat LIMIT 5 OFFSET 100)");
     let out = sync(&env, "pg");
     incremental(&out, "chat", chats / 10);
     assert_eq!(line(&out, "xnote").read, 0, "an unchanged table reads nothing: {out}");
     assert_equal(&pool, "client_pg", &db, "5 renames").await;
+    assert_eq!(
+        state_at("xnote").await,
+        xnote_at,
+        "an unchanged table costs no transaction (its state is not rewritten)"
+    );
+    assert!(state_at("chat").await > chat_at, "the changed table's state is rewritten with its rows");
+
+    // A mirror table dropped in PostgreSQL (an operator, a botched restore) while its
+    // source table did not change: the recorded page state belongs to the old mirror
+    // table, so the next sync (here, after a change to another table) re-creates it with a
+    // full pass instead of trusting the state.
+    sqlx::raw_sql("DROP TABLE client_pg.xlegacy").execute(&admin).await.unwrap();
+    sql(&db, "UPDATE xnote SET body = 'touched' WHERE id = 'n3'");
+    let out = sync(&env, "pg");
+    assert_eq!(line(&out, "xlegacy").pass, "full", "{out}");
+    assert_equal(&pool, "client_pg", &db, "a dropped mirror table").await;
 
     // Deep inside the big chat's overflow chain only.
     sql(

@@ -16,7 +16,7 @@ use sqlx::{PgConnection, PgPool};
 use tokio::sync::mpsc;
 use tracing::{Instrument, info, info_span, warn};
 
-use crate::source::{self, TableInfo};
+use crate::source;
 use crate::spec::{ClientSyncSpec, DeletePolicy};
 use crate::store::{self, lease::Candidate};
 use crate::target::conflict::{self, ConflictCounts, ConflictCtx};
@@ -134,7 +134,7 @@ async fn sync_all(job: &SyncJob<'_>, full: bool) -> Result<SyncReport, SyncError
     let client = job.client.to_string();
     let schema = job.spec.target.schema.clone().unwrap_or_else(|| crate::spec::default_schema(job.client));
     let previous =
-        skip::page_states(job).await.map_err(|source| SyncError::Store { client: client.clone(), source })?;
+        skip::page_states(job, &schema).await.map_err(|source| SyncError::Store { client: client.clone(), source })?;
     let (tx, mut rx) = mpsc::channel::<Msg>(2);
     let rj = ReaderJob {
         path: PathBuf::from(&job.spec.source.path),
@@ -214,6 +214,18 @@ async fn sync_table(
     rx: &mut mpsc::Receiver<Msg>,
 ) -> Result<TableReport, TableFailure> {
     let client = job.client.to_string();
+    // An incremental pass with no changed leaf: when the walk matches the recorded state
+    // exactly, the mirror is already right and the table costs no transaction at all.
+    let mut first: Option<Msg> = None;
+    if plan.ranges.as_ref().is_some_and(|r| r.is_empty()) {
+        match rx.recv().await {
+            Some(Msg::End(e)) if e.unchanged => {
+                let rows = e.rows.unwrap_or_default();
+                return Ok(TableReport { rows, incremental: true, ..Default::default() });
+            }
+            m => first = m,
+        }
+    }
     let fatal_store =
         |e: store::StoreError| TableFailure::Fatal(SyncError::Store { client: client.clone(), source: e });
     let mut tx = store::begin(job.pool, job.cluster).await.map_err(fatal_store)?;
@@ -231,7 +243,11 @@ async fn sync_table(
         target::provision(&mut tx, table).await.map_err(target_err)?;
         target::begin_stage(&mut tx, table).await.map_err(target_err)?;
         loop {
-            match rx.recv().await {
+            let msg = match first.take() {
+                Some(m) => Some(m),
+                None => rx.recv().await,
+            };
+            match msg {
                 Some(Msg::Slice(s)) => {
                     rows += s.rows.len() as i64;
                     if !s.rows.is_empty() {
@@ -273,7 +289,7 @@ async fn sync_table(
     };
     let rows_read = rows as u64;
     let rows = if plan.ranges.is_some() { end.rows.unwrap_or(rows) } else { rows };
-    record_table_state(&mut tx, job, info, rows, end.pages.as_deref()).await.map_err(fatal_store)?;
+    record_table_state(&mut tx, job, plan, table, rows, end.pages.as_deref()).await.map_err(fatal_store)?;
     fence(&mut tx, job).await?;
     tx.commit().await.map_err(|e| {
         fatal_store(store::StoreError::Db { context: format!("commit table {}", info.name), source: e })
@@ -311,14 +327,19 @@ async fn fence(conn: &mut PgConnection, job: &SyncJob<'_>) -> Result<(), TableFa
 async fn record_table_state(
     conn: &mut PgConnection,
     job: &SyncJob<'_>,
-    info: &TableInfo,
+    plan: &TablePlan,
+    table: &MirrorTable,
     rows: i64,
     pages: Option<&[u8]>,
 ) -> Result<(), store::StoreError> {
     use store::Context;
+    let info = &plan.info;
+    let pass = if plan.ranges.is_some() { "incremental" } else { "full" };
     sqlx::query(
         "INSERT INTO sync_metadata.table_state (cluster_name, client_name, table_name, source_ddl, key_columns, rows, watermark, epoch, updated_at, source_indexes, pages)
-         VALUES ($1, $2, $3, $4, $5, $6, jsonb_build_object('full_sync_at', now()), $7, now(), $8, $9)
+         VALUES ($1, $2, $3, $4, $5, $6,
+                 jsonb_build_object('synced_at', now(), 'pass', $10::text, 'mirror_oid', to_regclass($11)::oid::bigint),
+                 $7, now(), $8, $9)
          ON CONFLICT (cluster_name, client_name, table_name) DO UPDATE SET source_ddl = EXCLUDED.source_ddl,
              source_indexes = EXCLUDED.source_indexes,
              key_columns = EXCLUDED.key_columns, rows = EXCLUDED.rows, watermark = EXCLUDED.watermark,
@@ -333,6 +354,8 @@ async fn record_table_state(
     .bind(job.fence.map(|f| f.epoch))
     .bind(&info.extra_ddl)
     .bind(pages)
+    .bind(pass)
+    .bind(table.qualified())
     .execute(conn)
     .await
     .ctx(|| format!("record state of table {}", info.name))?;

@@ -43,6 +43,9 @@ pub(super) struct TableEnd {
     pub pages: Option<Vec<u8>>,
     /// Rows of the table at the walk.
     pub rows: Option<i64>,
+    /// No leaf changed since the recorded state and nothing was read: the mirror and the
+    /// recorded state are already right, so the table needs no PostgreSQL transaction.
+    pub unchanged: bool,
 }
 
 /// Recorded `(source_ddl, pages)` of each table by name.
@@ -69,12 +72,13 @@ pub(super) fn spawn_reader(
         for t in tables.into_iter().filter(|t| table_selected(&job.spec.tables, &t.name)) {
             let target = crate::sql::qualified(&job.schema, &t.name);
             let previous = if job.full { None } else { job.previous.get(&t.name) };
-            let old = previous.filter(|(ddl, _)| ddl == &t.ddl).and_then(|(_, b)| PageState::decode(b, &target));
+            let old_bytes = previous.filter(|(ddl, _)| ddl == &t.ddl).map(|(_, b)| b.as_slice());
+            let old = old_bytes.and_then(|b| PageState::decode(b, &target));
             let in_txn = wal && !t.without_rowid;
             if in_txn {
                 src.conn.execute_batch("BEGIN").map_err(src.err(&t.name))?;
             }
-            let go_on = table_pass(&src, t, old, &target, in_txn, &tx);
+            let go_on = table_pass(&src, t, old, old_bytes, &target, in_txn, &tx);
             if in_txn {
                 src.conn.execute_batch("COMMIT").map_err(src.err("COMMIT"))?;
             }
@@ -91,6 +95,7 @@ fn table_pass(
     src: &Source,
     t: TableInfo,
     old: Option<PageState>,
+    old_bytes: Option<&[u8]>,
     target: &str,
     in_txn: bool,
     tx: &mpsc::Sender<Msg>,
@@ -129,6 +134,7 @@ fn table_pass(
         reader.max_time = ROLLBACK_SLICE;
     }
     let mut suspect = Vec::new();
+    let mut read_any = false;
     loop {
         if !in_txn {
             // Start each slice on a fresh scheduler time slice: a reader preempted while
@@ -148,6 +154,7 @@ fn table_pass(
         });
         match slice {
             Ok(Some(s)) => {
+                read_any |= !s.rows.is_empty();
                 if tx.blocking_send(Msg::Slice(s)).is_err() {
                     return false;
                 }
@@ -163,7 +170,9 @@ fn table_pass(
         Some(w) => {
             let mut state = w.state;
             state.add_suspect(&suspect);
-            TableEnd { pages: Some(state.encode(target)), rows: Some(w.rows) }
+            let pages = state.encode(target);
+            let unchanged = !read_any && old_bytes == Some(pages.as_slice());
+            TableEnd { pages: Some(pages), rows: Some(w.rows), unchanged }
         }
         None => TableEnd::default(),
     };

@@ -70,15 +70,20 @@ pub async fn record(job: &SyncJob<'_>, fingerprint: &str) -> Result<bool, StoreE
     Ok(true)
 }
 
-/// The recorded page state of each table of the tenant that has one.
-pub async fn page_states(job: &SyncJob<'_>) -> Result<super::reader::Previous, StoreError> {
+/// The recorded page state of each table of the tenant that has one, and whose mirror
+/// table is still the one the state was recorded with (same oid): a mirror table dropped
+/// and re-created since (by an operator, a restore) gets a full pass, not an incremental
+/// one that would leave it empty.
+pub async fn page_states(job: &SyncJob<'_>, schema: &str) -> Result<super::reader::Previous, StoreError> {
     let mut tx = store::begin(job.pool, job.cluster).await?;
     let rows = sqlx::query(
         "SELECT table_name, coalesce(source_ddl, ''), pages FROM sync_metadata.table_state
-         WHERE cluster_name = $1 AND client_name = $2 AND pages IS NOT NULL",
+         WHERE cluster_name = $1 AND client_name = $2 AND pages IS NOT NULL
+           AND (watermark->>'mirror_oid')::bigint = to_regclass(format('%I.%I', $3::text, table_name))::oid::bigint",
     )
     .bind(job.cluster)
     .bind(job.client)
+    .bind(schema)
     .fetch_all(&mut *tx)
     .await
     .ctx(|| format!("read the page state of {}", job.client))?;
