@@ -153,6 +153,19 @@ pub async fn deregister(pool: &PgPool, cluster: &str) -> Result<Deregistered> {
     let ctx = |what: &str| format!("deregister cluster {cluster}: {what}");
     let mut tx = pool.begin().await.ctx(|| ctx("begin"))?;
     sqlx::query("SET LOCAL lock_timeout = '30s'").execute(&mut *tx).await.ctx(|| ctx("set lock_timeout"))?;
+    // The retirement trigger on these tables checks `retired_clusters` BEFORE a row is
+    // written, and a still-running replica's upsert of its lease or host row that passed that
+    // check while this transaction was open would then re-create the row just deleted. This
+    // lock makes such writes wait for the commit; their check then sees the retirement. It
+    // blocks other clusters' heartbeats and lease renewals for the duration of this
+    // transaction (a second or two, well inside the renew deadline).
+    sqlx::query(
+        "LOCK TABLE sync_metadata.hosts, sync_metadata.leader_election, sync_metadata.client_specs
+         IN SHARE ROW EXCLUSIVE MODE",
+    )
+    .execute(&mut *tx)
+    .await
+    .ctx(|| ctx("lock the host, lease and spec tables"))?;
     let enabled: Vec<String> = sqlx::query_scalar(
         "SELECT name FROM sync_metadata.client_specs
          WHERE cluster_name = $1 AND deleted_at IS NULL AND enabled ORDER BY name FOR UPDATE",
