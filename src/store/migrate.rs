@@ -31,19 +31,13 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "provision_without_locks",
         sql: include_str!("migrations/0006_provision_without_locks.sql"),
     },
-    // Version 7 was never released: page capture, built alongside, became 11.
-    Migration { version: 8, name: "conflicts", sql: include_str!("migrations/0008_conflicts.sql") },
+    Migration { version: 7, name: "conflicts", sql: include_str!("migrations/0007_conflicts.sql") },
     Migration {
-        version: 9,
+        version: 8,
         name: "inventory_and_retirement",
-        sql: include_str!("migrations/0009_inventory_and_retirement.sql"),
+        sql: include_str!("migrations/0008_inventory_and_retirement.sql"),
     },
-    Migration {
-        version: 10,
-        name: "provision_refuses_deleted",
-        sql: include_str!("migrations/0010_provision_refuses_deleted.sql"),
-    },
-    Migration { version: 11, name: "page_state", sql: include_str!("migrations/0011_page_state.sql") },
+    Migration { version: 9, name: "page_state", sql: include_str!("migrations/0009_page_state.sql") },
 ];
 
 /// The schema version this build needs.

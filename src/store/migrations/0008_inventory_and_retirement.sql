@@ -1,4 +1,4 @@
--- owsync 0009: GitOps inventories (`owsyncctl apply --prune`) and retired clusters
+-- owsync 0008: GitOps inventories (`owsyncctl apply --prune`) and retired clusters
 -- (`owsyncctl cluster deregister`).
 
 -- Which inventory (ApplySet-style id) last applied each spec; NULL: applied without one

@@ -1,4 +1,4 @@
--- owsync 0008: conflicts. A mirror row counts as changed in PostgreSQL when something other
+-- owsync 0007: conflicts. A mirror row counts as changed in PostgreSQL when something other
 -- than owsync wrote it: a trigger stamps such writes (owsync's own sync transactions set
 -- `owsync.writer = on` and are left alone) and keeps the hash of the last version owsync
 -- wrote, so a sync can tell "changed only here" (leave it) from "changed on both sides"

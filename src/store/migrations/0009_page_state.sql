@@ -1,9 +1,11 @@
--- owsync 0011: page-level change capture (src/source/pages.rs).
+-- owsync 0009: page-level change capture (src/source/pages.rs), and provision_table's
+-- refusal of deleted ClientSyncs.
 -- table_state.pages holds a table's leaf pages as of its last sync (page number, hash,
 -- rowid range; fixed-width records), written in the same transaction as the rows.
--- provision_table also indexes columns marked "index": the source rowid, which mirrors of
--- tables with a declared key now keep too, so an incremental pass can tombstone by range.
--- Same checks as 0010 (0006's, plus 0010's refusal of deleted ClientSyncs, kept below).
+-- provision_table (0006's checks) also indexes columns marked "index": the source rowid,
+-- which mirrors of tables with a declared key now keep too, so an incremental pass can
+-- tombstone by range; and it refuses a schema whose ClientSync is deleted (deleted_at set
+-- by `owsyncctl delete`) until it is applied again.
 ALTER TABLE sync_metadata.table_state ADD COLUMN pages bytea;
 
 CREATE OR REPLACE FUNCTION sync_metadata.provision_table(p_schema text, p_table text, p_columns jsonb, p_key text[])
@@ -31,7 +33,7 @@ BEGIN
         RAISE EXCEPTION 'owsync: no ClientSync of cluster % targets schema %', cluster, p_schema
             USING ERRCODE = 'insufficient_privilege';
     END IF;
-    -- BEGIN 0010 block: a deleted ClientSync (deleted_at set by `owsyncctl delete`) no
+    -- A deleted ClientSync (deleted_at set by `owsyncctl delete`) no
     -- longer provisions tables; re-applying it clears deleted_at and allows it again.
     IF NOT EXISTS (SELECT 1 FROM sync_metadata.client_specs s
                    WHERE s.cluster_name = cluster AND s.spec #>> '{target,schema}' = p_schema
@@ -40,7 +42,6 @@ BEGIN
             cluster, p_schema
             USING ERRCODE = 'insufficient_privilege';
     END IF;
-    -- END 0010 block
     IF length(p_table) = 0 OR length(p_table) > 63 OR jsonb_typeof(p_columns) <> 'array'
        OR jsonb_array_length(p_columns) = 0 OR coalesce(array_length(p_key, 1), 0) = 0 THEN
         RAISE EXCEPTION 'owsync: bad table definition for %.%', p_schema, p_table;
