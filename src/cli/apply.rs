@@ -202,9 +202,7 @@ pub async fn apply(g: &Global, a: ApplyArgs) -> Result<ExitCode, CliError> {
     let mut tx = pool.begin().await.map_err(|e| CliError::msg(format!("begin transaction: {e}")))?;
     let mut lines = Vec::new();
     let dry = if a.dry_run { " (dry run)" } else { "" };
-    // The applied names per cluster; the --cluster's own is always looked at by --prune.
-    let mut applied: std::collections::BTreeMap<String, BTreeSet<String>> = Default::default();
-    applied.entry(g.cluster.clone()).or_default();
+    let applied = applied_by_cluster(g, &docs);
     for (d, n) in &docs {
         let outcome = specs::apply(&mut tx, n)
             .await
@@ -215,7 +213,6 @@ pub async fn apply(g: &Global, a: ApplyArgs) -> Result<ExitCode, CliError> {
                 .await
                 .map_err(|e| CliError::msg(format!("{e}; nothing was applied")))?;
         }
-        applied.entry(cluster).or_default().insert(n.metadata.name.clone());
         lines.push(format!("clientsync/{} {}{dry}", n.metadata.name, outcome.as_str()));
     }
     if let Some(id) = &inventory_id {
@@ -288,11 +285,7 @@ async fn diff_prunes(
     let Some(id) = inventory_id(&a.files, &a.inv)? else {
         return Err(CliError::msg("--prune with documents from stdin needs --inventory ID"));
     };
-    let mut applied: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    applied.entry(g.cluster.clone()).or_default();
-    for (_, n) in docs {
-        applied.entry(n.metadata.cluster.clone().unwrap_or_default()).or_default().insert(n.metadata.name.clone());
-    }
+    let applied = applied_by_cluster(g, docs);
     let mut any = false;
     for (cluster, keep) in &applied {
         // Candidates are read under row locks in a transaction that is rolled back at once.
@@ -313,4 +306,15 @@ async fn diff_prunes(
         }
     }
     Ok(any)
+}
+
+/// The applied names per cluster; the --cluster's own is always there, so --prune looks at it
+/// even when no document names it.
+fn applied_by_cluster(g: &Global, docs: &[(Document, ClientSync)]) -> BTreeMap<String, BTreeSet<String>> {
+    let mut applied: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    applied.entry(g.cluster.clone()).or_default();
+    for (_, n) in docs {
+        applied.entry(n.metadata.cluster.clone().unwrap_or_default()).or_default().insert(n.metadata.name.clone());
+    }
+    applied
 }

@@ -11,7 +11,7 @@ use sqlx::{PgConnection, PgPool, Row};
 
 use super::{Context, StoreError};
 use crate::sql::{qualified, quote_ident};
-use crate::target::conflict::{COL_SOURCE_HASH, COL_TARGET_CHANGED, as_owsync};
+use crate::target::conflict::{COL_SOURCE_HASH, COL_TARGET_CHANGED};
 use crate::target::{COL_DELETED, COL_SYNCED_AT};
 
 #[derive(Debug, Clone, Serialize)]
@@ -134,8 +134,9 @@ pub async fn pending_count(conn: &mut PgConnection, cluster: &str, client: &str)
     .ctx(|| format!("count pending conflicts of tenant {client}"))
 }
 
-/// Resolves a pending conflict inside `conn`'s transaction (scoped to `cluster` by
-/// [`super::begin`]): writes the chosen version to the mirror row of `schema` and marks
+/// Resolves a pending conflict inside `conn`'s transaction, which must come from
+/// [`super::begin`] (scoped to `cluster`, and marked as owsync's so the write is not
+/// stamped as a PostgreSQL edit): writes the chosen version to the mirror row of `schema` and marks
 /// the entry resolved by `who`. With the source's version the row is owsync's again
 /// (later source changes sync as usual); with the mirror's it stays marked as changed in
 /// PostgreSQL, so the sync keeps it until the source changes the row again.
@@ -176,7 +177,6 @@ pub async fn resolve(
     let Value::Object(key) = &c.row_key else {
         return Err(ConflictError::NoVersion { id, client: c.client, table: c.table, side: "key" });
     };
-    as_owsync(&mut *conn).await.ctx(|| "mark the transaction as owsync's".into())?;
     let tbl = qualified(schema, &c.table);
     let sets: Vec<String> =
         version.keys().filter(|k| !key.contains_key(*k)).map(|k| format!("{0} = r.{0}", quote_ident(k))).collect();

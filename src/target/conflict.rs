@@ -1,6 +1,6 @@
 //! Conflicts between the source and writes made to the mirror by anyone but owsync.
 //!
-//! A trigger (`sync_metadata.stamp_target_change`, migration 0008) stamps every write to a
+//! A trigger (`sync_metadata.stamp_target_change`, migration 0007) stamps every write to a
 //! mirror row made outside owsync's sync transactions (which set `owsync.writer = on`)
 //! with `_owsync_target_changed_at`, and keeps in `_owsync_source_hash` the hash of the
 //! version owsync last wrote. Before the stage is upserted, [`resolve_stage`] looks at
@@ -29,12 +29,6 @@ pub const COL_TARGET_CHANGED: &str = "_owsync_target_changed_at";
 /// `sync_metadata.source_hash` of the source version the row was last synced or resolved against.
 pub const COL_SOURCE_HASH: &str = "_owsync_source_hash";
 
-/// Marks the transaction as owsync's: its writes are not stamped as PostgreSQL edits.
-pub async fn as_owsync(conn: &mut PgConnection) -> std::result::Result<(), sqlx::Error> {
-    sqlx::query("SELECT set_config('owsync.writer', 'on', true)").execute(conn).await?;
-    Ok(())
-}
-
 /// Who and what a table's conflicts are resolved for.
 pub struct ConflictCtx<'a> {
     pub cluster: &'a str,
@@ -61,21 +55,6 @@ fn data_of(v: Value) -> Map<String, Value> {
     }
 }
 
-fn key_join(t: &MirrorTable, a: &str, b: &str) -> String {
-    let types: Vec<_> = t.data_columns().into_iter().filter(|(n, _)| t.key.contains(n)).collect();
-    types
-        .iter()
-        .map(|(k, ty)| {
-            format!(
-                "{} = {}",
-                MirrorTable::comparable(&format!("{a}."), k, *ty),
-                MirrorTable::comparable(&format!("{b}."), k, *ty)
-            )
-        })
-        .collect::<Vec<_>>()
-        .join(" AND ")
-}
-
 /// Resolves the stage's conflicts with the mirror (call after the COPY, before the
 /// upsert, in the table's transaction); rows that stay stamped are skipped by the upsert.
 /// First gives the mirror table its conflict bookkeeping (columns, trigger, index) when
@@ -99,7 +78,7 @@ pub async fn resolve_stage(conn: &mut PgConnection, t: &MirrorTable, ctx: &Confl
     }
     let tbl = t.qualified();
     let (stamp, hash) = (quote_ident(COL_TARGET_CHANGED), quote_ident(COL_SOURCE_HASH));
-    let join = key_join(t, "s", "t");
+    let join = t.key_join("s", "t");
     // Changed only in PostgreSQL: the source still has the version owsync last wrote.
     // These rows (like every row that stays stamped below) stay in the stage, so the
     // tombstone pass sees the source still has them; the upsert skips stamped rows.
@@ -151,7 +130,7 @@ async fn apply(
 ) -> Result<()> {
     let tbl = t.qualified();
     let (stamp, hash) = (quote_ident(COL_TARGET_CHANGED), quote_ident(COL_SOURCE_HASH));
-    let join = key_join(t, "t", "r");
+    let join = t.key_join("t", "r");
     let (sql, row) = match outcome {
         // Back to normal: the upsert writes the source's version.
         Outcome::Source => (

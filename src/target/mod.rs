@@ -75,6 +75,18 @@ impl MirrorTable {
         cols
     }
 
+    /// `a.k1 = b.k1 AND ...` over the key columns (compared as `comparable`): joins two
+    /// aliases of this table's rows (stage, mirror, ...) by key.
+    pub(crate) fn key_join(&self, a: &str, b: &str) -> String {
+        let (a, b) = (format!("{a}."), format!("{b}."));
+        self.data_columns()
+            .iter()
+            .filter(|(n, _)| self.key.contains(n))
+            .map(|(k, ty)| format!("{} = {}", MirrorTable::comparable(&a, k, *ty), MirrorTable::comparable(&b, k, *ty)))
+            .collect::<Vec<_>>()
+            .join(" AND ")
+    }
+
     /// `x::text` for json (which has no equality operator), `x` otherwise.
     fn comparable(prefix: &str, col: &str, ty: PgType) -> String {
         let c = format!("{prefix}{}", quote_ident(col));
@@ -322,14 +334,7 @@ pub async fn merge_stage(conn: &mut PgConnection, t: &MirrorTable, tombstone_mis
         .rows_affected();
     let mut tombstoned = 0;
     if tombstone_missing {
-        let key_types: Vec<(String, PgType)> = cols.iter().filter(|(n, _)| t.key.contains(n)).cloned().collect();
-        let join = key_types
-            .iter()
-            .map(|(k, ty)| {
-                format!("{} = {}", MirrorTable::comparable("s.", k, *ty), MirrorTable::comparable("t.", k, *ty))
-            })
-            .collect::<Vec<_>>()
-            .join(" AND ");
+        let join = t.key_join("s", "t");
         let sql = format!(
             "UPDATE {tbl} AS t SET {del} = true, {at} = now()
              WHERE t.{del} IS NOT TRUE AND NOT EXISTS (SELECT 1 FROM owsync_stage s WHERE {join})",

@@ -4,7 +4,7 @@
 
 use sqlx::PgConnection;
 
-use super::{COL_DELETED, COL_ROWID, MirrorTable, PgType, Result};
+use super::{COL_DELETED, COL_ROWID, MirrorTable, Result};
 use crate::sql::quote_ident;
 
 /// Marks deleted the live mirror rows with a rowid in `ranges` (inclusive) that are not
@@ -13,12 +13,7 @@ pub async fn tombstone_in_ranges(conn: &mut PgConnection, t: &MirrorTable, range
     if ranges.is_empty() || !t.has_rowid {
         return Ok(0);
     }
-    let key_types: Vec<(String, PgType)> = t.data_columns().into_iter().filter(|(n, _)| t.key.contains(n)).collect();
-    let join = key_types
-        .iter()
-        .map(|(k, ty)| format!("{} = {}", MirrorTable::comparable("s.", k, *ty), MirrorTable::comparable("t.", k, *ty)))
-        .collect::<Vec<_>>()
-        .join(" AND ");
+    let join = t.key_join("s", "t");
     let sql = format!(
         "UPDATE {tbl} AS t SET {del} = true, {at} = now()
          FROM unnest($1::bigint[], $2::bigint[]) AS r(lo, hi)
