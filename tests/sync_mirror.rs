@@ -221,9 +221,10 @@ async fn schema_evolution_is_additive() {
 
 /// Runs `sync --once` twice (a first full pass, then a pass over what changed meanwhile;
 /// both walk every table's pages) while another connection commits a small insert every
-/// 10 ms; returns the worst commit latency and the worst wait on the sync's locks (from
-/// the writer's first busy retry to its commit) during the syncs, after checking a final
-/// sync equals the source.
+/// 10 ms, and checks a final sync equals the source. Returns what the writer's commits
+/// cost during the syncs: the worst commit that met one of the sync's locks (SQLite's busy
+/// handler ran), how many did, the worst time from a first busy retry to the commit, and
+/// the worst commit that met no lock (the machine's own scheduling noise).
 async fn sync_under_writes(prefix: &str, journal: JournalMode) -> Stalls {
     // One at a time: the two runs would otherwise measure each other's disk load.
     static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -253,10 +254,12 @@ async fn sync_under_writes(prefix: &str, journal: JournalMode) -> Stalls {
             while !stop.load(Ordering::Relaxed) {
                 BUSY_WAITS.with(|b| b.set(0));
                 FIRST_BUSY.with(|b| b.set(None));
+                BUSY_SLEPT.with(|b| b.set(Duration::ZERO));
                 let t = Instant::now();
                 c.execute("INSERT INTO probe (at, note) VALUES (?1, 'x')", [commits.len() as i64]).unwrap();
                 let lock_wait = FIRST_BUSY.with(|b| b.get()).map(|f| f.elapsed()).unwrap_or_default();
-                commits.push((t, t.elapsed(), BUSY_WAITS.with(|b| b.get()), lock_wait));
+                let slept = BUSY_SLEPT.with(|b| b.get());
+                commits.push(Commit { at: t, took: t.elapsed(), busy: BUSY_WAITS.with(|b| b.get()), lock_wait, slept });
                 std::thread::sleep(Duration::from_millis(10));
             }
             commits
@@ -269,16 +272,32 @@ async fn sync_under_writes(prefix: &str, journal: JournalMode) -> Stalls {
         let t = Instant::now();
         let out = tokio::task::block_in_place(|| env.ctl(&["sync", "busy", "--once"]));
         windows.push((t, t.elapsed()));
+        // With OWSYNC_LOG=owsync::source=debug: how long the sync held SQLite's locks.
+        for l in common::stderr(&out).lines().filter(|l| l.contains("source read locks")) {
+            println!("{journal}: {l}");
+        }
         ok(&out);
     }
     stop.store(true, Ordering::Relaxed);
     let commits = writer.join().unwrap();
-    type Commit = (Instant, Duration, u32, Duration);
-    let worst = |f: &dyn Fn(&&Commit) -> bool| commits.iter().filter(f).map(|c| c.1).max().unwrap_or_default();
-    let during = |c: &&Commit| windows.iter().any(|(t, took)| c.0 >= *t && c.0 <= *t + *took);
-    let waited = commits.iter().filter(|c| during(c) && c.2 > 0).count();
+    let worst = |f: &dyn Fn(&&Commit) -> bool| commits.iter().filter(f).map(|c| c.took).max().unwrap_or_default();
+    let during = |c: &&Commit| windows.iter().any(|(t, took)| c.at >= *t && c.at <= *t + *took);
+    let waited = commits.iter().filter(|c| during(c) && c.busy > 0).count();
     let worst_during = worst(&during);
-    let worst_wait = commits.iter().filter(during).map(|c| c.3).max().unwrap_or_default();
+    let worst_wait = commits.iter().filter(during).map(|c| c.lock_wait).max().unwrap_or_default();
+    let mut slow: Vec<&Commit> = commits.iter().filter(during).collect();
+    slow.sort_by_key(|c| std::cmp::Reverse(c.took));
+    for c in slow.iter().take(5) {
+        println!(
+            "{journal}: slow commit {:?}: {} busy retries, {:?} asleep in the busy handler, {:?} from the first \
+             retry to the commit, {:?} running",
+            c.took,
+            c.busy,
+            c.slept,
+            c.lock_wait,
+            c.took.saturating_sub(c.slept),
+        );
+    }
     println!(
         "{journal}: {rows} rows synced in {:?}, then again in {:?}; {} commits meanwhile, {waited} of them waited \
          on a lock (worst wait {worst_wait:?}); worst commit {worst_during:?} during the syncs (lock waiters {:?}, lock-free {:?}), {:?} in \
@@ -286,20 +305,40 @@ async fn sync_under_writes(prefix: &str, journal: JournalMode) -> Stalls {
         windows[0].1,
         windows[1].1,
         commits.iter().filter(during).count(),
-        worst(&|c| during(c) && c.2 > 0),
-        worst(&|c| during(c) && c.2 == 0),
-        worst(&|c| c.0 < windows[0].0),
+        worst(&|c| during(c) && c.busy > 0),
+        worst(&|c| during(c) && c.busy == 0),
+        worst(&|c| c.at < windows[0].0),
     );
     sync(&env, "busy");
     let pool = env.sync_pool().await;
     assert_equal(&pool, "client_busy", &db).await;
-    Stalls { worst: worst_during, wait: worst_wait, noise: worst(&|c| during(c) && c.2 == 0) }
+    Stalls {
+        worst: worst_during,
+        waiters: worst(&|c| during(c) && c.busy > 0),
+        waited,
+        wait: worst_wait,
+        noise: worst(&|c| during(c) && c.busy == 0),
+    }
 }
 
-/// The writer's worst commit and worst wait on the sync's locks during the syncs, and its
-/// worst commit that waited on no lock (what the machine alone costs it).
+/// One commit of the writer: when it started, how long it took, how often SQLite's busy
+/// handler ran, the time from its first call to the commit, and the time it slept.
+struct Commit {
+    at: Instant,
+    took: Duration,
+    busy: u32,
+    lock_wait: Duration,
+    slept: Duration,
+}
+
+/// The writer's commits during the syncs: the worst of all; the worst of those that met
+/// the sync's lock (SQLite's busy handler ran), and how many did; the worst time from a
+/// first busy retry to the commit; the worst commit that met no lock (what the machine
+/// alone costs it).
 struct Stalls {
     worst: Duration,
+    waiters: Duration,
+    waited: usize,
     wait: Duration,
     noise: Duration,
 }
@@ -307,6 +346,7 @@ struct Stalls {
 thread_local! {
     static BUSY_WAITS: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
     static FIRST_BUSY: std::cell::Cell<Option<Instant>> = const { std::cell::Cell::new(None) };
+    static BUSY_SLEPT: std::cell::Cell<Duration> = const { std::cell::Cell::new(Duration::ZERO) };
 }
 
 /// SQLite's own busy_timeout schedule (what Open WebUI's `timeout=5` gets), counting
@@ -320,29 +360,41 @@ fn like_busy_timeout(n: i32) -> bool {
         }
     });
     let i = (n as usize).min(DELAYS.len() - 1);
+    let t = Instant::now();
     std::thread::sleep(Duration::from_millis(DELAYS[i]));
+    BUSY_SLEPT.with(|b| b.set(b.get() + t.elapsed()));
     n < 100
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sync_does_not_stall_a_wal_writer() {
     let s = sync_under_writes("mirror_busy_wal", JournalMode::Wal).await;
-    // A WAL reader never takes the writer's lock: any wait is a defect.
-    assert!(s.wait < Duration::from_millis(50), "worst wait on the sync's locks {:?}", s.wait);
+    // A WAL reader never takes the writer's lock: a commit that meets one is a defect.
+    assert_eq!(s.waited, 0, "{} commits waited on the sync's locks (worst wait {:?})", s.waited, s.wait);
     assert!(s.worst < Duration::from_millis(500), "worst commit {:?}", s.worst);
 }
 
+/// What is asserted: every commit of the writer that met the sync's read lock (SQLite's
+/// busy handler ran, with SQLite's own busy-timeout schedule) took under 50 ms in all,
+/// from its start to its commit, sleeps included. Commits that met no lock are not the
+/// sync's locks' doing: their worst is the machine's scheduling noise (CPU contention on
+/// this shared 2-core box, 8-60 ms at load 5-11), printed with the run, and only bounded
+/// loosely (500 ms) here.
 #[tokio::test(flavor = "multi_thread")]
 async fn sync_does_not_stall_a_rollback_journal_writer() {
     let s = sync_under_writes("mirror_busy_del", JournalMode::Delete).await;
-    // The sync's cost to the writer is the wait for a slice of the page walk (2 ms) or of
-    // the reads (2 ms) to release SQLite's lock; the issue's goal is under 50 ms. On this
-    // shared machine (load 13-15 on 2 cores) the worst wait measured 103-138 ms in one run
-    // out of two (the other under 50 ms), with 30-90 ms for commits that waited on no lock
-    // at all: a reader preempted while it holds the lock. Not yet proven under 50 ms
-    // here; this bound catches a slice that holds the lock for long (the old 10 ms
-    // slices: 291 ms).
-    let bound = Duration::from_millis(200) + 2 * s.noise;
-    assert!(s.wait < bound, "worst wait on the sync's locks {:?} (bound {bound:?})", s.wait);
+    // The reader's slices hold the lock for 0.5 ms, never start while the writer is in a
+    // write transaction and end as soon as it starts one (src/source/pace.rs), so a
+    // commit meets a lock only when it begins during a slice, and waits for one busy
+    // retry or, when the reader was preempted holding the lock, a few.
+    assert!(
+        s.waiters < Duration::from_millis(50),
+        "worst commit that waited on the sync's locks {:?} ({} commits waited; worst wait {:?}; \
+         worst commit that met no lock {:?})",
+        s.waiters,
+        s.waited,
+        s.wait,
+        s.noise
+    );
     assert!(s.worst < Duration::from_millis(500), "worst commit {:?}", s.worst);
 }

@@ -5,11 +5,13 @@
 pub mod btree;
 mod discover;
 mod fingerprint;
+mod pace;
 pub mod pages;
 mod read;
 
 pub use discover::{ColumnInfo, RowKey, TableInfo, discover};
 pub use fingerprint::fingerprint;
+pub use pace::{HoldStats, ROLLBACK_SLICE};
 pub use read::{Slice, SliceReader, Value};
 
 use std::path::{Path, PathBuf};
@@ -38,6 +40,7 @@ pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct Source {
     pub(crate) conn: Connection,
     pub(crate) path: PathBuf,
+    pub(crate) pace: pace::Pace,
 }
 
 impl Source {
@@ -51,19 +54,45 @@ impl Source {
         let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI;
         let conn = Connection::open_with_flags(path, flags)
             .map_err(|source| SourceError::Open { path: path.to_path_buf(), source })?;
-        conn.busy_timeout(BUSY_TIMEOUT).map_err(|source| SourceError::Open { path: path.to_path_buf(), source })?;
+        conn.busy_handler(Some(pace::busy_handler))
+            .map_err(|source| SourceError::Open { path: path.to_path_buf(), source })?;
         // Never let a reader's cache hold pages across slices longer than needed.
         conn.pragma_update(None, "cache_size", -8192i64)
             .map_err(|source| SourceError::Open { path: path.to_path_buf(), source })?;
-        Ok(Source { conn, path: path.to_path_buf() })
+        Ok(Source { conn, path: path.to_path_buf(), pace: pace::Pace::default() })
     }
 
     pub fn path(&self) -> &Path {
         &self.path
     }
 
+    /// How long this handle's slices held SQLite's read lock so far.
+    pub fn hold_stats(&self) -> HoldStats {
+        self.pace.stats()
+    }
+
     pub(crate) fn err(&self, table: &str) -> impl FnOnce(rusqlite::Error) -> SourceError + '_ {
         let table = table.to_string();
         move |source| SourceError::Read { path: self.path.clone(), table, source }
+    }
+}
+
+impl Drop for Source {
+    fn drop(&mut self) {
+        let s = self.pace.stats();
+        if s.holds > 0 {
+            tracing::debug!(
+                path = %self.path.display(),
+                holds = s.holds,
+                total_ms = s.total.as_secs_f64() * 1e3,
+                longest_ms = s.longest.as_secs_f64() * 1e3,
+                longest_cpu_ms = s.longest_cpu.as_secs_f64() * 1e3,
+                over_2_5_10_20_50ms = ?s.over,
+                deferrals = s.deferrals,
+                deferred_ms = s.deferred.as_secs_f64() * 1e3,
+                yielded = s.yielded,
+                "source read locks"
+            );
+        }
     }
 }

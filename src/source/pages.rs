@@ -5,7 +5,7 @@
 //! bytes holds exactly the same rows, so only the ranges of leaves that changed, appeared
 //! or disappeared need re-reading.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use rusqlite::OptionalExtension;
 use sha2::{Digest, Sha256};
@@ -154,9 +154,6 @@ pub struct Walked {
 
 /// How many times a rollback-journal walk starts over when a commit lands in the middle.
 const WALK_TRIES: usize = 3;
-/// How long one slice of a rollback-journal walk may hold SQLite's read lock (a writer's
-/// COMMIT waits for it).
-const WALK_SLICE: Duration = Duration::from_millis(2);
 
 /// The current `PRAGMA data_version` (inside a transaction: that of its snapshot).
 pub fn data_version(src: &Source) -> Result<i64> {
@@ -230,8 +227,11 @@ fn walk_once(src: &Source, table: &str, root: u32, usable: usize, in_txn: bool) 
     let mut visited = 0u64;
     while !stack.is_empty() {
         // One slice: its own read transaction unless the caller holds one.
-        if !in_txn {
-            std::thread::yield_now();
+        let hold = (!in_txn).then(|| {
+            src.before_slice();
+            src.pace.begin()
+        });
+        if hold.is_some() {
             src.conn.execute_batch("BEGIN").map_err(src.err(table))?;
         }
         let slice = (|| -> Result<Option<Attempt>> {
@@ -279,14 +279,15 @@ fn walk_once(src: &Source, table: &str, root: u32, usable: usize, in_txn: bool) 
                     }
                     Err(e) => return Ok(Some(Attempt::Unparsable(e.to_string()))),
                 }
-                if !in_txn && started.elapsed() >= WALK_SLICE {
+                if !in_txn && src.slice_over(started, super::ROLLBACK_SLICE) {
                     break;
                 }
             }
             Ok(None)
         })();
-        if !in_txn {
+        if let Some(hold) = hold {
             src.conn.execute_batch("COMMIT").map_err(src.err(table))?;
+            src.pace.end(hold);
         }
         if let Some(a) = slice? {
             return Ok(a);

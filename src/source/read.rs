@@ -83,6 +83,9 @@ pub struct SliceReader<'a> {
     /// COMMIT waits for it, and SQLite's busy handler retries at 1, 3, 8, 18, 33, 53 ms: a
     /// slice must end well within that for the writer to wait less than 50 ms.
     pub max_time: std::time::Duration,
+    /// End a slice as soon as a writer holds SQLite's RESERVED lock (rollback journal: its
+    /// COMMIT would wait for the slice's read lock).
+    pub yield_to_writers: bool,
 }
 
 impl<'a> SliceReader<'a> {
@@ -134,6 +137,7 @@ impl<'a> SliceReader<'a> {
             max_rows: 2000,
             max_bytes: 4 << 20,
             max_time: std::time::Duration::from_millis(10),
+            yield_to_writers: false,
         }
     }
 
@@ -166,6 +170,7 @@ impl<'a> SliceReader<'a> {
         if let Some(k) = &self.last_key {
             params.extend(k.iter().map(|v| v as &dyn rusqlite::ToSql));
         }
+        let hold = self.src.pace.begin();
         let mut rows = stmt.query(params.as_slice()).map_err(self.src.err(&self.table.name))?;
         let mut slice = Slice::default();
         let started = std::time::Instant::now();
@@ -183,12 +188,13 @@ impl<'a> SliceReader<'a> {
                 slice.rowids.push(row.get(0).map_err(self.src.err(&self.table.name))?);
             }
             slice.rows.push(vals);
-            if slice.bytes >= self.max_bytes || started.elapsed() >= self.max_time {
+            if slice.bytes >= self.max_bytes || self.over(started) {
                 cut = true;
                 break;
             }
         }
         drop(rows);
+        self.src.pace.end(hold);
         drop(stmt);
         let n = slice.rows.len();
         if n == 0 {
@@ -211,6 +217,16 @@ impl<'a> SliceReader<'a> {
 }
 
 impl SliceReader<'_> {
+    /// Whether the slice started at `started` must end: its time is up or, when it reads
+    /// a rollback-journal source (`yield_to_writers`), a writer has begun a transaction.
+    fn over(&self, started: std::time::Instant) -> bool {
+        if self.yield_to_writers {
+            self.src.slice_over(started, self.max_time)
+        } else {
+            started.elapsed() >= self.max_time
+        }
+    }
+
     /// One slice of a ranges reader: rows of as many ranges as the slice budget allows.
     fn next_range_slice(&mut self) -> Result<Option<Slice>> {
         let name = &self.table.name;
@@ -221,6 +237,7 @@ impl SliceReader<'_> {
         let mut scan_hi = self.cursor;
         let ncols = self.table.columns.len();
         let mut full = false;
+        let hold = self.src.pace.begin();
         let result = (|| -> Result<()> {
             let mut stmt = self.src.conn.prepare_cached(&self.sql_range).map_err(self.src.err(name))?;
             while let Some(&(lo, hi)) = ranges.get(self.range_idx) {
@@ -241,7 +258,7 @@ impl SliceReader<'_> {
                     slice.rows.push(vals);
                     n += 1;
                     last = Some(rowid);
-                    if slice.bytes >= self.max_bytes || started.elapsed() >= self.max_time {
+                    if slice.bytes >= self.max_bytes || self.over(started) {
                         full = true;
                         break;
                     }
@@ -258,12 +275,13 @@ impl SliceReader<'_> {
                         self.cursor = ranges.get(self.range_idx).map_or(i64::MAX, |x| x.0);
                     }
                 }
-                if full || slice.rows.len() >= self.max_rows || started.elapsed() >= self.max_time {
+                if full || slice.rows.len() >= self.max_rows || self.over(started) {
                     break;
                 }
             }
             Ok(())
         })();
+        self.src.pace.end(hold);
         self.ranges = Some(ranges);
         result?;
         if self.range_idx >= self.ranges.as_ref().map_or(0, Vec::len) {

@@ -19,9 +19,6 @@ use crate::source::pages::{self, PageState, Walked};
 use crate::source::{self, Slice, SliceReader, Source, TableInfo};
 use crate::spec::{ClientSyncSpec, table_selected};
 
-/// CPU budget of one slice of rows in rollback-journal mode.
-const ROLLBACK_SLICE: std::time::Duration = std::time::Duration::from_millis(2);
-
 pub(super) enum Msg {
     Table(Box<TablePlan>),
     Slice(Slice),
@@ -131,7 +128,8 @@ fn table_pass(
     if !in_txn {
         // Rollback journal: the writer's COMMIT waits for each slice's read lock. A busy
         // machine stretches a slice's CPU time several-fold in wall time: keep it short.
-        reader.max_time = ROLLBACK_SLICE;
+        reader.max_time = source::ROLLBACK_SLICE;
+        reader.yield_to_writers = true;
     }
     let mut suspect = Vec::new();
     let mut read_any = false;
@@ -139,7 +137,7 @@ fn table_pass(
         if !in_txn {
             // Start each slice on a fresh scheduler time slice: a reader preempted while
             // it holds the lock makes the writer wait for as long as it is off the CPU.
-            std::thread::yield_now();
+            src.before_slice();
         }
         let slice = reader.next_slice().and_then(|s| match (&walked, s) {
             (Some(w), Some(s)) if !in_txn => {
