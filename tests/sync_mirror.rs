@@ -16,6 +16,10 @@ use common::{TestEnv, gen_db, ok};
 use owsync::fixtures::{JournalMode, MutateOptions, MutateSummary, SchemaFlavor, mutate};
 use sqlx::PgPool;
 
+/// The writer-stall tests hold it for writing, every other test for reading: a stall
+/// measurement runs with no other test's sync competing for this machine's two cores.
+static MEASURING: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
 /// Asserts the mirror equals the source; returns the number of rows compared.
 async fn assert_equal(pool: &PgPool, schema: &str, db: &Path) -> usize {
     let (diffs, n) = mirror_diff(pool, schema, db).await;
@@ -61,6 +65,7 @@ async fn count(pool: &PgPool, sql: &str) -> i64 {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn fresh_wal_database_mirrors_exactly() {
+    let _shared = MEASURING.read().await;
     let env = TestEnv::new("mirror_fresh").await;
     let db = env.path("webui.db");
     gen_db(&db, 8, 5, 7, SchemaFlavor::Fresh, JournalMode::Wal);
@@ -74,6 +79,7 @@ async fn fresh_wal_database_mirrors_exactly() {
 /// Its `chat.created_at`/`updated_at` are declared DATETIME but hold epoch seconds.
 #[tokio::test(flavor = "multi_thread")]
 async fn legacy_rollback_journal_database_mirrors_exactly() {
+    let _shared = MEASURING.read().await;
     let env = TestEnv::new("mirror_legacy").await;
     let db = env.path("webui.db");
     gen_db(&db, 8, 5, 11, SchemaFlavor::Legacy, JournalMode::Delete);
@@ -99,6 +105,7 @@ fn deleted(s: &MutateSummary, table: &str) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn repeated_syncs_follow_changes_with_tombstones() {
+    let _shared = MEASURING.read().await;
     let env = TestEnv::new("mirror_incr").await;
     let db = env.path("webui.db");
     gen_db(&db, 10, 6, 21, SchemaFlavor::Fresh, JournalMode::Wal);
@@ -172,6 +179,7 @@ async fn pg_columns(pool: &PgPool, schema: &str, table: &str) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn schema_evolution_is_additive() {
+    let _shared = MEASURING.read().await;
     let env = TestEnv::new("mirror_evolve").await;
     let db = env.path("webui.db");
     gen_db(&db, 4, 3, 31, SchemaFlavor::Fresh, JournalMode::Wal);
@@ -226,9 +234,9 @@ async fn schema_evolution_is_additive() {
 /// handler ran), how many did, the worst time from a first busy retry to the commit, and
 /// the worst commit that met no lock (the machine's own scheduling noise).
 async fn sync_under_writes(prefix: &str, journal: JournalMode) -> Stalls {
-    // One at a time: the two runs would otherwise measure each other's disk load.
-    static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-    let _serial = ONE_AT_A_TIME.lock().await;
+    // Alone: the two runs, or another test's sync, would otherwise measure each other's
+    // CPU and disk load.
+    let _alone = MEASURING.write().await;
     let env = TestEnv::new(prefix).await;
     let db = env.path("webui.db");
     gen_db(&db, 30, 190, 41, SchemaFlavor::Fresh, journal);
