@@ -174,3 +174,6 @@ fn thread_cpu() -> Duration {
     }
     Duration::new(u64::try_from(ts.tv_sec).unwrap_or(0), u32::try_from(ts.tv_nsec).unwrap_or(0))
 }
+
+#[cfg(test)]
+mod tests;
