@@ -70,7 +70,14 @@ fn waited() -> Duration {
 #[derive(Default)]
 pub(crate) struct Pace {
     stats: RefCell<HoldStats>,
+    /// When the current slice last probed for a writer.
+    last_probe: std::cell::Cell<Option<Instant>>,
 }
+
+/// How often a slice probes for a writer (a probe costs about 1 us, a small row less):
+/// a writer that starts a transaction then finds the lock gone within this long, well
+/// inside its first 1 ms busy sleep.
+const PROBE_EVERY: Duration = Duration::from_micros(50);
 
 /// How long a slice waits for a writer's transaction to end before it reads anyway (a
 /// reader's SHARED lock does not stop a writer's RESERVED one; only its COMMIT waits).
@@ -122,9 +129,14 @@ impl super::Source {
     /// Whether a slice that started at `started` should end now (after at least one row):
     /// its time is up, or a writer has started a write transaction.
     pub(crate) fn slice_over(&self, started: Instant, budget: Duration) -> bool {
-        if started.elapsed() >= budget {
+        let now = Instant::now();
+        if now.duration_since(started) >= budget {
             return true;
         }
+        if self.pace.last_probe.get().is_some_and(|p| now.duration_since(p) < PROBE_EVERY) {
+            return false;
+        }
+        self.pace.last_probe.set(Some(now));
         let w = self.writer_active();
         if w {
             self.pace.stats.borrow_mut().yielded += 1;
@@ -135,6 +147,7 @@ impl super::Source {
 
 impl Pace {
     pub(crate) fn begin(&self) -> Hold {
+        self.last_probe.set(None);
         Hold { wall: Instant::now(), cpu: thread_cpu(), waited: waited() }
     }
 
