@@ -135,8 +135,9 @@ fn table_pass(
     let mut read_any = false;
     loop {
         if !in_txn {
-            // Start each slice on a fresh scheduler time slice: a reader preempted while
-            // it holds the lock makes the writer wait for as long as it is off the CPU.
+            // Let a writer's transaction finish first, then start on a fresh scheduler time
+            // slice: a reader preempted while it holds the lock makes the writer wait for as
+            // long as it is off the CPU (source/pace.rs).
             src.before_slice();
         }
         let slice = reader.next_slice().and_then(|s| match (&walked, s) {
