@@ -151,6 +151,7 @@ pub fn compare(
 
 /// Reads the source's schema and the mirror's catalog and compares them.
 pub async fn check(job: &SyncJob<'_>) -> Result<Vec<Drift>, SyncError> {
+    let started = std::time::Instant::now();
     let client = job.client.to_string();
     let path = PathBuf::from(&job.spec.source.path);
     let source = tokio::task::spawn_blocking(move || source::discover(&Source::open(&path)?))
@@ -159,7 +160,9 @@ pub async fn check(job: &SyncJob<'_>) -> Result<Vec<Drift>, SyncError> {
         .map_err(|source| SyncError::Source { client: client.clone(), source })?;
     let schema = job.spec.target.schema.clone().unwrap_or_else(|| crate::spec::default_schema(job.client));
     let (mirror, recorded) = read_mirror(job, &schema).await.map_err(|source| SyncError::Store { client, source })?;
-    Ok(compare(&schema, &source, &mirror, &recorded, |t| table_selected(&job.spec.tables, t)))
+    let drift = compare(&schema, &source, &mirror, &recorded, |t| table_selected(&job.spec.tables, t));
+    tracing::debug!(ms = started.elapsed().as_secs_f64() * 1e3, "schema drift checked");
+    Ok(drift)
 }
 
 type MirrorState = (BTreeMap<String, MirrorShape>, BTreeSet<String>);

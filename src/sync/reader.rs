@@ -100,6 +100,7 @@ fn table_pass(
     in_txn: bool,
     tx: &mpsc::Sender<Msg>,
 ) -> bool {
+    let started = std::time::Instant::now();
     let walked: Option<Walked> = if t.without_rowid {
         None
     } else {
@@ -120,6 +121,7 @@ fn table_pass(
         }
         _ => None,
     };
+    let walk_ms = started.elapsed().as_secs_f64() * 1e3;
     let plan = TablePlan { info: t.clone(), ranges: ranges.clone() };
     if tx.blocking_send(Msg::Table(Box::new(plan))).is_err() {
         return false;
@@ -166,6 +168,8 @@ fn table_pass(
             }
         }
     }
+    tracing::debug!(table = %t.name, walk_ms, read_ms = started.elapsed().as_secs_f64() * 1e3 - walk_ms,
+                    leaves = walked.as_ref().map_or(0, |w| w.state.leaves.len()), "table read");
     let end = match walked {
         Some(w) => {
             let mut state = w.state;
