@@ -143,7 +143,16 @@ pub async fn restore(
             source,
         })? {
             let off = usize::from(by_rowid);
-            let rowid = by_rowid.then(|| row.try_get::<i64, _>(0).unwrap_or_default());
+            // The mirror's key for a table without a primary key: NOT NULL, so a failure
+            // here is a damaged mirror, reported rather than restored as rowid 0.
+            let rowid = match by_rowid {
+                true => Some(row.try_get::<i64, _>(0).map_err(|source| RestoreError::Mirror {
+                    client: client.into(),
+                    table: t.name.clone(),
+                    source,
+                })?),
+                false => None,
+            };
             let vals: Vec<Value> = data.iter().enumerate().map(|(i, (_, ty))| decode(&row, i + off, ty)).collect();
             batch.push((rowid, vals));
             n += 1;
