@@ -8,7 +8,6 @@
 use std::time::{Duration, Instant};
 
 use rusqlite::OptionalExtension;
-use sha2::{Digest, Sha256};
 
 use super::btree::{self, TablePage};
 use super::{Result, Source, SourceError};
@@ -32,12 +31,14 @@ pub struct PageState {
     pub leaves: Vec<Leaf>,
 }
 
-const MAGIC: &[u8; 4] = b"OWP1";
+/// `OWP2`: leaves hashed with xxh3-128 (`OWP1`, SHA-256, is no longer understood: a table
+/// recorded with it takes one full pass).
+const MAGIC: &[u8; 4] = b"OWP2";
 const RECORD: usize = 36;
 
 impl PageState {
     /// Compact fixed-width encoding, bound to the mirror table it describes (`target`):
-    /// `OWP1`, u16 length + target name, then 36-byte records (pgno, hash, min, max).
+    /// `OWP2`, u16 length + target name, then 36-byte records (pgno, hash, min, max).
     pub fn encode(&self, target: &str) -> Vec<u8> {
         let mut out = Vec::with_capacity(6 + target.len() + self.leaves.len() * RECORD);
         out.extend_from_slice(MAGIC);
@@ -177,17 +178,12 @@ pub fn is_wal(src: &Source) -> Result<bool> {
 pub fn walk(src: &Source, table: &str, in_txn: bool) -> Result<Option<Walked>> {
     let root: Option<i64> = src
         .conn
-        .query_row("SELECT rootpage FROM sqlite_schema WHERE type = 'table' AND name = ?1", [table], |r| r.get(0))
-        .optional()
+        .prepare_cached("SELECT rootpage FROM sqlite_schema WHERE type = 'table' AND name = ?1")
+        .and_then(|mut s| s.query_row([table], |r| r.get(0)).optional())
         .map_err(src.err(table))?;
     let Some(root) = root.and_then(|r| u32::try_from(r).ok()).filter(|r| *r > 0) else { return Ok(None) };
-    let (page_size, reserved) = geometry(src, table)?;
-    let usable = page_size.saturating_sub(reserved);
-    if usable < 480 {
-        return Ok(None);
-    }
     for _ in 0..WALK_TRIES {
-        match walk_once(src, table, root, usable, in_txn)? {
+        match walk_once(src, table, root, in_txn)? {
             Attempt::Done(w) => return Ok(Some(w)),
             Attempt::Unparsable(why) => {
                 tracing::debug!(table, why, "page walk not possible; full pass");
@@ -199,11 +195,15 @@ pub fn walk(src: &Source, table: &str, in_txn: bool) -> Result<Option<Walked>> {
     Ok(None)
 }
 
-fn geometry(src: &Source, table: &str) -> Result<(usize, usize)> {
-    let page_size: i64 = src.conn.query_row("PRAGMA page_size", [], |r| r.get(0)).map_err(src.err(table))?;
-    let page1 = read_page(src, table, 1)?.unwrap_or_default();
-    let reserved = page1.get(20).copied().map_or(0, usize::from);
-    Ok((usize::try_from(page_size).unwrap_or(0), reserved))
+/// The usable page size (page size less the reserved bytes) from page 1's file header
+/// (<https://www.sqlite.org/fileformat2.html>, section 1.3); `None` if it makes no sense.
+fn usable_size(page1: &[u8]) -> Option<usize> {
+    let size = match u16::from_be_bytes(page1.get(16..18)?.try_into().ok()?) {
+        1 => 65536,
+        n => usize::from(n),
+    };
+    let usable = size.checked_sub(usize::from(*page1.get(20)?))?;
+    (usable >= 480 && size == page1.len()).then_some(usable)
 }
 
 enum Attempt {
@@ -212,20 +212,31 @@ enum Attempt {
     Unparsable(String),
 }
 
-fn read_page(src: &Source, table: &str, pgno: u32) -> Result<Option<Vec<u8>>> {
+/// Runs `f` on page `pgno`'s bytes as SQLite's pager has them (WAL content included),
+/// without copying them; `Ok(None)`: no such page.
+fn with_page<T>(src: &Source, table: &str, pgno: u32, f: impl FnOnce(&[u8]) -> T) -> Result<Option<T>> {
     let mut stmt = src.conn.prepare_cached("SELECT data FROM sqlite_dbpage WHERE pgno = ?1").map_err(src.err(table))?;
     let mut rows = stmt.query([pgno]).map_err(src.err(table))?;
     match rows.next().map_err(src.err(table))? {
-        Some(r) => Ok(Some(r.get(0).map_err(src.err(table))?)),
+        Some(r) => {
+            let data = r.get_ref(0).map_err(src.err(table))?.as_blob().map_err(|e| {
+                src.err(table)(rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Blob, Box::new(e)))
+            })?;
+            Ok(Some(f(data)))
+        }
         None => Ok(None),
     }
 }
 
-fn walk_once(src: &Source, table: &str, root: u32, usable: usize, in_txn: bool) -> Result<Attempt> {
+/// A leaf's hash: xxh3-128 over the leaf's bytes and those of its cells' overflow pages,
+/// in cell order. Not cryptographic: it only has to tell a page's versions apart.
+type LeafHasher = xxhash_rust::xxh3::Xxh3;
+
+fn walk_once(src: &Source, table: &str, root: u32, in_txn: bool) -> Result<Attempt> {
     let mut stack = vec![root];
     let mut leaves = Vec::new();
     let mut rows = 0i64;
-    let mut version: Option<i64> = None;
+    let mut version: Option<(i64, usize)> = None;
     let max_pages = u64::from(u32::MAX);
     let mut visited = 0u64;
     while !stack.is_empty() {
@@ -235,10 +246,13 @@ fn walk_once(src: &Source, table: &str, root: u32, usable: usize, in_txn: bool) 
             src.conn.execute_batch("BEGIN").map_err(src.err(table))?;
         }
         let slice = (|| -> Result<Option<Attempt>> {
-            // Reading page 1 takes the read lock, so data_version is this snapshot's.
-            read_page(src, table, 1)?;
+            // Reading page 1 takes the read lock, so data_version is this snapshot's; its
+            // header gives the page geometry the tree is parsed with.
+            let Some(usable) = with_page(src, table, 1, usable_size)?.flatten() else {
+                return Ok(Some(Attempt::Unparsable("page 1 header: unusable page size".into())));
+            };
             let dv = data_version(src)?;
-            if *version.get_or_insert(dv) != dv {
+            if *version.get_or_insert((dv, usable)) != (dv, usable) {
                 return Ok(Some(Attempt::Moved));
             }
             let started = Instant::now();
@@ -247,35 +261,42 @@ fn walk_once(src: &Source, table: &str, root: u32, usable: usize, in_txn: bool) 
                 if visited > max_pages {
                     return Ok(Some(Attempt::Unparsable("b-tree loop".into())));
                 }
-                let Some(data) = read_page(src, table, pgno)? else {
+                let mut h = LeafHasher::new();
+                let parsed = with_page(src, table, pgno, |data| {
+                    let p = btree::parse_table_page(pgno, data, usable);
+                    if matches!(p, Ok(TablePage::Leaf { .. })) {
+                        h.update(data);
+                    }
+                    p
+                })?;
+                let Some(parsed) = parsed else {
                     return Ok(Some(Attempt::Unparsable(format!("page {pgno} missing"))));
                 };
-                match btree::parse_table_page(pgno, &data, usable) {
+                match parsed {
                     Ok(TablePage::Interior { children }) => stack.extend(children.into_iter().rev()),
                     Ok(TablePage::Leaf { cells }) => {
-                        let mut h = Sha256::new();
-                        h.update(&data);
                         for c in &cells {
                             let mut next = c.overflow;
                             let mut hops = 0u64;
                             while let Some(p) = next.filter(|p| *p != 0) {
                                 hops += 1;
-                                let Some(ov) = read_page(src, table, p)?.filter(|_| hops < max_pages) else {
-                                    return Ok(Some(Attempt::Unparsable(format!("overflow page {p} missing"))));
-                                };
-                                h.update(&ov);
-                                next = btree::u32_at(&ov, 0);
+                                let found = with_page(src, table, p, |ov| {
+                                    h.update(ov);
+                                    btree::u32_at(ov, 0)
+                                })?;
+                                match found {
+                                    Some(n) if hops < max_pages => next = n,
+                                    _ => return Ok(Some(Attempt::Unparsable(format!("overflow page {p} missing")))),
+                                }
                             }
                         }
-                        let hash: [u8; 32] = h.finalize().into();
-                        let mut short = [0u8; 16];
-                        short.copy_from_slice(&hash[..16]);
+                        let hash = h.digest128().to_be_bytes();
                         let (min, max) = match (cells.first(), cells.last()) {
                             (Some(a), Some(b)) => (a.rowid, b.rowid),
                             _ => (1, 0),
                         };
                         rows += cells.len() as i64;
-                        leaves.push(Leaf { pgno, hash: short, min, max });
+                        leaves.push(Leaf { pgno, hash, min, max });
                     }
                     Err(e) => return Ok(Some(Attempt::Unparsable(e.to_string()))),
                 }
@@ -296,7 +317,7 @@ fn walk_once(src: &Source, table: &str, root: u32, usable: usize, in_txn: bool) 
     Ok(Attempt::Done(Walked {
         state: PageState { leaves },
         rows,
-        data_version: version.ok_or_else(|| SourceError::Read {
+        data_version: version.map(|v| v.0).ok_or_else(|| SourceError::Read {
             path: src.path.clone(),
             table: table.to_string(),
             source: rusqlite::Error::QueryReturnedNoRows,
