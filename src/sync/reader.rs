@@ -61,15 +61,16 @@ pub(super) struct ReaderJob {
 }
 
 /// Reads every selected table on a blocking thread, a slice at a time.
+/// Returns every table discovered in the source (selected or not), for the drift check.
 pub(super) fn spawn_reader(
     job: ReaderJob,
     tx: mpsc::Sender<Msg>,
-) -> tokio::task::JoinHandle<Result<(), source::SourceError>> {
+) -> tokio::task::JoinHandle<Result<Vec<TableInfo>, source::SourceError>> {
     tokio::task::spawn_blocking(move || {
         let src = Source::open(&job.path)?;
         let tables = source::discover(&src)?;
         let wal = pages::is_wal(&src)?;
-        for t in tables.into_iter().filter(|t| table_selected(&job.spec.tables, &t.name)) {
+        for t in tables.iter().filter(|t| table_selected(&job.spec.tables, &t.name)).cloned() {
             let target = crate::sql::qualified(&job.schema, &t.name);
             let previous = if job.full { None } else { job.previous.get(&t.name) };
             let old_bytes = previous.filter(|(ddl, _)| ddl == &t.ddl).map(|(_, b)| b.as_slice());
@@ -83,10 +84,10 @@ pub(super) fn spawn_reader(
                 src.conn.execute_batch("COMMIT").map_err(src.err("COMMIT"))?;
             }
             if !go_on {
-                return Ok(());
+                return Ok(tables);
             }
         }
-        Ok(())
+        Ok(tables)
     })
 }
 
