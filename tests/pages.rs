@@ -87,11 +87,11 @@ async fn every_kind_of_change(prefix: &str, journal: JournalMode) {
     // 5 chats renamed in place (same size): a few leaves.
     let admin = env.admin_pool().await;
 
-    // A page state recorded by an older owsync (SHA-256 leaf hashes, magic `OWP1`) is not
+    // A page state recorded by an older owsync (magic `OWP2`: no big-row hashes) is not
     // trusted: that table takes one full pass, converges, and is incremental again after.
     let n = sqlx::query(
-        "UPDATE sync_metadata.table_state SET pages = overlay(pages PLACING 'OWP1'::bytea FROM 1 FOR 4)
-         WHERE client_name = 'pg' AND table_name = 'chat' AND substr(pages, 1, 4) = 'OWP2'::bytea",
+        "UPDATE sync_metadata.table_state SET pages = overlay(pages PLACING 'OWP2'::bytea FROM 1 FOR 4)
+         WHERE client_name = 'pg' AND table_name = 'chat' AND substr(pages, 1, 4) = 'OWP3'::bytea",
     )
     .execute(&admin)
     .await
