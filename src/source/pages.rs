@@ -296,8 +296,9 @@ fn with_page<T>(src: &Source, table: &str, pgno: u32, f: impl FnOnce(&[u8]) -> T
     }
 }
 
-/// A leaf's hash: xxh3-128 over the leaf's bytes and those of its cells' overflow pages,
-/// in cell order. Not cryptographic: it only has to tell a page's versions apart.
+/// A leaf's hash: xxh3-128 over the leaf's bytes and the xxh3-64 hashes of its big rows
+/// (their bytes on the leaf and their overflow pages), in cell order; each byte is hashed
+/// once. Not cryptographic: it only has to tell a page's versions apart.
 type LeafHasher = xxhash_rust::xxh3::Xxh3;
 
 fn walk_once(src: &Source, table: &str, root: u32, in_txn: bool) -> Result<Attempt> {
@@ -357,7 +358,6 @@ fn walk_once(src: &Source, table: &str, root: u32, in_txn: bool) -> Result<Attem
                             while let Some(p) = next.filter(|p| *p != 0) {
                                 hops += 1;
                                 let found = with_page(src, table, p, |ov| {
-                                    h.update(ov);
                                     ch.update(ov);
                                     btree::u32_at(ov, 0)
                                 })?;
@@ -366,7 +366,10 @@ fn walk_once(src: &Source, table: &str, root: u32, in_txn: bool) -> Result<Attem
                                     _ => return Ok(Some(Attempt::Unparsable(format!("overflow page {p} missing")))),
                                 }
                             }
-                            big_rows.push((c.rowid, ch.digest()));
+                            let digest = ch.digest();
+                            // The leaf's hash covers its big rows through their hashes.
+                            h.update(&digest.to_be_bytes());
+                            big_rows.push((c.rowid, digest));
                         }
                         let hash = h.digest128().to_be_bytes();
                         let (min, max) = match (cells.first(), cells.last()) {
