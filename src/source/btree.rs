@@ -23,11 +23,13 @@ pub enum TablePage {
     Leaf { cells: Vec<LeafCell> },
 }
 
-/// One row of a table leaf: its rowid and the first page of its overflow chain, if any.
+/// One row of a table leaf: its rowid, the first page of its overflow chain, if any, and
+/// where its bytes on the page are.
 #[derive(Debug, PartialEq)]
 pub struct LeafCell {
     pub rowid: i64,
     pub overflow: Option<u32>,
+    pub bytes: std::ops::Range<usize>,
 }
 
 /// SQLite's variable-length integer: up to 9 bytes, big-endian, 7 bits a byte but 8 in the 9th.
@@ -105,13 +107,17 @@ pub fn parse_table_page(pgno: u32, data: &[u8], usable: usize) -> Result<TablePa
         let (p, n1) = varint(&data[off..]).ok_or_else(|| bad(pgno, format!("cell {i}: bad payload size")))?;
         let (rowid, n2) = varint(&data[off + n1..]).ok_or_else(|| bad(pgno, format!("cell {i}: bad rowid")))?;
         let local = table_leaf_local(p, usable);
-        let overflow = if local < p {
-            let at = off + n1 + n2 + local as usize;
-            Some(u32_at(data, at).ok_or_else(|| bad(pgno, format!("cell {i}: overflow pointer past the page")))?)
+        let at = off + n1 + n2 + local as usize;
+        let (overflow, end) = if local < p {
+            let ptr = u32_at(data, at).ok_or_else(|| bad(pgno, format!("cell {i}: overflow pointer past the page")))?;
+            (Some(ptr), at + 4)
         } else {
-            None
+            (None, at)
         };
-        cells.push(LeafCell { rowid: rowid as i64, overflow });
+        if end > data.len() {
+            return Err(bad(pgno, format!("cell {i}: payload past the page")));
+        }
+        cells.push(LeafCell { rowid: rowid as i64, overflow, bytes: off..end });
     }
     Ok(TablePage::Leaf { cells })
 }

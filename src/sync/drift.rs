@@ -157,9 +157,19 @@ pub async fn check(job: &SyncJob<'_>) -> Result<Vec<Drift>, SyncError> {
         .await
         .map_err(|e| SyncError::Reader { client: client.clone(), message: e.to_string() })?
         .map_err(|source| SyncError::Source { client: client.clone(), source })?;
+    check_against(job, &source).await
+}
+
+/// Compares the mirror's catalog with the source's tables as a sync just discovered them
+/// (all of them, selected or not), without opening the source again.
+pub async fn check_against(job: &SyncJob<'_>, source: &[TableInfo]) -> Result<Vec<Drift>, SyncError> {
+    let started = std::time::Instant::now();
+    let client = job.client.to_string();
     let schema = job.spec.target.schema.clone().unwrap_or_else(|| crate::spec::default_schema(job.client));
     let (mirror, recorded) = read_mirror(job, &schema).await.map_err(|source| SyncError::Store { client, source })?;
-    Ok(compare(&schema, &source, &mirror, &recorded, |t| table_selected(&job.spec.tables, t)))
+    let drift = compare(&schema, source, &mirror, &recorded, |t| table_selected(&job.spec.tables, t));
+    tracing::debug!(ms = started.elapsed().as_secs_f64() * 1e3, "schema drift checked");
+    Ok(drift)
 }
 
 type MirrorState = (BTreeMap<String, MirrorShape>, BTreeSet<String>);

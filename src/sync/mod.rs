@@ -120,8 +120,11 @@ pub async fn sync_tenant_with(job: &SyncJob<'_>, full: bool) -> Result<SyncRepor
         let tables = rows.into_iter().map(|(t, rows)| (t, TableReport { rows, ..Default::default() })).collect();
         return Ok(SyncReport { tables, unchanged: true, duration: started.elapsed(), ..Default::default() });
     }
-    let mut report = sync_all(job, full).await?;
-    report.drift = drift::check(job).await.inspect_err(|e| warn!(error = %e, "cannot check schema drift")).ok();
+    let (mut report, discovered) = sync_all(job, full).await?;
+    report.drift = drift::check_against(job, &discovered)
+        .await
+        .inspect_err(|e| warn!(error = %e, "cannot check schema drift"))
+        .ok();
     if report.failed.is_empty() && !skip::record(job, &fp).await.map_err(store_err)? {
         return Err(SyncError::OwnershipLost { client, epoch: job.fence.map_or(0, |f| f.epoch) });
     }
@@ -129,7 +132,7 @@ pub async fn sync_tenant_with(job: &SyncJob<'_>, full: bool) -> Result<SyncRepor
     Ok(report)
 }
 
-async fn sync_all(job: &SyncJob<'_>, full: bool) -> Result<SyncReport, SyncError> {
+async fn sync_all(job: &SyncJob<'_>, full: bool) -> Result<(SyncReport, Vec<source::TableInfo>), SyncError> {
     let started = Instant::now();
     let client = job.client.to_string();
     let schema = job.spec.target.schema.clone().unwrap_or_else(|| crate::spec::default_schema(job.client));
@@ -174,17 +177,17 @@ async fn sync_all(job: &SyncJob<'_>, full: bool) -> Result<SyncReport, SyncError
             }
         }
     }
-    match reader.await {
-        Ok(Ok(())) => {}
+    let discovered = match reader.await {
+        Ok(Ok(tables)) => tables,
         Ok(Err(e)) => return Err(SyncError::Source { client, source: e }),
         Err(e) => {
             return Err(SyncError::Reader { client, message: e.to_string() });
         }
-    }
+    };
     report.duration = started.elapsed();
     info!(client = %client, rows = report.rows_written, tables = report.tables.len(), failed = report.failed.len(),
           ms = report.duration.as_millis() as u64, "sync finished");
-    Ok(report)
+    Ok((report, discovered))
 }
 
 enum TableFailure {

@@ -58,15 +58,16 @@ pub(super) struct ReaderJob {
 }
 
 /// Reads every selected table on a blocking thread, a slice at a time.
+/// Returns every table discovered in the source (selected or not), for the drift check.
 pub(super) fn spawn_reader(
     job: ReaderJob,
     tx: mpsc::Sender<Msg>,
-) -> tokio::task::JoinHandle<Result<(), source::SourceError>> {
+) -> tokio::task::JoinHandle<Result<Vec<TableInfo>, source::SourceError>> {
     tokio::task::spawn_blocking(move || {
         let src = Source::open(&job.path)?;
         let tables = source::discover(&src)?;
         let wal = pages::is_wal(&src)?;
-        for t in tables.into_iter().filter(|t| table_selected(&job.spec.tables, &t.name)) {
+        for t in tables.iter().filter(|t| table_selected(&job.spec.tables, &t.name)).cloned() {
             let target = crate::sql::qualified(&job.schema, &t.name);
             let previous = if job.full { None } else { job.previous.get(&t.name) };
             let old_bytes = previous.filter(|(ddl, _)| ddl == &t.ddl).map(|(_, b)| b.as_slice());
@@ -80,10 +81,10 @@ pub(super) fn spawn_reader(
                 src.conn.execute_batch("COMMIT").map_err(src.err("COMMIT"))?;
             }
             if !go_on {
-                return Ok(());
+                return Ok(tables);
             }
         }
-        Ok(())
+        Ok(tables)
     })
 }
 
@@ -97,6 +98,7 @@ fn table_pass(
     in_txn: bool,
     tx: &mpsc::Sender<Msg>,
 ) -> bool {
+    let started = std::time::Instant::now();
     let walked: Option<Walked> = if t.without_rowid {
         None
     } else {
@@ -117,6 +119,7 @@ fn table_pass(
         }
         _ => None,
     };
+    let walk_ms = started.elapsed().as_secs_f64() * 1e3;
     let plan = TablePlan { info: t.clone(), ranges: ranges.clone() };
     if tx.blocking_send(Msg::Table(Box::new(plan))).is_err() {
         return false;
@@ -165,6 +168,8 @@ fn table_pass(
             }
         }
     }
+    tracing::debug!(table = %t.name, walk_ms, read_ms = started.elapsed().as_secs_f64() * 1e3 - walk_ms,
+                    leaves = walked.as_ref().map_or(0, |w| w.state.leaves.len()), "table read");
     let end = match walked {
         Some(w) => {
             let mut state = w.state;

@@ -75,6 +75,7 @@ pub async fn record(job: &SyncJob<'_>, fingerprint: &str) -> Result<bool, StoreE
 /// and re-created since (by an operator, a restore) gets a full pass, not an incremental
 /// one that would leave it empty.
 pub async fn page_states(job: &SyncJob<'_>, schema: &str) -> Result<super::reader::Previous, StoreError> {
+    let started = std::time::Instant::now();
     let mut tx = store::begin(job.pool, job.cluster).await?;
     let rows = sqlx::query(
         "SELECT table_name, coalesce(source_ddl, ''), pages FROM sync_metadata.table_state
@@ -88,5 +89,6 @@ pub async fn page_states(job: &SyncJob<'_>, schema: &str) -> Result<super::reade
     .await
     .ctx(|| format!("read the page state of {}", job.client))?;
     let _ = tx.commit().await;
+    tracing::debug!(ms = started.elapsed().as_secs_f64() * 1e3, tables = rows.len(), "page states read");
     Ok(rows.into_iter().map(|r| (r.get(0), (r.get(1), r.get(2)))).collect())
 }
