@@ -60,6 +60,10 @@ pub struct TableReport {
     pub rows_read: u64,
     /// Only the rowid ranges of changed pages were re-read (see `source::pages`).
     pub incremental: bool,
+    /// The mirror table was empty: the rows were copied straight into it (no stage, no
+    /// upsert, no tombstone pass).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub direct: bool,
     /// Values kept in `sync_metadata.quarantine` instead of the mirror.
     pub quarantined: u64,
     pub upserted: u64,
@@ -207,6 +211,55 @@ async fn skip_rest(rx: &mut mpsc::Receiver<Msg>) {
     }
 }
 
+/// What the reader sent of one table.
+struct Read {
+    rows: i64,
+    end: TableEnd,
+    quarantined: Vec<target::Quarantined>,
+}
+
+/// Streams a table's slices from the reader through one COPY into `dest`, until its
+/// `End`; the rows the COPY wrote. On failure the COPY is abandoned (the caller rolls back).
+async fn copy_rows(
+    conn: &mut PgConnection,
+    table: &MirrorTable,
+    dest: target::copy::Dest,
+    mut first: Option<Msg>,
+    rx: &mut mpsc::Receiver<Msg>,
+    read: &mut Read,
+    client: &str,
+) -> Result<u64, TableFailure> {
+    let mut copy = target::copy::TableCopy::new(conn, table, dest);
+    loop {
+        let msg = match first.take() {
+            Some(m) => Some(m),
+            None => rx.recv().await,
+        };
+        match msg {
+            Some(Msg::Slice(s)) => {
+                read.rows += s.rows.len() as i64;
+                if !s.rows.is_empty() {
+                    match copy.send(&s).await {
+                        Ok(q) => read.quarantined.extend(q),
+                        Err(e) => return Err(table_failure(client, e)),
+                    }
+                }
+                progress::report(|p| p.slice(&table.name, s.rows.len() as u64, s.bytes as u64));
+            }
+            Some(Msg::Failed(m)) => {
+                copy.abort().await;
+                return Err(TableFailure::Table(m));
+            }
+            Some(Msg::End(e)) => {
+                read.end = e;
+                break;
+            }
+            None | Some(Msg::Table(_)) => break,
+        }
+    }
+    copy.finish().await.map_err(|e| table_failure(client, e))
+}
+
 async fn sync_table(
     job: &SyncJob<'_>,
     plan: &TablePlan,
@@ -229,51 +282,39 @@ async fn sync_table(
     let fatal_store =
         |e: store::StoreError| TableFailure::Fatal(SyncError::Store { client: client.clone(), source: e });
     let mut tx = store::begin(job.pool, job.cluster).await.map_err(fatal_store)?;
-    let target_err = |e: target::TargetError| match &e {
-        target::TargetError::Db { source, .. } if is_connection_error(source) => {
-            TableFailure::Fatal(SyncError::Target { client: client.clone(), source: e })
-        }
-        _ => TableFailure::Table(e.to_string()),
-    };
+    let target_err = |e: target::TargetError| table_failure(&client, e);
     let info = &plan.info;
-    let mut rows: i64 = 0;
-    let mut end = TableEnd::default();
-    let mut quarantined = Vec::new();
+    let mut read = Read { rows: 0, end: TableEnd::default(), quarantined: Vec::new() };
+    let mut direct = false;
     let result: Result<(target::MergeCounts, ConflictCounts), TableFailure> = async {
         target::provision(&mut tx, table).await.map_err(target_err)?;
-        target::begin_stage(&mut tx, table).await.map_err(target_err)?;
-        loop {
-            let msg = match first.take() {
-                Some(m) => Some(m),
-                None => rx.recv().await,
-            };
-            match msg {
-                Some(Msg::Slice(s)) => {
-                    rows += s.rows.len() as i64;
-                    if !s.rows.is_empty() {
-                        let (_, q) = target::copy_slice(&mut tx, table, &s).await.map_err(target_err)?;
-                        quarantined.extend(q);
-                    }
-                    progress::report(|p| p.slice(&info.name, s.rows.len() as u64, s.bytes as u64));
-                }
-                Some(Msg::Failed(m)) => return Err(TableFailure::Table(m)),
-                Some(Msg::End(e)) => {
-                    end = e;
-                    break;
-                }
-                None | Some(Msg::Table(_)) => break,
-            }
-        }
+        let cctx = ConflictCtx { cluster: job.cluster, client: job.client, policy: &job.spec.conflicts };
         let tombstones = job.spec.deletes == DeletePolicy::Tombstone;
         let full_pass = plan.ranges.is_none();
-        let cctx = ConflictCtx { cluster: job.cluster, client: job.client, policy: &job.spec.conflicts };
-        let conflicts = conflict::resolve_stage(&mut tx, table, &cctx).await.map_err(target_err)?;
-        let mut counts = target::merge_stage(&mut tx, table, tombstones && full_pass).await.map_err(target_err)?;
-        if let (Some(ranges), true) = (&plan.ranges, tombstones) {
-            counts.tombstoned +=
-                target::ranges::tombstone_in_ranges(&mut tx, table, ranges).await.map_err(target_err)?;
-        }
-        target::record_quarantine(&mut tx, job.cluster, job.client, table, &quarantined, full_pass)
+        let (empty, synced_at) = target::copy::mirror_is_empty(&mut tx, table).await.map_err(target_err)?;
+        direct = empty;
+        let (counts, conflicts) = if empty {
+            // Straight into the empty mirror (a first sync, a new table, a re-created
+            // mirror): every row is new, so there is no conflict to resolve, nothing to
+            // upsert over and nothing to tombstone. resolve_stage only gives the table its
+            // conflict tracking here: it looks at the stage only when a mirror row is
+            // stamped, and an empty table has none.
+            let conflicts = conflict::resolve_stage(&mut tx, table, &cctx).await.map_err(target_err)?;
+            let dest = target::copy::Dest::Mirror { synced_at };
+            let copied = copy_rows(&mut tx, table, dest, first.take(), rx, &mut read, &client).await?;
+            (target::MergeCounts { upserted: copied, tombstoned: 0 }, conflicts)
+        } else {
+            target::begin_stage(&mut tx, table).await.map_err(target_err)?;
+            copy_rows(&mut tx, table, target::copy::Dest::Stage, first.take(), rx, &mut read, &client).await?;
+            let conflicts = conflict::resolve_stage(&mut tx, table, &cctx).await.map_err(target_err)?;
+            let mut counts = target::merge_stage(&mut tx, table, tombstones && full_pass).await.map_err(target_err)?;
+            if let (Some(ranges), true) = (&plan.ranges, tombstones) {
+                counts.tombstoned +=
+                    target::ranges::tombstone_in_ranges(&mut tx, table, ranges).await.map_err(target_err)?;
+            }
+            (counts, conflicts)
+        };
+        target::record_quarantine(&mut tx, job.cluster, job.client, table, &read.quarantined, full_pass)
             .await
             .map_err(target_err)?;
         Ok((counts, conflicts))
@@ -287,6 +328,7 @@ async fn sync_table(
             return Err(e);
         }
     };
+    let Read { rows, end, quarantined } = read;
     let rows_read = rows as u64;
     let rows = if plan.ranges.is_some() { end.rows.unwrap_or(rows) } else { rows };
     record_table_state(&mut tx, job, plan, table, rows, end.pages.as_deref()).await.map_err(fatal_store)?;
@@ -302,6 +344,7 @@ async fn sync_table(
         rows,
         rows_read,
         incremental: plan.ranges.is_some(),
+        direct,
         quarantined: quarantined.len() as u64,
         upserted: counts.upserted,
         tombstoned: counts.tombstoned,
@@ -360,6 +403,16 @@ async fn record_table_state(
     .await
     .ctx(|| format!("record state of table {}", info.name))?;
     Ok(())
+}
+
+/// A target error fails the whole sync when the connection is gone, else only the table.
+fn table_failure(client: &str, e: target::TargetError) -> TableFailure {
+    match &e {
+        target::TargetError::Db { source, .. } if is_connection_error(source) => {
+            TableFailure::Fatal(SyncError::Target { client: client.to_string(), source: e })
+        }
+        _ => TableFailure::Table(e.to_string()),
+    }
 }
 
 fn is_connection_error(e: &sqlx::Error) -> bool {
