@@ -10,7 +10,7 @@ use serde::Serialize;
 use serde_json::{Value as J, json};
 use sqlx::{AssertSqlSafe, PgConnection};
 
-use crate::util::{exec, set_nodelay_all};
+use crate::util::exec;
 use crate::{CLIENT, CLUSTER, MIRROR_SCHEMA};
 
 pub fn vm_kib(field: &str) -> u64 {
@@ -27,28 +27,11 @@ pub fn vm_kib(field: &str) -> u64 {
 
 pub fn child(argv: &[String]) -> Result<()> {
     let url = std::env::var("OWSYNC_BENCH_URL").context("OWSYNC_BENCH_URL")?;
-    let (cluster, client, nodelay) = match argv {
-        [c, n] => (c, n, false),
-        [c, n, x] if x == "nodelay" => (c, n, true),
-        _ => bail!("usage: --child CLUSTER CLIENT [nodelay]"),
-    };
+    let [cluster, client] = argv else { bail!("usage: --child CLUSTER CLIENT") };
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let out = rt.block_on(async {
-        let pool = if nodelay {
-            // owsync::store::connect's pool, plus TCP_NODELAY on every new connection.
-            sqlx::postgres::PgPoolOptions::new()
-                .max_connections(4)
-                .after_connect(|_, _| {
-                    Box::pin(async {
-                        set_nodelay_all();
-                        Ok(())
-                    })
-                })
-                .connect_with(owsync::store::connect_options(&url, "owsync-bench")?)
-                .await?
-        } else {
-            owsync::store::connect(&url, "owsync-bench", 4).await?
-        };
+        // owsync::store::connect sets TCP_NODELAY and lz4 on each connection (store::session).
+        let pool = owsync::store::connect(&url, "owsync-bench", 4).await?;
         let spec = owsync::store::specs::get(&pool, cluster, client).await?.spec;
         // A warm connection, as the daemon's pool has.
         sqlx::query("SELECT 1").execute(&pool).await?;
@@ -77,10 +60,9 @@ pub struct ChildRun {
     pub tables: BTreeMap<String, (i64, u64, u64)>,
 }
 
-pub fn child_command(sync_url: &str, nodelay: bool) -> Result<Command> {
+pub fn child_command(sync_url: &str) -> Result<Command> {
     let mut cmd = Command::new(std::env::current_exe()?);
     cmd.args(["--child", CLUSTER, CLIENT])
-        .args(nodelay.then_some("nodelay"))
         .env("OWSYNC_BENCH_URL", sync_url)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -88,8 +70,8 @@ pub fn child_command(sync_url: &str, nodelay: bool) -> Result<Command> {
     Ok(cmd)
 }
 
-pub fn run_child(sync_url: &str, nodelay: bool) -> Result<ChildRun> {
-    let out = child_command(sync_url, nodelay)?.output().context("spawn the owsync child")?;
+pub fn run_child(sync_url: &str) -> Result<ChildRun> {
+    let out = child_command(sync_url)?.output().context("spawn the owsync child")?;
     parse_child(&out)
 }
 
@@ -98,7 +80,7 @@ pub fn run_child(sync_url: &str, nodelay: bool) -> Result<ChildRun> {
 pub async fn run_child_probed(sync_url: &str, reader: &mut PgConnection) -> Result<(ChildRun, f64, usize)> {
     exec(reader, "SET statement_timeout = '600s'".into()).await?;
     let probe = format!("SELECT 1 /* bench-probe */ FROM {MIRROR_SCHEMA}.chat LIMIT 1");
-    let mut child = child_command(sync_url, false)?.spawn().context("spawn the owsync child")?;
+    let mut child = child_command(sync_url)?.spawn().context("spawn the owsync child")?;
     let (mut worst, mut n) = (0.0f64, 0);
     while child.try_wait()?.is_none() {
         let t0 = Instant::now();

@@ -10,10 +10,10 @@ use sqlx::{Connection as _, PgConnection};
 
 use crate::child::ChildRun;
 use crate::results::{CopyProbe, StatementCosts};
-use crate::util::{exec, median, set_nodelay_all};
+use crate::util::{exec, median};
 
 /// The fixed cost of one COPY round trip through sqlx, with and without TCP_NODELAY.
-pub async fn copy_probe(url: &str) -> Result<CopyProbe> {
+pub async fn copy_probe(url: &str, port: u16) -> Result<CopyProbe> {
     async fn times(conn: &mut PgConnection, copy: bool) -> Result<f64> {
         let mut v = Vec::new();
         for i in 0..18 {
@@ -35,7 +35,7 @@ pub async fn copy_probe(url: &str) -> Result<CopyProbe> {
     exec(&mut conn, "CREATE TEMP TABLE probe (a int)".into()).await?;
     let copy_ms = times(&mut conn, true).await?;
     let select1_ms = times(&mut conn, false).await?;
-    set_nodelay_all();
+    owsync::store::session::set_nodelay_towards(port);
     let copy_nodelay_ms = times(&mut conn, true).await?;
     conn.close().await?;
     Ok(CopyProbe { copy_ms, copy_nodelay_ms, select1_ms })

@@ -110,7 +110,7 @@ pub async fn rounds(
         let c = owsync_server(a, db, &[]).await?;
         checkpoint(&c.pg)?;
         let from = log_len(&c.pg);
-        let first = run_child(&c.sync_url, false)?;
+        let first = run_child(&c.sync_url)?;
         let costs = statement_costs(&log_since(&c.pg, from), &first);
         let mut admin_c = PgConnection::connect(&c.pg.admin_url(&c.db)).await?;
         let bad = mirror_counts_ok(&mut admin_c, tables, db).await?;
@@ -130,39 +130,6 @@ pub async fn rounds(
             ..Default::default()
         });
         res.owsync_first_costs = Some(costs);
-
-        // What two cheap fixes would give: TCP_NODELAY, then also lz4 TOAST compression.
-        let mut variants = vec![(
-            "owsync_nodelay",
-            "owsync first sync with TCP_NODELAY on its connections (informative: sqlx 0.9.0 dropped it, see below)",
-            false,
-        )];
-        if a.lz4 {
-            variants.push((
-                "owsync_nodelay_lz4",
-                "owsync first sync, TCP_NODELAY and server `default_toast_compression = lz4` (informative)",
-                true,
-            ));
-        }
-        for (name, what, lz4) in variants {
-            let extra: &[(&str, &str)] = if lz4 { &[("default_toast_compression", "lz4")] } else { &[] };
-            let d = owsync_server(a, db, extra).await?;
-            checkpoint(&d.pg)?;
-            let r = run_child(&d.sync_url, true)?;
-            let mut conn = PgConnection::connect(&d.pg.admin_url(&d.db)).await?;
-            let bad = mirror_counts_ok(&mut conn, tables, db).await?;
-            conn.close().await?;
-            round_cases.push(FirstCase {
-                name: name.into(),
-                what: what.into(),
-                secs: Some(r.secs),
-                rss_mib: Some(mib(r.hwm_kib)),
-                ok: r.failed.is_empty() && bad.is_empty(),
-                note: if bad.is_empty() { "rows verified".into() } else { format!("counts: {bad}") },
-                ..Default::default()
-            });
-            drop(d);
-        }
 
         for case in round_cases {
             eprintln!("bench:   {:<20} {:>7} s  {}", case.name, fmt_s(case.secs), case.note);

@@ -51,7 +51,7 @@ use crate::first_sync::{Kept, read_encode_only};
 use crate::report::{render, write_region};
 use crate::results::Results;
 use crate::setup::{gather_env, prepare_source, tables_of};
-use crate::util::{loadavg, set_nodelay_all};
+use crate::util::loadavg;
 
 const CLUSTER: &str = "bench-host";
 const CLIENT: &str = "bench";
@@ -250,7 +250,7 @@ async fn run(a: Args) -> Result<()> {
     let keep = first_sync::rounds(&a, &db, &tables, &csv, &mut res).await?;
     let Some(mut k) = keep else { bail!("--rounds must be at least 1") };
     // The bare upserts go through this connection: give it TCP_NODELAY, as psql has.
-    set_nodelay_all();
+    owsync::store::session::set_nodelay_towards(k.pg_a.port());
 
     // -- incremental rounds --
     incremental::rounds(&a, &db, &tables, &mut k, &mut res).await?;
@@ -262,7 +262,7 @@ async fn run(a: Args) -> Result<()> {
     let Kept { admin_c, c, conn_a, pg_a } = k;
     admin_c.close().await?;
     conn_a.close().await?;
-    res.copy_probe = Some(copy_probe(&c.pg.admin_url(&c.db)).await?);
+    res.copy_probe = Some(copy_probe(&c.pg.admin_url(&c.db), c.pg.port()).await?);
     drop(c);
     drop(pg_a);
 

@@ -43,53 +43,6 @@ pub async fn count(conn: &mut PgConnection, sql: String) -> Result<i64> {
     Ok(sqlx::query(AssertSqlSafe(sql)).fetch_one(conn).await?.get(0))
 }
 
-/// Sets TCP_NODELAY on every TCP socket this process holds, as libpq (psql) does for
-/// its connections; sqlx 0.9 does not. Returns how many it set.
-pub fn set_nodelay_all() -> usize {
-    use std::mem::{size_of, zeroed};
-    let mut n = 0;
-    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else { return 0 };
-    for e in dir.flatten() {
-        let Ok(fd) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
-        if !std::fs::read_link(e.path()).is_ok_and(|t| t.to_string_lossy().starts_with("socket:")) {
-            continue;
-        }
-        // SAFETY: plain socket option calls on a descriptor we own, with correctly sized
-        // buffers; a descriptor that is not a TCP socket is skipped.
-        unsafe {
-            let mut ty: libc::c_int = 0;
-            let mut len = size_of::<libc::c_int>() as libc::socklen_t;
-            let p = (&mut ty as *mut libc::c_int).cast::<libc::c_void>();
-            if libc::getsockopt(fd, libc::SOL_SOCKET, libc::SO_TYPE, p, &mut len) != 0 || ty != libc::SOCK_STREAM {
-                continue;
-            }
-            let mut addr: libc::sockaddr_storage = zeroed();
-            let mut alen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-            let ap = (&mut addr as *mut libc::sockaddr_storage).cast::<libc::sockaddr>();
-            if libc::getsockname(fd, ap, &mut alen) != 0 {
-                continue;
-            }
-            let fam = i32::from(addr.ss_family);
-            if fam != libc::AF_INET && fam != libc::AF_INET6 {
-                continue;
-            }
-            let one: libc::c_int = 1;
-            let op = (&one as *const libc::c_int).cast::<libc::c_void>();
-            if libc::setsockopt(
-                fd,
-                libc::IPPROTO_TCP,
-                libc::TCP_NODELAY,
-                op,
-                size_of::<libc::c_int>() as libc::socklen_t,
-            ) == 0
-            {
-                n += 1;
-            }
-        }
-    }
-    n
-}
-
 pub fn sql_lit(v: &Value) -> String {
     match v {
         Value::Null => "NULL".into(),

@@ -50,6 +50,10 @@ struct Args {
     /// How long the state API serves a key from its cache.
     #[arg(long, env = "OWSYNC_STATE_CACHE_TTL", default_value = "5m", value_parser = humantime::parse_duration)]
     state_cache_ttl: Duration,
+    /// Finished sync runs and events older than this are deleted by the leader (at least
+    /// 1h; `0s` keeps them forever).
+    #[arg(long, env = "OWSYNC_HISTORY_RETENTION", default_value = "7d", value_parser = humantime::parse_duration)]
+    history_retention: Duration,
     /// Log format.
     #[arg(long, env = "OWSYNC_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
@@ -113,6 +117,12 @@ async fn main() -> anyhow::Result<()> {
             humantime::format_duration(a.renew_deadline)
         );
     }
+    if !a.history_retention.is_zero() && a.history_retention < Duration::from_secs(3600) {
+        bail!(
+            "--history-retention ({}) must be at least 1h (or 0s to keep sync runs and events forever)",
+            humantime::format_duration(a.history_retention)
+        );
+    }
     let url = database_url(&a)?;
     if let Some(why) = store::transaction_pooler_hint(&url) {
         bail!("refusing to start: {why}. {}", store::POOLER_FIX);
@@ -157,6 +167,7 @@ async fn main() -> anyhow::Result<()> {
         spec_poll: Duration::from_secs(2),
         max_concurrency: a.max_concurrency,
         stall_after: 5,
+        history_retention: (!a.history_retention.is_zero()).then_some(a.history_retention),
     };
     let shared = Shared::with_instance(config, instance, pool, connect);
     let shutdown = CancellationToken::new();

@@ -43,6 +43,10 @@ pub(super) async fn run_leader(shared: Arc<Shared>, epoch: i64, token: Cancellat
     let Fleet { running, stopping, .. } = &mut fleet;
     let mut suspended: HashMap<String, i64> = HashMap::new();
     let mut listen = listener(&shared).await;
+    let _retention = shared
+        .config
+        .history_retention
+        .map(|keep| AbortOnDrop(tokio::spawn(super::retention::run(shared.clone(), epoch, keep, token.child_token()))));
 
     while !token.is_cancelled() {
         if !shared.lease_valid(epoch) {

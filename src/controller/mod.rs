@@ -7,6 +7,7 @@ pub mod conditions;
 mod election;
 mod leader;
 mod reconciler;
+mod retention;
 pub mod schedule;
 
 pub use backoff::backoff_delay;
@@ -57,6 +58,8 @@ pub struct ControllerConfig {
     pub max_concurrency: usize,
     /// Consecutive failures after which a tenant is `Stalled`.
     pub stall_after: i32,
+    /// The leader deletes finished sync runs and events older than this (`None`: keeps them).
+    pub history_retention: Option<Duration>,
 }
 
 /// What the HTTP API shows about this replica.
@@ -209,6 +212,7 @@ mod tests {
             spec_poll: Duration::from_secs(2),
             max_concurrency: 1,
             stall_after: 5,
+            history_retention: None,
         };
         Shared::new(config, pool, connect)
     }

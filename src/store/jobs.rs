@@ -128,3 +128,27 @@ pub async fn recent_events(pool: &PgPool, cluster: &str, client: &str, limit: i6
         .map(|r| Event { time: r.get(0), type_: r.get(1), reason: r.get(2), message: r.get(3), node_id: r.get(4) })
         .collect())
 }
+
+/// Deletes the cluster's finished `sync_jobs` runs and `events` older than `keep`
+/// (through `sync_metadata.expire_history`: sync_service has no DELETE), in batches of
+/// `batch` rows, each batch its own short transaction. Returns (runs, events) deleted.
+pub async fn expire_history(pool: &PgPool, cluster: &str, keep: std::time::Duration, batch: i32) -> Result<(u64, u64)> {
+    let keep_s = keep.as_secs_f64();
+    let (mut jobs, mut events) = (0u64, 0u64);
+    loop {
+        let mut tx = super::begin(pool, cluster).await?;
+        let (j, e): (i64, i64) =
+            sqlx::query_as("SELECT jobs, events FROM sync_metadata.expire_history(make_interval(secs => $1), $2)")
+                .bind(keep_s)
+                .bind(batch)
+                .fetch_one(&mut *tx)
+                .await
+                .ctx(|| format!("expire the history of cluster {cluster}"))?;
+        tx.commit().await.ctx(|| "commit".into())?;
+        jobs += j as u64;
+        events += e as u64;
+        if j < i64::from(batch) && e < i64::from(batch) {
+            return Ok((jobs, events));
+        }
+    }
+}

@@ -38,6 +38,7 @@ pub const MIGRATIONS: &[Migration] = &[
         sql: include_str!("migrations/0008_inventory_and_retirement.sql"),
     },
     Migration { version: 9, name: "page_state", sql: include_str!("migrations/0009_page_state.sql") },
+    Migration { version: 11, name: "history_retention", sql: include_str!("migrations/0011_history_retention.sql") },
 ];
 
 /// The schema version this build needs.

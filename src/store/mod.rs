@@ -8,6 +8,7 @@ pub mod jobs;
 pub mod lease;
 pub mod migrate;
 pub mod requests;
+pub mod session;
 pub mod specs;
 pub mod state;
 pub mod status;
@@ -77,8 +78,15 @@ pub async fn connect(url: &str, application: &str, max_connections: u32) -> Resu
     // timeout and then reports only "pool timed out", hiding the cause.
     let probe = opts.connect().await.map_err(err)?;
     let _ = probe.close().await;
+    let port = opts.get_port();
     PgPoolOptions::new()
         .max_connections(max_connections)
+        .after_connect(move |conn, _| {
+            Box::pin(async move {
+                session::prepare(conn, port).await;
+                Ok(())
+            })
+        })
         .acquire_timeout(Duration::from_secs(10))
         .connect_with(opts)
         .await
