@@ -282,6 +282,18 @@ async fn sync_table(
     let fatal_store =
         |e: store::StoreError| TableFailure::Fatal(SyncError::Store { client: client.clone(), source: e });
     let mut tx = store::begin(job.pool, job.cluster).await.map_err(fatal_store)?;
+    // This transaction's COMMIT does not wait for its WAL flush. Safe: the table's rows
+    // and its table_state commit together, so a commit lost in a crash loses both, and the
+    // next sync, finding the old state (or none), simply redoes the table. The fingerprint
+    // that lets a later sync skip the whole source is recorded afterwards by
+    // `skip::record` in a synchronous commit, which flushes the WAL up to itself, and so
+    // every table transaction before it: no skip can rest on a lost table.
+    sqlx::query("SELECT set_config('synchronous_commit', 'off', true)").execute(&mut *tx).await.map_err(|e| {
+        fatal_store(store::StoreError::Db {
+            context: format!("set synchronous_commit for {}", plan.info.name),
+            source: e,
+        })
+    })?;
     let target_err = |e: target::TargetError| table_failure(&client, e);
     let info = &plan.info;
     let mut read = Read { rows: 0, end: TableEnd::default(), quarantined: Vec::new() };
