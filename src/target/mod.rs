@@ -95,9 +95,8 @@ impl MirrorTable {
     }
 }
 
-/// Creates the schema and table, or adds missing columns, through
-/// `sync_metadata.provision_table` (sync_service itself has no CREATE privilege).
-pub async fn provision(conn: &mut PgConnection, t: &MirrorTable) -> Result<()> {
+/// The columns `provision` asks for: the data columns, then the bookkeeping ones.
+fn provision_columns(t: &MirrorTable) -> Vec<serde_json::Value> {
     let mut cols: Vec<serde_json::Value> =
         t.data_columns().iter().map(|(n, ty)| serde_json::json!({"name": n, "type": ty.sql()})).collect();
     if t.has_rowid && !t.by_rowid {
@@ -106,14 +105,35 @@ pub async fn provision(conn: &mut PgConnection, t: &MirrorTable) -> Result<()> {
     }
     cols.push(serde_json::json!({"name": COL_DELETED, "type": "boolean"}));
     cols.push(serde_json::json!({"name": COL_SYNCED_AT, "type": "timestamptz"}));
+    cols
+}
+
+/// A digest of everything `provision` asks of the mirror table (columns, types, indexes,
+/// key): recorded with the table's state, so a sync provisions only when it changed.
+pub fn shape_digest(t: &MirrorTable) -> String {
+    use sha2::Digest;
+    let shape = serde_json::json!({"columns": provision_columns(t), "key": t.key, "conflict_tracking": 1});
+    sha2::Sha256::digest(shape.to_string().as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Creates the schema and table, or adds missing columns, through
+/// `sync_metadata.provision_table` (sync_service itself has no CREATE privilege), and
+/// gives the table its conflict tracking (`conflict`) when missing.
+pub async fn provision(conn: &mut PgConnection, t: &MirrorTable) -> Result<()> {
     sqlx::query("SELECT sync_metadata.provision_table($1, $2, $3, $4)")
         .bind(&t.schema)
         .bind(&t.name)
-        .bind(Json(cols))
+        .bind(Json(provision_columns(t)))
         .bind(&t.key)
-        .execute(conn)
+        .execute(&mut *conn)
         .await
         .map_err(t.db_err("provision the mirror table"))?;
+    sqlx::query("SELECT sync_metadata.provision_conflict_tracking($1, $2)")
+        .bind(&t.schema)
+        .bind(&t.name)
+        .execute(&mut *conn)
+        .await
+        .map_err(t.db_err("provision conflict tracking"))?;
     Ok(())
 }
 
