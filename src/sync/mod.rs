@@ -408,12 +408,14 @@ async fn sync_table(
         let (counts, conflicts) = if empty {
             // Straight into the empty mirror (a first sync, a new table, a re-created
             // mirror): every row is new, so there is no conflict to resolve, nothing to
-            // upsert over and nothing to tombstone. resolve_stage only gives the table its
-            // conflict tracking here: it looks at the stage only when a mirror row is
-            // stamped, and an empty table has none.
-            let conflicts = conflict::resolve_stage(&mut tx, table, &cctx).await.map_err(target_err)?;
+            // upsert over and nothing to tombstone.
             let dest = target::copy::Dest::Mirror { synced_at };
             let copied = copy_rows(&mut tx, table, dest, first.take(), rx, &mut read, &client).await?;
+            // Only now the conflict tracking of a new table: a BEFORE INSERT trigger makes
+            // COPY insert row by row instead of in batches. resolve_stage only provisions
+            // it here: it looks at the stage only when a mirror row is stamped, and the
+            // rows just copied, written by owsync, are not.
+            let conflicts = conflict::resolve_stage(&mut tx, table, &cctx).await.map_err(target_err)?;
             (target::MergeCounts { upserted: copied, tombstoned: 0 }, conflicts)
         } else {
             target::begin_stage(&mut tx, table).await.map_err(target_err)?;

@@ -112,13 +112,13 @@ fn provision_columns(t: &MirrorTable) -> Vec<serde_json::Value> {
 /// key): recorded with the table's state, so a sync provisions only when it changed.
 pub fn shape_digest(t: &MirrorTable) -> String {
     use sha2::Digest;
-    let shape = serde_json::json!({"columns": provision_columns(t), "key": t.key, "conflict_tracking": 1});
+    let shape = serde_json::json!({"columns": provision_columns(t), "key": t.key});
     sha2::Sha256::digest(shape.to_string().as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Creates the schema and table, or adds missing columns, through
-/// `sync_metadata.provision_table` (sync_service itself has no CREATE privilege), and
-/// gives the table its conflict tracking (`conflict`) when missing.
+/// `sync_metadata.provision_table` (sync_service itself has no CREATE privilege). The
+/// conflict tracking (`conflict::resolve_stage`) is added by the table's transaction.
 pub async fn provision(conn: &mut PgConnection, t: &MirrorTable) -> Result<()> {
     sqlx::query("SELECT sync_metadata.provision_table($1, $2, $3, $4)")
         .bind(&t.schema)
@@ -128,12 +128,6 @@ pub async fn provision(conn: &mut PgConnection, t: &MirrorTable) -> Result<()> {
         .execute(&mut *conn)
         .await
         .map_err(t.db_err("provision the mirror table"))?;
-    sqlx::query("SELECT sync_metadata.provision_conflict_tracking($1, $2)")
-        .bind(&t.schema)
-        .bind(&t.name)
-        .execute(&mut *conn)
-        .await
-        .map_err(t.db_err("provision conflict tracking"))?;
     Ok(())
 }
 
