@@ -152,7 +152,13 @@ async fn sync_all(job: &SyncJob<'_>, full: bool) -> Result<SyncReport, SyncError
         .map_err(|e| SyncError::Reader { client: client.clone(), message: e.to_string() })?
         .map_err(|source| SyncError::Source { client: client.clone(), source })?;
     let infos: Vec<source::TableInfo> = queue.lock().map(|q| q.iter().cloned().collect()).unwrap_or_default();
-    let unprovisioned = provision::provision_tables(job, &schema, &infos, full).await?;
+    // Tables are synced by `n` workers at once, each with its own SQLite reader and its
+    // own PostgreSQL transaction per table (so the second core compresses and writes too).
+    let n = queue::table_connections().min(job.pool.options().get_max_connections().max(1) as usize);
+    // The first `n` tables (the largest) are provisioned before the workers start; the
+    // rest meanwhile, on one more connection, while the big tables copy.
+    let (early, late) = infos.split_at(n.min(infos.len()));
+    let unprovisioned = provision::provision_tables(job, &schema, early, full).await?;
     let mut report = SyncReport::default();
     if !unprovisioned.is_empty() {
         if let Ok(mut q) = queue.lock() {
@@ -166,16 +172,35 @@ async fn sync_all(job: &SyncJob<'_>, full: bool) -> Result<SyncReport, SyncError
         }
     }
     let rj = Arc::new(ReaderJob { path: PathBuf::from(&job.spec.source.path), schema: schema.clone(), previous, full });
-    // Tables are synced by `n` workers at once, each with its own SQLite reader and its
-    // own PostgreSQL transaction per table (so the second core compresses and writes too).
-    let n = queue::table_connections().min(job.pool.options().get_max_connections().max(1) as usize);
-    let shared = Shared { queue, stop: AtomicBool::new(false), report: Mutex::new(report) };
+    let (late_tx, late_rx) = tokio::sync::watch::channel(false);
+    let shared = Shared {
+        queue,
+        stop: AtomicBool::new(false),
+        report: Mutex::new(report),
+        late: late.iter().map(|t| t.name.clone()).collect(),
+        late_failed: Mutex::new(BTreeMap::new()),
+        late_done: late_rx,
+    };
+    let provisioner = async {
+        let r = provision::provision_tables(job, &schema, late, full).await;
+        match &r {
+            Ok(failed) => {
+                if let Ok(mut f) = shared.late_failed.lock() {
+                    f.clone_from(failed);
+                }
+            }
+            Err(_) => shared.stop(),
+        }
+        let _ = late_tx.send(true);
+        r.map(|_| ())
+    };
     let workers = (0..n).map(|_| {
         let (tx, rx) = mpsc::channel::<Msg>(2);
         let reader = reader::spawn_reader(rj.clone(), shared.queue.clone(), tx);
         worker(job, &schema, &shared, rx, reader)
     });
-    let results = futures_util::future::join_all(workers).await;
+    let (provisioned, results) = tokio::join!(provisioner, futures_util::future::join_all(workers));
+    provisioned?;
     results.into_iter().collect::<Result<Vec<()>, SyncError>>()?;
     let mut report = shared.report.into_inner().unwrap_or_else(|e| e.into_inner());
     report.duration = started.elapsed();
@@ -190,6 +215,11 @@ struct Shared {
     /// A worker met a fatal error: the others stop after their current table.
     stop: AtomicBool,
     report: Mutex<SyncReport>,
+    /// Tables provisioned while the first ones copy; `late_done` turns true when that is
+    /// over, with the ones that could not be provisioned in `late_failed`.
+    late: std::collections::HashSet<String>,
+    late_failed: Mutex<BTreeMap<String, String>>,
+    late_done: tokio::sync::watch::Receiver<bool>,
 }
 
 impl Shared {
@@ -218,6 +248,24 @@ async fn worker(
             break;
         }
         let info = &plan.info;
+        if shared.late.contains(&info.name) {
+            let mut done = shared.late_done.clone();
+            let _ = done.wait_for(|d| *d).await;
+            if shared.stop.load(Ordering::Relaxed) {
+                break;
+            }
+            let failed = shared.late_failed.lock().ok().and_then(|f| f.get(&info.name).cloned());
+            if let Some(msg) = failed {
+                warn!(client = %client, table = %info.name, error = %msg, "table not synced");
+                progress::report(|p| p.table_started(&info.name));
+                progress::report(|p| p.table_done(&info.name, 0, Some(&msg)));
+                if let Ok(mut report) = shared.report.lock() {
+                    report.failed.insert(info.name.clone(), msg);
+                }
+                skip_rest(&mut rx).await;
+                continue;
+            }
+        }
         let table = MirrorTable::from_source(schema, info);
         let span = info_span!("table", client = %client, table = %info.name);
         progress::report(|p| p.table_started(&info.name));
