@@ -32,6 +32,10 @@ pub fn child(argv: &[String]) -> Result<()> {
     let out = rt.block_on(async {
         // owsync::store::connect sets TCP_NODELAY and lz4 on each connection (store::session).
         let pool = owsync::store::connect(&url, "owsync-bench", 4).await?;
+        // As owsyncd --table-connections: OWSYNC_TABLE_CONNECTIONS, when set, to compare.
+        if let Some(n) = std::env::var("OWSYNC_TABLE_CONNECTIONS").ok().and_then(|v| v.parse().ok()) {
+            owsync::sync::set_table_connections(n);
+        }
         let spec = owsync::store::specs::get(&pool, cluster, client).await?.spec;
         // A warm connection, as the daemon's pool has.
         sqlx::query("SELECT 1").execute(&pool).await?;

@@ -44,6 +44,9 @@ struct Args {
     /// Syncs running at once.
     #[arg(long, env = "OWSYNC_MAX_CONCURRENCY", default_value_t = 8)]
     max_concurrency: usize,
+    /// Tables of one tenant a sync copies at once, each on its own connection.
+    #[arg(long, env = "OWSYNC_TABLE_CONNECTIONS", default_value_t = owsync::sync::DEFAULT_TABLE_CONNECTIONS)]
+    table_connections: usize,
     /// File holding the bearer token that mutating API endpoints require.
     #[arg(long, env = "OWSYNC_API_TOKEN_FILE")]
     api_token_file: Option<PathBuf>,
@@ -135,7 +138,8 @@ async fn main() -> anyhow::Result<()> {
     let connect = store::connect_options(&url, &app_name)?;
     info!(cluster = %a.cluster, node = %node_id, database = %redact_url(&url), "owsyncd starting");
 
-    let pool_size = (a.max_concurrency as u32) + 4;
+    owsync::sync::set_table_connections(a.table_connections);
+    let pool_size = (a.max_concurrency * owsync::sync::table_connections()) as u32 + 4;
     let pool = loop {
         match store::connect(&url, &app_name, pool_size).await {
             Ok(p) => {

@@ -5,11 +5,17 @@
 
 pub mod drift;
 pub mod progress;
+mod provision;
+mod queue;
 mod reader;
 mod skip;
 
+pub use queue::{DEFAULT_TABLE_CONNECTIONS, set_table_connections, table_connections};
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use sqlx::{PgConnection, PgPool};
@@ -60,6 +66,10 @@ pub struct TableReport {
     pub rows_read: u64,
     /// Only the rowid ranges of changed pages were re-read (see `source::pages`).
     pub incremental: bool,
+    /// The mirror table was empty: the rows were copied straight into it (no stage, no
+    /// upsert, no tombstone pass).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub direct: bool,
     /// Values kept in `sync_metadata.quarantine` instead of the mirror.
     pub quarantined: u64,
     pub upserted: u64,
@@ -138,21 +148,128 @@ async fn sync_all(job: &SyncJob<'_>, full: bool) -> Result<(SyncReport, Vec<sour
     let schema = job.spec.target.schema.clone().unwrap_or_else(|| crate::spec::default_schema(job.client));
     let previous =
         skip::page_states(job, &schema).await.map_err(|source| SyncError::Store { client: client.clone(), source })?;
-    let (tx, mut rx) = mpsc::channel::<Msg>(2);
-    let rj = ReaderJob {
-        path: PathBuf::from(&job.spec.source.path),
-        spec: job.spec.clone(),
-        schema: schema.clone(),
-        previous,
-        full,
-    };
-    let reader = reader::spawn_reader(rj, tx);
+    let path = PathBuf::from(&job.spec.source.path);
+    let spec = job.spec.clone();
+    let (queue, discovered) = tokio::task::spawn_blocking(move || queue::tables(&path, &spec))
+        .await
+        .map_err(|e| SyncError::Reader { client: client.clone(), message: e.to_string() })?
+        .map_err(|source| SyncError::Source { client: client.clone(), source })?;
+    let infos: Vec<source::TableInfo> = queue.lock().map(|q| q.iter().cloned().collect()).unwrap_or_default();
+    // Tables are synced by `n` workers at once, each with its own SQLite reader and its
+    // own PostgreSQL transaction per table (so the second core compresses and writes too).
+    let n = queue::table_connections().min(job.pool.options().get_max_connections().max(1) as usize);
+    // The first `n` tables (the largest) are provisioned before the workers start; the
+    // rest meanwhile, on one more connection, while the big tables copy.
+    let (early, late) = infos.split_at(n.min(infos.len()));
+    let unprovisioned = provision::provision_tables(job, &schema, early, full).await?;
     let mut report = SyncReport::default();
+    if !unprovisioned.is_empty() {
+        if let Ok(mut q) = queue.lock() {
+            q.retain(|t| !unprovisioned.contains_key(&t.name));
+        }
+        for (name, msg) in unprovisioned {
+            warn!(client = %client, table = %name, error = %msg, "table not synced");
+            progress::report(|p| p.table_started(&name));
+            progress::report(|p| p.table_done(&name, 0, Some(&msg)));
+            report.failed.insert(name, msg);
+        }
+    }
+    let rj = Arc::new(ReaderJob { path: PathBuf::from(&job.spec.source.path), schema: schema.clone(), previous, full });
+    let (late_tx, late_rx) = tokio::sync::watch::channel(false);
+    let shared = Shared {
+        queue,
+        stop: AtomicBool::new(false),
+        report: Mutex::new(report),
+        late: late.iter().map(|t| t.name.clone()).collect(),
+        late_failed: Mutex::new(BTreeMap::new()),
+        late_done: late_rx,
+    };
+    let provisioner = async {
+        let r = provision::provision_tables(job, &schema, late, full).await;
+        match &r {
+            Ok(failed) => {
+                if let Ok(mut f) = shared.late_failed.lock() {
+                    f.clone_from(failed);
+                }
+            }
+            Err(_) => shared.stop(),
+        }
+        let _ = late_tx.send(true);
+        r.map(|_| ())
+    };
+    let workers = (0..n).map(|_| {
+        let (tx, rx) = mpsc::channel::<Msg>(2);
+        let reader = reader::spawn_reader(rj.clone(), shared.queue.clone(), tx);
+        worker(job, &schema, &shared, rx, reader)
+    });
+    let (provisioned, results) = tokio::join!(provisioner, futures_util::future::join_all(workers));
+    provisioned?;
+    results.into_iter().collect::<Result<Vec<()>, SyncError>>()?;
+    let mut report = shared.report.into_inner().unwrap_or_else(|e| e.into_inner());
+    report.duration = started.elapsed();
+    info!(client = %client, rows = report.rows_written, tables = report.tables.len(), failed = report.failed.len(),
+          ms = report.duration.as_millis() as u64, "sync finished");
+    Ok((report, discovered))
+}
 
+/// What a sync's workers share.
+struct Shared {
+    queue: reader::Queue,
+    /// A worker met a fatal error: the others stop after their current table.
+    stop: AtomicBool,
+    report: Mutex<SyncReport>,
+    /// Tables provisioned while the first ones copy; `late_done` turns true when that is
+    /// over, with the ones that could not be provisioned in `late_failed`.
+    late: std::collections::HashSet<String>,
+    late_failed: Mutex<BTreeMap<String, String>>,
+    late_done: tokio::sync::watch::Receiver<bool>,
+}
+
+impl Shared {
+    fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Ok(mut q) = self.queue.lock() {
+            q.clear();
+        }
+    }
+}
+
+/// Syncs the tables one reader sends, one transaction each, until the reader is done or
+/// a worker failed fatally.
+async fn worker(
+    job: &SyncJob<'_>,
+    schema: &str,
+    shared: &Shared,
+    mut rx: mpsc::Receiver<Msg>,
+    reader: tokio::task::JoinHandle<Result<(), source::SourceError>>,
+) -> Result<(), SyncError> {
+    let client = job.client.to_string();
+    let mut fatal = None;
     while let Some(msg) = rx.recv().await {
         let Msg::Table(plan) = msg else { continue };
+        if shared.stop.load(Ordering::Relaxed) {
+            break;
+        }
         let info = &plan.info;
-        let table = MirrorTable::from_source(&schema, info);
+        if shared.late.contains(&info.name) {
+            let mut done = shared.late_done.clone();
+            let _ = done.wait_for(|d| *d).await;
+            if shared.stop.load(Ordering::Relaxed) {
+                break;
+            }
+            let failed = shared.late_failed.lock().ok().and_then(|f| f.get(&info.name).cloned());
+            if let Some(msg) = failed {
+                warn!(client = %client, table = %info.name, error = %msg, "table not synced");
+                progress::report(|p| p.table_started(&info.name));
+                progress::report(|p| p.table_done(&info.name, 0, Some(&msg)));
+                if let Ok(mut report) = shared.report.lock() {
+                    report.failed.insert(info.name.clone(), msg);
+                }
+                skip_rest(&mut rx).await;
+                continue;
+            }
+        }
+        let table = MirrorTable::from_source(schema, info);
         let span = info_span!("table", client = %client, table = %info.name);
         progress::report(|p| p.table_started(&info.name));
         let done = sync_table(job, &plan, &table, &mut rx).instrument(span).await;
@@ -163,31 +280,40 @@ async fn sync_all(job: &SyncJob<'_>, full: bool) -> Result<(SyncReport, Vec<sour
         });
         match done {
             Ok(tr) => {
-                report.rows_written += tr.upserted + tr.tombstoned;
-                report.tables.insert(info.name.clone(), tr);
+                if let Ok(mut report) = shared.report.lock() {
+                    report.rows_written += tr.upserted + tr.tombstoned;
+                    report.tables.insert(info.name.clone(), tr);
+                }
             }
             Err(TableFailure::Fatal(e)) => {
-                drop(rx);
-                let _ = reader.await;
-                return Err(e);
+                shared.stop();
+                fatal = Some(e);
+                break;
             }
             Err(TableFailure::Table(msg)) => {
                 warn!(client = %client, table = %info.name, error = %msg, "table not synced");
-                report.failed.insert(info.name.clone(), msg);
+                if let Ok(mut report) = shared.report.lock() {
+                    report.failed.insert(info.name.clone(), msg);
+                }
             }
         }
     }
-    let discovered = match reader.await {
-        Ok(Ok(tables)) => tables,
-        Ok(Err(e)) => return Err(SyncError::Source { client, source: e }),
-        Err(e) => {
-            return Err(SyncError::Reader { client, message: e.to_string() });
+    drop(rx);
+    let read = reader.await;
+    if let Some(e) = fatal {
+        return Err(e);
+    }
+    match read {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => {
+            shared.stop();
+            Err(SyncError::Source { client, source: e })
         }
-    };
-    report.duration = started.elapsed();
-    info!(client = %client, rows = report.rows_written, tables = report.tables.len(), failed = report.failed.len(),
-          ms = report.duration.as_millis() as u64, "sync finished");
-    Ok((report, discovered))
+        Err(e) => {
+            shared.stop();
+            Err(SyncError::Reader { client, message: e.to_string() })
+        }
+    }
 }
 
 enum TableFailure {
@@ -195,6 +321,25 @@ enum TableFailure {
     Fatal(SyncError),
     /// Only this table failed; the others go on.
     Table(String),
+}
+
+/// A pooled connection that is closed, not returned to the pool, when dropped while
+/// `armed`: a table's transaction cancelled midway (the leader aborts its reconcilers)
+/// must not hand its connection to anyone else. A COPY dropped midway leaves the
+/// connection's protocol state out of step (sqlx 0.9's `PgCopyIn` drop sends a CopyFail
+/// whose answer nobody reads): its next user got "expected ParseComplete, got
+/// BindComplete" or a BEGIN inside a transaction still open.
+struct Guarded {
+    conn: sqlx::pool::PoolConnection<sqlx::Postgres>,
+    armed: bool,
+}
+
+impl Drop for Guarded {
+    fn drop(&mut self) {
+        if self.armed {
+            self.conn.close_on_drop();
+        }
+    }
 }
 
 /// Drains the rest of a table's slices from the reader.
@@ -208,6 +353,55 @@ async fn skip_rest(rx: &mut mpsc::Receiver<Msg>) {
             return;
         }
     }
+}
+
+/// What the reader sent of one table.
+struct Read {
+    rows: i64,
+    end: TableEnd,
+    quarantined: Vec<target::Quarantined>,
+}
+
+/// Streams a table's slices from the reader through one COPY into `dest`, until its
+/// `End`; the rows the COPY wrote. On failure the COPY is abandoned (the caller rolls back).
+async fn copy_rows(
+    conn: &mut PgConnection,
+    table: &MirrorTable,
+    dest: target::copy::Dest,
+    mut first: Option<Msg>,
+    rx: &mut mpsc::Receiver<Msg>,
+    read: &mut Read,
+    client: &str,
+) -> Result<u64, TableFailure> {
+    let mut copy = target::copy::TableCopy::new(conn, table, dest);
+    loop {
+        let msg = match first.take() {
+            Some(m) => Some(m),
+            None => rx.recv().await,
+        };
+        match msg {
+            Some(Msg::Slice(s)) => {
+                read.rows += s.rows.len() as i64;
+                if !s.rows.is_empty() {
+                    match copy.send(&s).await {
+                        Ok(q) => read.quarantined.extend(q),
+                        Err(e) => return Err(table_failure(client, e)),
+                    }
+                }
+                progress::report(|p| p.slice(&table.name, s.rows.len() as u64, s.bytes as u64));
+            }
+            Some(Msg::Failed(m)) => {
+                copy.abort().await;
+                return Err(TableFailure::Table(m));
+            }
+            Some(Msg::End(e)) => {
+                read.end = e;
+                break;
+            }
+            None | Some(Msg::Table(_)) => break,
+        }
+    }
+    copy.finish().await.map_err(|e| table_failure(client, e))
 }
 
 async fn sync_table(
@@ -231,52 +425,61 @@ async fn sync_table(
     }
     let fatal_store =
         |e: store::StoreError| TableFailure::Fatal(SyncError::Store { client: client.clone(), source: e });
-    let mut tx = store::begin(job.pool, job.cluster).await.map_err(fatal_store)?;
-    let target_err = |e: target::TargetError| match &e {
-        target::TargetError::Db { source, .. } if is_connection_error(source) => {
-            TableFailure::Fatal(SyncError::Target { client: client.clone(), source: e })
-        }
-        _ => TableFailure::Table(e.to_string()),
+    let db_err = |context: &str, e: sqlx::Error| {
+        fatal_store(store::StoreError::Db { context: format!("{context} for table {}", plan.info.name), source: e })
     };
+    let mut guarded =
+        Guarded { conn: job.pool.acquire().await.map_err(|e| db_err("acquire a connection", e))?, armed: true };
+    let mut tx = sqlx::Connection::begin(&mut *guarded.conn).await.map_err(|e| db_err("begin transaction", e))?;
+    // As `store::begin` marks a transaction: the cluster for RLS, and owsync as the writer
+    // (conflict tracking). And this transaction's COMMIT does not wait for its WAL flush.
+    // Safe: the table's rows and its table_state commit together, so a commit lost in a
+    // crash loses both, and the next sync, finding the old state (or none), simply redoes
+    // the table. The fingerprint that lets a later sync skip the whole source is recorded
+    // afterwards by `skip::record` in a synchronous commit, which flushes the WAL up to
+    // itself, and so every table transaction before it: no skip can rest on a lost table.
+    sqlx::query(
+        "SELECT set_config('app.current_host_id', $1, true), set_config('owsync.writer', 'on', true),
+                set_config('synchronous_commit', 'off', true)",
+    )
+    .bind(job.cluster)
+    .execute(&mut *tx)
+    .await
+    .map_err(|e| db_err("set up the transaction", e))?;
+    let target_err = |e: target::TargetError| table_failure(&client, e);
     let info = &plan.info;
-    let mut rows: i64 = 0;
-    let mut end = TableEnd::default();
-    let mut quarantined = Vec::new();
+    let mut read = Read { rows: 0, end: TableEnd::default(), quarantined: Vec::new() };
+    let mut direct = false;
     let result: Result<(target::MergeCounts, ConflictCounts), TableFailure> = async {
-        target::provision(&mut tx, table).await.map_err(target_err)?;
-        target::begin_stage(&mut tx, table).await.map_err(target_err)?;
-        loop {
-            let msg = match first.take() {
-                Some(m) => Some(m),
-                None => rx.recv().await,
-            };
-            match msg {
-                Some(Msg::Slice(s)) => {
-                    rows += s.rows.len() as i64;
-                    if !s.rows.is_empty() {
-                        let (_, q) = target::copy_slice(&mut tx, table, &s).await.map_err(target_err)?;
-                        quarantined.extend(q);
-                    }
-                    progress::report(|p| p.slice(&info.name, s.rows.len() as u64, s.bytes as u64));
-                }
-                Some(Msg::Failed(m)) => return Err(TableFailure::Table(m)),
-                Some(Msg::End(e)) => {
-                    end = e;
-                    break;
-                }
-                None | Some(Msg::Table(_)) => break,
-            }
-        }
+        let cctx = ConflictCtx { cluster: job.cluster, client: job.client, policy: &job.spec.conflicts };
         let tombstones = job.spec.deletes == DeletePolicy::Tombstone;
         let full_pass = plan.ranges.is_none();
-        let cctx = ConflictCtx { cluster: job.cluster, client: job.client, policy: &job.spec.conflicts };
-        let conflicts = conflict::resolve_stage(&mut tx, table, &cctx).await.map_err(target_err)?;
-        let mut counts = target::merge_stage(&mut tx, table, tombstones && full_pass).await.map_err(target_err)?;
-        if let (Some(ranges), true) = (&plan.ranges, tombstones) {
-            counts.tombstoned +=
-                target::ranges::tombstone_in_ranges(&mut tx, table, ranges).await.map_err(target_err)?;
-        }
-        target::record_quarantine(&mut tx, job.cluster, job.client, table, &quarantined, full_pass)
+        let (empty, synced_at) = target::copy::mirror_is_empty(&mut tx, table).await.map_err(target_err)?;
+        direct = empty;
+        let (counts, conflicts) = if empty {
+            // Straight into the empty mirror (a first sync, a new table, a re-created
+            // mirror): every row is new, so there is no conflict to resolve, nothing to
+            // upsert over and nothing to tombstone.
+            let dest = target::copy::Dest::Mirror { synced_at };
+            let copied = copy_rows(&mut tx, table, dest, first.take(), rx, &mut read, &client).await?;
+            // Only now the conflict tracking of a new table: a BEFORE INSERT trigger makes
+            // COPY insert row by row instead of in batches. resolve_stage only provisions
+            // it here: it looks at the stage only when a mirror row is stamped, and the
+            // rows just copied, written by owsync, are not.
+            let conflicts = conflict::resolve_stage(&mut tx, table, &cctx).await.map_err(target_err)?;
+            (target::MergeCounts { upserted: copied, tombstoned: 0 }, conflicts)
+        } else {
+            target::begin_stage(&mut tx, table).await.map_err(target_err)?;
+            copy_rows(&mut tx, table, target::copy::Dest::Stage, first.take(), rx, &mut read, &client).await?;
+            let conflicts = conflict::resolve_stage(&mut tx, table, &cctx).await.map_err(target_err)?;
+            let mut counts = target::merge_stage(&mut tx, table, tombstones && full_pass).await.map_err(target_err)?;
+            if let (Some(ranges), true) = (&plan.ranges, tombstones) {
+                counts.tombstoned +=
+                    target::ranges::tombstone_in_ranges(&mut tx, table, ranges).await.map_err(target_err)?;
+            }
+            (counts, conflicts)
+        };
+        target::record_quarantine(&mut tx, job.cluster, job.client, table, &read.quarantined, full_pass)
             .await
             .map_err(target_err)?;
         Ok((counts, conflicts))
@@ -286,17 +489,21 @@ async fn sync_table(
         Ok(c) => c,
         Err(e) => {
             skip_rest(rx).await;
-            let _ = tx.rollback().await;
+            if tx.rollback().await.is_ok() {
+                guarded.armed = false;
+            }
             return Err(e);
         }
     };
+    let Read { rows, end, quarantined } = read;
     let rows_read = rows as u64;
     let rows = if plan.ranges.is_some() { end.rows.unwrap_or(rows) } else { rows };
     record_table_state(&mut tx, job, plan, table, rows, end.pages.as_deref()).await.map_err(fatal_store)?;
-    fence(&mut tx, job).await?;
+    fence(&mut tx, job).await.map_err(TableFailure::Fatal)?;
     tx.commit().await.map_err(|e| {
         fatal_store(store::StoreError::Db { context: format!("commit table {}", info.name), source: e })
     })?;
+    guarded.armed = false;
     if !quarantined.is_empty() {
         warn!(client = %job.client, table = %info.name, values = quarantined.len(),
               "values the mirror cannot hold were quarantined (see sync_metadata.quarantine)");
@@ -305,6 +512,7 @@ async fn sync_table(
         rows,
         rows_read,
         incremental: plan.ranges.is_some(),
+        direct,
         quarantined: quarantined.len() as u64,
         upserted: counts.upserted,
         tombstoned: counts.tombstoned,
@@ -316,14 +524,12 @@ async fn sync_table(
 }
 
 /// The last statement before commit: does this replica still hold the lease?
-async fn fence(conn: &mut PgConnection, job: &SyncJob<'_>) -> Result<(), TableFailure> {
+async fn fence(conn: &mut PgConnection, job: &SyncJob<'_>) -> Result<(), SyncError> {
     let Some(f) = job.fence else { return Ok(()) };
     match store::lease::holds(conn, &f.who, f.epoch).await {
         Ok(true) => Ok(()),
-        Ok(false) => {
-            Err(TableFailure::Fatal(SyncError::OwnershipLost { client: job.client.to_string(), epoch: f.epoch }))
-        }
-        Err(e) => Err(TableFailure::Fatal(SyncError::Store { client: job.client.to_string(), source: e })),
+        Ok(false) => Err(SyncError::OwnershipLost { client: job.client.to_string(), epoch: f.epoch }),
+        Err(e) => Err(SyncError::Store { client: job.client.to_string(), source: e }),
     }
 }
 
@@ -341,7 +547,8 @@ async fn record_table_state(
     sqlx::query(
         "INSERT INTO sync_metadata.table_state (cluster_name, client_name, table_name, source_ddl, key_columns, rows, watermark, epoch, updated_at, source_indexes, pages)
          VALUES ($1, $2, $3, $4, $5, $6,
-                 jsonb_build_object('synced_at', now(), 'pass', $10::text, 'mirror_oid', to_regclass($11)::oid::bigint),
+                 jsonb_build_object('synced_at', now(), 'pass', $10::text, 'mirror_oid', to_regclass($11)::oid::bigint,
+                                   'shape', $12::text),
                  $7, now(), $8, $9)
          ON CONFLICT (cluster_name, client_name, table_name) DO UPDATE SET source_ddl = EXCLUDED.source_ddl,
              source_indexes = EXCLUDED.source_indexes,
@@ -359,10 +566,21 @@ async fn record_table_state(
     .bind(pages)
     .bind(pass)
     .bind(table.qualified())
+    .bind(target::shape_digest(table))
     .execute(conn)
     .await
     .ctx(|| format!("record state of table {}", info.name))?;
     Ok(())
+}
+
+/// A target error fails the whole sync when the connection is gone, else only the table.
+fn table_failure(client: &str, e: target::TargetError) -> TableFailure {
+    match &e {
+        target::TargetError::Db { source, .. } if is_connection_error(source) => {
+            TableFailure::Fatal(SyncError::Target { client: client.to_string(), source: e })
+        }
+        _ => TableFailure::Table(e.to_string()),
+    }
 }
 
 fn is_connection_error(e: &sqlx::Error) -> bool {

@@ -17,7 +17,6 @@ use tokio::sync::mpsc;
 
 use crate::source::pages::{self, PageState, Walked};
 use crate::source::{self, Slice, SliceReader, Source, TableInfo};
-use crate::spec::{ClientSyncSpec, table_selected};
 
 pub(super) enum Msg {
     Table(Box<TablePlan>),
@@ -50,24 +49,26 @@ pub(super) type Previous = HashMap<String, (String, Vec<u8>)>;
 
 pub(super) struct ReaderJob {
     pub path: PathBuf,
-    pub spec: ClientSyncSpec,
     pub schema: String,
     pub previous: Previous,
     /// Read every table in full (`owsyncctl sync --full`).
     pub full: bool,
 }
 
-/// Reads every selected table on a blocking thread, a slice at a time.
-/// Returns every table discovered in the source (selected or not), for the drift check.
+/// The tables a sync's readers still have to take (`super::queue`).
+pub(super) type Queue = std::sync::Arc<std::sync::Mutex<std::collections::VecDeque<TableInfo>>>;
+
+/// Reads tables taken from `queue` on a blocking thread with its own SQLite connection,
+/// a slice at a time, until the queue is empty.
 pub(super) fn spawn_reader(
-    job: ReaderJob,
+    job: std::sync::Arc<ReaderJob>,
+    queue: Queue,
     tx: mpsc::Sender<Msg>,
-) -> tokio::task::JoinHandle<Result<Vec<TableInfo>, source::SourceError>> {
+) -> tokio::task::JoinHandle<Result<(), source::SourceError>> {
     tokio::task::spawn_blocking(move || {
         let src = Source::open(&job.path)?;
-        let tables = source::discover(&src)?;
         let wal = pages::is_wal(&src)?;
-        for t in tables.iter().filter(|t| table_selected(&job.spec.tables, &t.name)).cloned() {
+        while let Some(t) = queue.lock().ok().and_then(|mut q| q.pop_front()) {
             let target = crate::sql::qualified(&job.schema, &t.name);
             let previous = if job.full { None } else { job.previous.get(&t.name) };
             let old_bytes = previous.filter(|(ddl, _)| ddl == &t.ddl).map(|(_, b)| b.as_slice());
@@ -81,10 +82,10 @@ pub(super) fn spawn_reader(
                 src.conn.execute_batch("COMMIT").map_err(src.err("COMMIT"))?;
             }
             if !go_on {
-                return Ok(tables);
+                return Ok(());
             }
         }
-        Ok(tables)
+        Ok(())
     })
 }
 

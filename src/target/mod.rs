@@ -2,6 +2,7 @@
 //! SECURITY DEFINER path, COPY into a per-transaction stage, upsert and tombstones.
 
 pub mod conflict;
+pub mod copy;
 mod encode;
 pub mod merge;
 pub mod ranges;
@@ -94,9 +95,8 @@ impl MirrorTable {
     }
 }
 
-/// Creates the schema and table, or adds missing columns, through
-/// `sync_metadata.provision_table` (sync_service itself has no CREATE privilege).
-pub async fn provision(conn: &mut PgConnection, t: &MirrorTable) -> Result<()> {
+/// The columns `provision` asks for: the data columns, then the bookkeeping ones.
+fn provision_columns(t: &MirrorTable) -> Vec<serde_json::Value> {
     let mut cols: Vec<serde_json::Value> =
         t.data_columns().iter().map(|(n, ty)| serde_json::json!({"name": n, "type": ty.sql()})).collect();
     if t.has_rowid && !t.by_rowid {
@@ -105,12 +105,27 @@ pub async fn provision(conn: &mut PgConnection, t: &MirrorTable) -> Result<()> {
     }
     cols.push(serde_json::json!({"name": COL_DELETED, "type": "boolean"}));
     cols.push(serde_json::json!({"name": COL_SYNCED_AT, "type": "timestamptz"}));
+    cols
+}
+
+/// A digest of everything `provision` asks of the mirror table (columns, types, indexes,
+/// key): recorded with the table's state, so a sync provisions only when it changed.
+pub fn shape_digest(t: &MirrorTable) -> String {
+    use sha2::Digest;
+    let shape = serde_json::json!({"columns": provision_columns(t), "key": t.key});
+    sha2::Sha256::digest(shape.to_string().as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Creates the schema and table, or adds missing columns, through
+/// `sync_metadata.provision_table` (sync_service itself has no CREATE privilege). The
+/// conflict tracking (`conflict::resolve_stage`) is added by the table's transaction.
+pub async fn provision(conn: &mut PgConnection, t: &MirrorTable) -> Result<()> {
     sqlx::query("SELECT sync_metadata.provision_table($1, $2, $3, $4)")
         .bind(&t.schema)
         .bind(&t.name)
-        .bind(Json(cols))
+        .bind(Json(provision_columns(t)))
         .bind(&t.key)
-        .execute(conn)
+        .execute(&mut *conn)
         .await
         .map_err(t.db_err("provision the mirror table"))?;
     Ok(())
@@ -180,67 +195,6 @@ fn raw_of(v: &Value) -> (&'static str, Option<Vec<u8>>) {
         Value::Text(t) => ("text", Some(t.clone())),
         Value::Blob(b) => ("blob", Some(b.clone())),
     }
-}
-
-/// Encodes a slice as COPY text and streams it into the stage table. A value its column
-/// cannot hold becomes NULL in the mirror and is returned for the quarantine; a row
-/// whose key cannot be held is left out entirely (and its key value quarantined).
-pub async fn copy_slice(conn: &mut PgConnection, t: &MirrorTable, slice: &Slice) -> Result<(u64, Vec<Quarantined>)> {
-    let mut buf = Vec::with_capacity(slice.bytes + slice.rows.len() * 16);
-    let mut quarantined = Vec::new();
-    let mut field = Vec::new();
-    'rows: for (i, row) in slice.rows.iter().enumerate() {
-        let start = buf.len();
-        if t.has_rowid {
-            buf.extend_from_slice(slice.rowids[i].to_string().as_bytes());
-            buf.push(b'\t');
-        }
-        for (j, ((name, ty), v)) in t.columns.iter().zip(row).enumerate() {
-            if j > 0 {
-                buf.push(b'\t');
-            }
-            field.clear();
-            let in_key = t.key.contains(name);
-            let fits = if in_key && matches!(v, Value::Null) {
-                Err(Unfit::NullInKey)
-            } else {
-                encode_field(&mut field, *ty, v)
-            };
-            match fits {
-                Ok(()) => buf.extend_from_slice(&field),
-                Err(reason) => {
-                    let (storage_class, raw) = raw_of(v);
-                    let key = key_text(t, slice, i);
-                    quarantined.push(Quarantined {
-                        key,
-                        column: name.clone(),
-                        storage_class,
-                        reason: if in_key {
-                            format!("{reason} (a key column: the row is not mirrored)")
-                        } else {
-                            reason.to_string()
-                        },
-                        raw,
-                    });
-                    if in_key {
-                        buf.truncate(start);
-                        continue 'rows;
-                    }
-                    buf.extend_from_slice(b"\\N");
-                }
-            }
-        }
-        buf.push(b'\n');
-    }
-    let cols: Vec<String> = t.data_columns().iter().map(|(n, _)| quote_ident(n)).collect();
-    let stmt = format!("COPY owsync_stage ({}) FROM STDIN", cols.join(", "));
-    let mut copy = conn.copy_in_raw(&stmt).await.map_err(t.db_err("start COPY"))?;
-    if let Err(e) = copy.send(buf).await {
-        let _ = copy.abort("owsync: send failed").await;
-        return Err(TargetError::Db { table: t.name.clone(), context: "send COPY data".into(), source: e });
-    }
-    let n = copy.finish().await.map_err(t.db_err("finish COPY"))?;
-    Ok((n, quarantined))
 }
 
 /// Records quarantined values (inside the table's transaction). After a full pass

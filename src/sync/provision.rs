@@ -1,0 +1,84 @@
+//! Provisioning of a sync's mirror tables, before any row is copied: in one short, fenced
+//! transaction of its own (a savepoint per table), only for tables whose shape changed
+//! since their recorded state or whose mirror table is not the recorded one.
+//!
+//! Out of the table transactions because those run concurrently (`queue`), and
+//! `provision_table` grants the schema's USAGE for each table it creates: two such grants
+//! in concurrent open transactions fail ("tuple concurrently updated"). It also keeps
+//! the ACCESS EXCLUSIVE lock of an added column short, instead of held through a COPY.
+//! A table whose rows then fail to sync is left provisioned and empty, without a state.
+
+use std::collections::{BTreeMap, HashMap};
+
+use sqlx::{Connection, Row};
+
+use super::{SyncError, SyncJob, TableFailure, fence, table_failure};
+use crate::source::TableInfo;
+use crate::store::{self, Context};
+use crate::target::{self, MirrorTable};
+
+/// Provisions what needs it; returns the tables that could not be provisioned, with why.
+/// `all`: provision every table whatever its recorded shape (`owsyncctl sync --full`).
+pub(super) async fn provision_tables(
+    job: &SyncJob<'_>,
+    schema: &str,
+    tables: &[TableInfo],
+    all: bool,
+) -> Result<BTreeMap<String, String>, SyncError> {
+    let client = job.client.to_string();
+    let store_err = |source| SyncError::Store { client: client.clone(), source };
+    let mut tx = store::begin(job.pool, job.cluster).await.map_err(store_err)?;
+    // Recorded shapes whose mirror table is still the recorded one; and whether the
+    // ClientSync is live (provision_table refuses a deleted one: let it say so).
+    let rows = sqlx::query(
+        "SELECT table_name, watermark->>'shape',
+                EXISTS (SELECT 1 FROM sync_metadata.client_specs s WHERE s.cluster_name = $1
+                        AND s.spec #>> '{target,schema}' = $3 AND s.deleted_at IS NULL)
+         FROM sync_metadata.table_state
+         WHERE cluster_name = $1 AND client_name = $2 AND watermark ? 'shape'
+           AND (watermark->>'mirror_oid')::bigint = to_regclass(format('%I.%I', $3::text, table_name))::oid::bigint",
+    )
+    .bind(job.cluster)
+    .bind(job.client)
+    .bind(schema)
+    .fetch_all(&mut *tx)
+    .await
+    .ctx(|| format!("read the recorded table shapes of {}", job.client))
+    .map_err(store_err)?;
+    let recorded: HashMap<String, String> =
+        rows.iter().filter(|r| r.get::<bool, _>(2)).map(|r| (r.get(0), r.get(1))).collect();
+    let mut failed = BTreeMap::new();
+    let mut provisioned = 0;
+    for info in tables {
+        let t = MirrorTable::from_source(schema, info);
+        if !all && recorded.get(&info.name) == Some(&target::shape_digest(&t)) {
+            continue;
+        }
+        let mut sp = tx.begin().await.ctx(|| "savepoint".into()).map_err(store_err)?;
+        match target::provision(&mut sp, &t).await {
+            Ok(()) => {
+                sp.commit().await.ctx(|| "release savepoint".into()).map_err(store_err)?;
+                provisioned += 1;
+            }
+            Err(e) => {
+                let _ = sp.rollback().await;
+                match table_failure(job.client, e) {
+                    TableFailure::Fatal(e) => return Err(e),
+                    TableFailure::Table(m) => {
+                        failed.insert(info.name.clone(), m);
+                    }
+                }
+            }
+        }
+    }
+    if provisioned == 0 {
+        let _ = tx.rollback().await;
+        return Ok(failed);
+    }
+    if let Err(e) = fence(&mut tx, job).await {
+        let _ = tx.rollback().await;
+        return Err(e);
+    }
+    tx.commit().await.ctx(|| "commit the provisioning".into()).map_err(store_err)?;
+    Ok(failed)
+}
