@@ -115,8 +115,10 @@ fn main() -> Result<()> {
             return Ok(());
         }
         _smoke_dir = tempfile::tempdir()?;
-        let mut a =
-            parse_args(&["--tenants", "20", "--steady", "5", "--changes", "10", "--no-write"].map(String::from))?;
+        // A window longer than the 10 s interval, so it sees cycles however late the first
+        // syncs ended.
+        let smoke = ["--tenants", "20", "--steady", "12", "--changes", "10", "--no-write"];
+        let mut a = parse_args(&smoke.map(String::from))?;
         a.work = _smoke_dir.path().to_path_buf();
         a.strict = true;
         eprintln!("scale: no --bench flag (cargo test): smoke run; `cargo bench --bench scale` measures");
