@@ -91,6 +91,8 @@ pub fn statement_costs(log: &str, child: &ChildRun) -> StatementCosts {
             "parse/bind (extended protocol)"
         } else if text.starts_with("COPY owsync_stage") {
             "COPY into the stage (temp table)"
+        } else if text.starts_with("COPY ") {
+            "COPY straight into an empty mirror table"
         } else if text.contains("FROM owsync_stage") && text.starts_with("INSERT") {
             "upsert stage -> mirror (INSERT ... ON CONFLICT)"
         } else if text.starts_with("UPDATE") && text.contains("_owsync_deleted") {

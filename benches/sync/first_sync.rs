@@ -116,8 +116,8 @@ pub async fn rounds(
         let bad = mirror_counts_ok(&mut admin_c, tables, db).await?;
         round_cases.push(FirstCase {
             name: "owsync".into(),
-            what: "**owsync** first sync: `sync_tenant` in a child process (stage + upsert per table, \
-                   one transaction per table)"
+            what: "**owsync** first sync: `sync_tenant` in a child process (two tables at once, one \
+                   transaction and one COPY straight into the empty mirror table per table)"
                 .into(),
             secs: Some(first.secs),
             rss_mib: Some(mib(first.hwm_kib)),

@@ -173,14 +173,16 @@ pub fn render(a: &Args, r: &Results, total_secs: f64) -> String {
         }
         let _ = writeln!(s);
         if let Some(p) = &r.copy_probe {
-            let copies = costs.categories.get("COPY into the stage (temp table)").map_or(0, |x| x.1);
+            let copies: u64 = ["COPY into the stage (temp table)", "COPY straight into an empty mirror table"]
+                .iter()
+                .filter_map(|k| costs.categories.get(*k).map(|x| x.1))
+                .sum();
             let _ = writeln!(
                 s,
-                "One tiny `COPY ... FROM STDIN` round trip through sqlx, as owsync sends each slice: **{:.1} ms**; \
-                 the same with TCP_NODELAY set on the socket: {:.2} ms (a `SELECT 1`: {:.2} ms). sqlx 0.9.0 does not \
-                 set TCP_NODELAY, so the small CopyDone message can wait for the delayed ACK of the CopyData before \
-                 it (Nagle). That is up to {:.1} s over the {copies} COPYs of the first sync; the real effect, which is \
-                 smaller for big slices, is the \"TCP_NODELAY\" row above.\n",
+                "One tiny `COPY ... FROM STDIN` round trip through sqlx 0.9.0 as it comes: **{:.1} ms**; with \
+                 TCP_NODELAY set on the socket, as owsync's sessions have it (`store::session`): {:.2} ms (a \
+                 `SELECT 1`: {:.2} ms). Without it the small CopyDone waits for the delayed ACK of the CopyData before \
+                 it (Nagle): up to {:.1} s over the {copies} COPYs of the first sync.\n",
                 p.copy_ms,
                 p.copy_nodelay_ms,
                 p.select1_ms,
