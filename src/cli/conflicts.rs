@@ -128,7 +128,7 @@ async fn resolve(g: &Global, a: ResolveArgs) -> Result<ExitCode, CliError> {
         ));
     };
     let s = specs::get(&pool, &g.cluster, &entry.client).await?;
-    let schema = s.spec.target.schema.clone().unwrap_or_else(|| spec::default_schema(&entry.client));
+    let schema = s.spec.mirror_schema(&entry.client);
     let previous = status::get(&pool, &g.cluster, &entry.client).await?;
     let mut tx = store::begin(&pool, &g.cluster).await?;
     let done = conflicts::resolve(&mut tx, &g.cluster, &schema, a.id, use_source, &who())

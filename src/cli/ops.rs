@@ -96,7 +96,7 @@ pub async fn sync(g: &Global, a: SyncArgs) -> Result<ExitCode, CliError> {
         }
     };
     if let Some(drift) = report.drift.as_deref().filter(|d| !d.is_empty()) {
-        let schema = s.spec.target.schema.clone().unwrap_or_else(|| spec::default_schema(&a.name));
+        let schema = s.spec.mirror_schema(&a.name);
         for d in drift {
             eprintln!("schema drift: {}", d.message(&schema));
         }

@@ -87,7 +87,7 @@ pub struct RestoreArgs {
 pub async fn restore(g: &Global, a: RestoreArgs) -> Result<ExitCode, CliError> {
     let pool = g.pool().await?;
     let s = specs::get(&pool, &g.cluster, &a.name).await?;
-    let schema = s.spec.target.schema.clone().unwrap_or_else(|| crate::spec::default_schema(&a.name));
+    let schema = s.spec.mirror_schema(&a.name);
     let t = std::time::Instant::now();
     let r = crate::restore::restore(&pool, &g.cluster, &a.name, &schema, &a.to, a.force)
         .await

@@ -161,7 +161,7 @@ impl Reconciler {
         };
         let delay = if ok { schedule.succeeded() } else { schedule.failed(random_jitter()) };
         conditions::record(st, &outcome, generation, now, schedule.failures(), sh.config.stall_after, delay);
-        let schema = self.spec.spec.target.schema.clone().unwrap_or_else(|| crate::spec::default_schema(name));
+        let schema = self.spec.spec.mirror_schema(name);
         let drift_changed = drift.and_then(|d| conditions::drift(st, &schema, &d, generation, now));
         // Counted only when it can have changed: an unchanged cycle stays a few round trips.
         let pending_before = st.condition("ConflictsPending").is_some_and(|c| c.status == "True");
@@ -203,8 +203,7 @@ impl Reconciler {
         if let (Ok(r), Some(cond)) = (&mut result, drifting)
             && r.unchanged
         {
-            let schema =
-                self.spec.spec.target.schema.clone().unwrap_or_else(|| crate::spec::default_schema(job.client));
+            let schema = self.spec.spec.mirror_schema(job.client);
             match drift::check(job).await {
                 Ok(d) if d.is_empty() || conditions::drift_summary(&schema, &d).1 != cond.message => {
                     info!(client = %job.client, "schema drift changed: syncing every table");

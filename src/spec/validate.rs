@@ -116,7 +116,7 @@ pub fn normalize(doc: &ClientSync, default_cluster: &str) -> Result<ClientSync, 
     if spec.source.path.is_empty() || !spec.source.path.starts_with('/') {
         errors.push(err("spec.source.path", &spec.source.path, "must be an absolute path"));
     }
-    let schema = spec.target.schema.clone().unwrap_or_else(|| default_schema(name));
+    let schema = spec.mirror_schema(name);
     if !is_tenant_schema(&schema) {
         errors.push(err("spec.target.schema", &schema, "must match client_[a-z0-9_]+ and be at most 63 characters"));
     }
@@ -162,4 +162,12 @@ pub fn normalize(doc: &ClientSync, default_cluster: &str) -> Result<ClientSync, 
         }
     }
     if errors.is_empty() { Ok(out) } else { Err(errors) }
+}
+
+impl ClientSyncSpec {
+    /// The PostgreSQL schema of this tenant's mirror: `spec.target.schema`, or
+    /// `client_<name>` (see [`default_schema`]).
+    pub fn mirror_schema(&self, name: &str) -> String {
+        self.target.schema.clone().unwrap_or_else(|| default_schema(name))
+    }
 }

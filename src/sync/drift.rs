@@ -165,7 +165,7 @@ pub async fn check(job: &SyncJob<'_>) -> Result<Vec<Drift>, SyncError> {
 pub async fn check_against(job: &SyncJob<'_>, source: &[TableInfo]) -> Result<Vec<Drift>, SyncError> {
     let started = std::time::Instant::now();
     let client = job.client.to_string();
-    let schema = job.spec.target.schema.clone().unwrap_or_else(|| crate::spec::default_schema(job.client));
+    let schema = job.spec.mirror_schema(job.client);
     let (mirror, recorded) = read_mirror(job, &schema).await.map_err(|source| SyncError::Store { client, source })?;
     let drift = compare(&schema, source, &mirror, &recorded, |t| table_selected(&job.spec.tables, t));
     tracing::debug!(ms = started.elapsed().as_secs_f64() * 1e3, "schema drift checked");

@@ -145,7 +145,7 @@ pub async fn sync_tenant_with(job: &SyncJob<'_>, full: bool) -> Result<SyncRepor
 async fn sync_all(job: &SyncJob<'_>, full: bool) -> Result<(SyncReport, Vec<source::TableInfo>), SyncError> {
     let started = Instant::now();
     let client = job.client.to_string();
-    let schema = job.spec.target.schema.clone().unwrap_or_else(|| crate::spec::default_schema(job.client));
+    let schema = job.spec.mirror_schema(job.client);
     let previous =
         skip::page_states(job, &schema).await.map_err(|source| SyncError::Store { client: client.clone(), source })?;
     let path = PathBuf::from(&job.spec.source.path);

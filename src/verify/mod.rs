@@ -11,7 +11,7 @@ use futures_util::TryStreamExt;
 use sqlx::{PgPool, Row};
 
 use crate::source::{self, RowKey, SliceReader, Source, TableInfo, Value};
-use crate::spec::{ClientSyncSpec, default_schema, table_selected};
+use crate::spec::{ClientSyncSpec, table_selected};
 use crate::sql::quote_ident;
 use crate::target::{COL_DELETED, COL_ROWID, MirrorTable};
 
@@ -165,7 +165,7 @@ pub async fn verify(
     client: &str,
     spec: &ClientSyncSpec,
 ) -> Result<VerifyReport, VerifyError> {
-    let schema = spec.target.schema.clone().unwrap_or_else(|| default_schema(client));
+    let schema = spec.mirror_schema(client);
     let q = quarantine(pool, cluster, client).await.map_err(|source| VerifyError::Mirror {
         client: client.into(),
         table: "quarantine".into(),
