@@ -8,6 +8,7 @@ mod fingerprint;
 mod pace;
 pub mod pages;
 mod read;
+mod walk;
 
 pub use discover::{ColumnInfo, RowKey, TableInfo, discover};
 pub use fingerprint::fingerprint;

@@ -170,7 +170,7 @@ fn table_pass(
         }
     }
     tracing::debug!(table = %t.name, walk_ms, read_ms = started.elapsed().as_secs_f64() * 1e3 - walk_ms,
-                    leaves = walked.as_ref().map_or(0, |w| w.state.leaves.len()), "table read");
+                    leaves = walked.as_ref().map_or(0, |w| w.state.leaf_count()), "table read");
     let end = match walked {
         Some(w) => {
             let mut state = w.state;

@@ -1,6 +1,8 @@
 //! The page walker against databases SQLite itself built.
 
 use super::*;
+use crate::source::Source;
+use crate::source::walk::usable_size;
 
 fn db(mode: &str) -> (tempfile::TempDir, std::path::PathBuf, rusqlite::Connection) {
     let dir = tempfile::tempdir().unwrap();
