@@ -13,16 +13,29 @@ pub async fn tombstone_in_ranges(conn: &mut PgConnection, t: &MirrorTable, range
     if ranges.is_empty() || !t.has_rowid {
         return Ok(0);
     }
-    let join = t.key_join("s", "t");
+    // The candidates are found range by range through the rowid index (`OFFSET 0` keeps
+    // each range's subquery apart, so it is planned with its bounds as parameters), then
+    // updated through that index with `= ANY`. Written as one join, the planner, which
+    // cannot know how few rows a range holds, scanned the whole mirror: 211-383 ms for
+    // 41 ranges of a 66k-row chat_message mirror, 10 ms this way. The outer conditions
+    // are checked again on the row being updated, so a row changed concurrently is
+    // judged on its newest version.
     let sql = format!(
         "UPDATE {tbl} AS t SET {del} = true, {at} = now()
-         FROM unnest($1::bigint[], $2::bigint[]) AS r(lo, hi)
-         WHERE t.{rowid} BETWEEN r.lo AND r.hi AND t.{del} IS NOT TRUE
-           AND NOT EXISTS (SELECT 1 FROM owsync_stage s WHERE {join})",
+         WHERE t.{rowid} = ANY (ARRAY(
+                 SELECT x.r FROM unnest($1::bigint[], $2::bigint[]) AS r(lo, hi),
+                 LATERAL (SELECT y.{rowid} AS r FROM {tbl} AS y
+                          WHERE y.{rowid} BETWEEN r.lo AND r.hi AND y.{del} IS NOT TRUE
+                            AND NOT EXISTS (SELECT 1 FROM owsync_stage s WHERE {join_y})
+                          OFFSET 0) AS x))
+           AND t.{del} IS NOT TRUE
+           AND NOT EXISTS (SELECT 1 FROM owsync_stage s WHERE {join_t})",
         tbl = t.qualified(),
         del = quote_ident(COL_DELETED),
         at = quote_ident(super::COL_SYNCED_AT),
         rowid = quote_ident(COL_ROWID),
+        join_y = t.key_join("s", "y"),
+        join_t = t.key_join("s", "t"),
     );
     let lo: Vec<i64> = ranges.iter().map(|r| r.0).collect();
     let hi: Vec<i64> = ranges.iter().map(|r| r.1).collect();
