@@ -6,6 +6,7 @@ pub mod btree;
 mod discover;
 mod fingerprint;
 mod pace;
+mod pagefile;
 pub mod pages;
 mod read;
 mod walk;
@@ -42,6 +43,8 @@ pub struct Source {
     pub(crate) conn: Connection,
     pub(crate) path: PathBuf,
     pub(crate) pace: pace::Pace,
+    /// Direct page reads for the page walk.
+    pub(crate) pagefile: std::cell::RefCell<pagefile::PageFile>,
 }
 
 impl Source {
@@ -60,7 +63,7 @@ impl Source {
         // Never let a reader's cache hold pages across slices longer than needed.
         conn.pragma_update(None, "cache_size", -8192i64)
             .map_err(|source| SourceError::Open { path: path.to_path_buf(), source })?;
-        Ok(Source { conn, path: path.to_path_buf(), pace: pace::Pace::default() })
+        Ok(Source { conn, path: path.to_path_buf(), pace: pace::Pace::default(), pagefile: Default::default() })
     }
 
     pub fn path(&self) -> &Path {
@@ -80,6 +83,10 @@ impl Source {
 
 impl Drop for Source {
     fn drop(&mut self) {
+        let pf = self.pagefile.borrow();
+        if pf.direct + pf.via_sqlite > 0 {
+            tracing::debug!(path = %self.path.display(), direct = pf.direct, reads = pf.reads, via_sqlite = pf.via_sqlite, "pages walked");
+        }
         let s = self.pace.stats();
         if s.holds > 0 {
             tracing::debug!(

@@ -77,8 +77,17 @@ enum Attempt {
 }
 
 /// Runs `f` on page `pgno`'s bytes as SQLite's pager has them (WAL content included),
-/// without copying them; `Ok(None)`: no such page.
+/// without copying them; `Ok(None)`: no such page. Read from the file directly when that
+/// is the same (`pagefile.rs`), through `sqlite_dbpage` otherwise.
 fn with_page<T>(src: &Source, table: &str, pgno: u32, f: impl FnOnce(&[u8]) -> T) -> Result<Option<T>> {
+    if let Some(data) = src.pagefile.borrow_mut().get(&src.conn, pgno) {
+        return Ok(Some(f(data)));
+    }
+    with_page_sqlite(src, table, pgno, f)
+}
+
+/// `with_page` through SQLite's `sqlite_dbpage` only.
+fn with_page_sqlite<T>(src: &Source, table: &str, pgno: u32, f: impl FnOnce(&[u8]) -> T) -> Result<Option<T>> {
     let mut stmt = src.conn.prepare_cached("SELECT data FROM sqlite_dbpage WHERE pgno = ?1").map_err(src.err(table))?;
     let mut rows = stmt.query([pgno]).map_err(src.err(table))?;
     match rows.next().map_err(src.err(table))? {
@@ -116,13 +125,15 @@ fn walk_once(src: &Source, table: &str, root: u32, in_txn: bool) -> Result<Attem
         let slice = (|| -> Result<Option<Attempt>> {
             // Reading page 1 takes the read lock, so data_version is this snapshot's; its
             // header gives the page geometry the tree is parsed with.
-            let Some(usable) = with_page(src, table, 1, usable_size)?.flatten() else {
+            let geometry = with_page_sqlite(src, table, 1, |p| usable_size(p).map(|u| (u, p.len())))?.flatten();
+            let Some((usable, page_size)) = geometry else {
                 return Ok(Some(Attempt::Unparsable("page 1 header: unusable page size".into())));
             };
             let dv = data_version(src)?;
             if *version.get_or_insert((dv, usable)) != (dv, usable) {
                 return Ok(Some(Attempt::Moved));
             }
+            src.pagefile.borrow_mut().begin(&src.conn, &src.path, page_size);
             let started = Instant::now();
             while let Some(pgno) = stack.pop() {
                 visited += 1;
