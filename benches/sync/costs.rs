@@ -50,24 +50,40 @@ pub fn log_since(pg: &TempPostgres, from: u64) -> String {
     String::from_utf8_lossy(b.get(from as usize..).unwrap_or_default()).into_owned()
 }
 
+/// The mirror table a statement names (`"schema"."table"` after one of the markers that
+/// open a table's work), if any.
+fn table_named(text: &str) -> Option<String> {
+    const MARKERS: [&str; 3] = ["SELECT NOT EXISTS (SELECT 1 FROM ", "(LIKE ", "COPY "];
+    let at = MARKERS.iter().find_map(|m| text.find(m).map(|i| i + m.len()))?;
+    let q = text.get(at..)?.strip_prefix('"')?;
+    let (_schema, rest) = q.split_once("\".\"")?;
+    rest.split_once('"').map(|(t, _)| t.to_string())
+}
+
 /// Sums the server's per-statement durations (`log_min_duration_statement = 0`) by
-/// kind, and per table (a table's statements run from its provision_table call to the
-/// next one).
+/// kind, and per table: a backend's statements belong to the table it last named (its
+/// provision_table call, its emptiness probe, its stage or COPY) until its COMMIT, so two
+/// tables synced at once on two connections are told apart by the backend's PID.
 pub fn statement_costs(log: &str, child: &ChildRun) -> StatementCosts {
     let mut c = StatementCosts::default();
-    let mut table: Option<String> = None;
-    let mut want_table = false;
+    // backend pid -> the table its statements are for
+    let mut table: BTreeMap<String, String> = BTreeMap::new();
+    let mut want_table: Option<String> = None;
     // table -> (first start, last end, busy)
     let mut spans: BTreeMap<String, (f64, f64, f64)> = BTreeMap::new();
     for line in log.lines() {
         if line.contains("bench-probe") {
             continue; // the bench's own reads of the mirror, not owsync's
         }
-        if want_table && line.contains("DETAIL:  parameters:") {
-            want_table = false;
-            table = line.split("$2 = '").nth(1).and_then(|r| r.split('\'').next()).map(str::to_string);
+        let pid = line.split_once(" [").and_then(|(_, r)| r.split_once(']')).map(|(p, _)| p.to_string());
+        if let (Some(want), true) = (&want_table, line.contains("DETAIL:  parameters:")) {
+            if let Some(t) = line.split("$2 = '").nth(1).and_then(|r| r.split('\'').next()) {
+                table.insert(want.clone(), t.to_string());
+            }
+            want_table = None;
             continue;
         }
+        let Some(pid) = pid else { continue };
         let Some(i) = line.find("duration: ") else { continue };
         let rest = &line[i + 10..];
         let Some((num, after)) = rest.split_once(" ms") else { continue };
@@ -87,6 +103,9 @@ pub fn statement_costs(log: &str, child: &ChildRun) -> StatementCosts {
                 Some((h * 3600.0 + m * 60.0 + s) * 1000.0)
             })
             .unwrap_or(0.0);
+        if let Some(t) = table_named(text) {
+            table.insert(pid.clone(), t);
+        }
         let cat = if kind.starts_with("parse") || kind.starts_with("bind") {
             "parse/bind (extended protocol)"
         } else if text.starts_with("COPY owsync_stage") {
@@ -101,7 +120,7 @@ pub fn statement_costs(log: &str, child: &ChildRun) -> StatementCosts {
             "create the stage"
         } else if text.contains("provision_table") {
             if kind.starts_with("execute") {
-                want_table = true;
+                want_table = Some(pid.clone());
             }
             "provision_table"
         } else if text.starts_with("COMMIT") {
@@ -118,11 +137,17 @@ pub fn statement_costs(log: &str, child: &ChildRun) -> StatementCosts {
         let e = c.categories.entry(cat.to_string()).or_default();
         e.0 += ms;
         e.1 += 1;
-        if let Some(t) = &table {
+        if cat.starts_with("COPY") && !table.contains_key(&pid) {
+            c.unattributed_copies += 1;
+        }
+        if let Some(t) = table.get(&pid) {
             let s = spans.entry(t.clone()).or_insert((end - ms, end, 0.0));
             s.0 = s.0.min(end - ms);
             s.1 = s.1.max(end);
             s.2 += ms;
+        }
+        if text.starts_with("COMMIT") || text.starts_with("ROLLBACK") {
+            table.remove(&pid);
         }
     }
     for (t, (start, end, busy)) in spans {

@@ -287,6 +287,18 @@ async fn run(a: Args) -> Result<()> {
         if res.unchanged.as_ref().is_some_and(|u| !u.all_skipped) {
             bad.push("unchanged: a cycle was not skipped".into());
         }
+        // The report's cost tables: statements attributed to their tables (two at once)
+        // and the incremental's own kinds of statement counted.
+        let attributed = |c: &crate::results::StatementCosts| {
+            c.categories.keys().any(|k| k.starts_with("COPY")) && c.unattributed_copies == 0
+        };
+        if !res.owsync_first_costs.as_ref().is_some_and(attributed) {
+            bad.push("costs: the first sync's COPYs were not attributed to their tables".into());
+        }
+        if !res.owsync_inc_costs.as_ref().is_some_and(|c| c.categories.contains_key("COPY into the stage (temp table)"))
+        {
+            bad.push("costs: the incremental's COPY into the stage was not counted".into());
+        }
         if !bad.is_empty() {
             bail!("smoke run: verification failed: {}", bad.join("; "));
         }

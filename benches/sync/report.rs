@@ -135,10 +135,16 @@ pub fn render(a: &Args, r: &Results, total_secs: f64) -> String {
         );
         let _ = writeln!(s, "| statement kind | first sync s | count | incremental s | count |");
         let _ = writeln!(s, "|---|---|---|---|---|");
-        let mut cats: Vec<_> = costs.categories.iter().collect();
-        cats.sort_by(|x, y| y.1.0.total_cmp(&x.1.0));
-        for (k, (ms, n)) in cats {
-            let (ims, inn) = inc.and_then(|c| c.categories.get(k)).copied().unwrap_or((0.0, 0));
+        // Every kind either pass had, the first sync's costliest first.
+        let mut kinds: Vec<&String> =
+            costs.categories.keys().chain(inc.into_iter().flat_map(|c| c.categories.keys())).collect();
+        kinds.sort();
+        kinds.dedup();
+        let first = |k: &String| costs.categories.get(k).copied().unwrap_or((0.0, 0));
+        let second = |k: &String| inc.and_then(|c| c.categories.get(k)).copied().unwrap_or((0.0, 0));
+        kinds.sort_by(|x, y| first(y).0.total_cmp(&first(x).0).then(second(y).0.total_cmp(&second(x).0)));
+        for k in kinds {
+            let ((ms, n), (ims, inn)) = (first(k), second(k));
             let _ = writeln!(s, "| {k} | {:.2} | {n} | {:.2} | {inn} |", ms / 1000.0, ims / 1000.0);
         }
         let empty: Vec<_> = costs.tables.iter().filter(|(_, t)| t.2 == 0).collect();

@@ -118,6 +118,8 @@ pub struct StatementCosts {
     pub categories: BTreeMap<String, (f64, u64)>,
     /// table -> (wall span ms, server busy ms, rows)
     pub tables: BTreeMap<String, (f64, f64, i64)>,
+    /// COPY statements no table could be named for (a defect of the attribution).
+    pub unattributed_copies: u64,
 }
 
 #[derive(Debug, Default, Serialize)]
