@@ -206,6 +206,7 @@ async fn sync_all(job: &SyncJob<'_>, full: bool) -> Result<(SyncReport, Vec<sour
     provisioned?;
     results.into_iter().collect::<Result<Vec<()>, SyncError>>()?;
     let mut report = shared.report.into_inner().unwrap_or_else(|e| e.into_inner());
+    provision::forget_failed(job, &report.failed.keys().cloned().collect::<Vec<_>>()).await?;
     report.duration = started.elapsed();
     info!(client = %client, rows = report.rows_written, tables = report.tables.len(), failed = report.failed.len(),
           ms = report.duration.as_millis() as u64, "sync finished");

@@ -82,3 +82,30 @@ pub(super) async fn provision_tables(
     tx.commit().await.ctx(|| "commit the provisioning".into()).map_err(store_err)?;
     Ok(failed)
 }
+
+/// Forgets the recorded shape and page state of tables whose sync failed, so that the next
+/// sync provisions them again and reads them in full: a failure can come from a mirror an
+/// operator changed (a dropped column: its values must come back for every row, not only
+/// for the rows that changed since).
+pub(super) async fn forget_failed(job: &SyncJob<'_>, tables: &[String]) -> Result<(), SyncError> {
+    if tables.is_empty() {
+        return Ok(());
+    }
+    let client = job.client.to_string();
+    let store_err = |source| SyncError::Store { client: client.clone(), source };
+    let mut tx = store::begin(job.pool, job.cluster).await.map_err(store_err)?;
+    sqlx::query(
+        "UPDATE sync_metadata.table_state SET pages = NULL, watermark = watermark - 'shape'
+         WHERE cluster_name = $1 AND client_name = $2 AND table_name = ANY($3)",
+    )
+    .bind(job.cluster)
+    .bind(job.client)
+    .bind(tables)
+    .execute(&mut *tx)
+    .await
+    .ctx(|| format!("forget the state of the failed tables of {}", job.client))
+    .map_err(store_err)?;
+    fence(&mut tx, job).await?;
+    tx.commit().await.ctx(|| "commit".into()).map_err(store_err)?;
+    Ok(())
+}

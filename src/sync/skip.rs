@@ -18,30 +18,45 @@ pub fn spec_digest(spec: &ClientSyncSpec) -> String {
     serde_json::json!({"tables": spec.tables, "deletes": spec.deletes, "schema": spec.target.schema}).to_string()
 }
 
-/// The recorded fingerprint and the row counts of the tables of the last sync.
+/// The recorded fingerprint and the row counts of the tables of the last sync. No
+/// fingerprint when a mirror table the last sync recorded is gone or was re-created (an
+/// operator dropped it): the source may be unchanged, but the mirror is not on spec, so
+/// the sync must run to put it back.
 pub async fn previous(job: &SyncJob<'_>) -> Result<(Option<String>, BTreeMap<String, i64>), StoreError> {
+    let schema = job.spec.mirror_schema(job.client);
     let mut tx = store::begin(job.pool, job.cluster).await?;
     let rows = sqlx::query(
-        "SELECT table_name, rows, watermark->>'fingerprint' FROM sync_metadata.table_state
+        "SELECT table_name, rows, watermark->>'fingerprint',
+                table_name = $3 OR NOT watermark ? 'mirror_oid'
+                  OR (watermark->>'mirror_oid')::bigint
+                     IS NOT DISTINCT FROM to_regclass(format('%I.%I', $4::text, table_name))::oid::bigint
+         FROM sync_metadata.table_state
          WHERE cluster_name = $1 AND client_name = $2",
     )
     .bind(job.cluster)
     .bind(job.client)
+    .bind(MARKER)
+    .bind(&schema)
     .fetch_all(&mut *tx)
     .await
     .ctx(|| format!("read the table state of {}", job.client))?;
     let _ = tx.commit().await;
     let mut fp = None;
+    let mut intact = true;
     let mut tables = BTreeMap::new();
     for r in rows {
         let name: String = r.get(0);
+        intact &= r.get::<bool, _>(3);
         if name == MARKER {
             fp = r.get(2);
         } else {
             tables.insert(name, r.get(1));
         }
     }
-    Ok((fp, tables))
+    if !intact {
+        tracing::info!(client = job.client, "a mirror table was dropped or re-created since the last sync: syncing");
+    }
+    Ok((fp.filter(|_| intact), tables))
 }
 
 /// Records the fingerprint a complete sync started from. `Ok(false)`: the lease was lost.
@@ -61,6 +76,21 @@ pub async fn record(job: &SyncJob<'_>, fingerprint: &str) -> Result<bool, StoreE
     .execute(&mut *tx)
     .await
     .ctx(|| format!("record the source fingerprint of {}", job.client))?;
+    // A complete sync re-created the mirror of every table it syncs: a recorded table
+    // whose mirror is still missing is one it no longer syncs (dropped at the source, or
+    // excluded), so its missing mirror must not make `previous` sync again and again.
+    sqlx::query(
+        "UPDATE sync_metadata.table_state SET watermark = watermark - 'mirror_oid'
+         WHERE cluster_name = $1 AND client_name = $2 AND table_name <> $3 AND watermark ? 'mirror_oid'
+           AND to_regclass(format('%I.%I', $4::text, table_name)) IS NULL",
+    )
+    .bind(job.cluster)
+    .bind(job.client)
+    .bind(MARKER)
+    .bind(job.spec.mirror_schema(job.client))
+    .execute(&mut *tx)
+    .await
+    .ctx(|| format!("record the mirror tables of {} no longer synced", job.client))?;
     if let Some(f) = job.fence
         && !store::lease::holds(&mut tx, &f.who, f.epoch).await?
     {
