@@ -174,7 +174,12 @@ async fn sync_all(job: &SyncJob<'_>, full: bool) -> Result<(SyncReport, Vec<sour
             report.failed.insert(name, msg);
         }
     }
-    let rj = Arc::new(ReaderJob { path: PathBuf::from(&job.spec.source.path), schema: schema.clone(), previous, full });
+    let rj = Arc::new(ReaderJob {
+        path: PathBuf::from(&job.spec.source.path),
+        schema: schema.clone(),
+        previous: Mutex::new(previous),
+        full,
+    });
     let (late_tx, late_rx) = tokio::sync::watch::channel(false);
     let shared = Shared {
         queue,
