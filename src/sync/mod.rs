@@ -203,7 +203,7 @@ async fn sync_all(job: &SyncJob<'_>, full: bool) -> Result<(SyncReport, Vec<sour
         r.map(|_| ())
     };
     let workers = (0..n).map(|_| {
-        let (tx, rx) = mpsc::channel::<Msg>(2);
+        let (tx, rx) = mpsc::channel::<Msg>(1);
         let reader = reader::spawn_reader(rj.clone(), shared.queue.clone(), tx);
         worker(job, &schema, &shared, rx, reader)
     });
