@@ -4,12 +4,17 @@
 //! which rowid ranges may have changed: a leaf with the same page number and the same
 //! bytes holds exactly the same rows, so only the ranges of leaves that changed, appeared
 //! or disappeared need re-reading.
+//!
+//! Memory: a state is one flat array of fixed-size leaf entries plus one array of big
+//! rows, with no allocation per leaf; a recorded state is compared as the bytes it was
+//! stored as (`Recorded`), never decoded; the comparison is a merge of two page-sorted
+//! sequences that keeps only what changed. At 100k chats a state has ~150k leaves.
 
 pub use super::walk::{Walked, data_version, is_wal, walk};
 
 /// One leaf of a table b-tree as of a walk. `min > max` for a leaf without cells.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Leaf {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Leaf<'a> {
     pub pgno: u32,
     pub hash: [u8; 16],
     pub min: i64,
@@ -17,17 +22,69 @@ pub struct Leaf {
     /// Rowid and xxh3-64 hash (cell bytes and overflow chain) of each of the leaf's rows
     /// that spill to overflow pages: such big rows (a chat's JSON) are few per leaf, so
     /// when the leaf changed, those that did not are told apart and not re-read.
-    pub big_rows: Vec<(i64, u64)>,
+    pub big_rows: BigRows<'a>,
+}
+
+/// A leaf's big rows, as their encoded 16-byte records (rowid, hash; big-endian).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct BigRows<'a>(&'a [u8]);
+
+impl<'a> BigRows<'a> {
+    pub fn len(&self) -> usize {
+        self.0.len() / ROW
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// `(rowid, hash)` in the leaf's cell order.
+    pub fn iter(&self) -> impl Iterator<Item = (i64, u64)> + 'a {
+        self.0.chunks_exact(ROW).map(row_at)
+    }
+}
+
+impl std::fmt::Debug for BigRows<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
+}
+
+fn row_at(c: &[u8]) -> (i64, u64) {
+    let mut rowid = [0u8; 8];
+    let mut hash = [0u8; 8];
+    rowid.copy_from_slice(&c[..8]);
+    hash.copy_from_slice(&c[8..ROW]);
+    (i64::from_be_bytes(rowid), u64::from_be_bytes(hash))
 }
 
 /// Page number of entries that stand for "rows read while the source moved": never a
 /// real page, so the next walk always counts them as changed.
 pub const SUSPECT_PGNO: u32 = 0;
 
-/// The leaves of one table, sorted by page number.
-#[derive(Debug, Clone, Default, PartialEq)]
+/// A leaf in a `PageState`: fixed size (48 bytes); its big rows are `rows[at..at + len]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Entry {
+    pgno: u32,
+    rows_len: u32,
+    rows_at: usize,
+    hash: [u8; 16],
+    min: i64,
+    max: i64,
+}
+
+/// The leaves of one table (sorted by page number once `sort` ran): one flat array of
+/// leaf entries and one of big-row records, in the stored encoding's byte order.
+#[derive(Debug, Clone, Default)]
 pub struct PageState {
-    pub leaves: Vec<Leaf>,
+    entries: Vec<Entry>,
+    rows: Vec<[u8; ROW]>,
+}
+
+impl PartialEq for PageState {
+    fn eq(&self, other: &PageState) -> bool {
+        self.entries.len() == other.entries.len() && self.leaves().eq(other.leaves())
+    }
 }
 
 /// `OWP3`: leaves hashed with xxh3-128, with the hashes of their big rows. Older encodings
@@ -44,28 +101,109 @@ impl PageState {
     /// length + target name, then per leaf a 40-byte record (pgno, hash, min, max, number
     /// of big rows) followed by 16 bytes (rowid, hash) per big row.
     pub fn encode(&self, target: &str) -> Vec<u8> {
-        let rows: usize = self.leaves.iter().map(|l| l.big_rows.len()).sum();
-        let mut out = Vec::with_capacity(6 + target.len() + self.leaves.len() * RECORD + rows * ROW);
+        let len = 6 + target.len() + self.entries.len() * RECORD + self.rows.len() * ROW;
+        let mut out = Vec::with_capacity(len);
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&(target.len() as u16).to_be_bytes());
         out.extend_from_slice(target.as_bytes());
-        for l in &self.leaves {
+        for l in self.leaves() {
             out.extend_from_slice(&l.pgno.to_be_bytes());
             out.extend_from_slice(&l.hash);
             out.extend_from_slice(&l.min.to_be_bytes());
             out.extend_from_slice(&l.max.to_be_bytes());
             out.extend_from_slice(&(l.big_rows.len() as u32).to_be_bytes());
-            for (rowid, hash) in &l.big_rows {
-                out.extend_from_slice(&rowid.to_be_bytes());
-                out.extend_from_slice(&hash.to_be_bytes());
-            }
+            out.extend_from_slice(l.big_rows.0);
         }
         out
     }
 
-    /// `None` when the bytes are not a page state of `target` (another mirror, a damaged or
-    /// older encoding): the table then takes a full pass.
+    /// `None` when the bytes are not a page state of `target` (see `Recorded::parse`).
     pub fn decode(b: &[u8], target: &str) -> Option<PageState> {
+        let rec = Recorded::parse(b, target)?;
+        let mut state = PageState { entries: Vec::with_capacity(rec.leaves), rows: Vec::new() };
+        for l in rec.leaves() {
+            state.push(l.pgno, l.hash, l.min, l.max, l.big_rows.0.chunks_exact(ROW));
+        }
+        Some(state)
+    }
+
+    /// Adds one leaf of a walk, in any order (`sort` puts them in page order).
+    pub fn push_leaf(&mut self, pgno: u32, hash: [u8; 16], min: i64, max: i64, big_rows: &[(i64, u64)]) {
+        let mut buf = [0u8; ROW];
+        let rows = big_rows.iter().map(|(r, h)| {
+            buf[..8].copy_from_slice(&r.to_be_bytes());
+            buf[8..].copy_from_slice(&h.to_be_bytes());
+            buf
+        });
+        self.push_rows(pgno, hash, min, max, rows);
+    }
+
+    fn push<'r>(&mut self, pgno: u32, hash: [u8; 16], min: i64, max: i64, rows: impl Iterator<Item = &'r [u8]>) {
+        let mut buf = [0u8; ROW];
+        self.push_rows(
+            pgno,
+            hash,
+            min,
+            max,
+            rows.map(|c| {
+                buf.copy_from_slice(c);
+                buf
+            }),
+        );
+    }
+
+    fn push_rows(&mut self, pgno: u32, hash: [u8; 16], min: i64, max: i64, rows: impl Iterator<Item = [u8; ROW]>) {
+        let rows_at = self.rows.len();
+        self.rows.extend(rows);
+        // A leaf holds fewer than 65,536 cells, so its big rows always fit a u32.
+        let rows_len = u32::try_from(self.rows.len() - rows_at).unwrap_or(u32::MAX);
+        self.entries.push(Entry { pgno, rows_len, rows_at, hash, min, max });
+    }
+
+    /// Puts the leaves in page-number order, as `encode` and `diff` expect them (suspect
+    /// entries, all on page 0, by rowid range). Sorts in place: no scratch buffer.
+    pub fn sort(&mut self) {
+        self.entries.sort_unstable_by_key(|e| (e.pgno, e.min, e.max));
+    }
+
+    /// How many leaves the walk found.
+    pub fn leaf_count(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// The leaves, in the state's order (page order once sorted).
+    pub fn leaves(&self) -> impl Iterator<Item = Leaf<'_>> + Clone {
+        self.entries.iter().map(|e| {
+            let rows = self.rows.get(e.rows_at..e.rows_at + e.rows_len as usize).unwrap_or_default();
+            Leaf { pgno: e.pgno, hash: e.hash, min: e.min, max: e.max, big_rows: BigRows(rows.as_flattened()) }
+        })
+    }
+
+    /// Adds entries for rowid ranges read while the source was changing.
+    pub fn add_suspect(&mut self, ranges: &[(i64, i64)]) {
+        for &(min, max) in &merge_ranges(ranges.to_vec()) {
+            self.push_rows(SUSPECT_PGNO, [0; 16], min, max, std::iter::empty());
+        }
+        self.sort();
+    }
+
+    fn is_sorted(&self) -> bool {
+        self.entries.is_sorted_by_key(|e| (e.pgno, e.min, e.max))
+    }
+}
+
+/// A recorded page state as the bytes it is stored as, checked once and then read in
+/// place: comparing a walk against it costs no copy of it.
+#[derive(Debug, Clone, Copy)]
+pub struct Recorded<'a> {
+    body: &'a [u8],
+    leaves: usize,
+}
+
+impl<'a> Recorded<'a> {
+    /// `None` when the bytes are not a page state of `target` (another mirror, a damaged or
+    /// older encoding, leaves out of page order): the table then takes a full pass.
+    pub fn parse(b: &'a [u8], target: &str) -> Option<Recorded<'a>> {
         if b.get(..4)? != MAGIC {
             return None;
         }
@@ -73,50 +211,51 @@ impl PageState {
         if b.get(6..6 + n)? != target.as_bytes() {
             return None;
         }
-        let mut body = &b[6 + n..];
-        let mut leaves = Vec::with_capacity(body.len() / RECORD);
-        let i64_at = |b: &[u8], at: usize| Some(i64::from_be_bytes(b.get(at..at + 8)?.try_into().ok()?));
-        while !body.is_empty() {
-            let r = body.get(..RECORD)?;
-            let rows = usize::try_from(u32::from_be_bytes(r[36..40].try_into().ok()?)).ok()?;
-            let row_bytes = body.get(RECORD..RECORD.checked_add(rows.checked_mul(ROW)?)?)?;
-            leaves.push(Leaf {
-                pgno: u32::from_be_bytes(r[0..4].try_into().ok()?),
-                hash: r[4..20].try_into().ok()?,
-                min: i64_at(r, 20)?,
-                max: i64_at(r, 28)?,
-                big_rows: row_bytes
-                    .chunks_exact(ROW)
-                    .map(|c| Some((i64_at(c, 0)?, u64::from_be_bytes(c[8..16].try_into().ok()?))))
-                    .collect::<Option<Vec<_>>>()?,
-            });
-            body = &body[RECORD + row_bytes.len()..];
+        let body = b.get(6 + n..)?;
+        let mut rest = body;
+        let mut leaves = 0;
+        let mut last: Option<u32> = None;
+        while !rest.is_empty() {
+            let (l, r) = next_leaf(rest)?;
+            // Suspect entries first, then each real page once, in order: what `sort` makes.
+            if last.is_some_and(|p| l.pgno < p || (l.pgno == p && p != SUSPECT_PGNO)) {
+                return None;
+            }
+            last = Some(l.pgno);
+            leaves += 1;
+            rest = r;
         }
-        Some(PageState { leaves })
+        Some(Recorded { body, leaves })
     }
 
-    /// Adds one leaf of a walk, in any order (`sort` puts them in page order).
-    pub fn push_leaf(&mut self, pgno: u32, hash: [u8; 16], min: i64, max: i64, big_rows: &[(i64, u64)]) {
-        self.leaves.push(Leaf { pgno, hash, min, max, big_rows: big_rows.to_vec() });
+    /// The recorded leaves, in page order.
+    pub fn leaves(&self) -> impl Iterator<Item = Leaf<'a>> + Clone + use<'a> {
+        let mut rest = self.body;
+        std::iter::from_fn(move || {
+            let (l, r) = next_leaf(rest)?;
+            rest = r;
+            Some(l)
+        })
     }
 
-    /// Puts the leaves in page-number order, as `encode` and `diff` expect them.
-    pub fn sort(&mut self) {
-        self.leaves.sort_by_key(|l| l.pgno);
-    }
-
-    /// How many leaves the walk found.
     pub fn leaf_count(&self) -> usize {
-        self.leaves.len()
+        self.leaves
     }
+}
 
-    /// Adds entries for rowid ranges read while the source was changing.
-    pub fn add_suspect(&mut self, ranges: &[(i64, i64)]) {
-        for &(min, max) in &merge_ranges(ranges.to_vec()) {
-            self.leaves.push(Leaf { pgno: SUSPECT_PGNO, hash: [0; 16], min, max, big_rows: Vec::new() });
-        }
-        self.leaves.sort_by_key(|l| l.pgno);
-    }
+/// The leaf record at the start of `b`, and what follows it.
+fn next_leaf(b: &[u8]) -> Option<(Leaf<'_>, &[u8])> {
+    let r = b.get(..RECORD)?;
+    let rows = usize::try_from(u32::from_be_bytes(r[36..40].try_into().ok()?)).ok()?;
+    let end = RECORD.checked_add(rows.checked_mul(ROW)?)?;
+    let leaf = Leaf {
+        pgno: u32::from_be_bytes(r[0..4].try_into().ok()?),
+        hash: r[4..20].try_into().ok()?,
+        min: i64::from_be_bytes(r[20..28].try_into().ok()?),
+        max: i64::from_be_bytes(r[28..36].try_into().ok()?),
+        big_rows: BigRows(b.get(RECORD..end)?),
+    };
+    Some((leaf, &b[end..]))
 }
 
 /// What changed between a recorded state and a new walk.
@@ -131,51 +270,108 @@ pub struct Changes {
 
 /// Rowid ranges that may differ between the rows `old` describes and those of `new`.
 pub fn diff(old: &PageState, new: &PageState) -> Changes {
-    let by_pgno: std::collections::HashMap<u32, &Leaf> = old.leaves.iter().map(|l| (l.pgno, l)).collect();
-    let mut ranges = Vec::new();
-    let mut changed_leaves = 0;
-    let mut kept = std::collections::HashSet::new();
-    for l in &new.leaves {
-        match by_pgno.get(&l.pgno) {
-            Some(o) if o.hash == l.hash && l.pgno != SUSPECT_PGNO => {
-                kept.insert(l.pgno);
-            }
-            other => {
-                changed_leaves += 1;
-                ranges.push((l.min, l.max));
-                if let Some(o) = other {
-                    ranges.push((o.min, o.max));
-                    kept.insert(l.pgno);
-                }
-            }
-        }
+    if !old.is_sorted() {
+        let mut o = old.clone();
+        o.sort();
+        return diff(&o, new);
     }
-    for o in &old.leaves {
-        if !kept.contains(&o.pgno) || o.pgno == SUSPECT_PGNO {
-            ranges.push((o.min, o.max));
-        }
-    }
-    // Big rows of changed leaves that are byte for byte what was recorded (wherever they
-    // were) and not read while the source moved: the mirror already has them.
-    let suspect: Vec<(i64, i64)> =
-        old.leaves.iter().filter(|o| o.pgno == SUSPECT_PGNO).map(|o| (o.min, o.max)).collect();
-    let recorded: std::collections::HashMap<i64, u64> =
-        old.leaves.iter().filter(|o| o.pgno != SUSPECT_PGNO).flat_map(|o| o.big_rows.iter().copied()).collect();
-    let mut same: Vec<i64> = new
-        .leaves
-        .iter()
-        .filter(|l| !kept_same(&by_pgno, l))
-        .flat_map(|l| l.big_rows.iter())
-        .filter(|(r, h)| recorded.get(r) == Some(h) && !suspect.iter().any(|(a, b)| a <= r && r <= b))
-        .map(|(r, _)| *r)
-        .collect();
-    same.sort_unstable();
-    Changes { ranges: without_points(merge_ranges(ranges), &same), changed_leaves, total_leaves: new.leaves.len() }
+    diff_recorded_leaves(old.leaves(), new)
 }
 
-/// Whether `l` is recorded in `old` with the same hash (an unchanged leaf).
-fn kept_same(old: &std::collections::HashMap<u32, &Leaf>, l: &Leaf) -> bool {
-    l.pgno != SUSPECT_PGNO && old.get(&l.pgno).is_some_and(|o| o.hash == l.hash)
+/// Rowid ranges that may differ between the rows the recorded state describes and those of
+/// `new`, read from the recorded bytes in place.
+pub fn diff_recorded(old: &Recorded<'_>, new: &PageState) -> Changes {
+    diff_recorded_leaves(old.leaves(), new)
+}
+
+fn diff_recorded_leaves<'a>(old: impl Iterator<Item = Leaf<'a>>, new: &PageState) -> Changes {
+    if !new.is_sorted() {
+        let mut n = new.clone();
+        n.sort();
+        return diff_recorded_leaves(old, &n);
+    }
+    diff_sorted(old, new.leaves())
+}
+
+/// The comparison of two page-sorted leaf sequences, in one merge: a leaf is unchanged when
+/// the same page has the same hash in both; every other leaf's range (old and new) is
+/// re-read, less the big rows of changed leaves that are byte for byte what was recorded
+/// (wherever they were) and not read while the source moved: the mirror already has them.
+/// Memory follows what changed, not the size of the states.
+fn diff_sorted<'a, 'b>(old: impl Iterator<Item = Leaf<'a>>, new: impl Iterator<Item = Leaf<'b>>) -> Changes {
+    let (mut old, mut new) = (old.peekable(), new.peekable());
+    let mut ranges = Vec::new();
+    let mut suspect = Vec::new();
+    let (mut changed_leaves, mut total_leaves) = (0, 0);
+    // Big rows of the new walk's changed leaves, and of the recorded leaves that changed or
+    // disappeared (an unchanged leaf keeps its rows: a row found in a changed new leaf was
+    // recorded, if at all, in a leaf that changed or disappeared).
+    let mut new_rows: Vec<(i64, u64)> = Vec::new();
+    let mut old_rows: Vec<(i64, u64)> = Vec::new();
+    loop {
+        let (o, n) = (old.peek().copied(), new.peek().copied());
+        let take_old = match (o, n) {
+            (None, None) => break,
+            (Some(o), _) if o.pgno == SUSPECT_PGNO => {
+                suspect.push((o.min, o.max));
+                true
+            }
+            (Some(o), Some(n)) if o.pgno == n.pgno && n.pgno != SUSPECT_PGNO => {
+                total_leaves += 1;
+                if o.hash != n.hash {
+                    changed_leaves += 1;
+                    ranges.push((n.min, n.max));
+                    ranges.push((o.min, o.max));
+                    new_rows.extend(n.big_rows.iter());
+                    old_rows.extend(o.big_rows.iter());
+                }
+                old.next();
+                new.next();
+                continue;
+            }
+            (Some(o), Some(n)) => o.pgno < n.pgno && n.pgno != SUSPECT_PGNO,
+            (Some(_), None) => true,
+            (None, Some(_)) => false,
+        };
+        if take_old {
+            if let Some(o) = old.next() {
+                ranges.push((o.min, o.max));
+                if o.pgno != SUSPECT_PGNO {
+                    old_rows.extend(o.big_rows.iter());
+                }
+            }
+        } else if let Some(n) = new.next() {
+            total_leaves += 1;
+            changed_leaves += 1;
+            ranges.push((n.min, n.max));
+            new_rows.extend(n.big_rows.iter());
+        }
+    }
+    let same = same_big_rows(new_rows, old_rows, &merge_ranges(suspect));
+    Changes { ranges: without_points(merge_ranges(ranges), &same), changed_leaves, total_leaves }
+}
+
+/// Sorted rowids of `new` rows recorded in `old` with the same hash, outside `suspect`.
+fn same_big_rows(mut new: Vec<(i64, u64)>, mut old: Vec<(i64, u64)>, suspect: &[(i64, i64)]) -> Vec<i64> {
+    if new.is_empty() || old.is_empty() {
+        return Vec::new();
+    }
+    new.sort_unstable();
+    old.sort_unstable();
+    let mut same = Vec::new();
+    for &(r, h) in &new {
+        if old.binary_search(&(r, h)).is_ok() && !in_ranges(suspect, r) {
+            same.push(r);
+        }
+    }
+    same.dedup();
+    same
+}
+
+/// Whether `x` is in one of the sorted, disjoint `ranges`.
+fn in_ranges(ranges: &[(i64, i64)], x: i64) -> bool {
+    let i = ranges.partition_point(|(_, b)| *b < x);
+    ranges.get(i).is_some_and(|(a, _)| *a <= x)
 }
 
 /// Sorted disjoint `ranges` less the sorted rowids `points`.

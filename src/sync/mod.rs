@@ -174,7 +174,12 @@ async fn sync_all(job: &SyncJob<'_>, full: bool) -> Result<(SyncReport, Vec<sour
             report.failed.insert(name, msg);
         }
     }
-    let rj = Arc::new(ReaderJob { path: PathBuf::from(&job.spec.source.path), schema: schema.clone(), previous, full });
+    let rj = Arc::new(ReaderJob {
+        path: PathBuf::from(&job.spec.source.path),
+        schema: schema.clone(),
+        previous: Mutex::new(previous),
+        full,
+    });
     let (late_tx, late_rx) = tokio::sync::watch::channel(false);
     let shared = Shared {
         queue,
@@ -198,7 +203,7 @@ async fn sync_all(job: &SyncJob<'_>, full: bool) -> Result<(SyncReport, Vec<sour
         r.map(|_| ())
     };
     let workers = (0..n).map(|_| {
-        let (tx, rx) = mpsc::channel::<Msg>(2);
+        let (tx, rx) = mpsc::channel::<Msg>(1);
         let reader = reader::spawn_reader(rj.clone(), shared.queue.clone(), tx);
         worker(job, &schema, &shared, rx, reader)
     });
