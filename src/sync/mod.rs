@@ -504,12 +504,15 @@ async fn sync_table(
     let Read { rows, end, quarantined } = read;
     let rows_read = rows as u64;
     let rows = if plan.ranges.is_some() { end.rows.unwrap_or(rows) } else { rows };
-    record_table_state(&mut tx, job, plan, table, rows, end.pages.as_deref()).await.map_err(fatal_store)?;
+    record_table_state(&mut tx, job, plan, table, rows, end.pages).await.map_err(fatal_store)?;
     fence(&mut tx, job).await.map_err(TableFailure::Fatal)?;
     tx.commit().await.map_err(|e| {
         fatal_store(store::StoreError::Db { context: format!("commit table {}", info.name), source: e })
     })?;
     guarded.armed = false;
+    // A page state (~6 MB at 100k chats) grew this connection's write buffer: back to the
+    // pool at the default size, so idle connections do not keep it.
+    sqlx::Connection::shrink_buffers(&mut *guarded.conn);
     if !quarantined.is_empty() {
         warn!(client = %job.client, table = %info.name, values = quarantined.len(),
               "values the mirror cannot hold were quarantined (see sync_metadata.quarantine)");
@@ -545,7 +548,8 @@ async fn record_table_state(
     plan: &TablePlan,
     table: &MirrorTable,
     rows: i64,
-    pages: Option<&[u8]>,
+    // Owned: sqlx copies it into its arguments at `bind`, where it is freed at once.
+    pages: Option<Vec<u8>>,
 ) -> Result<(), store::StoreError> {
     use store::Context;
     let info = &plan.info;

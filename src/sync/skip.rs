@@ -118,6 +118,8 @@ pub async fn page_states(job: &SyncJob<'_>, schema: &str) -> Result<super::reade
     .fetch_all(&mut *tx)
     .await
     .ctx(|| format!("read the page state of {}", job.client))?;
+    // The largest state grew the connection's read buffer: not kept by an idle connection.
+    sqlx::Connection::shrink_buffers(&mut *tx);
     let _ = tx.commit().await;
     tracing::debug!(ms = started.elapsed().as_secs_f64() * 1e3, tables = rows.len(), "page states read");
     Ok(rows.into_iter().map(|r| (r.get(0), (r.get(1), r.get(2)))).collect())
