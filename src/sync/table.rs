@@ -1,0 +1,266 @@
+//! One table of a sync: its own transaction on its own connection, fed by its reader's
+//! slices: COPY straight into an empty mirror, or into a stage that is resolved against
+//! conflicts, upserted and tombstoned; then its table_state, fenced, in the same commit.
+
+use sqlx::PgConnection;
+use tokio::sync::mpsc;
+use tracing::warn;
+
+use super::reader::{Msg, TableEnd, TablePlan};
+use super::{SyncError, SyncJob, TableReport, fence, progress, table_failure};
+use crate::spec::DeletePolicy;
+use crate::store;
+use crate::target::conflict::{self, ConflictCounts, ConflictCtx};
+use crate::target::{self, MirrorTable};
+
+pub(super) enum TableFailure {
+    /// Stops the whole sync (lost lease, database gone).
+    Fatal(SyncError),
+    /// Only this table failed; the others go on.
+    Table(String),
+}
+
+/// A pooled connection that is closed, not returned to the pool, when dropped while
+/// `armed`: a table's transaction cancelled midway (the leader aborts its reconcilers)
+/// must not hand its connection to anyone else. A COPY dropped midway leaves the
+/// connection's protocol state out of step (sqlx 0.9's `PgCopyIn` drop sends a CopyFail
+/// whose answer nobody reads): its next user got "expected ParseComplete, got
+/// BindComplete" or a BEGIN inside a transaction still open.
+struct Guarded {
+    conn: sqlx::pool::PoolConnection<sqlx::Postgres>,
+    armed: bool,
+}
+
+impl Drop for Guarded {
+    fn drop(&mut self) {
+        if self.armed {
+            self.conn.close_on_drop();
+        }
+    }
+}
+
+/// Drains the rest of a table's slices from the reader.
+pub(super) async fn skip_rest(rx: &mut mpsc::Receiver<Msg>) {
+    while let Some(m) = rx.recv().await {
+        if matches!(m, Msg::End(_) | Msg::Failed(_)) {
+            if matches!(m, Msg::Failed(_)) {
+                // a Failed is followed by End
+                continue;
+            }
+            return;
+        }
+    }
+}
+
+/// What the reader sent of one table.
+struct Read {
+    rows: i64,
+    end: TableEnd,
+    quarantined: Vec<target::Quarantined>,
+}
+
+/// Streams a table's slices from the reader through one COPY into `dest`, until its
+/// `End`; the rows the COPY wrote. On failure the COPY is abandoned (the caller rolls back).
+async fn copy_rows(
+    conn: &mut PgConnection,
+    table: &MirrorTable,
+    dest: target::copy::Dest,
+    mut first: Option<Msg>,
+    rx: &mut mpsc::Receiver<Msg>,
+    read: &mut Read,
+    client: &str,
+) -> Result<u64, TableFailure> {
+    let mut copy = target::copy::TableCopy::new(conn, table, dest);
+    loop {
+        let msg = match first.take() {
+            Some(m) => Some(m),
+            None => rx.recv().await,
+        };
+        match msg {
+            Some(Msg::Slice(s)) => {
+                read.rows += s.rows.len() as i64;
+                if !s.rows.is_empty() {
+                    match copy.send(&s).await {
+                        Ok(q) => read.quarantined.extend(q),
+                        Err(e) => return Err(table_failure(client, e)),
+                    }
+                }
+                progress::report(|p| p.slice(&table.name, s.rows.len() as u64, s.bytes as u64));
+            }
+            Some(Msg::Failed(m)) => {
+                copy.abort().await;
+                return Err(TableFailure::Table(m));
+            }
+            Some(Msg::End(e)) => {
+                read.end = e;
+                break;
+            }
+            None | Some(Msg::Table(_)) => break,
+        }
+    }
+    copy.finish().await.map_err(|e| table_failure(client, e))
+}
+
+pub(super) async fn sync_table(
+    job: &SyncJob<'_>,
+    plan: &TablePlan,
+    table: &MirrorTable,
+    rx: &mut mpsc::Receiver<Msg>,
+) -> Result<TableReport, TableFailure> {
+    let client = job.client.to_string();
+    // An incremental pass with no changed leaf: when the walk matches the recorded state
+    // exactly, the mirror is already right and the table costs no transaction at all.
+    let mut first: Option<Msg> = None;
+    if plan.ranges.as_ref().is_some_and(|r| r.is_empty()) {
+        match rx.recv().await {
+            Some(Msg::End(e)) if e.unchanged => {
+                let rows = e.rows.unwrap_or_default();
+                return Ok(TableReport { rows, incremental: true, ..Default::default() });
+            }
+            m => first = m,
+        }
+    }
+    let fatal_store =
+        |e: store::StoreError| TableFailure::Fatal(SyncError::Store { client: client.clone(), source: e });
+    let db_err = |context: &str, e: sqlx::Error| {
+        fatal_store(store::StoreError::Db { context: format!("{context} for table {}", plan.info.name), source: e })
+    };
+    let mut guarded =
+        Guarded { conn: job.pool.acquire().await.map_err(|e| db_err("acquire a connection", e))?, armed: true };
+    let mut tx = sqlx::Connection::begin(&mut *guarded.conn).await.map_err(|e| db_err("begin transaction", e))?;
+    // As `store::begin` marks a transaction: the cluster for RLS, and owsync as the writer
+    // (conflict tracking). And this transaction's COMMIT does not wait for its WAL flush.
+    // Safe: the table's rows and its table_state commit together, so a commit lost in a
+    // crash loses both, and the next sync, finding the old state (or none), simply redoes
+    // the table. The fingerprint that lets a later sync skip the whole source is recorded
+    // afterwards by `skip::record` in a synchronous commit, which flushes the WAL up to
+    // itself, and so every table transaction before it: no skip can rest on a lost table.
+    sqlx::query(
+        "SELECT set_config('app.current_host_id', $1, true), set_config('owsync.writer', 'on', true),
+                set_config('synchronous_commit', 'off', true)",
+    )
+    .bind(job.cluster)
+    .execute(&mut *tx)
+    .await
+    .map_err(|e| db_err("set up the transaction", e))?;
+    let target_err = |e: target::TargetError| table_failure(&client, e);
+    let info = &plan.info;
+    let mut read = Read { rows: 0, end: TableEnd::default(), quarantined: Vec::new() };
+    let mut direct = false;
+    let result: Result<(target::MergeCounts, ConflictCounts), TableFailure> = async {
+        let cctx = ConflictCtx { cluster: job.cluster, client: job.client, policy: &job.spec.conflicts };
+        let tombstones = job.spec.deletes == DeletePolicy::Tombstone;
+        let full_pass = plan.ranges.is_none();
+        let (empty, synced_at) = target::copy::mirror_is_empty(&mut tx, table).await.map_err(target_err)?;
+        direct = empty;
+        let (counts, conflicts) = if empty {
+            // Straight into the empty mirror (a first sync, a new table, a re-created
+            // mirror): every row is new, so there is no conflict to resolve, nothing to
+            // upsert over and nothing to tombstone.
+            let dest = target::copy::Dest::Mirror { synced_at };
+            let copied = copy_rows(&mut tx, table, dest, first.take(), rx, &mut read, &client).await?;
+            // Only now the conflict tracking of a new table: a BEFORE INSERT trigger makes
+            // COPY insert row by row instead of in batches. resolve_stage only provisions
+            // it here: it looks at the stage only when a mirror row is stamped, and the
+            // rows just copied, written by owsync, are not.
+            let conflicts = conflict::resolve_stage(&mut tx, table, &cctx).await.map_err(target_err)?;
+            (target::MergeCounts { upserted: copied, tombstoned: 0 }, conflicts)
+        } else {
+            target::begin_stage(&mut tx, table).await.map_err(target_err)?;
+            copy_rows(&mut tx, table, target::copy::Dest::Stage, first.take(), rx, &mut read, &client).await?;
+            let conflicts = conflict::resolve_stage(&mut tx, table, &cctx).await.map_err(target_err)?;
+            let mut counts = target::merge_stage(&mut tx, table, tombstones && full_pass).await.map_err(target_err)?;
+            if let (Some(ranges), true) = (&plan.ranges, tombstones) {
+                counts.tombstoned +=
+                    target::ranges::tombstone_in_ranges(&mut tx, table, ranges).await.map_err(target_err)?;
+            }
+            (counts, conflicts)
+        };
+        target::record_quarantine(&mut tx, job.cluster, job.client, table, &read.quarantined, full_pass)
+            .await
+            .map_err(target_err)?;
+        Ok((counts, conflicts))
+    }
+    .await;
+    let (counts, conflicts) = match result {
+        Ok(c) => c,
+        Err(e) => {
+            skip_rest(rx).await;
+            if tx.rollback().await.is_ok() {
+                guarded.armed = false;
+            }
+            return Err(e);
+        }
+    };
+    let Read { rows, end, quarantined } = read;
+    let rows_read = rows as u64;
+    let rows = if plan.ranges.is_some() { end.rows.unwrap_or(rows) } else { rows };
+    record_table_state(&mut tx, job, plan, table, rows, end.pages).await.map_err(fatal_store)?;
+    fence(&mut tx, job).await.map_err(TableFailure::Fatal)?;
+    tx.commit().await.map_err(|e| {
+        fatal_store(store::StoreError::Db { context: format!("commit table {}", info.name), source: e })
+    })?;
+    guarded.armed = false;
+    // A page state (~6 MB at 100k chats) grew this connection's write buffer: back to the
+    // pool at the default size, so idle connections do not keep it.
+    sqlx::Connection::shrink_buffers(&mut *guarded.conn);
+    if !quarantined.is_empty() {
+        warn!(client = %job.client, table = %info.name, values = quarantined.len(),
+              "values the mirror cannot hold were quarantined (see sync_metadata.quarantine)");
+    }
+    Ok(TableReport {
+        rows,
+        rows_read,
+        incremental: plan.ranges.is_some(),
+        direct,
+        quarantined: quarantined.len() as u64,
+        upserted: counts.upserted,
+        tombstoned: counts.tombstoned,
+        conflicts: conflicts.conflicts,
+        pending_conflicts: conflicts.pending,
+        kept_target: conflicts.kept_target,
+        conflict_strategy: conflicts.strategy,
+    })
+}
+
+/// The last statement before commit: does this replica still hold the lease?
+async fn record_table_state(
+    conn: &mut PgConnection,
+    job: &SyncJob<'_>,
+    plan: &TablePlan,
+    table: &MirrorTable,
+    rows: i64,
+    // Owned: sqlx copies it into its arguments at `bind`, where it is freed at once.
+    pages: Option<Vec<u8>>,
+) -> Result<(), store::StoreError> {
+    use store::Context;
+    let info = &plan.info;
+    let pass = if plan.ranges.is_some() { "incremental" } else { "full" };
+    sqlx::query(
+        "INSERT INTO sync_metadata.table_state (cluster_name, client_name, table_name, source_ddl, key_columns, rows, watermark, epoch, updated_at, source_indexes, pages)
+         VALUES ($1, $2, $3, $4, $5, $6,
+                 jsonb_build_object('synced_at', now(), 'pass', $10::text, 'mirror_oid', to_regclass($11)::oid::bigint,
+                                   'shape', $12::text),
+                 $7, now(), $8, $9)
+         ON CONFLICT (cluster_name, client_name, table_name) DO UPDATE SET source_ddl = EXCLUDED.source_ddl,
+             source_indexes = EXCLUDED.source_indexes,
+             key_columns = EXCLUDED.key_columns, rows = EXCLUDED.rows, watermark = EXCLUDED.watermark,
+             epoch = EXCLUDED.epoch, updated_at = now(), pages = EXCLUDED.pages",
+    )
+    .bind(job.cluster)
+    .bind(job.client)
+    .bind(&info.name)
+    .bind(&info.ddl)
+    .bind(info.key_columns())
+    .bind(rows)
+    .bind(job.fence.map(|f| f.epoch))
+    .bind(&info.extra_ddl)
+    .bind(pages)
+    .bind(pass)
+    .bind(table.qualified())
+    .bind(target::shape_digest(table))
+    .execute(conn)
+    .await
+    .ctx(|| format!("record state of table {}", info.name))?;
+    Ok(())
+}
