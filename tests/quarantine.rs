@@ -101,3 +101,43 @@ async fn unfit_values_are_quarantined_not_lost() {
     let out = env.ctl(&["verify", "odd"]);
     assert_eq!(out.status.code(), Some(0), "{}\n{}", stdout(&out), stderr(&out));
 }
+
+/// A value fixed at the source is resolved by an incremental pass too (one that re-reads
+/// only the changed pages' rows), and a value still unfit keeps its first detection time.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_incremental_pass_resolves_what_it_re_reads() {
+    let env = TestEnv::new("quarantine_inc").await;
+    let db = env.path("big.db");
+    let c = rusqlite::Connection::open(&db).unwrap();
+    c.execute_batch(
+        "PRAGMA journal_mode=WAL;
+         CREATE TABLE t (id INTEGER PRIMARY KEY, body TEXT, j JSON);
+         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 3000)
+         INSERT INTO t SELECT i, printf('%.*c', 300, 'x'), '{}' FROM n;
+         UPDATE t SET j = '{broken' WHERE id IN (10, 2900);",
+    )
+    .unwrap();
+    ok(&env.ctl(&["apply", "-f", env.manifest("big", &db, "").to_str().unwrap()]));
+    ok(&env.ctl(&["sync", "big", "--once"]));
+    let pool = env.admin_pool().await;
+    let open = || async {
+        let rows: Vec<(String, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(
+            "SELECT row_key, detected_at FROM sync_metadata.quarantine
+             WHERE client_name = 'big' AND resolved_at IS NULL ORDER BY row_key",
+        )
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        rows
+    };
+    let before = open().await;
+    assert_eq!(before.iter().map(|r| r.0.as_str()).collect::<Vec<_>>(), ["10", "2900"]);
+    // Fix one; touch the other's page without fixing it.
+    c.execute_batch("UPDATE t SET j = '{\"ok\":true}' WHERE id = 10; UPDATE t SET body = 'y' WHERE id = 2901;")
+        .unwrap();
+    let out = ok(&env.ctl(&["sync", "big", "--once"]));
+    assert!(out.lines().any(|l| l.starts_with("t ") && l.contains("changed-pages")), "not an incremental pass:\n{out}");
+    let after = open().await;
+    assert_eq!(after.iter().map(|r| r.0.as_str()).collect::<Vec<_>>(), ["2900"], "the fixed value is still listed");
+    assert_eq!(after[0].1, before[1].1, "a value still unfit keeps its first detection time");
+}

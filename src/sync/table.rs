@@ -57,6 +57,9 @@ struct Read {
     rows: i64,
     end: TableEnd,
     quarantined: Vec<target::Quarantined>,
+    /// The quarantine names of the rows read, when an incremental pass must resolve the
+    /// open entries of those now fit.
+    reread: Option<Vec<String>>,
 }
 
 /// Streams a table's slices from the reader through one COPY into `dest`, until its
@@ -79,6 +82,9 @@ async fn copy_rows(
         match msg {
             Some(Msg::Slice(s)) => {
                 read.rows += s.rows.len() as i64;
+                if let Some(keys) = read.reread.as_mut() {
+                    keys.extend((0..s.rows.len()).map(|i| target::key_text(table, &s, i)));
+                }
                 if !s.rows.is_empty() {
                     match copy.send(&s).await {
                         Ok(q) => read.quarantined.extend(q),
@@ -145,7 +151,7 @@ pub(super) async fn sync_table(
     .map_err(|e| db_err("set up the transaction", e))?;
     let target_err = |e: target::TargetError| table_failure(&client, e);
     let info = &plan.info;
-    let mut read = Read { rows: 0, end: TableEnd::default(), quarantined: Vec::new() };
+    let mut read = Read { rows: 0, end: TableEnd::default(), quarantined: Vec::new(), reread: None };
     let mut direct = false;
     let result: Result<(target::MergeCounts, ConflictCounts), TableFailure> = async {
         let cctx = ConflictCtx { cluster: job.cluster, client: job.client, policy: &job.spec.conflicts };
@@ -167,6 +173,11 @@ pub(super) async fn sync_table(
             (target::MergeCounts { upserted: copied, tombstoned: 0 }, conflicts)
         } else {
             target::begin_stage(&mut tx, table).await.map_err(target_err)?;
+            if !full_pass
+                && target::has_open_quarantine(&mut tx, job.cluster, job.client, table).await.map_err(target_err)?
+            {
+                read.reread = Some(Vec::new());
+            }
             copy_rows(&mut tx, table, target::copy::Dest::Stage, first.take(), rx, &mut read, &client).await?;
             let conflicts = conflict::resolve_stage(&mut tx, table, &cctx).await.map_err(target_err)?;
             let mut counts = target::merge_stage(&mut tx, table, tombstones && full_pass).await.map_err(target_err)?;
@@ -176,9 +187,17 @@ pub(super) async fn sync_table(
             }
             (counts, conflicts)
         };
-        target::record_quarantine(&mut tx, job.cluster, job.client, table, &read.quarantined, full_pass)
-            .await
-            .map_err(target_err)?;
+        target::record_quarantine(
+            &mut tx,
+            job.cluster,
+            job.client,
+            table,
+            &read.quarantined,
+            full_pass,
+            read.reread.as_deref(),
+        )
+        .await
+        .map_err(target_err)?;
         Ok((counts, conflicts))
     }
     .await;
@@ -192,7 +211,7 @@ pub(super) async fn sync_table(
             return Err(e);
         }
     };
-    let Read { rows, end, quarantined } = read;
+    let Read { rows, end, quarantined, .. } = read;
     let rows_read = rows as u64;
     let rows = if plan.ranges.is_some() { end.rows.unwrap_or(rows) } else { rows };
     record_table_state(&mut tx, job, plan, table, rows, end.pages).await.map_err(fatal_store)?;

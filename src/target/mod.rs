@@ -165,7 +165,8 @@ pub fn row_key_text<'a>(parts: impl IntoIterator<Item = &'a Value>, rowid: Optio
     }
 }
 
-fn key_text(t: &MirrorTable, slice: &Slice, i: usize) -> String {
+/// The quarantine's name of row `i` of `slice`.
+pub fn key_text(t: &MirrorTable, slice: &Slice, i: usize) -> String {
     if t.by_rowid {
         return format!("rowid {}", slice.rowids.get(i).copied().unwrap_or_default());
     }
@@ -200,6 +201,26 @@ fn raw_of(v: &Value) -> (&'static str, Option<Vec<u8>>) {
 /// Records quarantined values (inside the table's transaction). After a full pass
 /// (`full_pass`) it replaces the table's open entries: values fixed at the source are
 /// marked resolved; an incremental pass only adds or refreshes the entries it met.
+/// Whether the table has quarantine entries still open (an incremental pass then notes
+/// which rows it re-reads, to resolve theirs).
+pub async fn has_open_quarantine(
+    conn: &mut PgConnection,
+    cluster: &str,
+    client: &str,
+    t: &MirrorTable,
+) -> Result<bool> {
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM sync_metadata.quarantine
+                        WHERE cluster_name = $1 AND client_name = $2 AND table_name = $3 AND resolved_at IS NULL)",
+    )
+    .bind(cluster)
+    .bind(client)
+    .bind(&t.name)
+    .fetch_one(conn)
+    .await
+    .map_err(t.db_err("look for open quarantine entries"))
+}
+
 pub async fn record_quarantine(
     conn: &mut PgConnection,
     cluster: &str,
@@ -207,7 +228,29 @@ pub async fn record_quarantine(
     t: &MirrorTable,
     entries: &[Quarantined],
     full_pass: bool,
+    reread: Option<&[String]>,
 ) -> Result<()> {
+    if let (Some(keys), false) = (reread, full_pass) {
+        // An incremental pass: the rows it re-read that have no unfit value now.
+        let (new_keys, new_cols): (Vec<&str>, Vec<&str>) =
+            entries.iter().map(|q| (q.key.as_str(), q.column.as_str())).unzip();
+        sqlx::query(
+            "UPDATE sync_metadata.quarantine q SET resolved_at = now()
+             WHERE cluster_name = $1 AND client_name = $2 AND table_name = $3 AND resolved_at IS NULL
+               AND row_key = ANY($4)
+               AND NOT EXISTS (SELECT 1 FROM unnest($5::text[], $6::text[]) AS n(k, c)
+                               WHERE n.k = q.row_key AND n.c = q.column_name)",
+        )
+        .bind(cluster)
+        .bind(client)
+        .bind(&t.name)
+        .bind(keys)
+        .bind(new_keys)
+        .bind(new_cols)
+        .execute(&mut *conn)
+        .await
+        .map_err(t.db_err("resolve the quarantine entries of re-read rows"))?;
+    }
     if full_pass {
         sqlx::query(
             "UPDATE sync_metadata.quarantine SET resolved_at = now()
