@@ -35,7 +35,7 @@ fn nodelay_of_sockets_towards(port: u16) -> Vec<bool> {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn pooled_sessions_have_nodelay_and_lz4_and_the_mirror_is_lz4() {
+async fn pooled_sessions_have_nodelay_lz4_and_no_jit_and_the_mirror_is_lz4() {
     let env = TestEnv::new("sessions").await;
     let port = common::pg().port();
     let pool = env.sync_pool().await;
@@ -46,6 +46,8 @@ async fn pooled_sessions_have_nodelay_and_lz4_and_the_mirror_is_lz4() {
     for c in &mut held {
         let method: String = sqlx::query_scalar("SHOW default_toast_compression").fetch_one(&mut **c).await.unwrap();
         assert_eq!(method, "lz4");
+        let jit: String = sqlx::query_scalar("SHOW jit").fetch_one(&mut **c).await.unwrap();
+        assert_eq!(jit, "off", "no JIT compilation for owsync's few-row statements");
     }
     let sockets = nodelay_of_sockets_towards(port);
     assert!(sockets.len() >= 3, "expected the pool's 3 connections among {sockets:?}");

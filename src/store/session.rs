@@ -1,5 +1,5 @@
 //! Per-connection set-up of owsync's PostgreSQL sessions, run once when the pool opens a
-//! connection: TCP_NODELAY on its socket and lz4 TOAST compression.
+//! connection: TCP_NODELAY on its socket, lz4 TOAST compression, no JIT.
 //!
 //! TCP_NODELAY: sqlx 0.9.0 no longer sets it (transact-rs/sqlx#4335, fixed by #4336 after
 //! 0.9.0). Without it every `COPY ... FROM STDIN` waits for the server's delayed ACK
@@ -15,6 +15,11 @@
 //! which is most of PostgreSQL's ingest cost for Open WebUI's chat JSON (the mirror's
 //! columns keep the default method, so this applies to whatever owsync writes). A server
 //! built without lz4 rejects the setting; the session then keeps pglz.
+//!
+//! No JIT (`jit = off`, a per-session setting): owsync's statements touch few rows each,
+//! but the planner cannot know how few rows a range of rowids holds, so a tombstone pass
+//! over 1,000 changed ranges was estimated at 1.5 M cost units, past `jit_above_cost`,
+//! and spent 294 ms compiling for 6 ms of work (100k chats, `auto_explain`).
 
 use sqlx::PgConnection;
 use tracing::debug;
@@ -23,8 +28,11 @@ use tracing::debug;
 pub async fn prepare(conn: &mut PgConnection, port: u16) {
     let tagged = set_nodelay_towards(port);
     debug!(port, sockets = tagged, "TCP_NODELAY set on PostgreSQL sockets");
-    if let Err(e) = sqlx::raw_sql("SET default_toast_compression = lz4").execute(conn).await {
+    if let Err(e) = sqlx::raw_sql("SET default_toast_compression = lz4").execute(&mut *conn).await {
         debug!(error = %e, "server refuses lz4 TOAST compression; keeping pglz");
+    }
+    if let Err(e) = sqlx::raw_sql("SET jit = off").execute(&mut *conn).await {
+        debug!(error = %e, "server refuses jit = off");
     }
 }
 
