@@ -246,6 +246,7 @@ pub async fn unchanged_cycles(runs: usize, sync_url: &str) -> Result<Unchanged> 
         all_skipped &= r.unchanged;
     }
     pool.close().await;
+    let in_order = times.clone();
     let med = median(&mut times);
     let rank = ((0.99 * times.len() as f64).ceil() as usize).clamp(1, times.len()) - 1;
     let u = Unchanged {
@@ -255,7 +256,7 @@ pub async fn unchanged_cycles(runs: usize, sync_url: &str) -> Result<Unchanged> 
         min_ms: times[0],
         max_ms: times[times.len() - 1],
         all_skipped,
-        samples_ms: times.clone(),
+        samples_ms: in_order,
     };
     eprintln!("bench: unchanged cycle median {:.2} ms, p99 {:.2} ms", u.median_ms, u.p99_ms);
     Ok(u)
