@@ -1,6 +1,6 @@
-//! Page-level change capture: hashes every leaf of a table's b-tree (with the overflow
-//! pages of its cells) through SQLite's `sqlite_dbpage` virtual table, which reads pages
-//! through the pager and so sees WAL content. Comparing two walks by page number tells
+//! Page-level change capture: the state of every leaf of a table's b-tree (with the
+//! overflow pages of its cells), as the walk (`walk.rs`, reading pages through
+//! `pagefile.rs`) hashed them. Comparing two walks by page number tells
 //! which rowid ranges may have changed: a leaf with the same page number and the same
 //! bytes holds exactly the same rows, so only the ranges of leaves that changed, appeared
 //! or disappeared need re-reading.
