@@ -147,8 +147,8 @@ async fn sync_all(job: &SyncJob<'_>, full: bool) -> Result<(SyncReport, Vec<sour
     let started = Instant::now();
     let client = job.client.to_string();
     let schema = job.spec.mirror_schema(job.client);
-    let previous =
-        skip::page_states(job, &schema).await.map_err(|source| SyncError::Store { client: client.clone(), source })?;
+    let skip::Recorded { pages: previous, shapes } =
+        skip::recorded(job, &schema).await.map_err(|source| SyncError::Store { client: client.clone(), source })?;
     let path = PathBuf::from(&job.spec.source.path);
     let spec = job.spec.clone();
     let (queue, discovered) = tokio::task::spawn_blocking(move || queue::tables(&path, &spec))
@@ -162,7 +162,7 @@ async fn sync_all(job: &SyncJob<'_>, full: bool) -> Result<(SyncReport, Vec<sour
     // The first `n` tables (the largest) are provisioned before the workers start; the
     // rest meanwhile, on one more connection, while the big tables copy.
     let (early, late) = infos.split_at(n.min(infos.len()));
-    let unprovisioned = provision::provision_tables(job, &schema, early, full).await?;
+    let unprovisioned = provision::provision_tables(job, &schema, early, &shapes, full).await?;
     let mut report = SyncReport::default();
     if !unprovisioned.is_empty() {
         if let Ok(mut q) = queue.lock() {
@@ -191,7 +191,7 @@ async fn sync_all(job: &SyncJob<'_>, full: bool) -> Result<(SyncReport, Vec<sour
         late_done: late_rx,
     };
     let provisioner = async {
-        let r = provision::provision_tables(job, &schema, late, full).await;
+        let r = provision::provision_tables(job, &schema, late, &shapes, full).await;
         match &r {
             Ok(failed) => {
                 if let Ok(mut f) = shared.late_failed.lock() {

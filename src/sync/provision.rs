@@ -10,7 +10,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use sqlx::{Connection, Row};
+use sqlx::Connection;
 
 use super::{SyncError, SyncJob, TableFailure, fence, table_failure};
 use crate::source::TableInfo;
@@ -18,35 +18,19 @@ use crate::store::{self, Context};
 use crate::target::{self, MirrorTable};
 
 /// Provisions what needs it; returns the tables that could not be provisioned, with why.
-/// `all`: provision every table whatever its recorded shape (`owsyncctl sync --full`).
+/// `recorded`: the shape digests of the tables whose mirror is the recorded one
+/// (`skip::recorded`); `all`: provision every table whatever its recorded shape
+/// (`owsyncctl sync --full`).
 pub(super) async fn provision_tables(
     job: &SyncJob<'_>,
     schema: &str,
     tables: &[TableInfo],
+    recorded: &HashMap<String, String>,
     all: bool,
 ) -> Result<BTreeMap<String, String>, SyncError> {
     let client = job.client.to_string();
     let store_err = |source| SyncError::Store { client: client.clone(), source };
     let mut tx = store::begin(job.pool, job.cluster).await.map_err(store_err)?;
-    // Recorded shapes whose mirror table is still the recorded one; and whether the
-    // ClientSync is live (provision_table refuses a deleted one: let it say so).
-    let rows = sqlx::query(
-        "SELECT table_name, watermark->>'shape',
-                EXISTS (SELECT 1 FROM sync_metadata.client_specs s WHERE s.cluster_name = $1
-                        AND s.spec #>> '{target,schema}' = $3 AND s.deleted_at IS NULL)
-         FROM sync_metadata.table_state
-         WHERE cluster_name = $1 AND client_name = $2 AND watermark ? 'shape'
-           AND (watermark->>'mirror_oid')::bigint = to_regclass(format('%I.%I', $3::text, table_name))::oid::bigint",
-    )
-    .bind(job.cluster)
-    .bind(job.client)
-    .bind(schema)
-    .fetch_all(&mut *tx)
-    .await
-    .ctx(|| format!("read the recorded table shapes of {}", job.client))
-    .map_err(store_err)?;
-    let recorded: HashMap<String, String> =
-        rows.iter().filter(|r| r.get::<bool, _>(2)).map(|r| (r.get(0), r.get(1))).collect();
     let mut failed = BTreeMap::new();
     let mut provisioned = 0;
     for info in tables {

@@ -2,7 +2,7 @@
 //! shapes the mirror) is recorded, fenced, after a sync in which every table succeeded;
 //! the next sync with the same fingerprint does nothing.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use sqlx::Row;
 
@@ -100,16 +100,28 @@ pub async fn record(job: &SyncJob<'_>, fingerprint: &str) -> Result<bool, StoreE
     Ok(true)
 }
 
-/// The recorded page state of each table of the tenant that has one, and whose mirror
-/// table is still the one the state was recorded with (same oid): a mirror table dropped
-/// and re-created since (by an operator, a restore) gets a full pass, not an incremental
-/// one that would leave it empty.
-pub async fn page_states(job: &SyncJob<'_>, schema: &str) -> Result<super::reader::Previous, StoreError> {
+/// What a sync starts from, per table whose mirror table is still the one its state was
+/// recorded with (same oid: a mirror table dropped and re-created since, by an operator
+/// or a restore, gets provisioned again and a full pass, not an incremental one that
+/// would leave it empty), read once for the whole sync.
+pub struct Recorded {
+    /// `(source_ddl, pages)` of the tables that have a page state.
+    pub pages: super::reader::Previous,
+    /// The mirror shape digest provisioning recorded, for tables that have one, while the
+    /// ClientSync is live (provision_table refuses a deleted one: provisioning then runs
+    /// and lets it say so).
+    pub shapes: HashMap<String, String>,
+}
+
+pub async fn recorded(job: &SyncJob<'_>, schema: &str) -> Result<Recorded, StoreError> {
     let started = std::time::Instant::now();
     let mut tx = store::begin(job.pool, job.cluster).await?;
     let rows = sqlx::query(
-        "SELECT table_name, coalesce(source_ddl, ''), pages FROM sync_metadata.table_state
-         WHERE cluster_name = $1 AND client_name = $2 AND pages IS NOT NULL
+        "SELECT table_name, coalesce(source_ddl, ''), pages, watermark->>'shape',
+                EXISTS (SELECT 1 FROM sync_metadata.client_specs s WHERE s.cluster_name = $1
+                        AND s.spec #>> '{target,schema}' = $3 AND s.deleted_at IS NULL)
+         FROM sync_metadata.table_state
+         WHERE cluster_name = $1 AND client_name = $2
            AND (watermark->>'mirror_oid')::bigint = to_regclass(format('%I.%I', $3::text, table_name))::oid::bigint",
     )
     .bind(job.cluster)
@@ -117,10 +129,20 @@ pub async fn page_states(job: &SyncJob<'_>, schema: &str) -> Result<super::reade
     .bind(schema)
     .fetch_all(&mut *tx)
     .await
-    .ctx(|| format!("read the page state of {}", job.client))?;
+    .ctx(|| format!("read the recorded table state of {}", job.client))?;
     // The largest state grew the connection's read buffer: not kept by an idle connection.
     sqlx::Connection::shrink_buffers(&mut *tx);
     let _ = tx.commit().await;
-    tracing::debug!(ms = started.elapsed().as_secs_f64() * 1e3, tables = rows.len(), "page states read");
-    Ok(rows.into_iter().map(|r| (r.get(0), (r.get(1), r.get(2)))).collect())
+    tracing::debug!(ms = started.elapsed().as_secs_f64() * 1e3, tables = rows.len(), "recorded table state read");
+    let mut out = Recorded { pages: Default::default(), shapes: HashMap::new() };
+    for r in rows {
+        let name: String = r.get(0);
+        if let (Some(shape), true) = (r.get::<Option<String>, _>(3), r.get::<bool, _>(4)) {
+            out.shapes.insert(name.clone(), shape);
+        }
+        if let Some(pages) = r.get::<Option<Vec<u8>>, _>(2) {
+            out.pages.insert(name, (r.get(1), pages));
+        }
+    }
+    Ok(out)
 }
