@@ -38,6 +38,9 @@ pub type Result<T, E = SourceError> = std::result::Result<T, E>;
 /// How long a read waits on a writer's lock before giving up (SQLite's busy timeout).
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// SQLite's page cache of a source handle, in KiB (negative: a size, not a page count).
+const CACHE_KIB: i64 = -2048;
+
 /// A read-only handle on a tenant's `webui.db`.
 pub struct Source {
     pub(crate) conn: Connection,
@@ -60,8 +63,10 @@ impl Source {
             .map_err(|source| SourceError::Open { path: path.to_path_buf(), source })?;
         conn.busy_handler(Some(pace::busy_handler))
             .map_err(|source| SourceError::Open { path: path.to_path_buf(), source })?;
-        // Never let a reader's cache hold pages across slices longer than needed.
-        conn.pragma_update(None, "cache_size", -8192i64)
+        // A small page cache: reads run in slices, a walk reads each page once and a slice
+        // descends the tree once, so it saves little, and a sync's readers at 8 MiB each
+        // were a fifth of its peak RSS at 100k chats.
+        conn.pragma_update(None, "cache_size", CACHE_KIB)
             .map_err(|source| SourceError::Open { path: path.to_path_buf(), source })?;
         Ok(Source { conn, path: path.to_path_buf(), pace: pace::Pace::default(), pagefile: Default::default() })
     }

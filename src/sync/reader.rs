@@ -56,9 +56,6 @@ pub(super) struct ReaderJob {
     pub full: bool,
 }
 
-/// SQLite's page cache of a sync's reader, in KiB (negative: a size, not a page count).
-const READER_CACHE_KIB: i64 = -2048;
-
 /// The tables a sync's readers still have to take (`super::queue`).
 pub(super) type Queue = std::sync::Arc<std::sync::Mutex<std::collections::VecDeque<TableInfo>>>;
 
@@ -71,9 +68,6 @@ pub(super) fn spawn_reader(
 ) -> tokio::task::JoinHandle<Result<(), source::SourceError>> {
     tokio::task::spawn_blocking(move || {
         let src = Source::open(&job.path)?;
-        // The walk reads each page once and a slice descends the tree once: SQLite's page
-        // cache saves little here, and two readers at 8 MiB each were a fifth of the peak RSS.
-        src.conn.pragma_update(None, "cache_size", READER_CACHE_KIB).map_err(src.err("PRAGMA cache_size"))?;
         let wal = pages::is_wal(&src)?;
         while let Some(t) = queue.lock().ok().and_then(|mut q| q.pop_front()) {
             let target = crate::sql::qualified(&job.schema, &t.name);
