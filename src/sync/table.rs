@@ -3,6 +3,8 @@
 //! conflicts, upserted and tombstoned; then its table_state, fenced, in the same commit.
 
 use sqlx::PgConnection;
+use std::time::{Duration, Instant};
+
 use tokio::sync::mpsc;
 use tracing::warn;
 
@@ -74,11 +76,15 @@ async fn copy_rows(
     client: &str,
 ) -> Result<u64, TableFailure> {
     let mut copy = target::copy::TableCopy::new(conn, table, dest);
+    // Where the COPY's time goes (debug log): waiting for the reader, encoding and sending.
+    let (mut waited, mut sent, mut slices) = (Duration::ZERO, Duration::ZERO, 0u32);
     loop {
+        let t = Instant::now();
         let msg = match first.take() {
             Some(m) => Some(m),
             None => rx.recv().await,
         };
+        waited += t.elapsed();
         match msg {
             Some(Msg::Slice(s)) => {
                 read.rows += s.rows.len() as i64;
@@ -86,10 +92,13 @@ async fn copy_rows(
                     keys.extend((0..s.rows.len()).map(|i| target::key_text(table, &s, i)));
                 }
                 if !s.rows.is_empty() {
+                    let t = Instant::now();
                     match copy.send(&s).await {
                         Ok(q) => read.quarantined.extend(q),
                         Err(e) => return Err(table_failure(client, e)),
                     }
+                    sent += t.elapsed();
+                    slices += 1;
                 }
                 progress::report(|p| p.slice(&table.name, s.rows.len() as u64, s.bytes as u64));
             }
@@ -104,7 +113,42 @@ async fn copy_rows(
             None | Some(Msg::Table(_)) => break,
         }
     }
-    copy.finish().await.map_err(|e| table_failure(client, e))
+    let t = Instant::now();
+    let copied = copy.finish().await.map_err(|e| table_failure(client, e))?;
+    tracing::debug!(table = %table.name, slices, rows = read.rows, waited_ms = ms(waited), sent_ms = ms(sent),
+                    finish_ms = ms(t.elapsed()), "rows copied");
+    Ok(copied)
+}
+
+/// Milliseconds spent in each step of a table's transaction, for the debug log.
+struct Phases {
+    last: Instant,
+    done: Vec<(&'static str, f64)>,
+}
+
+impl Phases {
+    fn new() -> Phases {
+        Phases { last: Instant::now(), done: Vec::new() }
+    }
+
+    fn mark(&mut self, step: &'static str) {
+        let now = Instant::now();
+        self.done.push((step, ms(now - self.last)));
+        self.last = now;
+    }
+}
+
+impl std::fmt::Display for Phases {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, (step, ms)) in self.done.iter().enumerate() {
+            write!(f, "{}{step} {ms:.1}", if i > 0 { ", " } else { "" })?;
+        }
+        Ok(())
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
 }
 
 pub(super) async fn sync_table(
@@ -153,6 +197,7 @@ pub(super) async fn sync_table(
     let info = &plan.info;
     let mut read = Read { rows: 0, end: TableEnd::default(), quarantined: Vec::new(), reread: None };
     let mut direct = false;
+    let mut phases = Phases::new();
     let result: Result<(target::MergeCounts, ConflictCounts), TableFailure> = async {
         let cctx = ConflictCtx { cluster: job.cluster, client: job.client, policy: &job.spec.conflicts };
         let tombstones = job.spec.deletes == DeletePolicy::Tombstone;
@@ -173,18 +218,23 @@ pub(super) async fn sync_table(
             (target::MergeCounts { upserted: copied, tombstoned: 0 }, conflicts)
         } else {
             target::begin_stage(&mut tx, table).await.map_err(target_err)?;
+            phases.mark("stage");
             if !full_pass
                 && target::has_open_quarantine(&mut tx, job.cluster, job.client, table).await.map_err(target_err)?
             {
                 read.reread = Some(Vec::new());
             }
             copy_rows(&mut tx, table, target::copy::Dest::Stage, first.take(), rx, &mut read, &client).await?;
+            phases.mark("copy");
             let conflicts = conflict::resolve_stage(&mut tx, table, &cctx).await.map_err(target_err)?;
+            phases.mark("conflicts");
             let mut counts = target::merge_stage(&mut tx, table, tombstones && full_pass).await.map_err(target_err)?;
+            phases.mark("merge");
             if let (Some(ranges), true) = (&plan.ranges, tombstones) {
                 counts.tombstoned +=
                     target::ranges::tombstone_in_ranges(&mut tx, table, ranges).await.map_err(target_err)?;
             }
+            phases.mark("tombstones");
             (counts, conflicts)
         };
         target::record_quarantine(
@@ -214,11 +264,15 @@ pub(super) async fn sync_table(
     let Read { rows, end, quarantined, .. } = read;
     let rows_read = rows as u64;
     let rows = if plan.ranges.is_some() { end.rows.unwrap_or(rows) } else { rows };
+    phases.mark("quarantine");
     record_table_state(&mut tx, job, plan, table, rows, end.pages).await.map_err(fatal_store)?;
+    phases.mark("state");
     fence(&mut tx, job).await.map_err(TableFailure::Fatal)?;
     tx.commit().await.map_err(|e| {
         fatal_store(store::StoreError::Db { context: format!("commit table {}", info.name), source: e })
     })?;
+    phases.mark("commit");
+    tracing::debug!(table = %info.name, phases = %phases, "table written");
     guarded.armed = false;
     // A page state (~6 MB at 100k chats) grew this connection's write buffer: back to the
     // pool at the default size, so idle connections do not keep it.
