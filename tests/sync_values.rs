@@ -14,8 +14,11 @@ use rusqlite::Connection;
 use rusqlite::types::Value as Sql;
 use sqlx::PgPool;
 
+/// `vals` has a NUMERIC column, so its rows go through COPY text; `vals_bin` has the same
+/// columns but that one, so its rows go through COPY binary (`target::copy`).
 const VALUES_DDL: &str = "CREATE TABLE vals (id INTEGER PRIMARY KEY, i INTEGER, r REAL,
-    t TEXT, b BLOB, j JSON, f BOOLEAN, n NUMERIC)";
+    t TEXT, b BLOB, j JSON, f BOOLEAN, n NUMERIC);
+    CREATE TABLE vals_bin (id INTEGER PRIMARY KEY, i INTEGER, r REAL, t TEXT, b BLOB, j JSON, f BOOLEAN)";
 
 fn int(i: i64) -> Sql {
     Sql::Integer(i)
@@ -105,6 +108,11 @@ async fn every_representable_value_round_trips() {
             rusqlite::params_from_iter(row.iter()),
         )
         .unwrap();
+        c.execute(
+            "INSERT INTO vals_bin (i, r, t, b, j, f) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            rusqlite::params_from_iter(row[..6].iter()),
+        )
+        .unwrap();
     }
     // What SQLite kept (its affinities decide), so the test sees what it tests.
     let classes: String = c
@@ -118,7 +126,7 @@ async fn every_representable_value_round_trips() {
     let pool = env.sync_pool().await;
     let (diffs, n) = mirror_diff(&pool, "client_vals", &db).await;
     assert_no_diffs(&diffs);
-    assert_eq!(n, value_rows().len(), "{out}");
+    assert_eq!(n, 2 * value_rows().len(), "{out}");
 
     // The same again: an unchanged table is not rewritten (json has no `=`; -0 = 0).
     let out = ok(&env.ctl(&["sync", "vals", "--once"]));

@@ -97,45 +97,68 @@ pub fn fmt_f64(out: &mut Vec<u8>, f: f64) {
     }
 }
 
-/// Appends one field (no delimiter) for a column of type `ty`.
-pub fn encode_field(out: &mut Vec<u8>, ty: PgType, v: &Value) -> Result<(), Unfit> {
-    if let Value::Null = v {
-        out.extend_from_slice(b"\\N");
-        return Ok(());
-    }
+/// A source value as its mapped column takes it, before it is written out in one of
+/// COPY's formats (`write_text`, `write_binary`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Field<'a> {
+    Null,
+    /// An integer into `bigint`.
+    Int(i64),
+    /// A double into `double precision`.
+    Float(f64),
+    /// An integer into `double precision` (exactly representable: |i| <= 2^53).
+    IntAsFloat(i64),
+    Bool(bool),
+    /// UTF-8 text without NUL into `text` or `json` (validated JSON there).
+    Text(&'a [u8]),
+    /// A number spelled out in decimal, into `text`, `json` or `numeric`.
+    IntText(i64),
+    FloatText(f64),
+    /// Bytes into `bytea`.
+    Bytes(&'a [u8]),
+}
+
+/// Decides how `v` goes into a column of type `ty`, or why it cannot as it is.
+pub fn fit(ty: PgType, v: &Value) -> Result<Field<'_>, Unfit> {
     let unfit = || Unfit::StorageClass(class(v));
-    match (ty, v) {
-        (PgType::BigInt, Value::Integer(i)) => {
-            let _ = write!(out, "{i}");
+    Ok(match (ty, v) {
+        (_, Value::Null) => Field::Null,
+        (PgType::BigInt, Value::Integer(i)) => Field::Int(*i),
+        (PgType::Double, Value::Real(f)) => Field::Float(*f),
+        (PgType::Double, Value::Integer(i)) if i.unsigned_abs() <= (1u64 << 53) => Field::IntAsFloat(*i),
+        (PgType::Numeric, Value::Integer(i)) => Field::IntText(*i),
+        (PgType::Numeric, Value::Real(f)) if f.is_finite() && !(*f == 0.0 && f.is_sign_negative()) => {
+            Field::FloatText(*f)
         }
-        (PgType::Double, Value::Real(f)) => fmt_f64(out, *f),
-        (PgType::Double, Value::Integer(i)) if i.unsigned_abs() <= (1u64 << 53) => {
-            let _ = write!(out, "{i}");
-        }
-        (PgType::Numeric, Value::Integer(i)) => {
-            let _ = write!(out, "{i}");
-        }
-        (PgType::Numeric, Value::Real(f)) if f.is_finite() && !(*f == 0.0 && f.is_sign_negative()) => fmt_f64(out, *f),
-        (PgType::Boolean, Value::Integer(0)) => out.push(b'f'),
-        (PgType::Boolean, Value::Integer(1)) => out.push(b't'),
-        (PgType::Text, Value::Text(t)) => escape_into(out, utf8_text(t)?),
+        (PgType::Boolean, Value::Integer(0)) => Field::Bool(false),
+        (PgType::Boolean, Value::Integer(1)) => Field::Bool(true),
+        (PgType::Text, Value::Text(t)) => Field::Text(utf8_text(t)?),
         // Numbers in a text-mapped column with NUMERIC affinity (Open WebUI writes epoch
         // seconds into peewee-era DATETIME columns): their decimal text reads back as the
         // same number under that affinity.
-        (PgType::Text, Value::Integer(i)) => {
-            let _ = write!(out, "{i}");
-        }
-        (PgType::Text, Value::Real(f)) if f.is_finite() => fmt_f64(out, *f),
+        (PgType::Text | PgType::Json, Value::Integer(i)) => Field::IntText(*i),
+        (PgType::Text | PgType::Json, Value::Real(f)) if f.is_finite() => Field::FloatText(*f),
         (PgType::Json, Value::Text(t)) => {
             let t = utf8_text(t)?;
             serde_json::from_slice::<serde::de::IgnoredAny>(t).map_err(|_| Unfit::InvalidJson)?;
-            escape_into(out, t);
+            Field::Text(t)
         }
-        (PgType::Json, Value::Integer(i)) => {
+        (PgType::Bytea, Value::Blob(b)) => Field::Bytes(b),
+        _ => return Err(unfit()),
+    })
+}
+
+/// Appends `f` as a COPY text field (no delimiter).
+pub fn write_text(out: &mut Vec<u8>, f: Field<'_>) {
+    match f {
+        Field::Null => out.extend_from_slice(b"\\N"),
+        Field::Int(i) | Field::IntAsFloat(i) | Field::IntText(i) => {
             let _ = write!(out, "{i}");
         }
-        (PgType::Json, Value::Real(f)) if f.is_finite() => fmt_f64(out, *f),
-        (PgType::Bytea, Value::Blob(b)) => {
+        Field::Float(x) | Field::FloatText(x) => fmt_f64(out, x),
+        Field::Bool(b) => out.push(if b { b't' } else { b'f' }),
+        Field::Text(t) => escape_into(out, t),
+        Field::Bytes(b) => {
             const HEX: &[u8; 16] = b"0123456789abcdef";
             out.reserve(3 + 2 * b.len());
             out.extend_from_slice(b"\\\\x");
@@ -143,8 +166,62 @@ pub fn encode_field(out: &mut Vec<u8>, ty: PgType, v: &Value) -> Result<(), Unfi
                 out.extend_from_slice(&[HEX[usize::from(byte >> 4)], HEX[usize::from(byte & 15)]]);
             }
         }
-        _ => return Err(unfit()),
     }
+}
+
+/// Appends `f` as a COPY binary field (its length, then its bytes in the column type's
+/// binary form: <https://www.postgresql.org/docs/current/sql-copy.html>, "Binary Format").
+/// A column of type `numeric` has no binary form here: tables with one are copied as text
+/// (`MirrorTable::copy_binary`).
+pub fn write_binary(out: &mut Vec<u8>, f: Field<'_>) {
+    let at = out.len();
+    match f {
+        Field::Null => {
+            out.extend_from_slice(&(-1i32).to_be_bytes());
+            return;
+        }
+        Field::Int(i) => {
+            out.extend_from_slice(&8i32.to_be_bytes());
+            out.extend_from_slice(&i.to_be_bytes());
+            return;
+        }
+        Field::Float(x) => {
+            out.extend_from_slice(&8i32.to_be_bytes());
+            out.extend_from_slice(&x.to_bits().to_be_bytes());
+            return;
+        }
+        Field::IntAsFloat(i) => {
+            out.extend_from_slice(&8i32.to_be_bytes());
+            out.extend_from_slice(&(i as f64).to_bits().to_be_bytes());
+            return;
+        }
+        Field::Bool(b) => {
+            out.extend_from_slice(&1i32.to_be_bytes());
+            out.push(u8::from(b));
+            return;
+        }
+        // Text, json and bytea take their bytes as they are; a number's decimal text.
+        Field::Text(b) | Field::Bytes(b) => {
+            out.extend_from_slice(&0i32.to_be_bytes());
+            out.extend_from_slice(b);
+        }
+        Field::IntText(i) => {
+            out.extend_from_slice(&0i32.to_be_bytes());
+            let _ = write!(out, "{i}");
+        }
+        Field::FloatText(x) => {
+            out.extend_from_slice(&0i32.to_be_bytes());
+            fmt_f64(out, x);
+        }
+    }
+    // Field sizes are capped far below 2 GiB (PostgreSQL's own limit is 1 GB a value).
+    let len = i32::try_from(out.len() - at - 4).unwrap_or(i32::MAX);
+    out[at..at + 4].copy_from_slice(&len.to_be_bytes());
+}
+
+/// Appends one field (no delimiter) for a column of type `ty` in COPY text.
+pub fn encode_field(out: &mut Vec<u8>, ty: PgType, v: &Value) -> Result<(), Unfit> {
+    write_text(out, fit(ty, v)?);
     Ok(())
 }
 
@@ -173,6 +250,34 @@ mod tests {
         assert_eq!(enc(PgType::Json, Value::Text(b"{x".to_vec())), Err(Unfit::InvalidJson));
         assert_eq!(enc(PgType::BigInt, Value::Text(b"1".to_vec())), Err(Unfit::StorageClass("text")));
         assert_eq!(enc(PgType::Boolean, Value::Integer(2)), Err(Unfit::StorageClass("integer")));
+    }
+
+    fn bin(ty: PgType, v: Value) -> Result<Vec<u8>, Unfit> {
+        let mut out = Vec::new();
+        fit(ty, &v).map(|f| write_binary(&mut out, f)).map(|_| out)
+    }
+
+    fn field(bytes: &[u8]) -> Vec<u8> {
+        let mut out = (bytes.len() as i32).to_be_bytes().to_vec();
+        out.extend_from_slice(bytes);
+        out
+    }
+
+    #[test]
+    fn binary_fields_are_length_and_the_type_s_binary_form() {
+        assert_eq!(bin(PgType::BigInt, Value::Integer(i64::MIN)).unwrap(), field(&i64::MIN.to_be_bytes()));
+        assert_eq!(bin(PgType::Double, Value::Real(-0.0)).unwrap(), field(&(-0.0f64).to_bits().to_be_bytes()));
+        assert_eq!(bin(PgType::Double, Value::Integer(-3)).unwrap(), field(&(-3.0f64).to_bits().to_be_bytes()));
+        assert_eq!(bin(PgType::Boolean, Value::Integer(1)).unwrap(), field(&[1]));
+        assert_eq!(bin(PgType::Text, Value::Null).unwrap(), (-1i32).to_be_bytes());
+        assert_eq!(bin(PgType::Text, Value::Text(b"\\N\t".to_vec())).unwrap(), field(b"\\N\t"));
+        assert_eq!(bin(PgType::Text, Value::Text(Vec::new())).unwrap(), field(b""));
+        assert_eq!(bin(PgType::Text, Value::Integer(-42)).unwrap(), field(b"-42"));
+        assert_eq!(bin(PgType::Json, Value::Real(2.5)).unwrap(), field(b"2.5"));
+        assert_eq!(bin(PgType::Bytea, Value::Blob(vec![0, 255])).unwrap(), field(&[0, 255]));
+        // The same values are unfit in either format.
+        assert_eq!(bin(PgType::Json, Value::Text(b"{x".to_vec())), Err(Unfit::InvalidJson));
+        assert_eq!(bin(PgType::Text, Value::Text(b"a\0b".to_vec())), Err(Unfit::NulInText));
     }
 
     #[test]
