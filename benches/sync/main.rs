@@ -111,12 +111,15 @@ struct Args {
     given: Vec<String>,
 }
 
+/// Messages per generated chat unless `--msgs` says otherwise.
+const DEFAULT_MSGS: u32 = 6;
+
 fn parse_args(argv: &[String]) -> Result<Args> {
     let mut a = Args {
         chats: 10_000,
         chats_per_user: 100,
         users: 0,
-        msgs: 6,
+        msgs: DEFAULT_MSGS,
         seed: 42,
         changed: 1000,
         rounds: 3,
@@ -273,7 +276,7 @@ async fn run(a: Args) -> Result<()> {
     std::fs::write(&json_path, serde_json::to_string_pretty(&res)?)?;
     eprintln!("bench: raw results in {}", json_path.display());
     if let Some(out) = &a.out {
-        write_region(out, a.chats, &report)?;
+        write_region(out, a.chats, (a.msgs != DEFAULT_MSGS).then_some(a.msgs), &report)?;
         eprintln!("bench: updated {}", out.display());
     }
     if a.strict {

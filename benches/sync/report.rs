@@ -312,10 +312,15 @@ pub fn render(a: &Args, r: &Results, total_secs: f64) -> String {
     s
 }
 
-/// Replaces this size's region of the report file (or appends it).
-pub fn write_region(path: &Path, chats: u32, body: &str) -> Result<()> {
-    let begin = format!("<!-- bench:results chats={chats} begin (written by `cargo bench --bench sync`) -->");
-    let end = format!("<!-- bench:results chats={chats} end -->");
+/// Replaces this size's region of the report file (or appends it). A data set with other
+/// than the default messages per chat has a region of its own.
+pub fn write_region(path: &Path, chats: u32, msgs: Option<u32>, body: &str) -> Result<()> {
+    let key = match msgs {
+        Some(m) => format!("chats={chats} msgs={m}"),
+        None => format!("chats={chats}"),
+    };
+    let begin = format!("<!-- bench:results {key} begin (written by `cargo bench --bench sync`) -->");
+    let end = format!("<!-- bench:results {key} end -->");
     let text = std::fs::read_to_string(path).unwrap_or_else(|_| {
         "# owsync benchmarks\n\nResults of `cargo bench --bench sync` (benches/sync.rs).\n\n".to_string()
     });
