@@ -129,9 +129,13 @@ async fn restart_while_idle_reconnects_reelects_and_resyncs() {
     still_running(&mut d);
     let epoch_after = epoch(&env).await.unwrap();
     assert!(epoch_after > epoch_before, "no new term after the restart: epoch {epoch_before} -> {epoch_after}");
-    let js = jobs(&env, "idle").await;
-    let resync = js.iter().find(|j| j.epoch == epoch_after && j.status == "succeeded");
-    assert!(resync.is_some(), "no resync in the new term: {js:#?}");
+    // The mirror is equal once the last table commits; the run records its end just after.
+    eventually(Duration::from_secs(10), "a resync in the new term", || async move {
+        let js = jobs(envr, "idle").await;
+        js.iter().any(|j| j.epoch == epoch_after && j.status == "succeeded").then_some(())
+    })
+    .await;
+    println!("the resync recorded its success {:?} after the mirror converged", t.elapsed() - converged);
     let log = d.log_text();
     assert!(log.contains("stepping down"), "{log}");
     println!(
@@ -155,7 +159,7 @@ async fn restart_in_the_middle_of_a_sync() {
     .await;
 
     // A second sync (a changed source, triggered), cut off by the restart.
-    mutate(&db, &MutateOptions { ops: 400, seed: 9, ..Default::default() }).unwrap();
+    mutate(&db, &MutateOptions { ops: 2000, seed: 9, ..Default::default() }).unwrap();
     ok(&env.ctl(&["trigger", "busy"]));
     let cut = eventually(Duration::from_secs(20), "the triggered sync running", || async move {
         jobs(envr, "busy").await.into_iter().find(|j| j.status == "running" && j.started > first.started)
@@ -163,6 +167,7 @@ async fn restart_in_the_middle_of_a_sync() {
     .await;
     tokio::time::sleep(Duration::from_millis(200)).await; // into its table transactions
     let still = jobs(&env, "busy").await.iter().any(|j| j.started == cut.started && j.status == "running");
+    let restart_at = Utc::now();
     let down = restart(&pg);
     let t = Instant::now();
     let dbr = &db;
@@ -173,18 +178,37 @@ async fn restart_in_the_middle_of_a_sync() {
     let converged = t.elapsed();
     still_running(&mut d);
 
-    let js = jobs(&env, "busy").await;
-    let cut_run = js.iter().find(|j| j.started == cut.started).expect("the cut-off run");
-    if still {
+    // The mirror is equal once the last table commits; the run records its end just after.
+    let js = eventually(Duration::from_secs(10), "the cut-off run ended", || async move {
+        let js = jobs(envr, "busy").await;
+        js.iter().any(|j| j.started == cut.started && j.status != "running").then_some(js)
+    })
+    .await;
+    let cut_run = js.iter().find(|j| j.started == cut.started).expect("the cut-off run").clone();
+    if cut_run.status == "succeeded" {
+        // Still running just before the restart, it finished without a transaction of its
+        // being cut: in the instant before the server went down, or between two tables.
+        println!("note: the restart cut none of the sync's transactions: {cut_run:?} (restart at {restart_at})");
+    } else {
+        assert!(still, "the run ended before the restart, yet not in success: {cut_run:?}");
+        // Abandoned (its leader stepped down), failed, or degraded: the tables whose
+        // transaction the restart cut failed and are named, the others went through.
         assert!(
-            matches!(cut_run.status.as_str(), "failed" | "abandoned") && cut_run.error.is_some(),
+            matches!(cut_run.status.as_str(), "failed" | "abandoned" | "degraded") && cut_run.error.is_some(),
             "the run cut off by the restart: {cut_run:?}\nall: {js:#?}"
         );
-        let after = js.iter().find(|j| j.started > cut_run.started && j.status == "succeeded");
-        assert!(after.is_some(), "no succeeded run after the cut-off one: {js:#?}");
-    } else {
-        println!("note: the sync had finished before the restart began: {cut_run:?}");
+        // ... and a later run, the retry, succeeds.
+        eventually(Duration::from_secs(30), "a succeeded run after the cut-off one", || async move {
+            let js = jobs(envr, "busy").await;
+            js.iter().any(|j| j.started > cut_run.started && j.status == "succeeded").then_some(())
+        })
+        .await;
     }
+    let js = eventually(Duration::from_secs(10), "no run left running", || async move {
+        let js = jobs(envr, "busy").await;
+        js.iter().all(|j| j.status != "running").then_some(js)
+    })
+    .await;
     assert!(js.iter().all(|j| j.status != "running"), "{js:#?}");
     println!(
         "FIGURE PostgreSQL restart (down {down:?}) in the middle of a sync (40 users x 30 chats): mirror converged after {converged:?}"
