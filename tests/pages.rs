@@ -127,6 +127,17 @@ async fn every_kind_of_change(prefix: &str, journal: JournalMode) {
         "an unchanged table costs no transaction (its state is not rewritten)"
     );
     assert!(state_at("chat").await > chat_at, "the changed table's state is rewritten with its rows");
+    // ... as what changed: a delta against the state recorded before, a fraction of it
+    // (the syncs below then start from base + delta).
+    let (base, delta): (i32, Option<i32>) = sqlx::query_as(
+        "SELECT length(pages), length(pages_delta) FROM sync_metadata.table_state
+         WHERE client_name = 'pg' AND table_name = 'chat'",
+    )
+    .fetch_one(&admin)
+    .await
+    .unwrap();
+    let delta = delta.expect("5 renames are recorded as a delta");
+    assert!(delta * 4 <= base, "delta {delta} bytes against a base of {base}");
 
     // A mirror table dropped in PostgreSQL (an operator, a botched restore) while its
     // source table did not change: the recorded page state belongs to the old mirror

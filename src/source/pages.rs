@@ -12,6 +12,8 @@
 
 pub use super::walk::{Walked, data_version, is_wal, walk};
 
+pub mod delta;
+
 /// One leaf of a table b-tree as of a walk. `min > max` for a leaf without cells.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Leaf<'a> {
@@ -107,12 +109,7 @@ impl PageState {
         out.extend_from_slice(&(target.len() as u16).to_be_bytes());
         out.extend_from_slice(target.as_bytes());
         for l in self.leaves() {
-            out.extend_from_slice(&l.pgno.to_be_bytes());
-            out.extend_from_slice(&l.hash);
-            out.extend_from_slice(&l.min.to_be_bytes());
-            out.extend_from_slice(&l.max.to_be_bytes());
-            out.extend_from_slice(&(l.big_rows.len() as u32).to_be_bytes());
-            out.extend_from_slice(l.big_rows.0);
+            put_leaf(&mut out, &l);
         }
         out
     }
@@ -241,6 +238,16 @@ impl<'a> Recorded<'a> {
     pub fn leaf_count(&self) -> usize {
         self.leaves
     }
+}
+
+/// Appends a leaf's record (`PageState::encode`).
+fn put_leaf(out: &mut Vec<u8>, l: &Leaf<'_>) {
+    out.extend_from_slice(&l.pgno.to_be_bytes());
+    out.extend_from_slice(&l.hash);
+    out.extend_from_slice(&l.min.to_be_bytes());
+    out.extend_from_slice(&l.max.to_be_bytes());
+    out.extend_from_slice(&(l.big_rows.len() as u32).to_be_bytes());
+    out.extend_from_slice(l.big_rows.0);
 }
 
 /// The leaf record at the start of `b`, and what follows it.

@@ -40,6 +40,7 @@ pub const MIGRATIONS: &[Migration] = &[
     Migration { version: 9, name: "page_state", sql: include_str!("migrations/0009_page_state.sql") },
     Migration { version: 10, name: "page_state_storage", sql: include_str!("migrations/0010_page_state_storage.sql") },
     Migration { version: 11, name: "history_retention", sql: include_str!("migrations/0011_history_retention.sql") },
+    Migration { version: 12, name: "page_state_delta", sql: include_str!("migrations/0012_page_state_delta.sql") },
 ];
 
 /// The schema version this build needs.

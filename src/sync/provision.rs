@@ -79,7 +79,7 @@ pub(super) async fn forget_failed(job: &SyncJob<'_>, tables: &[String]) -> Resul
     let store_err = |source| SyncError::Store { client: client.clone(), source };
     let mut tx = store::begin(job.pool, job.cluster).await.map_err(store_err)?;
     sqlx::query(
-        "UPDATE sync_metadata.table_state SET pages = NULL, watermark = watermark - 'shape'
+        "UPDATE sync_metadata.table_state SET pages = NULL, pages_delta = NULL, watermark = watermark - 'shape'
          WHERE cluster_name = $1 AND client_name = $2 AND table_name = ANY($3)",
     )
     .bind(job.cluster)

@@ -35,8 +35,8 @@ pub(super) struct TablePlan {
 /// What the reader learned once a table's rows were all sent.
 #[derive(Default)]
 pub(super) struct TableEnd {
-    /// The encoded page state to record with the rows (`None`: no usable walk; clear it).
-    pub pages: Option<Vec<u8>>,
+    /// The page state to record with the rows (`None`: no usable walk; clear it).
+    pub pages: Option<StateWrite>,
     /// Rows of the table at the walk.
     pub rows: Option<i64>,
     /// No leaf changed since the recorded state and nothing was read: the mirror and the
@@ -44,13 +44,51 @@ pub(super) struct TableEnd {
     pub unchanged: bool,
 }
 
-/// Recorded `(source_ddl, pages)` of each table by name.
-pub(super) type Previous = HashMap<String, (String, Vec<u8>)>;
+/// Recorded `(source_ddl, page state)` of each table by name.
+pub(super) type Previous = HashMap<String, (String, Stored)>;
+
+/// A table's page state as `table_state` holds it: a base state (`pages`) and, when a sync
+/// wrote only what changed since, a delta against it (`pages_delta`, `pages::delta`).
+pub(super) struct Stored {
+    pub base: Vec<u8>,
+    pub delta: Option<Vec<u8>>,
+}
+
+impl Stored {
+    /// The state as of the last sync; `None` when the delta does not fit the base (then
+    /// there is no usable state: a full pass).
+    fn state(&self, target: &str) -> Option<std::borrow::Cow<'_, [u8]>> {
+        match &self.delta {
+            None => Some(std::borrow::Cow::Borrowed(&self.base)),
+            Some(d) => pages::delta::apply(&self.base, d, target).map(std::borrow::Cow::Owned),
+        }
+    }
+}
+
+/// How a sync records a table's new page state.
+pub(super) enum StateWrite {
+    /// The whole state, as the new base (no delta).
+    Full(Vec<u8>),
+    /// Only what changed since the recorded base, which stays.
+    Delta(Vec<u8>),
+}
+
+impl StateWrite {
+    /// A delta when there is a base to make it against and it is at most a quarter of the
+    /// whole state; otherwise the whole state, which then becomes the base.
+    fn choose(base: Option<&[u8]>, new: Vec<u8>, target: &str) -> StateWrite {
+        match base.and_then(|b| pages::delta::between(b, &new, target)) {
+            Some(d) if d.len() * 4 <= new.len() => StateWrite::Delta(d),
+            _ => StateWrite::Full(new),
+        }
+    }
+}
 
 pub(super) struct ReaderJob {
     pub path: PathBuf,
     pub schema: String,
-    /// Taken out table by table: a table's recorded state is freed once compared.
+    /// Taken out table by table: a table's recorded state is freed once compared, but for
+    /// its base, which the next state is recorded against (`StateWrite`).
     pub previous: std::sync::Mutex<Previous>,
     /// Read every table in full (`owsyncctl sync --full`).
     pub full: bool,
@@ -93,7 +131,7 @@ pub(super) fn spawn_reader(
 fn table_pass(
     src: &Source,
     t: TableInfo,
-    old: Option<Vec<u8>>,
+    old: Option<Stored>,
     target: &str,
     in_txn: bool,
     tx: &mpsc::Sender<Msg>,
@@ -111,10 +149,12 @@ fn table_pass(
             }
         }
     };
-    // The recorded state is compared as stored, then freed before any row is read; only
-    // its digest is kept, to tell an unchanged table at the end.
-    let old_digest = old.as_deref().map(xxhash_rust::xxh3::xxh3_128);
-    let ranges = match (&walked, old.as_deref().and_then(|b| Recorded::parse(b, target))) {
+    // The recorded state is compared as stored (or as its delta makes it), then freed
+    // before any row is read; its digest is kept, to tell an unchanged table at the end,
+    // and its base, to record the next state against.
+    let recorded = old.as_ref().and_then(|s| s.state(target));
+    let old_digest = recorded.as_deref().map(xxhash_rust::xxh3::xxh3_128);
+    let ranges = match (&walked, recorded.as_deref().and_then(|b| Recorded::parse(b, target))) {
         (Some(w), Some(o)) => {
             let c = pages::diff_recorded(&o, &w.state);
             // Most leaves changed (a VACUUM, a bulk rewrite): a plain full pass is cheaper.
@@ -122,7 +162,9 @@ fn table_pass(
         }
         _ => None,
     };
-    drop(old);
+    let usable = recorded.is_some();
+    drop(recorded);
+    let base = old.map(|s| s.base).filter(|_| usable);
     let walk_ms = started.elapsed().as_secs_f64() * 1e3;
     let plan = TablePlan { info: t.clone(), ranges: ranges.clone() };
     if tx.blocking_send(Msg::Table(Box::new(plan))).is_err() {
@@ -180,6 +222,7 @@ fn table_pass(
             state.add_suspect(&suspect);
             let pages = state.encode(target);
             let unchanged = !read_any && old_digest == Some(xxhash_rust::xxh3::xxh3_128(&pages));
+            let pages = StateWrite::choose(base.as_deref(), pages, target);
             TableEnd { pages: Some(pages), rows: Some(w.rows), unchanged }
         }
         None => TableEnd::default(),

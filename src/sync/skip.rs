@@ -105,7 +105,7 @@ pub async fn record(job: &SyncJob<'_>, fingerprint: &str) -> Result<bool, StoreE
 /// or a restore, gets provisioned again and a full pass, not an incremental one that
 /// would leave it empty), read once for the whole sync.
 pub struct Recorded {
-    /// `(source_ddl, pages)` of the tables that have a page state.
+    /// `(source_ddl, page state)` of the tables that have one.
     pub pages: super::reader::Previous,
     /// The mirror shape digest provisioning recorded, for tables that have one, while the
     /// ClientSync is live (provision_table refuses a deleted one: provisioning then runs
@@ -119,7 +119,8 @@ pub async fn recorded(job: &SyncJob<'_>, schema: &str) -> Result<Recorded, Store
     let rows = sqlx::query(
         "SELECT table_name, coalesce(source_ddl, ''), pages, watermark->>'shape',
                 EXISTS (SELECT 1 FROM sync_metadata.client_specs s WHERE s.cluster_name = $1
-                        AND s.spec #>> '{target,schema}' = $3 AND s.deleted_at IS NULL)
+                        AND s.spec #>> '{target,schema}' = $3 AND s.deleted_at IS NULL),
+                pages_delta
          FROM sync_metadata.table_state
          WHERE cluster_name = $1 AND client_name = $2
            AND (watermark->>'mirror_oid')::bigint = to_regclass(format('%I.%I', $3::text, table_name))::oid::bigint",
@@ -140,8 +141,8 @@ pub async fn recorded(job: &SyncJob<'_>, schema: &str) -> Result<Recorded, Store
         if let (Some(shape), true) = (r.get::<Option<String>, _>(3), r.get::<bool, _>(4)) {
             out.shapes.insert(name.clone(), shape);
         }
-        if let Some(pages) = r.get::<Option<Vec<u8>>, _>(2) {
-            out.pages.insert(name, (r.get(1), pages));
+        if let Some(base) = r.get::<Option<Vec<u8>>, _>(2) {
+            out.pages.insert(name, (r.get(1), super::reader::Stored { base, delta: r.get(5) }));
         }
     }
     Ok(out)

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tracing::warn;
 
-use super::reader::{Msg, TableEnd, TablePlan};
+use super::reader::{Msg, StateWrite, TableEnd, TablePlan};
 use super::{SyncError, SyncJob, TableReport, fence, progress, table_failure};
 use crate::spec::DeletePolicy;
 use crate::store;
@@ -304,21 +304,28 @@ async fn record_table_state(
     table: &MirrorTable,
     rows: i64,
     // Owned: sqlx copies it into its arguments at `bind`, where it is freed at once.
-    pages: Option<Vec<u8>>,
+    pages: Option<StateWrite>,
 ) -> Result<(), store::StoreError> {
     use store::Context;
     let info = &plan.info;
     let pass = if plan.ranges.is_some() { "incremental" } else { "full" };
+    // A delta keeps the recorded base (`reader::StateWrite`); a whole state replaces both.
+    let (base, delta, keep_base) = match pages {
+        Some(StateWrite::Full(b)) => (Some(b), None, false),
+        Some(StateWrite::Delta(d)) => (None, Some(d), true),
+        None => (None, None, false),
+    };
     sqlx::query(
-        "INSERT INTO sync_metadata.table_state (cluster_name, client_name, table_name, source_ddl, key_columns, rows, watermark, epoch, updated_at, source_indexes, pages)
+        "INSERT INTO sync_metadata.table_state (cluster_name, client_name, table_name, source_ddl, key_columns, rows, watermark, epoch, updated_at, source_indexes, pages, pages_delta)
          VALUES ($1, $2, $3, $4, $5, $6,
                  jsonb_build_object('synced_at', now(), 'pass', $10::text, 'mirror_oid', to_regclass($11)::oid::bigint,
                                    'shape', $12::text),
-                 $7, now(), $8, $9)
+                 $7, now(), $8, $9, $13)
          ON CONFLICT (cluster_name, client_name, table_name) DO UPDATE SET source_ddl = EXCLUDED.source_ddl,
              source_indexes = EXCLUDED.source_indexes,
              key_columns = EXCLUDED.key_columns, rows = EXCLUDED.rows, watermark = EXCLUDED.watermark,
-             epoch = EXCLUDED.epoch, updated_at = now(), pages = EXCLUDED.pages",
+             epoch = EXCLUDED.epoch, updated_at = now(),
+             pages = CASE WHEN $14 THEN table_state.pages ELSE EXCLUDED.pages END, pages_delta = EXCLUDED.pages_delta",
     )
     .bind(job.cluster)
     .bind(job.client)
@@ -328,10 +335,12 @@ async fn record_table_state(
     .bind(rows)
     .bind(job.fence.map(|f| f.epoch))
     .bind(&info.extra_ddl)
-    .bind(pages)
+    .bind(base)
     .bind(pass)
     .bind(table.qualified())
     .bind(target::shape_digest(table))
+    .bind(delta)
+    .bind(keep_base)
     .execute(conn)
     .await
     .ctx(|| format!("record state of table {}", info.name))?;
