@@ -2,9 +2,9 @@
 //! slices: COPY straight into an empty mirror, or into a stage that is resolved against
 //! conflicts, upserted and tombstoned; then its table_state, fenced, in the same commit.
 
-use sqlx::PgConnection;
 use std::time::{Duration, Instant};
 
+use sqlx::PgConnection;
 use tokio::sync::mpsc;
 use tracing::warn;
 

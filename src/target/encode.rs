@@ -16,6 +16,8 @@ pub enum Unfit {
     StorageClass(&'static str),
     /// NULL in a key column: SQLite allows it in the primary key of a rowid table.
     NullInKey,
+    /// Longer than any PostgreSQL value can be (1 GB less a byte).
+    TooLarge,
 }
 
 impl std::fmt::Display for Unfit {
@@ -31,6 +33,7 @@ impl std::fmt::Display for Unfit {
             Unfit::NullInKey => {
                 write!(f, "NULL in a primary-key column (SQLite allows it in a rowid table, PostgreSQL does not)")
             }
+            Unfit::TooLarge => write!(f, "value is longer than PostgreSQL's limit of 1 GB"),
         }
     }
 }
@@ -118,9 +121,19 @@ pub enum Field<'a> {
     Bytes(&'a [u8]),
 }
 
+/// PostgreSQL's largest value (a varlena's 30-bit length): 1 GB less a byte.
+const MAX_VALUE: usize = (1 << 30) - 1;
+
+fn within_limit(len: usize) -> Result<(), Unfit> {
+    if len > MAX_VALUE { Err(Unfit::TooLarge) } else { Ok(()) }
+}
+
 /// Decides how `v` goes into a column of type `ty`, or why it cannot as it is.
 pub fn fit(ty: PgType, v: &Value) -> Result<Field<'_>, Unfit> {
     let unfit = || Unfit::StorageClass(class(v));
+    if let Value::Text(b) | Value::Blob(b) = v {
+        within_limit(b.len())?;
+    }
     Ok(match (ty, v) {
         (_, Value::Null) => Field::Null,
         (PgType::BigInt, Value::Integer(i)) => Field::Int(*i),
@@ -214,7 +227,7 @@ pub fn write_binary(out: &mut Vec<u8>, f: Field<'_>) {
             fmt_f64(out, x);
         }
     }
-    // Field sizes are capped far below 2 GiB (PostgreSQL's own limit is 1 GB a value).
+    // At most `MAX_VALUE` bytes (`fit`), so the length fits an i32.
     let len = i32::try_from(out.len() - at - 4).unwrap_or(i32::MAX);
     out[at..at + 4].copy_from_slice(&len.to_be_bytes());
 }
@@ -275,6 +288,8 @@ mod tests {
         assert_eq!(bin(PgType::Text, Value::Integer(-42)).unwrap(), field(b"-42"));
         assert_eq!(bin(PgType::Json, Value::Real(2.5)).unwrap(), field(b"2.5"));
         assert_eq!(bin(PgType::Bytea, Value::Blob(vec![0, 255])).unwrap(), field(&[0, 255]));
+        assert_eq!(within_limit(MAX_VALUE), Ok(()));
+        assert_eq!(within_limit(MAX_VALUE + 1), Err(Unfit::TooLarge));
         // The same values are unfit in either format.
         assert_eq!(bin(PgType::Json, Value::Text(b"{x".to_vec())), Err(Unfit::InvalidJson));
         assert_eq!(bin(PgType::Text, Value::Text(b"a\0b".to_vec())), Err(Unfit::NulInText));
