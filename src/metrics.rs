@@ -50,6 +50,8 @@ pub struct Metrics {
     pub leader_transitions: Counter,
     pub cache_hits: Counter,
     pub cache_misses: Counter,
+    /// 1 while the deletion guard holds a tenant's syncs (`DeletionsHeld`), else 0.
+    pub deletions_held: Family<ClientLabels, Gauge>,
     last_success: Mutex<HashMap<String, Instant>>,
 }
 
@@ -96,6 +98,12 @@ impl Metrics {
         registry.register("state_cache_hits", "State API cache hits", cache_hits.clone());
         let cache_misses = Counter::default();
         registry.register("state_cache_misses", "State API cache misses", cache_misses.clone());
+        let deletions_held = Family::<ClientLabels, Gauge>::default();
+        registry.register(
+            "deletions_held",
+            "1 while the deletion guard holds the tenant's syncs (DeletionsHeld)",
+            deletions_held.clone(),
+        );
         Metrics {
             registry,
             sync_operations,
@@ -108,6 +116,7 @@ impl Metrics {
             leader_transitions,
             cache_hits,
             cache_misses,
+            deletions_held,
             last_success: Mutex::new(HashMap::new()),
         }
     }
@@ -120,6 +129,11 @@ impl Metrics {
         if ok && let Ok(mut m) = self.last_success.lock() {
             m.insert(client.to_string(), Instant::now());
         }
+    }
+
+    /// Whether the deletion guard holds `client` (the gauge exists once a tenant synced).
+    pub fn record_held(&self, client: &str, held: bool) {
+        self.deletions_held.get_or_create(&ClientLabels { client: client.into() }).set(i64::from(held));
     }
 
     pub fn record_rows(&self, client: &str, table: &str, op: &str, n: u64) {

@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 use crate::source::Value;
 use crate::sql::quote_ident;
 use crate::store::{self, Context};
-use crate::target::{COL_DELETED, COL_ROWID};
+use crate::target::{COL_DELETED, COL_ROWID, COL_SYNCED_AT};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RestoreError {
@@ -37,10 +37,34 @@ struct TableState {
     extra: Vec<String>,
 }
 
+/// What a restore wrote, per table: the mirror's live rows, and the tombstoned rows
+/// brought back (`--include-deleted-since`), less those a live row's key or a unique
+/// constraint of the source's DDL kept out.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct TableRestored {
+    pub table: String,
+    pub rows: u64,
+    pub revived: u64,
+    pub skipped: u64,
+}
+
 #[derive(Debug, Default, serde::Serialize)]
 pub struct RestoreReport {
-    pub tables: Vec<(String, u64)>,
+    pub tables: Vec<TableRestored>,
     pub rows: u64,
+    pub revived: u64,
+    /// `PRAGMA integrity_check` of the file written: "ok".
+    pub integrity: String,
+    pub bytes: u64,
+}
+
+/// How to restore.
+#[derive(Debug, Default, Clone)]
+pub struct RestoreOptions {
+    /// Overwrite an existing file.
+    pub force: bool,
+    /// Also bring back rows tombstoned at or after this time.
+    pub include_deleted_since: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 async fn tables(pool: &PgPool, cluster: &str, client: &str) -> Result<Vec<TableState>, RestoreError> {
@@ -83,16 +107,17 @@ fn decode(row: &sqlx::postgres::PgRow, i: usize, ty: &str) -> Value {
     v.unwrap_or(Value::Null)
 }
 
-/// Rebuilds `client`'s database at `to`.
+/// Rebuilds `client`'s database at `to`: written to a temporary file beside it, checked
+/// (`PRAGMA integrity_check`), then renamed into place.
 pub async fn restore(
     pool: &PgPool,
     cluster: &str,
     client: &str,
     schema: &str,
     to: &Path,
-    force: bool,
+    opts: &RestoreOptions,
 ) -> Result<RestoreReport, RestoreError> {
-    if to.exists() && !force {
+    if to.exists() && !opts.force {
         return Err(RestoreError::Exists { path: to.to_path_buf() });
     }
     let tables = tables(pool, cluster, client).await?;
@@ -106,79 +131,110 @@ pub async fn restore(
         let (tmp, tables) = (tmp.clone(), tables.clone());
         tokio::task::spawn_blocking(move || write_db(&tmp, &tables, rx))
     };
-    let mut report = RestoreReport::default();
+    let mut sent: Result<bool, RestoreError> = Ok(true);
     for t in &tables {
-        let cols = mirror_columns(pool, schema, &t.name).await.map_err(|source| RestoreError::Mirror {
-            client: client.into(),
-            table: t.name.clone(),
-            source,
-        })?;
-        let by_rowid = cols.iter().any(|(c, _)| c == COL_ROWID);
-        let data: Vec<&(String, String)> = cols.iter().filter(|(c, _)| !c.starts_with("_owsync_")).collect();
-        let mut select: Vec<String> = Vec::new();
-        if by_rowid {
-            select.push(quote_ident(COL_ROWID));
+        let mirror_err = |source| RestoreError::Mirror { client: client.into(), table: t.name.clone(), source };
+        let cols = mirror_columns(pool, schema, &t.name).await.map_err(mirror_err)?;
+        sent = send_rows(pool, schema, t, &cols, None, &tx).await.map_err(mirror_err);
+        if let (Ok(true), Some(since)) = (&sent, opts.include_deleted_since) {
+            sent = send_rows(pool, schema, t, &cols, Some(since), &tx).await.map_err(mirror_err);
         }
-        select.extend(data.iter().map(|(c, ty)| match ty.as_str() {
-            "numeric" | "json" | "jsonb" => format!("{}::text", quote_ident(c)),
-            _ => quote_ident(c),
-        }));
-        let sql = format!(
-            "SELECT {} FROM {}.{} WHERE {} IS NOT TRUE",
-            select.join(", "),
-            quote_ident(schema),
-            quote_ident(&t.name),
-            quote_ident(COL_DELETED)
-        );
-        let names: Vec<String> = data.iter().map(|(c, _)| c.clone()).collect();
-        if tx.send(Msg::Table { name: t.name.clone(), columns: names, by_rowid }).await.is_err() {
+        if !matches!(sent, Ok(true)) {
             break;
         }
-        let mut stream = sqlx::query(sqlx::AssertSqlSafe(sql)).fetch(pool);
-        let mut batch = Vec::with_capacity(1000);
-        let mut n = 0u64;
-        while let Some(row) = stream.try_next().await.map_err(|source| RestoreError::Mirror {
-            client: client.into(),
-            table: t.name.clone(),
-            source,
-        })? {
-            let off = usize::from(by_rowid);
-            // The mirror's key for a table without a primary key: NOT NULL, so a failure
-            // here is a damaged mirror, reported rather than restored as rowid 0.
-            let rowid = match by_rowid {
-                true => Some(row.try_get::<i64, _>(0).map_err(|source| RestoreError::Mirror {
-                    client: client.into(),
-                    table: t.name.clone(),
-                    source,
-                })?),
-                false => None,
-            };
-            let vals: Vec<Value> = data.iter().enumerate().map(|(i, (_, ty))| decode(&row, i + off, ty)).collect();
-            batch.push((rowid, vals));
-            n += 1;
-            if batch.len() == 1000 && tx.send(Msg::Rows(std::mem::take(&mut batch))).await.is_err() {
-                break;
-            }
-        }
-        if !batch.is_empty() {
-            let _ = tx.send(Msg::Rows(batch)).await;
-        }
-        report.tables.push((t.name.clone(), n));
-        report.rows += n;
     }
     drop(tx);
-    writer.await.map_err(|e| RestoreError::Other(e.to_string()))??;
+    // The writer's error (the reason the channel closed) comes first.
+    let (counts, integrity) = writer.await.map_err(|e| RestoreError::Other(e.to_string()))??;
+    sent?;
+    if integrity != "ok" {
+        return Err(RestoreError::Other(format!(
+            "integrity check of {} failed: {integrity}; {} was not replaced",
+            tmp.display(),
+            to.display()
+        )));
+    }
     std::fs::rename(&tmp, to)
         .map_err(|e| RestoreError::Other(format!("rename {} to {}: {e}", tmp.display(), to.display())))?;
+    let mut report = RestoreReport { integrity, ..Default::default() };
+    report.bytes = std::fs::metadata(to).map(|m| m.len()).unwrap_or(0);
+    for t in &tables {
+        let c = counts.get(&t.name).cloned().unwrap_or_default();
+        report.rows += c.rows;
+        report.revived += c.revived;
+        report.tables.push(TableRestored { table: t.name.clone(), ..c });
+    }
     Ok(report)
 }
 
+/// Streams one table's live rows (`since` None) or its rows tombstoned since `since` to
+/// the writer. `Ok(false)`: the writer stopped (its error says why).
+async fn send_rows(
+    pool: &PgPool,
+    schema: &str,
+    t: &TableState,
+    cols: &[(String, String)],
+    since: Option<chrono::DateTime<chrono::Utc>>,
+    tx: &mpsc::Sender<Msg>,
+) -> Result<bool, sqlx::Error> {
+    let by_rowid = cols.iter().any(|(c, _)| c == COL_ROWID);
+    let data: Vec<&(String, String)> = cols.iter().filter(|(c, _)| !c.starts_with("_owsync_")).collect();
+    let mut select: Vec<String> = Vec::new();
+    if by_rowid {
+        select.push(quote_ident(COL_ROWID));
+    }
+    select.extend(data.iter().map(|(c, ty)| match ty.as_str() {
+        "numeric" | "json" | "jsonb" => format!("{}::text", quote_ident(c)),
+        _ => quote_ident(c),
+    }));
+    let which = match since {
+        None => format!("{} IS NOT TRUE", quote_ident(COL_DELETED)),
+        Some(_) => format!("{} AND {} >= $1", quote_ident(COL_DELETED), quote_ident(COL_SYNCED_AT)),
+    };
+    let sql =
+        format!("SELECT {} FROM {}.{} WHERE {which}", select.join(", "), quote_ident(schema), quote_ident(&t.name));
+    let names: Vec<String> = data.iter().map(|(c, _)| c.clone()).collect();
+    let revived = since.is_some();
+    if tx.send(Msg::Table { name: t.name.clone(), columns: names, by_rowid, revived }).await.is_err() {
+        return Ok(false);
+    }
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+    if let Some(s) = since {
+        q = q.bind(s);
+    }
+    let mut stream = q.fetch(pool);
+    let mut batch = Vec::with_capacity(1000);
+    while let Some(row) = stream.try_next().await? {
+        let off = usize::from(by_rowid);
+        // The mirror's key for a table without a primary key: NOT NULL, so a failure
+        // here is a damaged mirror, reported rather than restored as rowid 0.
+        let rowid = if by_rowid { Some(row.try_get::<i64, _>(0)?) } else { None };
+        let vals: Vec<Value> = data.iter().enumerate().map(|(i, (_, ty))| decode(&row, i + off, ty)).collect();
+        batch.push((rowid, vals));
+        if batch.len() == 1000 && tx.send(Msg::Rows(std::mem::take(&mut batch))).await.is_err() {
+            return Ok(false);
+        }
+    }
+    Ok(batch.is_empty() || tx.send(Msg::Rows(batch)).await.is_ok())
+}
+
 enum Msg {
-    Table { name: String, columns: Vec<String>, by_rowid: bool },
+    /// The rows that follow are of this table; `revived`: tombstoned rows brought back,
+    /// inserted unless a row already holds their key.
+    Table {
+        name: String,
+        columns: Vec<String>,
+        by_rowid: bool,
+        revived: bool,
+    },
     Rows(Vec<(Option<i64>, Vec<Value>)>),
 }
 
-fn write_db(path: &Path, tables: &[TableState], mut rx: mpsc::Receiver<Msg>) -> Result<(), RestoreError> {
+type Counts = std::collections::BTreeMap<String, TableRestored>;
+
+/// Writes the database at `path` from the messages; the rows written per table and the
+/// result of `PRAGMA integrity_check`.
+fn write_db(path: &Path, tables: &[TableState], mut rx: mpsc::Receiver<Msg>) -> Result<(Counts, String), RestoreError> {
     let err = |table: &str| {
         let (path, table) = (path.to_path_buf(), table.to_string());
         move |source| RestoreError::Sqlite { path, table, source }
@@ -189,35 +245,57 @@ fn write_db(path: &Path, tables: &[TableState], mut rx: mpsc::Receiver<Msg>) -> 
     for t in tables {
         conn.execute_batch(&t.ddl).map_err(err(&t.name))?;
     }
-    let mut current: Option<(String, String)> = None;
-    let mut txn = conn.transaction().map_err(err(""))?;
+    let mut counts = Counts::new();
+    let mut current: Option<(String, String, bool)> = None;
+    let txn = conn.transaction().map_err(err(""))?;
     while let Some(msg) = rx.blocking_recv() {
         match msg {
-            Msg::Table { name, columns, by_rowid } => {
+            Msg::Table { name, columns, by_rowid, revived } => {
                 let mut cols: Vec<String> = columns.iter().map(|c| quote_ident(c)).collect();
                 if by_rowid {
                     cols.insert(0, "rowid".into());
                 }
                 let params = (1..=cols.len()).map(|i| format!("?{i}")).collect::<Vec<_>>().join(", ");
-                let sql = format!("INSERT INTO {} ({}) VALUES ({params})", quote_ident(&name), cols.join(", "));
-                current = Some((name, sql));
+                let verb = if revived { "INSERT OR IGNORE" } else { "INSERT" };
+                let sql = format!("{verb} INTO {} ({}) VALUES ({params})", quote_ident(&name), cols.join(", "));
+                current = Some((name, sql, revived));
             }
             Msg::Rows(rows) => {
-                let Some((name, sql)) = &current else { continue };
+                let Some((name, sql, revived)) = &current else { continue };
                 let mut stmt = txn.prepare_cached(sql).map_err(err(name))?;
+                let c = counts.entry(name.clone()).or_default();
                 for (rowid, vals) in rows {
                     let mut p: Vec<&dyn rusqlite::ToSql> = Vec::with_capacity(vals.len() + 1);
                     if let Some(r) = &rowid {
                         p.push(r);
                     }
                     p.extend(vals.iter().map(|v| v as &dyn rusqlite::ToSql));
-                    stmt.execute(p.as_slice()).map_err(err(name))?;
+                    let n = stmt.execute(p.as_slice()).map_err(err(name))? as u64;
+                    match revived {
+                        false => c.rows += n,
+                        true => {
+                            c.revived += n;
+                            c.skipped += 1 - n;
+                        }
+                    }
                 }
             }
         }
     }
     txn.commit().map_err(err(""))?;
-    txn = conn.transaction().map_err(err(""))?;
+    finish_db(&mut conn, tables, &err)?;
+    let integrity: String = conn.query_row("PRAGMA integrity_check", [], |r| r.get(0)).map_err(err(""))?;
+    Ok((counts, integrity))
+}
+
+/// Indexes and triggers after the rows (faster, and triggers must not fire on them), then
+/// WAL mode, as Open WebUI runs it.
+fn finish_db<F, E>(conn: &mut Connection, tables: &[TableState], err: &F) -> Result<(), RestoreError>
+where
+    F: Fn(&str) -> E,
+    E: FnOnce(rusqlite::Error) -> RestoreError,
+{
+    let txn = conn.transaction().map_err(err(""))?;
     for t in tables {
         for ddl in &t.extra {
             txn.execute_batch(ddl).map_err(err(&t.name))?;
@@ -225,9 +303,5 @@ fn write_db(path: &Path, tables: &[TableState], mut rx: mpsc::Receiver<Msg>) -> 
     }
     txn.commit().map_err(err(""))?;
     conn.execute_batch("PRAGMA journal_mode = WAL;").map_err(err(""))?;
-    let ok: String = conn.query_row("PRAGMA integrity_check", [], |r| r.get(0)).map_err(err(""))?;
-    if ok != "ok" {
-        return Err(RestoreError::Other(format!("integrity check of {} failed: {ok}", path.display())));
-    }
     Ok(())
 }

@@ -104,7 +104,7 @@ async fn a_role_lacking_grants_fails_naming_what_is_missing() {
     let (code, text) = doctor(&env, &url, &[]);
     assert_eq!(code, 1, "{text}");
     let tables = line(&text, "✗ tables: ");
-    let want = "INSERT/UPDATE on sync_metadata.{client_specs, client_status, conflict_log, events, hosts, inventories, leader_election";
+    let want = "INSERT/UPDATE on sync_metadata.{client_specs, client_status, conflict_log, deletion_guard, events, hosts, inventories, leader_election";
     assert!(tables.contains(want), "{want}: {text}");
     assert!(!tables.contains("schema_migrations"), "schema_migrations needs SELECT only: {text}");
     assert!(!tables.contains("retired_clusters"), "retired_clusters needs SELECT only: {text}");

@@ -75,7 +75,9 @@ async fn every_kind_of_change(prefix: &str, journal: JournalMode) {
          UPDATE chat SET chat = json_set(chat, '$.pad', printf('%.*c', 30000, 'e'))
              WHERE rowid = (SELECT min(rowid) FROM chat);",
     );
-    let m = env.manifest("pg", &db, "");
+    // This test deletes most of xnote on purpose: the deletion guard (tests/deletion_guard.rs)
+    // would hold that sync.
+    let m = env.manifest("pg", &db, "  deletionGuard:\n    enabled: false\n");
     ok(&env.ctl(&["apply", "-f", m.to_str().unwrap()]));
     let out = sync(&env, "pg");
     assert_eq!(line(&out, "chat").pass, "full", "a first sync reads everything: {out}");

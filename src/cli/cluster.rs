@@ -24,6 +24,8 @@ pub enum ClusterCommand {
     Reinstate(ReinstateArgs),
     /// Mark hosts whose heartbeat is older than --older-than offline (a host destroyed without deregistering).
     PruneStale(PruneStaleArgs),
+    /// Restore, adopt and move every tenant of a lost host to another cluster (admin; resumable).
+    Evacuate(super::evacuate::EvacuateArgs),
 }
 
 #[derive(Debug, Args)]
@@ -34,7 +36,7 @@ pub struct AdminUrl {
 }
 
 impl AdminUrl {
-    async fn pool(&self) -> Result<PgPool, CliError> {
+    pub(super) async fn pool(&self) -> Result<PgPool, CliError> {
         let Some(f) = &self.admin_url_file else {
             return Err(CliError::msg(
                 "this command runs as admin: pass --admin-url-file FILE (or set OWSYNC_ADMIN_URL_FILE)",
@@ -87,6 +89,10 @@ pub struct MoveArgs {
     /// The cluster to move it to.
     #[arg(long)]
     pub to_cluster: String,
+    /// The tenant's database path on the new cluster's hosts (spec.source.path), e.g. a
+    /// file restored there with `owsyncctl restore NAME --to PATH --adopt`.
+    #[arg(long)]
+    pub source_path: Option<String>,
     #[command(flatten)]
     pub admin: AdminUrl,
 }
@@ -97,6 +103,7 @@ pub async fn cluster(g: &Global, c: ClusterCommand) -> Result<ExitCode, CliError
         ClusterCommand::Deregister(a) => deregister(a).await,
         ClusterCommand::Reinstate(a) => reinstate(a).await,
         ClusterCommand::PruneStale(a) => prune_stale(g, a).await,
+        ClusterCommand::Evacuate(a) => super::evacuate::evacuate(g, a).await,
     }
 }
 
@@ -296,7 +303,10 @@ async fn prune_stale(g: &Global, a: PruneStaleArgs) -> Result<ExitCode, CliError
 
 pub async fn move_tenant(g: &Global, a: MoveArgs) -> Result<ExitCode, CliError> {
     let pool = a.admin.pool().await?;
-    let m = match cl::move_tenant(&pool, &g.cluster, &a.name, &a.to_cluster).await {
+    if let Some(p) = a.source_path.as_deref().filter(|p| !p.starts_with('/')) {
+        return Err(CliError::msg(format!("--source-path {p:?}: must be an absolute path")));
+    }
+    let m = match cl::move_tenant(&pool, &g.cluster, &a.name, &a.to_cluster, a.source_path.as_deref()).await {
         Ok(m) => m,
         Err(cl::ClusterError::Store(e @ store::StoreError::NotFound { .. })) => {
             eprintln!("error: {e}");
@@ -323,9 +333,15 @@ pub async fn move_tenant(g: &Global, a: MoveArgs) -> Result<ExitCode, CliError> 
             g.cluster, a.name
         );
     }
-    println!(
-        "mirror schema {} unchanged; mount the tenant's source at spec.source.path on the hosts of {}",
-        m.schema, a.to_cluster
-    );
+    match &a.source_path {
+        Some(p) => println!(
+            "mirror schema {} unchanged; spec.source.path is now {p} on the hosts of {}",
+            m.schema, a.to_cluster
+        ),
+        None => println!(
+            "mirror schema {} unchanged; mount the tenant's source at spec.source.path on the hosts of {}",
+            m.schema, a.to_cluster
+        ),
+    }
     Ok(ExitCode::SUCCESS)
 }

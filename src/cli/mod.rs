@@ -4,12 +4,16 @@ mod apply;
 mod cluster;
 mod common;
 mod conflicts;
+mod deletions;
 mod demo;
 mod dev;
 mod doctor;
+mod evacuate;
 mod get;
+mod in_use;
 mod ops;
 mod progress;
+mod restore;
 mod verify;
 mod watch;
 
@@ -54,12 +58,15 @@ pub enum Command {
     Cluster(cluster::ClusterCommand),
     /// Move a tenant to another cluster (admin; spec, status and state rows in one transaction).
     Move(cluster::MoveArgs),
+    /// Approve deletions the deletion guard holds (`DeletionsHeld`).
+    #[command(subcommand)]
+    Deletions(deletions::DeletionsCommand),
     /// Run one reconcile of a tenant in this process (operators' debug tool).
     Sync(ops::SyncArgs),
     /// Prove the mirror equals the source, row by row (exit 0 equal, 1 differs).
     Verify(verify::VerifyArgs),
     /// Rebuild a tenant's SQLite database from its mirror (disaster recovery).
-    Restore(verify::RestoreArgs),
+    Restore(restore::RestoreArgs),
     /// Print the JSON Schema of a kind.
     Schema(ops::SchemaArgs),
     /// Check that a database URL is usable by owsyncd, step by step (exit 0 usable, 1 not).
@@ -87,9 +94,10 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Cluster(c) => cluster::cluster(&cli.global, c).await,
         Command::Move(a) => cluster::move_tenant(&cli.global, a).await,
         Command::Conflicts(c) => conflicts::run(&cli.global, c).await,
+        Command::Deletions(c) => deletions::run(&cli.global, c).await,
         Command::Schema(a) => ops::schema(a),
         Command::Verify(a) => verify::verify(&cli.global, a).await,
-        Command::Restore(a) => verify::restore(&cli.global, a).await,
+        Command::Restore(a) => restore::restore(&cli.global, a).await,
         Command::Doctor(a) => doctor::doctor(&cli.global, a).await,
         Command::Demo(a) => demo::demo(a).await,
         Command::Dev(c) => dev::run(c).await,

@@ -119,3 +119,19 @@ impl Progress for CliProgress {
         }
     }
 }
+
+/// A bar of tenants done, with ETA and the message (bytes restored), on a terminal;
+/// hidden otherwise (the caller prints a line per tenant).
+pub fn evacuation_bar(tenants: u64) -> ProgressBar {
+    if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::with_draw_target(Some(tenants), ProgressDrawTarget::stderr());
+    let style =
+        ProgressStyle::with_template("{spinner} {elapsed_precise} [{bar:30}] {pos}/{len} tenants ETA {eta} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> ");
+    bar.set_style(style);
+    bar.enable_steady_tick(Duration::from_millis(200));
+    bar
+}

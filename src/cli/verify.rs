@@ -71,34 +71,3 @@ pub async fn verify(g: &Global, a: VerifyArgs) -> Result<ExitCode, CliError> {
         Ok(ExitCode::from(1))
     }
 }
-
-#[derive(Debug, Args)]
-pub struct RestoreArgs {
-    pub name: String,
-    /// The SQLite file to write (must not exist unless --force).
-    #[arg(long)]
-    pub to: std::path::PathBuf,
-    /// Overwrite an existing file.
-    #[arg(long)]
-    pub force: bool,
-}
-
-/// Rebuilds a tenant's SQLite database from its mirror (disaster recovery).
-pub async fn restore(g: &Global, a: RestoreArgs) -> Result<ExitCode, CliError> {
-    let pool = g.pool().await?;
-    let s = specs::get(&pool, &g.cluster, &a.name).await?;
-    let schema = s.spec.mirror_schema(&a.name);
-    let t = std::time::Instant::now();
-    let r = crate::restore::restore(&pool, &g.cluster, &a.name, &schema, &a.to, a.force)
-        .await
-        .map_err(|e| CliError::msg(e.to_string()))?;
-    println!(
-        "clientsync/{} restored to {}: {} tables, {} rows in {:.1}s",
-        a.name,
-        a.to.display(),
-        r.tables.len(),
-        r.rows,
-        t.elapsed().as_secs_f64()
-    );
-    Ok(ExitCode::SUCCESS)
-}

@@ -19,6 +19,8 @@ pub enum Outcome {
     Degraded { message: String },
     /// The sync as a whole failed.
     Failed { message: String },
+    /// The deletion guard held the sync: nothing was written (`sync::guard`).
+    Held { reason: &'static str, message: String },
 }
 
 fn short(d: Duration) -> String {
@@ -57,6 +59,14 @@ pub fn record(
             st.set_condition("Degraded", false, "AllTablesSynced", "every selected table synced", generation, now);
             st.set_condition("Stalled", false, "Progressing", "syncs succeed", generation, now);
             st.set_condition("Reconciling", false, "Idle", "waiting for the next sync", generation, now);
+            if st.condition("DeletionsHeld").is_some() {
+                st.set_condition("DeletionsHeld", false, "NoneHeld", "no deletions are held", generation, now);
+            }
+            st.next_sync_time = chrono::Duration::from_std(delay).ok().map(|d| now + d);
+            return;
+        }
+        Outcome::Held { reason, message } => {
+            held(st, reason, message, generation, now);
             st.next_sync_time = chrono::Duration::from_std(delay).ok().map(|d| now + d);
             return;
         }
@@ -86,6 +96,24 @@ pub fn record(
     let msg = format!("retrying in {}", short(delay));
     st.set_condition("Reconciling", false, "BackingOff", &msg, generation, now);
     st.next_sync_time = chrono::Duration::from_std(delay).ok().map(|d| now + d);
+}
+
+/// A held sync: phase `Held`, `DeletionsHeld` True with the guard's reason and message,
+/// `Ready` False. Not a failure: no backoff, no `Stalled` (the hold waits for an operator
+/// or for the source to come back, and is re-checked every interval).
+fn held(st: &mut ClientSyncStatus, reason: &str, message: &str, generation: i64, now: DateTime<Utc>) {
+    st.phase = Phase::Held;
+    st.last_error = Some(message.to_string());
+    st.set_condition("DeletionsHeld", true, reason, message, generation, now);
+    st.set_condition("Ready", false, "DeletionsHeld", message, generation, now);
+    st.set_condition(
+        "Reconciling",
+        false,
+        "Held",
+        "waiting for the source to come back or an approval",
+        generation,
+        now,
+    );
 }
 
 /// `ConflictsPending`: True while `pending` of the tenant's conflicts wait for review

@@ -157,9 +157,19 @@ impl Reconciler {
                     ("degraded", r.rows_written as i64, Some(msg.clone()), Outcome::Degraded { message: msg })
                 }
             }
+            Err(SyncError::DeletionsHeld { plan, message, .. }) => (
+                "held",
+                0,
+                Some(message.clone()),
+                Outcome::Held { reason: plan.reason.as_str(), message: message.clone() },
+            ),
             Err(e) => ("failed", 0, Some(e.to_string()), Outcome::Failed { message: e.to_string() }),
         };
-        let delay = if ok { schedule.succeeded() } else { schedule.failed(random_jitter()) };
+        // A hold is not a failure: it is checked again every interval, without backoff.
+        let held = matches!(outcome, Outcome::Held { .. });
+        sh.metrics.record_held(name, held);
+        let delay = if ok || held { schedule.succeeded() } else { schedule.failed(random_jitter()) };
+        let held_before = st.condition("DeletionsHeld").filter(|c| c.status == "True").map(|c| c.reason.clone());
         conditions::record(st, &outcome, generation, now, schedule.failures(), sh.config.stall_after, delay);
         let schema = self.spec.spec.mirror_schema(name);
         let drift_changed = drift.and_then(|d| conditions::drift(st, &schema, &d, generation, now));
@@ -175,7 +185,10 @@ impl Reconciler {
         if ok {
             sh.update_node(|n| n.last_sync = Some(now));
         }
-        match self.record(st, job_id, job_status, rows, error.as_deref(), &result, elapsed, drift_changed).await {
+        match self
+            .record(st, job_id, job_status, rows, error.as_deref(), &result, elapsed, (drift_changed, held_before))
+            .await
+        {
             Ok(()) => Some(delay),
             Err(RecordError::OwnershipLost) => None,
             Err(e) => {
@@ -253,7 +266,7 @@ impl Reconciler {
         error: Option<&str>,
         result: &Result<SyncReport, SyncError>,
         elapsed: Duration,
-        drift_changed: Option<bool>,
+        (drift_changed, held_before): (Option<bool>, Option<String>),
     ) -> Result<(), RecordError> {
         let sh = &self.shared;
         let (cluster, name) = (&self.spec.cluster, &self.spec.name);
@@ -266,7 +279,14 @@ impl Reconciler {
             };
             jobs::finish(&mut tx, id, job_status, rows, &tables, error).await?;
         }
-        if let Some(err) = error {
+        if let Some(plan) = result.as_ref().err().and_then(SyncError::held) {
+            // One event when the hold starts (or its reason changes), not one per interval.
+            if held_before.as_deref() != Some(plan.reason.as_str()) {
+                let err = error.unwrap_or_default();
+                jobs::event(&mut tx, cluster, Some(name), true, "DeletionsHeld", err, Some(&self.fence.who.node_id))
+                    .await?;
+            }
+        } else if let Some(err) = error {
             jobs::event(&mut tx, cluster, Some(name), true, "SyncFailed", err, Some(&self.fence.who.node_id)).await?;
         } else if st.consecutive_failures == 0 && rows > 0 {
             let msg = format!("wrote {rows} rows");

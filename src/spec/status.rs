@@ -15,6 +15,9 @@ pub enum Phase {
     Degraded,
     Suspended,
     Failed,
+    /// The deletion guard holds the tenant's syncs (condition `DeletionsHeld`): the mirror
+    /// is kept as it was until the source comes back or an operator approves or restores.
+    Held,
 }
 
 impl Phase {
@@ -26,6 +29,7 @@ impl Phase {
             Phase::Degraded => "Degraded",
             Phase::Suspended => "Suspended",
             Phase::Failed => "Failed",
+            Phase::Held => "Held",
         }
     }
 
@@ -36,6 +40,7 @@ impl Phase {
             "Degraded" => Phase::Degraded,
             "Suspended" => Phase::Suspended,
             "Failed" => Phase::Failed,
+            "Held" => Phase::Held,
             _ => Phase::Pending,
         }
     }

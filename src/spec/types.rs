@@ -66,8 +66,58 @@ pub struct ClientSyncSpec {
     pub tables: TableSelector,
     #[serde(default)]
     pub deletes: DeletePolicy,
+    /// When a sync holds instead of tombstoning (the mirror is the tenant's backup).
+    #[serde(default, skip_serializing_if = "DeletionGuard::is_default")]
+    pub deletion_guard: DeletionGuard,
     #[serde(default)]
     pub conflicts: ConflictPolicy,
+}
+
+/// The deletion guard: a sync that would tombstone more than `maxShare` of a table's live
+/// rows (tables with at least `minRows`), empty a table that had rows (`holdEmptied`), or
+/// finds another database at the source path writes nothing and holds (`DeletionsHeld`)
+/// until the source comes back or an operator approves (`owsyncctl deletions approve`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct DeletionGuard {
+    /// Hold on suspicious deletions at all (default true).
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// The share of a table's live rows one sync may tombstone without approval, over 0
+    /// and at most 1 (default 0.5).
+    #[serde(default = "default_max_share")]
+    pub max_share: f64,
+    /// Tables with fewer live rows are judged by `holdEmptied` only (default 20).
+    #[serde(default = "default_min_rows")]
+    pub min_rows: i64,
+    /// Hold a sync that would tombstone every row of a table that had rows (default true).
+    #[serde(default = "default_true")]
+    pub hold_emptied: bool,
+}
+
+impl Default for DeletionGuard {
+    fn default() -> Self {
+        DeletionGuard {
+            enabled: true,
+            max_share: default_max_share(),
+            min_rows: default_min_rows(),
+            hold_emptied: true,
+        }
+    }
+}
+
+impl DeletionGuard {
+    pub fn is_default(&self) -> bool {
+        *self == DeletionGuard::default()
+    }
+}
+
+fn default_max_share() -> f64 {
+    0.5
+}
+
+fn default_min_rows() -> i64 {
+    20
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]

@@ -135,6 +135,13 @@ pub fn normalize(doc: &ClientSync, default_cluster: &str) -> Result<ClientSync, 
             }
         }
     }
+    let g = &spec.deletion_guard;
+    if !(g.max_share > 0.0 && g.max_share <= 1.0) {
+        errors.push(err("spec.deletionGuard.maxShare", g.max_share.to_string(), "must be over 0 and at most 1"));
+    }
+    if g.min_rows < 1 {
+        errors.push(err("spec.deletionGuard.minRows", g.min_rows.to_string(), "must be at least 1"));
+    }
     for (table, tc) in &spec.conflicts.tables {
         let base = format!("spec.conflicts.tables.{table}");
         if table.is_empty() {

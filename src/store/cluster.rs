@@ -296,7 +296,9 @@ pub struct Moved {
 /// deleted tenant's rows) of that name, or another tenant with its target schema. Bumps
 /// the source cluster's lease epoch, so no sync of the tenant in flight there can commit
 /// afterwards (its leader starts a new term at its next renewal). The mirror is untouched.
-pub async fn move_tenant(pool: &PgPool, from: &str, name: &str, to: &str) -> Result<Moved> {
+/// `source_path`: the tenant's `spec.source.path` on the new cluster's hosts (a new
+/// generation), when it differs there.
+pub async fn move_tenant(pool: &PgPool, from: &str, name: &str, to: &str, source_path: Option<&str>) -> Result<Moved> {
     let refused = |message: String| ClusterError::Refused { cluster: from.into(), message };
     if from == to {
         return Err(refused(format!("clientsync/{name} is already in cluster {to}")));
@@ -400,6 +402,20 @@ pub async fn move_tenant(pool: &PgPool, from: &str, name: &str, to: &str) -> Res
     .execute(&mut *tx)
     .await
     .ctx(|| ctx("clear the inventory"))?;
+    if let Some(path) = source_path {
+        sqlx::query(
+            "UPDATE sync_metadata.client_specs
+             SET spec = jsonb_set(spec, '{source,path}', to_jsonb($3::text)), updated_at = now(),
+                 generation = generation + CASE WHEN spec #>> '{source,path}' = $3 THEN 0 ELSE 1 END
+             WHERE cluster_name = $1 AND name = $2",
+        )
+        .bind(to)
+        .bind(name)
+        .bind(path)
+        .execute(&mut *tx)
+        .await
+        .ctx(|| ctx("set spec.source.path"))?;
+    }
     for cluster in [from, to] {
         sqlx::query("SELECT pg_notify('owsync_specs', $1)")
             .bind(cluster)

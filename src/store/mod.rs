@@ -3,6 +3,7 @@
 
 pub mod cluster;
 pub mod conflicts;
+pub mod guard;
 pub mod inventory;
 pub mod jobs;
 pub mod lease;

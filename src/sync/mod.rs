@@ -4,6 +4,7 @@
 //! A library: usable without the daemon (`owsyncctl sync NAME --once`).
 
 pub mod drift;
+pub mod guard;
 pub mod progress;
 mod provision;
 mod queue;
@@ -51,11 +52,22 @@ pub enum SyncError {
     OwnershipLost { client: String, epoch: i64 },
     #[error("tenant {client}: the source reader stopped unexpectedly: {message}")]
     Reader { client: String, message: String },
+    /// The deletion guard held the sync (`guard.rs`): nothing was written.
+    #[error("tenant {client}: {message}")]
+    DeletionsHeld { client: String, plan: Box<guard::Plan>, message: String },
 }
 
 impl SyncError {
     pub fn is_ownership_lost(&self) -> bool {
         matches!(self, SyncError::OwnershipLost { .. })
+    }
+
+    /// The deletion guard's plan when this sync was held.
+    pub fn held(&self) -> Option<&guard::Plan> {
+        match self {
+            SyncError::DeletionsHeld { plan, .. } => Some(plan),
+            _ => None,
+        }
     }
 }
 
@@ -131,6 +143,7 @@ pub async fn sync_tenant_with(job: &SyncJob<'_>, full: bool) -> Result<SyncRepor
         let tables = rows.into_iter().map(|(t, rows)| (t, TableReport { rows, ..Default::default() })).collect();
         return Ok(SyncReport { tables, unchanged: true, duration: started.elapsed(), ..Default::default() });
     }
+    let passed = guard::check(job, &rows).await?;
     let (mut report, discovered) = sync_all(job, full).await?;
     report.drift = drift::check_against(job, &discovered)
         .await
@@ -138,6 +151,9 @@ pub async fn sync_tenant_with(job: &SyncJob<'_>, full: bool) -> Result<SyncRepor
         .ok();
     if report.failed.is_empty() && !skip::record(job, &fp).await.map_err(store_err)? {
         return Err(SyncError::OwnershipLost { client, epoch: job.fence.map_or(0, |f| f.epoch) });
+    }
+    if report.failed.is_empty() {
+        guard::settle(job, passed).await?;
     }
     report.duration = started.elapsed();
     Ok(report)
