@@ -65,7 +65,8 @@ install_pg17() {
   chmod -R a+rX "$native"
   [[ $(id -u) -eq 0 ]] && chmod a+rx "$(dirname "$PG17_DIR")"
   rm -rf "$PG17_DIR"
-  mv "$native" "$PG17_DIR"
+  # -T: never into a directory another run created meanwhile; that run's copy then serves.
+  mv -T "$native" "$PG17_DIR" 2>/dev/null || have_pg17 || { echo "error: cannot move PostgreSQL 17 into $PG17_DIR" >&2; exit 1; }
   rm -rf "$work"
   trap - EXIT
   "$PG17_DIR/bin/postgres" --version >&2 || { echo "error: $PG17_DIR/bin/postgres does not run" >&2; exit 1; }

