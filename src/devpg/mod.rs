@@ -65,6 +65,11 @@ const LOG_TAIL_LINES: usize = 40;
 pub enum DevPgError {
     #[error("PostgreSQL server binaries not found: {detail}; {INSTALL_HINT}")]
     BinariesNotFound { detail: String },
+    #[error(
+        "PostgreSQL 17's server binaries not found: {detail}; run `scripts/ensure-deps.sh pg17` (scripts/test.sh \
+         does), or set OWSYNC_PG17_BIN to a directory holding PostgreSQL 17's initdb, pg_ctl and postgres"
+    )]
+    Pg17NotFound { detail: String },
     #[error("running as root, but neither a `postgres` nor a `nobody` user exists to run PostgreSQL as")]
     NoUnprivilegedUser,
     #[error("{what}: {source}")]
@@ -109,6 +114,12 @@ pub struct Options {
     pub settings: Vec<(String, String)>,
     /// How long `pg_ctl` waits for the server to be ready; default 60 s.
     pub start_timeout: Option<Duration>,
+    /// Name of the bootstrap superuser; default `postgres`.
+    pub superuser: Option<String>,
+    /// Files written into the data directory after `initdb` (mode 0600, owned by the
+    /// server's user), before the server starts: a TLS key and certificate, or a
+    /// `pg_hba.conf` replacing initdb's. Names are relative to the data directory.
+    pub data_files: Vec<(String, Vec<u8>)>,
 }
 
 impl Options {
@@ -165,6 +176,7 @@ pub struct TempPostgres {
     data_dir: PathBuf,
     log_file: PathBuf,
     port: u16,
+    superuser: String,
     password: String,
     run_as: Option<(u32, u32)>,
     settings: Vec<(String, String)>,
@@ -227,6 +239,7 @@ impl TempPostgres {
             dir: Some(dir),
             bin_dir,
             port: 0,
+            superuser: opts.superuser.unwrap_or_else(|| "postgres".into()),
             password,
             run_as,
             settings,
@@ -237,6 +250,7 @@ impl TempPostgres {
         // From here on, dropping `pg` (on error) cleans up.
         pg.watchdog = Some(pg.spawn_watchdog(std::process::id())?);
         pg.initdb(&root)?;
+        pg.write_data_files(&opts.data_files)?;
         for attempt in 1.. {
             pg.port = match opts.port {
                 Some(port) => port,
@@ -261,12 +275,33 @@ impl TempPostgres {
         }
         let mut cmd = self.pg_command("initdb");
         cmd.arg("-D").arg(&self.data_dir);
-        cmd.args(["--no-sync", "-E", "UTF8", "--locale=C", "-U", "postgres"]);
+        cmd.args(["--no-sync", "-E", "UTF8", "--locale=C", "-U", &self.superuser]);
         cmd.args(["--auth-host=scram-sha-256", "--auth-local=trust"]);
         cmd.arg(format!("--pwfile={}", pwfile.display()));
         let result = run("initdb", cmd);
         let _ = fs::remove_file(&pwfile);
         result.map(drop)
+    }
+
+    fn write_data_files(&self, files: &[(String, Vec<u8>)]) -> Result<()> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        for (name, bytes) in files {
+            let path = self.data_dir.join(name);
+            let what = format!("write {}", path.display());
+            let mut file = fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&path)
+                .map_err(io_err(what.clone()))?;
+            file.write_all(bytes).map_err(io_err(what))?;
+            if let Some((uid, gid)) = self.run_as {
+                lchown(&path, Some(uid), Some(gid)).map_err(io_err(format!("chown {}", path.display())))?;
+            }
+        }
+        Ok(())
     }
 
     /// Starts the server on `self.port`; on failure also says whether the
@@ -394,9 +429,15 @@ rm -rf "$3""#;
         self.port
     }
 
-    /// `postgres://postgres:PASSWORD@127.0.0.1:PORT/db`.
+    /// `postgres://SUPERUSER:PASSWORD@127.0.0.1:PORT/db` (the superuser is `postgres`
+    /// unless [`Options::superuser`] named another).
     pub fn admin_url(&self, db: &str) -> String {
-        format!("postgres://postgres:{}@127.0.0.1:{}/{db}", self.password, self.port)
+        format!("postgres://{}:{}@127.0.0.1:{}/{db}", self.superuser, self.password, self.port)
+    }
+
+    /// The bootstrap superuser's name.
+    pub fn superuser(&self) -> &str {
+        &self.superuser
     }
 
     pub fn admin_password(&self) -> &str {
@@ -421,8 +462,8 @@ rm -rf "$3""#;
     pub fn execute(&self, db: &str, sql: &str) -> Result<String> {
         let psql = Some(self.bin_dir.join("psql")).filter(|p| p.is_file());
         let mut cmd = Command::new(psql.unwrap_or_else(|| "psql".into()));
-        cmd.args("-X -q -A -t -v ON_ERROR_STOP=1 -h 127.0.0.1 -U postgres".split(' '));
-        cmd.args(["-p", &self.port.to_string(), "-d", db, "-c", sql]);
+        cmd.args("-X -q -A -t -v ON_ERROR_STOP=1 -h 127.0.0.1".split(' '));
+        cmd.args(["-U", &self.superuser, "-p", &self.port.to_string(), "-d", db, "-c", sql]);
         PG_ENV.split(' ').for_each(|var| {
             cmd.env_remove(var);
         });
@@ -511,6 +552,9 @@ fn chown_tree(path: &Path, uid: u32, gid: u32) -> Result<()> {
     }
     Ok(())
 }
+
+mod pg17;
+pub use pg17::{PG17_ENV, find_pg17_bin_dir};
 
 #[cfg(test)]
 mod tests;
