@@ -21,7 +21,7 @@ use super::backoff::random_jitter;
 use super::conditions::{self, Outcome};
 use super::schedule::{FileWatch, Schedule, Wake, next_wake};
 use crate::spec::{ClientSyncStatus, Phase, TableStatus, interval_of};
-use crate::store::{self, jobs, specs::StoredSpec, status};
+use crate::store::{self, FencedTx, jobs, specs::StoredSpec, status};
 use crate::sync::drift;
 use crate::sync::{Fence, SyncError, SyncJob, SyncReport, sync_tenant, sync_tenant_with};
 
@@ -39,9 +39,18 @@ pub(super) struct Reconciler {
 #[derive(Debug, thiserror::Error)]
 enum RecordError {
     #[error(transparent)]
-    Store(#[from] store::StoreError),
+    Store(store::StoreError),
     #[error("lost the lease")]
     OwnershipLost,
+}
+
+impl From<store::StoreError> for RecordError {
+    fn from(e: store::StoreError) -> RecordError {
+        match e {
+            store::StoreError::Fenced { .. } => RecordError::OwnershipLost,
+            e => RecordError::Store(e),
+        }
+    }
 }
 
 impl Reconciler {
@@ -216,27 +225,32 @@ impl Reconciler {
         result
     }
 
-    /// Commits `tx` only if this replica still holds the lease at its epoch.
-    async fn commit_fenced(&self, mut tx: sqlx::Transaction<'static, sqlx::Postgres>) -> Result<(), RecordError> {
-        if !self.shared.lease_valid(self.fence.epoch)
-            || !store::lease::holds(&mut tx, &self.fence.who, self.fence.epoch).await?
-        {
+    /// A transaction fenced with this reconciler's lease.
+    async fn begin_fenced(&self) -> Result<FencedTx<'static>, RecordError> {
+        Ok(FencedTx::begin(&self.shared.pool, &self.spec.cluster, Some(&self.fence)).await?)
+    }
+
+    /// Commits `tx` only if this replica still holds the lease at its epoch: by its own
+    /// clock (the renew deadline not passed) and in the database ([`FencedTx::commit`]).
+    async fn commit_fenced(&self, tx: FencedTx<'static>) -> Result<(), RecordError> {
+        if !self.shared.lease_valid(self.fence.epoch) {
+            let _ = tx.rollback().await;
             return Err(RecordError::OwnershipLost);
         }
-        tx.commit().await.map_err(|e| store::StoreError::Db { context: "commit".into(), source: e })?;
+        tx.commit().await?;
         Ok(())
     }
 
     /// Writes an in-progress status (fenced).
     async fn record_progress(&self, st: &ClientSyncStatus) -> Result<(), RecordError> {
-        let mut tx = store::begin(&self.shared.pool, &self.spec.cluster).await?;
+        let mut tx = self.begin_fenced().await?;
         status::write(&mut tx, &self.spec.cluster, &self.spec.name, st, None).await?;
         self.commit_fenced(tx).await
     }
 
     /// Records the start of a run (fenced): its `sync_jobs` row.
     async fn start_job(&self, trigger: &str) -> Result<uuid::Uuid, RecordError> {
-        let mut tx = store::begin(&self.shared.pool, &self.spec.cluster).await?;
+        let mut tx = self.begin_fenced().await?;
         let (who, epoch) = (&self.fence.who, self.fence.epoch);
         let id = jobs::start(&mut tx, &self.spec.cluster, &self.spec.name, &who.node_id, epoch, trigger).await?;
         self.commit_fenced(tx).await?;
@@ -255,9 +269,8 @@ impl Reconciler {
         elapsed: Duration,
         drift_changed: Option<bool>,
     ) -> Result<(), RecordError> {
-        let sh = &self.shared;
         let (cluster, name) = (&self.spec.cluster, &self.spec.name);
-        let mut tx = store::begin(&sh.pool, cluster).await?;
+        let mut tx = self.begin_fenced().await?;
         status::write(&mut tx, cluster, name, st, Some(elapsed.as_millis() as i64)).await?;
         if let Some(id) = job_id {
             let tables = match result {
@@ -289,7 +302,8 @@ fn describe_failed(r: &SyncReport) -> String {
     format!("{} of {} tables failed: {}", r.failed.len(), r.failed.len() + r.tables.len(), parts.join("; "))
 }
 
-/// Records that a disabled tenant is Suspended.
+/// Records that a disabled tenant is Suspended (fenced: a replica that lost the lease
+/// records nothing and says so).
 pub(super) async fn mark_suspended(sh: &Shared, fence: &Fence, spec: &StoredSpec) -> Result<(), store::StoreError> {
     let mut st = status::get(&sh.pool, &spec.cluster, &spec.name).await?.unwrap_or_default();
     let now = Utc::now();
@@ -297,10 +311,11 @@ pub(super) async fn mark_suspended(sh: &Shared, fence: &Fence, spec: &StoredSpec
     st.observed_generation = spec.generation;
     st.next_sync_time = None;
     st.set_condition("Ready", false, "Suspended", "spec.enabled is false", spec.generation, now);
-    let mut tx = store::begin(&sh.pool, &spec.cluster).await?;
+    let mut tx = FencedTx::begin(&sh.pool, &spec.cluster, Some(fence)).await?;
     status::write(&mut tx, &spec.cluster, &spec.name, &st, None).await?;
-    if sh.lease_valid(fence.epoch) && store::lease::holds(&mut tx, &fence.who, fence.epoch).await? {
-        tx.commit().await.map_err(|e| store::StoreError::Db { context: "commit status".into(), source: e })?;
+    if !sh.lease_valid(fence.epoch) {
+        let _ = tx.rollback().await;
+        return Err(store::StoreError::Fenced { epoch: fence.epoch });
     }
-    Ok(())
+    tx.commit().await
 }
