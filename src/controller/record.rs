@@ -177,8 +177,11 @@ impl Recorder<'_> {
         }
         if let Some(err) = &s.error {
             jobs::event(&mut tx, cluster, Some(name), true, "SyncFailed", err, node).await?;
-        } else if st.consecutive_failures == 0 && s.rows > 0 {
-            let msg = format!("wrote {} rows", s.rows);
+        } else {
+            let msg = match run.result {
+                Ok(r) if r.unchanged => "source unchanged since the last complete sync; nothing written".to_string(),
+                _ => format!("wrote {} rows", s.rows),
+            };
             jobs::event(&mut tx, cluster, Some(name), false, "Synced", &msg, node).await?;
         }
         if let Some(now_drifting) = drift_changed {
