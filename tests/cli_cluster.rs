@@ -84,14 +84,18 @@ async fn activity(env: &TestEnv, cluster: &str, name: &str) {
         instance: uuid::Uuid::new_v4(),
     };
     owsync::store::lease::heartbeat(&pool, &who, false, "test").await.unwrap();
-    // What the controller records: status and an event (as sync_service, under RLS).
+    // What the controller records: status and an event (as sync_service, under RLS);
+    // `sync --once` above has recorded the status already.
     let mut tx = owsync::store::begin(&pool, cluster).await.unwrap();
-    sqlx::query("INSERT INTO sync_metadata.client_status (cluster_name, name, phase) VALUES ($1, $2, 'Synced')")
-        .bind(cluster)
-        .bind(name)
-        .execute(&mut *tx)
-        .await
-        .unwrap();
+    sqlx::query(
+        "INSERT INTO sync_metadata.client_status (cluster_name, name, phase) VALUES ($1, $2, 'Synced')
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(cluster)
+    .bind(name)
+    .execute(&mut *tx)
+    .await
+    .unwrap();
     sqlx::query(
         "INSERT INTO sync_metadata.events (cluster_name, client_name, reason, message) VALUES ($1, $2, 'Test', 'x')",
     )

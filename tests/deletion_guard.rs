@@ -28,6 +28,25 @@ async fn held(pool: &PgPool) -> Option<serde_json::Value> {
         .flatten()
 }
 
+/// `(phase, DeletionsHeld status, its reason)` and the number of DeletionsHeld events.
+async fn status(pool: &PgPool) -> (String, String, String, i64) {
+    let (phase, cond): (String, Option<serde_json::Value>) = sqlx::query_as(
+        "SELECT phase, (SELECT c FROM jsonb_array_elements(conditions) c WHERE c->>'type' = 'DeletionsHeld')
+         FROM sync_metadata.client_status WHERE name = 'acme'",
+    )
+    .fetch_one(pool)
+    .await
+    .expect("read status");
+    let events: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM sync_metadata.events WHERE client_name = 'acme' AND reason = 'DeletionsHeld' AND type = 'Warning'",
+    )
+    .fetch_one(pool)
+    .await
+    .expect("count events");
+    let field = |k: &str| cond.as_ref().and_then(|c| c[k].as_str()).unwrap_or_default().to_string();
+    (phase, field("status"), field("reason"), events)
+}
+
 fn move_db(from: &Path, to: &Path) {
     for suffix in ["", "-wal", "-shm"] {
         let (a, b) = (format!("{}{suffix}", from.display()), format!("{}{suffix}", to.display()));
@@ -68,8 +87,13 @@ async fn a_fresh_database_at_the_path_is_held_until_the_volume_comes_back() {
     assert_eq!(mirror(&admin, "user").await, users, "the fresh admin was not written either");
     let plan = held(&admin).await.expect("hold recorded");
     assert_eq!(plan["reason"], "SourceReplaced", "{plan}");
-    // Still held at the next sync: the hold does not wear off.
+    let st = status(&admin).await;
+    assert_eq!(st, ("Held".into(), "True".into(), "SourceReplaced".into(), 1), "phase, condition, one event");
+    let get = ok(&env.ctl(&["get", "clients"]));
+    assert!(get.lines().any(|l| l.starts_with("acme") && l.contains("Held")), "get clients shows it: {get}");
+    // Still held at the next sync: the hold does not wear off (and is not a new event).
     assert_eq!(env.ctl(&["sync", "acme", "--once"]).status.code(), Some(1));
+    assert_eq!(status(&admin).await.3, 1, "one event per hold, not one per sync");
     // The volume is mounted again: the hold clears by itself and nothing was lost.
     for suffix in ["", "-wal", "-shm"] {
         let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
@@ -78,6 +102,8 @@ async fn a_fresh_database_at_the_path_is_held_until_the_volume_comes_back() {
     ok(&env.ctl(&["sync", "acme", "--once"]));
     assert_eq!(mirror(&admin, "chat").await, chats);
     assert!(held(&admin).await.is_none(), "hold cleared");
+    let st = status(&admin).await;
+    assert_eq!((st.0.as_str(), st.1.as_str()), ("Synced", "False"), "{st:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

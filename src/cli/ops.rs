@@ -6,11 +6,14 @@ use std::process::ExitCode;
 use clap::Args;
 
 use super::common::{CliError, Global, read_secret};
+use crate::controller::record::{DEFAULT_STALL_AFTER, Finished, Recorder};
+use crate::controller::schedule::Schedule;
 use crate::spec;
+use crate::spec::interval_of;
 use crate::sql::redact_url;
-use crate::store::{self, lease, migrate as mig, specs};
+use crate::store::{self, lease, migrate as mig, specs, status};
 use crate::sync::progress::with_progress;
-use crate::sync::{SyncJob, sync_tenant_with};
+use crate::sync::{SyncError, SyncJob, SyncReport, sync_tenant_with};
 
 #[derive(Debug, Args)]
 pub struct MigrateArgs {
@@ -82,19 +85,26 @@ pub async fn sync(g: &Global, a: SyncArgs) -> Result<ExitCode, CliError> {
         )));
     }
     let job = SyncJob { pool: &pool, cluster: &g.cluster, client: &a.name, spec: &s.spec, fence: None };
-    let report = match super::progress::Mode::detect(a.quiet) {
-        None => sync_tenant_with(&job, a.full).await?,
-        Some(mode) => {
-            let spec = s.spec.clone();
-            let shown = tokio::task::spawn_blocking(move || super::progress::CliProgress::new(mode, &spec))
-                .await
-                .map_err(|e| CliError::msg(format!("progress: {e}")))?;
-            let shown = std::sync::Arc::new(shown);
-            let r = with_progress(shown.clone(), sync_tenant_with(&job, a.full)).await;
-            shown.finish();
-            r?
-        }
+    // Recorded as a leader's reconcile records its runs (status, sync_jobs, events), so
+    // `get clients` shows the result; unfenced, as this process holds no lease.
+    let node = format!("owsyncctl@{}", hostname());
+    let rec = Recorder { pool: &pool, spec: &s, fence: None, node: &node, lease_valid: &|| true };
+    let mut st = status::get(&pool, &g.cluster, &a.name).await?.unwrap_or_default();
+    let mut schedule = Schedule::new(interval_of(&s.spec), st.consecutive_failures.max(0) as u32);
+    let job_id = rec.start(&mut st, "once").await.unwrap_or(None);
+    let started = std::time::Instant::now();
+    let result = run_sync(&job, &s.spec, &a).await?;
+    let run = Finished {
+        job_id,
+        result: &result,
+        elapsed: started.elapsed(),
+        now: chrono::Utc::now(),
+        stall_after: DEFAULT_STALL_AFTER,
     };
+    if let (_, Err(e)) = rec.finish(&mut st, &mut schedule, &run).await {
+        eprintln!("warning: cannot record the outcome of the sync of {}: {e}", a.name);
+    }
+    let report = result?;
     if let Some(drift) = report.drift.as_deref().filter(|d| !d.is_empty()) {
         let schema = s.spec.mirror_schema(&a.name);
         for d in drift {
@@ -145,6 +155,34 @@ pub async fn sync(g: &Global, a: SyncArgs) -> Result<ExitCode, CliError> {
         humantime::format_duration(std::time::Duration::from_millis(report.duration.as_millis() as u64))
     );
     Ok(if report.failed.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+/// Runs the sync, with progress unless quiet. `Err` only when the progress display failed.
+async fn run_sync(
+    job: &SyncJob<'_>,
+    spec: &spec::ClientSyncSpec,
+    a: &SyncArgs,
+) -> Result<Result<SyncReport, SyncError>, CliError> {
+    Ok(match super::progress::Mode::detect(a.quiet) {
+        None => sync_tenant_with(job, a.full).await,
+        Some(mode) => {
+            let spec = spec.clone();
+            let shown = tokio::task::spawn_blocking(move || super::progress::CliProgress::new(mode, &spec))
+                .await
+                .map_err(|e| CliError::msg(format!("progress: {e}")))?;
+            let shown = std::sync::Arc::new(shown);
+            let r = with_progress(shown.clone(), sync_tenant_with(job, a.full)).await;
+            shown.finish();
+            r
+        }
+    })
+}
+
+/// This host's name, for the runs this process records.
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
 }
 
 #[derive(Debug, Args)]

@@ -247,15 +247,13 @@ async fn become_leader(shared: &Arc<Shared>, acq: &lease::Acquired, shutdown: &C
         n.leader_id = Some(who.node_id.clone());
     });
     let record = async {
-        let mut tx = crate::store::begin(&shared.pool, &who.cluster).await.ok()?;
+        let fence = crate::store::Fence { who: who.clone(), epoch };
+        let mut tx = crate::store::FencedTx::begin(&shared.pool, &who.cluster, Some(&fence)).await.ok()?;
         let msg = format!("{} leads cluster {} at epoch {epoch}", who.node_id, who.cluster);
         let _ = jobs::event(&mut tx, &who.cluster, None, false, "LeaderElected", &msg, Some(&who.node_id)).await;
         // Runs of earlier epochs that never ended died with their term.
         let _ = jobs::abandon_unfinished(&mut tx, &who.cluster, epoch).await;
-        if crate::store::lease::holds(&mut tx, who, epoch).await.ok()? {
-            tx.commit().await.ok()?;
-        }
-        Some(())
+        tx.commit().await.ok()
     };
     let _ = timeout(side, record).await;
     let stop = shutdown.child_token();

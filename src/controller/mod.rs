@@ -7,6 +7,7 @@ pub mod conditions;
 mod election;
 mod leader;
 mod reconciler;
+pub mod record;
 mod retention;
 pub mod schedule;
 

@@ -17,11 +17,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span, warn};
 
 use super::Shared;
-use super::backoff::random_jitter;
-use super::conditions::{self, Outcome};
+use super::conditions;
+use super::record::{Finished, RecordError, Recorder};
 use super::schedule::{FileWatch, Schedule, Wake, next_wake};
-use crate::spec::{ClientSyncStatus, Phase, TableStatus, interval_of};
-use crate::store::{self, jobs, specs::StoredSpec, status};
+use crate::spec::{ClientSyncStatus, Phase, interval_of};
+use crate::store::{self, FencedTx, specs::StoredSpec, status};
 use crate::sync::drift;
 use crate::sync::{Fence, SyncError, SyncJob, SyncReport, sync_tenant, sync_tenant_with};
 
@@ -34,14 +34,6 @@ pub(super) struct Reconciler {
     /// Notified when a sync of this tenant is requested now.
     pub wake: Arc<Notify>,
     pub token: CancellationToken,
-}
-
-#[derive(Debug, thiserror::Error)]
-enum RecordError {
-    #[error(transparent)]
-    Store(#[from] store::StoreError),
-    #[error("lost the lease")]
-    OwnershipLost,
 }
 
 impl Reconciler {
@@ -99,6 +91,17 @@ impl Reconciler {
         }
     }
 
+    /// How this reconciler records its runs: fenced with its lease, as its node.
+    fn recorder<'a>(&'a self, lease_valid: &'a (dyn Fn() -> bool + Sync)) -> Recorder<'a> {
+        Recorder {
+            pool: &self.shared.pool,
+            spec: &self.spec,
+            fence: Some(&self.fence),
+            node: &self.fence.who.node_id,
+            lease_valid,
+        }
+    }
+
     /// One sync and its record; the delay before the next one, or `None` to stop.
     async fn reconcile_once(
         &self,
@@ -108,28 +111,20 @@ impl Reconciler {
     ) -> Option<Duration> {
         let sh = &self.shared;
         let name = &self.spec.name;
-        let cluster = &self.spec.cluster;
-        let generation = self.spec.generation;
-        if st.observed_generation != generation || st.phase == Phase::Pending {
-            // A first sync (or one of a new generation) can take long: show it.
-            conditions::syncing(st, generation, Utc::now());
-            if let Err(RecordError::OwnershipLost) = self.record_progress(st).await {
-                return None;
-            }
-        }
-        let job_id = match self.start_job(trigger).await {
-            Ok(id) => Some(id),
-            Err(RecordError::OwnershipLost) => return None,
-            Err(e) => {
-                warn!(client = %name, error = %e, "cannot record the start of the sync");
-                None
-            }
-        };
+        let epoch = self.fence.epoch;
+        let lease_valid = move || sh.lease_valid(epoch);
+        let rec = self.recorder(&lease_valid);
+        let job_id = rec.start(st, trigger).await.ok()?;
         let started = Instant::now();
-        let job = SyncJob { pool: &sh.pool, cluster, client: name, spec: &self.spec.spec, fence: Some(&self.fence) };
+        let job = SyncJob {
+            pool: &sh.pool,
+            cluster: &self.spec.cluster,
+            client: name,
+            spec: &self.spec.spec,
+            fence: Some(&self.fence),
+        };
         let result = self.sync(&job, st).await;
         let elapsed = started.elapsed();
-        let drift = result.as_ref().ok().and_then(|r| r.drift.clone());
         if let Err(e) = &result
             && e.is_ownership_lost()
         {
@@ -139,70 +134,26 @@ impl Reconciler {
         let now = Utc::now();
         let ok = matches!(&result, Ok(r) if r.failed.is_empty());
         sh.metrics.record_sync(name, ok, elapsed.as_secs_f64());
-        let (job_status, rows, error, outcome) = match &result {
-            Ok(r) => {
-                for (t, tr) in &r.tables {
-                    sh.metrics.record_rows(name, t, "upsert", tr.upserted);
-                    sh.metrics.record_rows(name, t, "tombstone", tr.tombstoned);
-                    sh.metrics.record_conflicts(name, t, tr.conflict_strategy, tr.conflicts);
-                    let conflicts = st.tables.get(t).map_or(0, |s| s.conflicts) + tr.conflicts as i64;
-                    st.tables
-                        .insert(t.clone(), TableStatus { rows: tr.rows, quarantined: 0, watermark: None, conflicts });
-                }
-                st.tables.retain(|t, _| r.tables.contains_key(t) || r.failed.contains_key(t));
-                if r.failed.is_empty() {
-                    ("succeeded", r.rows_written as i64, None, Outcome::Succeeded { tables: r.tables.len(), elapsed })
-                } else {
-                    let msg = describe_failed(r);
-                    ("degraded", r.rows_written as i64, Some(msg.clone()), Outcome::Degraded { message: msg })
-                }
-            }
-            Err(SyncError::DeletionsHeld { plan, message, .. }) => (
-                "held",
-                0,
-                Some(message.clone()),
-                Outcome::Held { reason: plan.reason.as_str(), message: message.clone() },
-            ),
-            Err(e) => ("failed", 0, Some(e.to_string()), Outcome::Failed { message: e.to_string() }),
-        };
-        // A hold is not a failure: it is checked again every interval, without backoff.
-        let held = matches!(outcome, Outcome::Held { .. });
-        sh.metrics.record_held(name, held);
-        let delay = if ok || held { schedule.succeeded() } else { schedule.failed(random_jitter()) };
-        let held_before = st.condition("DeletionsHeld").filter(|c| c.status == "True").map(|c| c.reason.clone());
-        conditions::record(st, &outcome, generation, now, schedule.failures(), sh.config.stall_after, delay);
-        let schema = self.spec.spec.mirror_schema(name);
-        let drift_changed = drift.and_then(|d| conditions::drift(st, &schema, &d, generation, now));
-        // Counted only when it can have changed: an unchanged cycle stays a few round trips.
-        let pending_before = st.condition("ConflictsPending").is_some_and(|c| c.status == "True");
-        let pending_now = matches!(&result, Ok(r) if r.tables.values().any(|t| t.pending_conflicts > 0));
-        if pending_before || pending_now {
-            match self.pending_conflicts().await {
-                Ok(n) => conditions::conflicts_pending(st, name, n, generation, now),
-                Err(e) => warn!(client = %name, error = %e, "cannot count pending conflicts"),
+        sh.metrics.record_held(name, result.as_ref().err().and_then(SyncError::held).is_some());
+        if let Ok(r) = &result {
+            for (t, tr) in &r.tables {
+                sh.metrics.record_rows(name, t, "upsert", tr.upserted);
+                sh.metrics.record_rows(name, t, "tombstone", tr.tombstoned);
+                sh.metrics.record_conflicts(name, t, tr.conflict_strategy, tr.conflicts);
             }
         }
         if ok {
             sh.update_node(|n| n.last_sync = Some(now));
         }
-        match self
-            .record(st, job_id, job_status, rows, error.as_deref(), &result, elapsed, (drift_changed, held_before))
-            .await
-        {
-            Ok(()) => Some(delay),
-            Err(RecordError::OwnershipLost) => None,
-            Err(e) => {
+        let run = Finished { job_id, result: &result, elapsed, now, stall_after: sh.config.stall_after };
+        match rec.finish(st, schedule, &run).await {
+            (delay, Ok(())) => Some(delay),
+            (_, Err(RecordError::OwnershipLost)) => None,
+            (delay, Err(e)) => {
                 warn!(client = %name, error = %e, "cannot record sync outcome; retrying later");
                 Some(delay)
             }
         }
-    }
-
-    async fn pending_conflicts(&self) -> Result<i64, store::StoreError> {
-        let mut tx = store::begin(&self.shared.pool, &self.spec.cluster).await?;
-        let n = store::conflicts::pending_count(&mut tx, &self.spec.cluster, &self.spec.name).await?;
-        let _ = tx.rollback().await;
-        Ok(n)
     }
 
     /// Syncs the tenant. While it drifts and its source is unchanged (the sync skipped
@@ -228,88 +179,10 @@ impl Reconciler {
         }
         result
     }
-
-    /// Commits `tx` only if this replica still holds the lease at its epoch.
-    async fn commit_fenced(&self, mut tx: sqlx::Transaction<'static, sqlx::Postgres>) -> Result<(), RecordError> {
-        if !self.shared.lease_valid(self.fence.epoch)
-            || !store::lease::holds(&mut tx, &self.fence.who, self.fence.epoch).await?
-        {
-            return Err(RecordError::OwnershipLost);
-        }
-        tx.commit().await.map_err(|e| store::StoreError::Db { context: "commit".into(), source: e })?;
-        Ok(())
-    }
-
-    /// Writes an in-progress status (fenced).
-    async fn record_progress(&self, st: &ClientSyncStatus) -> Result<(), RecordError> {
-        let mut tx = store::begin(&self.shared.pool, &self.spec.cluster).await?;
-        status::write(&mut tx, &self.spec.cluster, &self.spec.name, st, None).await?;
-        self.commit_fenced(tx).await
-    }
-
-    /// Records the start of a run (fenced): its `sync_jobs` row.
-    async fn start_job(&self, trigger: &str) -> Result<uuid::Uuid, RecordError> {
-        let mut tx = store::begin(&self.shared.pool, &self.spec.cluster).await?;
-        let (who, epoch) = (&self.fence.who, self.fence.epoch);
-        let id = jobs::start(&mut tx, &self.spec.cluster, &self.spec.name, &who.node_id, epoch, trigger).await?;
-        self.commit_fenced(tx).await?;
-        Ok(id)
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    async fn record(
-        &self,
-        st: &ClientSyncStatus,
-        job_id: Option<uuid::Uuid>,
-        job_status: &str,
-        rows: i64,
-        error: Option<&str>,
-        result: &Result<SyncReport, SyncError>,
-        elapsed: Duration,
-        (drift_changed, held_before): (Option<bool>, Option<String>),
-    ) -> Result<(), RecordError> {
-        let sh = &self.shared;
-        let (cluster, name) = (&self.spec.cluster, &self.spec.name);
-        let mut tx = store::begin(&sh.pool, cluster).await?;
-        status::write(&mut tx, cluster, name, st, Some(elapsed.as_millis() as i64)).await?;
-        if let Some(id) = job_id {
-            let tables = match result {
-                Ok(r) => serde_json::to_value(r).unwrap_or_default(),
-                Err(_) => serde_json::Value::Null,
-            };
-            jobs::finish(&mut tx, id, job_status, rows, &tables, error).await?;
-        }
-        if let Some(plan) = result.as_ref().err().and_then(SyncError::held) {
-            // One event when the hold starts (or its reason changes), not one per interval.
-            if held_before.as_deref() != Some(plan.reason.as_str()) {
-                let err = error.unwrap_or_default();
-                jobs::event(&mut tx, cluster, Some(name), true, "DeletionsHeld", err, Some(&self.fence.who.node_id))
-                    .await?;
-            }
-        } else if let Some(err) = error {
-            jobs::event(&mut tx, cluster, Some(name), true, "SyncFailed", err, Some(&self.fence.who.node_id)).await?;
-        } else if st.consecutive_failures == 0 && rows > 0 {
-            let msg = format!("wrote {rows} rows");
-            jobs::event(&mut tx, cluster, Some(name), false, "Synced", &msg, Some(&self.fence.who.node_id)).await?;
-        }
-        if let Some(now_drifting) = drift_changed {
-            let node = Some(self.fence.who.node_id.as_str());
-            let (reason, msg) = match (now_drifting, st.condition("SchemaDrift")) {
-                (true, Some(c)) => ("SchemaDrift", c.message.as_str()),
-                _ => ("SchemaDriftResolved", "the mirror follows the source's schema again"),
-            };
-            jobs::event(&mut tx, cluster, Some(name), now_drifting, reason, msg, node).await?;
-        }
-        self.commit_fenced(tx).await
-    }
 }
 
-fn describe_failed(r: &SyncReport) -> String {
-    let parts: Vec<String> = r.failed.iter().map(|(t, e)| format!("{t}: {e}")).collect();
-    format!("{} of {} tables failed: {}", r.failed.len(), r.failed.len() + r.tables.len(), parts.join("; "))
-}
-
-/// Records that a disabled tenant is Suspended.
+/// Records that a disabled tenant is Suspended (fenced: a replica that lost the lease
+/// records nothing and says so).
 pub(super) async fn mark_suspended(sh: &Shared, fence: &Fence, spec: &StoredSpec) -> Result<(), store::StoreError> {
     let mut st = status::get(&sh.pool, &spec.cluster, &spec.name).await?.unwrap_or_default();
     let now = Utc::now();
@@ -317,10 +190,11 @@ pub(super) async fn mark_suspended(sh: &Shared, fence: &Fence, spec: &StoredSpec
     st.observed_generation = spec.generation;
     st.next_sync_time = None;
     st.set_condition("Ready", false, "Suspended", "spec.enabled is false", spec.generation, now);
-    let mut tx = store::begin(&sh.pool, &spec.cluster).await?;
+    let mut tx = FencedTx::begin(&sh.pool, &spec.cluster, Some(fence)).await?;
     status::write(&mut tx, &spec.cluster, &spec.name, &st, None).await?;
-    if sh.lease_valid(fence.epoch) && store::lease::holds(&mut tx, &fence.who, fence.epoch).await? {
-        tx.commit().await.map_err(|e| store::StoreError::Db { context: "commit status".into(), source: e })?;
+    if !sh.lease_valid(fence.epoch) {
+        let _ = tx.rollback().await;
+        return Err(store::StoreError::Fenced { epoch: fence.epoch });
     }
-    Ok(())
+    tx.commit().await
 }

@@ -1,23 +1,30 @@
-//! Everything the controller keeps in PostgreSQL's `sync_metadata` schema: migrations,
-//! specs, status, the leader lease, jobs and events.
+//! Everything owsync keeps in PostgreSQL's `sync_metadata` schema: migrations, specs,
+//! status, the leader lease and fencing ([`FencedTx`]), jobs and events, and what a sync
+//! records of each table (`table_state`, `quarantine`). `sync` and `controller` write
+//! `sync_metadata` only through these modules.
 
 pub mod cluster;
 pub mod conflicts;
+pub mod fence;
 pub mod guard;
 pub mod inventory;
 pub mod jobs;
 pub mod lease;
 pub mod migrate;
+pub mod quarantine;
 pub mod requests;
 pub mod session;
 pub mod specs;
 pub mod state;
 pub mod status;
+pub mod table_state;
+
+pub use fence::{Durability, Fence, FencedTx};
 
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{PgPool, Postgres, Transaction};
+use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 
 use crate::sql::redact_url;
 
@@ -41,6 +48,10 @@ pub enum StoreError {
     /// The connection goes through a transaction-mode pooler (see [`check_session_pooling`]).
     #[error("{0}")]
     TransactionPooler(String),
+    /// A fenced transaction found the lease no longer held at its epoch and rolled back
+    /// ([`FencedTx::commit`]).
+    #[error("lost the lease (epoch {epoch} is no longer held); nothing of this transaction was written")]
+    Fenced { epoch: i64 },
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -101,12 +112,34 @@ pub async fn connect(url: &str, application: &str, max_connections: u32) -> Resu
 /// PostgreSQL (see `target::conflict`), whichever code path writes it.
 pub async fn begin(pool: &PgPool, cluster: &str) -> Result<Transaction<'static, Postgres>> {
     let mut tx = pool.begin().await.ctx(|| "begin transaction".into())?;
-    sqlx::query("SELECT set_config('app.current_host_id', $1, true), set_config('owsync.writer', 'on', true)")
-        .bind(cluster)
-        .execute(&mut *tx)
-        .await
-        .ctx(|| "set app.current_host_id".into())?;
+    mark(&mut tx, cluster, Durability::Synchronous).await?;
     Ok(tx)
+}
+
+/// Begins a transaction on a connection the caller holds, marked as [`begin`] marks it;
+/// with [`Durability::Relaxed`] its COMMIT does not wait for its WAL flush.
+pub async fn begin_on<'c>(
+    conn: &'c mut PgConnection,
+    cluster: &str,
+    durability: Durability,
+) -> Result<Transaction<'c, Postgres>> {
+    let mut tx = sqlx::Connection::begin(conn).await.ctx(|| "begin transaction".into())?;
+    mark(&mut tx, cluster, durability).await?;
+    Ok(tx)
+}
+
+async fn mark(conn: &mut PgConnection, cluster: &str, durability: Durability) -> Result<()> {
+    let sql = match durability {
+        Durability::Synchronous => {
+            "SELECT set_config('app.current_host_id', $1, true), set_config('owsync.writer', 'on', true)"
+        }
+        Durability::Relaxed => {
+            "SELECT set_config('app.current_host_id', $1, true), set_config('owsync.writer', 'on', true),
+                    set_config('synchronous_commit', 'off', true)"
+        }
+    };
+    sqlx::query(sql).bind(cluster).execute(conn).await.ctx(|| "set app.current_host_id".into())?;
+    Ok(())
 }
 
 /// What to do about a transaction-mode pooler; part of every refusal.

@@ -5,7 +5,7 @@ use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
 use super::lease::Candidate;
-use super::{Context, Result};
+use super::{Context, Fence, FencedTx, Result, StoreError};
 
 /// Files a request and wakes the leader (NOTIFY owsync_requests; it also polls).
 pub async fn file(pool: &PgPool, cluster: &str, client: &str, requested_by: &str) -> Result<Uuid> {
@@ -31,15 +31,12 @@ pub async fn file(pool: &PgPool, cluster: &str, client: &str, requested_by: &str
 }
 
 /// Claims every open request of `who`'s cluster: `(request id, tenant)`, but only while
-/// `who` holds the lease at `epoch`: the check runs inside the claim's transaction under
-/// the lease row's lock ([`super::lease::holds`]), so a deposed leader (another epoch,
-/// or its lease expired) claims nothing and the requests stay open for the new leader.
+/// `who` holds the lease at `epoch`: the claim's transaction is fenced ([`FencedTx`]), so
+/// a deposed leader (another epoch, or its lease expired) claims nothing and the requests
+/// stay open for the new leader.
 pub async fn claim(pool: &PgPool, who: &Candidate, epoch: i64) -> Result<Vec<(Uuid, String)>> {
-    let mut tx = super::begin(pool, &who.cluster).await?;
-    if !super::lease::holds(&mut tx, who, epoch).await? {
-        tx.rollback().await.ctx(|| "roll back the claim".into())?;
-        return Ok(Vec::new());
-    }
+    let fence = Fence { who: who.clone(), epoch };
+    let mut tx = FencedTx::begin(pool, &who.cluster, Some(&fence)).await?;
     let rows = sqlx::query(
         "UPDATE sync_metadata.sync_requests SET claimed_at = now()
          WHERE cluster_name = $1 AND claimed_at IS NULL RETURNING id, client_name",
@@ -48,6 +45,10 @@ pub async fn claim(pool: &PgPool, who: &Candidate, epoch: i64) -> Result<Vec<(Uu
     .fetch_all(&mut *tx)
     .await
     .ctx(|| "claim sync requests".into())?;
-    tx.commit().await.ctx(|| "commit".into())?;
+    match tx.commit().await {
+        Ok(()) => {}
+        Err(StoreError::Fenced { .. }) => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    }
     Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
 }

@@ -166,7 +166,7 @@ pub async fn check_against(job: &SyncJob<'_>, source: &[TableInfo]) -> Result<Ve
     let started = std::time::Instant::now();
     let client = job.client.to_string();
     let schema = job.spec.mirror_schema(job.client);
-    let (mirror, recorded) = read_mirror(job, &schema).await.map_err(|source| SyncError::Store { client, source })?;
+    let (mirror, recorded) = read_mirror(job, &schema).await.map_err(|source| SyncError::store(&client, source))?;
     let drift = compare(&schema, source, &mirror, &recorded, |t| table_selected(&job.spec.tables, t));
     tracing::debug!(ms = started.elapsed().as_secs_f64() * 1e3, "schema drift checked");
     Ok(drift)
@@ -205,15 +205,7 @@ async fn read_mirror(job: &SyncJob<'_>, schema: &str) -> Result<MirrorState, sto
             m.key = k.into_iter().map(|(_, c)| c).collect();
         }
     }
-    let recorded: Vec<String> = sqlx::query_scalar(
-        "SELECT table_name FROM sync_metadata.table_state
-         WHERE cluster_name = $1 AND client_name = $2 AND source_ddl IS NOT NULL",
-    )
-    .bind(job.cluster)
-    .bind(job.client)
-    .fetch_all(&mut *tx)
-    .await
-    .ctx(|| format!("read the mirrored tables of {}", job.client))?;
+    let recorded = store::table_state::synced_tables(&mut tx, job.cluster, job.client).await?;
     let _ = tx.commit().await;
     Ok((mirror, recorded.into_iter().collect()))
 }

@@ -299,10 +299,11 @@ pub(super) async fn check(
     job: &super::SyncJob<'_>,
     recorded: &BTreeMap<String, i64>,
 ) -> Result<Passed, super::SyncError> {
+    use crate::store::{FencedTx, guard as stored};
     let client = job.client.to_string();
-    let store_err = |source| super::SyncError::Store { client: client.clone(), source };
+    let store_err = |source| super::SyncError::store(&client, source);
     let mut tx = crate::store::begin(job.pool, job.cluster).await.map_err(store_err)?;
-    let row = crate::store::guard::load(&mut tx, job.cluster, job.client).await.map_err(store_err)?;
+    let row = stored::load(&mut tx, job.cluster, job.client).await.map_err(store_err)?;
     let _ = tx.commit().await;
     let previous: Anchors = parse(row.anchors).unwrap_or_default();
     let (path, sel, rec) = (std::path::PathBuf::from(&job.spec.source.path), job.spec.tables.clone(), recorded.clone());
@@ -310,9 +311,8 @@ pub(super) async fn check(
         .await
         .map_err(|e| super::SyncError::Reader { client: client.clone(), message: e.to_string() })?
         .map_err(|source| super::SyncError::Source { client: client.clone(), source })?;
-    let policy = &job.spec.deletion_guard;
     let plan = match job.spec.deletes {
-        crate::spec::DeletePolicy::Tombstone => decide(policy, &seen),
+        crate::spec::DeletePolicy::Tombstone => decide(&job.spec.deletion_guard, &seen),
         crate::spec::DeletePolicy::Ignore => None,
     };
     let Some(plan) = plan else { return Ok(Passed { anchors: seen.anchors, approved: false }) };
@@ -325,12 +325,9 @@ pub(super) async fn check(
     let message = plan.message(job.client, &job.spec.source.path);
     tracing::warn!(client = %client, reason = plan.reason.as_str(), "{message}");
     let doc = serde_json::to_value(&plan).unwrap_or_default();
-    let mut tx = crate::store::begin(job.pool, job.cluster).await.map_err(store_err)?;
-    crate::store::guard::hold(&mut tx, job.cluster, job.client, &doc).await.map_err(store_err)?;
-    super::fence(&mut tx, job).await?;
-    tx.commit()
-        .await
-        .map_err(|e| store_err(crate::store::StoreError::Db { context: "commit the hold".into(), source: e }))?;
+    let mut tx = FencedTx::begin(job.pool, job.cluster, job.fence).await.map_err(store_err)?;
+    stored::hold(&mut tx, job.cluster, job.client, &doc).await.map_err(store_err)?;
+    tx.commit().await.map_err(store_err)?;
     Err(super::SyncError::DeletionsHeld { client, plan: Box::new(plan), message })
 }
 
@@ -338,14 +335,11 @@ pub(super) async fn check(
 /// approval (fenced).
 pub(super) async fn settle(job: &super::SyncJob<'_>, passed: Passed) -> Result<(), super::SyncError> {
     let client = job.client.to_string();
-    let store_err = |source| super::SyncError::Store { client: client.clone(), source };
+    let store_err = |source| super::SyncError::store(&client, source);
     let anchors = serde_json::to_value(&passed.anchors).unwrap_or_default();
-    let mut tx = crate::store::begin(job.pool, job.cluster).await.map_err(store_err)?;
+    let mut tx = crate::store::FencedTx::begin(job.pool, job.cluster, job.fence).await.map_err(store_err)?;
     crate::store::guard::settle(&mut tx, job.cluster, job.client, &anchors).await.map_err(store_err)?;
-    super::fence(&mut tx, job).await?;
-    tx.commit()
-        .await
-        .map_err(|e| store_err(crate::store::StoreError::Db { context: "commit the anchors".into(), source: e }))?;
+    tx.commit().await.map_err(store_err)?;
     if passed.approved {
         tracing::info!(client = %client, "approved deletions applied; the approval is used up");
     }

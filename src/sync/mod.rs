@@ -20,23 +20,19 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use sqlx::{PgConnection, PgPool};
+use sqlx::PgPool;
 use tokio::sync::mpsc;
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::source;
 use crate::spec::ClientSyncSpec;
-use crate::store::{self, lease::Candidate};
+use crate::store;
 use crate::target::{self, MirrorTable};
 use reader::{Msg, ReaderJob};
 use table::{TableFailure, skip_rest, sync_table};
 
-/// Proof of leadership a sync's transactions are fenced with.
-#[derive(Debug, Clone)]
-pub struct Fence {
-    pub who: Candidate,
-    pub epoch: i64,
-}
+/// Proof of leadership a sync's transactions are fenced with (owned by `store`).
+pub use crate::store::Fence;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
@@ -58,6 +54,15 @@ pub enum SyncError {
 }
 
 impl SyncError {
+    /// A store error of `client`'s sync; a fenced transaction that found the lease gone
+    /// ([`store::StoreError::Fenced`]) is [`SyncError::OwnershipLost`].
+    pub fn store(client: &str, source: store::StoreError) -> SyncError {
+        match source {
+            store::StoreError::Fenced { epoch } => SyncError::OwnershipLost { client: client.to_string(), epoch },
+            source => SyncError::Store { client: client.to_string(), source },
+        }
+    }
+
     pub fn is_ownership_lost(&self) -> bool {
         matches!(self, SyncError::OwnershipLost { .. })
     }
@@ -131,7 +136,7 @@ pub async fn sync_tenant(job: &SyncJob<'_>) -> Result<SyncReport, SyncError> {
 pub async fn sync_tenant_with(job: &SyncJob<'_>, full: bool) -> Result<SyncReport, SyncError> {
     let started = Instant::now();
     let client = job.client.to_string();
-    let store_err = |source| SyncError::Store { client: client.clone(), source };
+    let store_err = |source| SyncError::store(&client, source);
     let path = PathBuf::from(&job.spec.source.path);
     let fp = tokio::task::spawn_blocking(move || source::fingerprint(&path))
         .await
@@ -149,8 +154,8 @@ pub async fn sync_tenant_with(job: &SyncJob<'_>, full: bool) -> Result<SyncRepor
         .await
         .inspect_err(|e| warn!(error = %e, "cannot check schema drift"))
         .ok();
-    if report.failed.is_empty() && !skip::record(job, &fp).await.map_err(store_err)? {
-        return Err(SyncError::OwnershipLost { client, epoch: job.fence.map_or(0, |f| f.epoch) });
+    if report.failed.is_empty() {
+        skip::record(job, &fp).await.map_err(store_err)?;
     }
     if report.failed.is_empty() {
         guard::settle(job, passed).await?;
@@ -164,7 +169,7 @@ async fn sync_all(job: &SyncJob<'_>, full: bool) -> Result<(SyncReport, Vec<sour
     let client = job.client.to_string();
     let schema = job.spec.mirror_schema(job.client);
     let skip::Recorded { pages: previous, shapes } =
-        skip::recorded(job, &schema).await.map_err(|source| SyncError::Store { client: client.clone(), source })?;
+        skip::recorded(job, &schema).await.map_err(|source| SyncError::store(&client, source))?;
     let path = PathBuf::from(&job.spec.source.path);
     let spec = job.spec.clone();
     let (queue, discovered) = tokio::task::spawn_blocking(move || queue::tables(&path, &spec))
@@ -339,12 +344,12 @@ async fn worker(
     }
 }
 
-async fn fence(conn: &mut PgConnection, job: &SyncJob<'_>) -> Result<(), SyncError> {
-    let Some(f) = job.fence else { return Ok(()) };
-    match store::lease::holds(conn, &f.who, f.epoch).await {
-        Ok(true) => Ok(()),
-        Ok(false) => Err(SyncError::OwnershipLost { client: job.client.to_string(), epoch: f.epoch }),
-        Err(e) => Err(SyncError::Store { client: job.client.to_string(), source: e }),
+/// A store error inside a table's transaction fails the whole sync when the connection
+/// is gone or the lease lost, else only the table.
+fn store_table_failure(client: &str, e: store::StoreError) -> TableFailure {
+    match &e {
+        store::StoreError::Db { source, .. } if !is_connection_error(source) => TableFailure::Table(e.to_string()),
+        _ => TableFailure::Fatal(SyncError::store(client, e)),
     }
 }
 

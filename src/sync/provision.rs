@@ -12,9 +12,9 @@ use std::collections::{BTreeMap, HashMap};
 
 use sqlx::Connection;
 
-use super::{SyncError, SyncJob, TableFailure, fence, table_failure};
+use super::{SyncError, SyncJob, TableFailure, table_failure};
 use crate::source::TableInfo;
-use crate::store::{self, Context};
+use crate::store::{Context, FencedTx, table_state};
 use crate::target::{self, MirrorTable};
 
 /// Provisions what needs it; returns the tables that could not be provisioned, with why.
@@ -29,8 +29,8 @@ pub(super) async fn provision_tables(
     all: bool,
 ) -> Result<BTreeMap<String, String>, SyncError> {
     let client = job.client.to_string();
-    let store_err = |source| SyncError::Store { client: client.clone(), source };
-    let mut tx = store::begin(job.pool, job.cluster).await.map_err(store_err)?;
+    let store_err = |source| SyncError::store(&client, source);
+    let mut tx = FencedTx::begin(job.pool, job.cluster, job.fence).await.map_err(store_err)?;
     let mut failed = BTreeMap::new();
     let mut provisioned = 0;
     for info in tables {
@@ -38,7 +38,7 @@ pub(super) async fn provision_tables(
         if !all && recorded.get(&info.name) == Some(&target::shape_digest(&t)) {
             continue;
         }
-        let mut sp = tx.begin().await.ctx(|| "savepoint".into()).map_err(store_err)?;
+        let mut sp = (*tx).begin().await.ctx(|| "savepoint".into()).map_err(store_err)?;
         match target::provision(&mut sp, &t).await {
             Ok(()) => {
                 sp.commit().await.ctx(|| "release savepoint".into()).map_err(store_err)?;
@@ -59,11 +59,7 @@ pub(super) async fn provision_tables(
         let _ = tx.rollback().await;
         return Ok(failed);
     }
-    if let Err(e) = fence(&mut tx, job).await {
-        let _ = tx.rollback().await;
-        return Err(e);
-    }
-    tx.commit().await.ctx(|| "commit the provisioning".into()).map_err(store_err)?;
+    tx.commit().await.map_err(store_err)?;
     Ok(failed)
 }
 
@@ -75,21 +71,8 @@ pub(super) async fn forget_failed(job: &SyncJob<'_>, tables: &[String]) -> Resul
     if tables.is_empty() {
         return Ok(());
     }
-    let client = job.client.to_string();
-    let store_err = |source| SyncError::Store { client: client.clone(), source };
-    let mut tx = store::begin(job.pool, job.cluster).await.map_err(store_err)?;
-    sqlx::query(
-        "UPDATE sync_metadata.table_state SET pages = NULL, pages_delta = NULL, watermark = watermark - 'shape'
-         WHERE cluster_name = $1 AND client_name = $2 AND table_name = ANY($3)",
-    )
-    .bind(job.cluster)
-    .bind(job.client)
-    .bind(tables)
-    .execute(&mut *tx)
-    .await
-    .ctx(|| format!("forget the state of the failed tables of {}", job.client))
-    .map_err(store_err)?;
-    fence(&mut tx, job).await?;
-    tx.commit().await.ctx(|| "commit".into()).map_err(store_err)?;
-    Ok(())
+    let store_err = |source| SyncError::store(job.client, source);
+    let mut tx = FencedTx::begin(job.pool, job.cluster, job.fence).await.map_err(store_err)?;
+    table_state::forget(&mut tx, job.cluster, job.client, tables).await.map_err(store_err)?;
+    tx.commit().await.map_err(store_err)
 }

@@ -9,9 +9,9 @@ use tokio::sync::mpsc;
 use tracing::warn;
 
 use super::reader::{Msg, StateWrite, TableEnd, TablePlan};
-use super::{SyncError, SyncJob, TableReport, fence, progress, table_failure};
+use super::{SyncError, SyncJob, TableReport, progress, store_table_failure, table_failure};
 use crate::spec::DeletePolicy;
-use crate::store;
+use crate::store::{self, Durability, FencedTx, quarantine, table_state};
 use crate::target::conflict::{self, ConflictCounts, ConflictCtx};
 use crate::target::{self, MirrorTable};
 
@@ -170,30 +170,25 @@ pub(super) async fn sync_table(
             m => first = m,
         }
     }
-    let fatal_store =
-        |e: store::StoreError| TableFailure::Fatal(SyncError::Store { client: client.clone(), source: e });
+    let fatal_store = |e: store::StoreError| TableFailure::Fatal(SyncError::store(&client, e));
     let db_err = |context: &str, e: sqlx::Error| {
         fatal_store(store::StoreError::Db { context: format!("{context} for table {}", plan.info.name), source: e })
     };
     let mut guarded =
         Guarded { conn: job.pool.acquire().await.map_err(|e| db_err("acquire a connection", e))?, armed: true };
-    let mut tx = sqlx::Connection::begin(&mut *guarded.conn).await.map_err(|e| db_err("begin transaction", e))?;
-    // As `store::begin` marks a transaction: the cluster for RLS, and owsync as the writer
-    // (conflict tracking). And this transaction's COMMIT does not wait for its WAL flush.
-    // Safe: the table's rows and its table_state commit together, so a commit lost in a
-    // crash loses both, and the next sync, finding the old state (or none), simply redoes
-    // the table. The fingerprint that lets a later sync skip the whole source is recorded
-    // afterwards by `skip::record` in a synchronous commit, which flushes the WAL up to
-    // itself, and so every table transaction before it: no skip can rest on a lost table.
-    sqlx::query(
-        "SELECT set_config('app.current_host_id', $1, true), set_config('owsync.writer', 'on', true),
-                set_config('synchronous_commit', 'off', true)",
-    )
-    .bind(job.cluster)
-    .execute(&mut *tx)
-    .await
-    .map_err(|e| db_err("set up the transaction", e))?;
+    // Marked as `store::begin` marks a transaction, and this transaction's COMMIT does not
+    // wait for its WAL flush (`Durability::Relaxed`). Safe: the table's rows and its
+    // table_state commit together, so a commit lost in a crash loses both, and the next
+    // sync, finding the old state (or none), simply redoes the table. The fingerprint that
+    // lets a later sync skip the whole source is recorded afterwards by `skip::record` in a
+    // synchronous commit, which flushes the WAL up to itself, and so every table
+    // transaction before it: no skip can rest on a lost table.
+    let mut tx = FencedTx::begin_on(&mut guarded.conn, job.cluster, job.fence, Durability::Relaxed)
+        .await
+        .map_err(fatal_store)?;
     let target_err = |e: target::TargetError| table_failure(&client, e);
+    let quarantine_err = |e: store::StoreError| store_table_failure(&client, e);
+    let of = quarantine::Of { cluster: job.cluster, client: job.client, table: &plan.info.name };
     let info = &plan.info;
     let mut read = Read { rows: 0, end: TableEnd::default(), quarantined: Vec::new(), reread: None };
     let mut direct = false;
@@ -219,9 +214,7 @@ pub(super) async fn sync_table(
         } else {
             target::begin_stage(&mut tx, table).await.map_err(target_err)?;
             phases.mark("stage");
-            if !full_pass
-                && target::has_open_quarantine(&mut tx, job.cluster, job.client, table).await.map_err(target_err)?
-            {
+            if !full_pass && quarantine::has_open(&mut tx, of).await.map_err(quarantine_err)? {
                 read.reread = Some(Vec::new());
             }
             copy_rows(&mut tx, table, target::copy::Dest::Stage, first.take(), rx, &mut read, &client).await?;
@@ -237,17 +230,9 @@ pub(super) async fn sync_table(
             phases.mark("tombstones");
             (counts, conflicts)
         };
-        target::record_quarantine(
-            &mut tx,
-            job.cluster,
-            job.client,
-            table,
-            &read.quarantined,
-            full_pass,
-            read.reread.as_deref(),
-        )
-        .await
-        .map_err(target_err)?;
+        quarantine::record(&mut tx, of, &read.quarantined, full_pass, read.reread.as_deref())
+            .await
+            .map_err(quarantine_err)?;
         Ok((counts, conflicts))
     }
     .await;
@@ -267,10 +252,8 @@ pub(super) async fn sync_table(
     phases.mark("quarantine");
     record_table_state(&mut tx, job, plan, table, rows, end.pages).await.map_err(fatal_store)?;
     phases.mark("state");
-    fence(&mut tx, job).await.map_err(TableFailure::Fatal)?;
-    tx.commit().await.map_err(|e| {
-        fatal_store(store::StoreError::Db { context: format!("commit table {}", info.name), source: e })
-    })?;
+    // The last statement before commit: does this replica still hold the lease?
+    tx.commit().await.map_err(fatal_store)?;
     phases.mark("commit");
     tracing::debug!(table = %info.name, phases = %phases, "table written");
     guarded.armed = false;
@@ -296,7 +279,7 @@ pub(super) async fn sync_table(
     })
 }
 
-/// The last statement before commit: does this replica still hold the lease?
+/// Records the table's state in its own transaction (`store::table_state`).
 async fn record_table_state(
     conn: &mut PgConnection,
     job: &SyncJob<'_>,
@@ -306,43 +289,26 @@ async fn record_table_state(
     // Owned: sqlx copies it into its arguments at `bind`, where it is freed at once.
     pages: Option<StateWrite>,
 ) -> Result<(), store::StoreError> {
-    use store::Context;
     let info = &plan.info;
-    let pass = if plan.ranges.is_some() { "incremental" } else { "full" };
     // A delta keeps the recorded base (`reader::StateWrite`); a whole state replaces both.
-    let (base, delta, keep_base) = match pages {
-        Some(StateWrite::Full(b)) => (Some(b), None, false),
-        Some(StateWrite::Delta(d)) => (None, Some(d), true),
-        None => (None, None, false),
+    let pages = match pages {
+        Some(StateWrite::Full(b)) => table_state::Pages::Base(b),
+        Some(StateWrite::Delta(d)) => table_state::Pages::Delta(d),
+        None => table_state::Pages::None,
     };
-    sqlx::query(
-        "INSERT INTO sync_metadata.table_state (cluster_name, client_name, table_name, source_ddl, key_columns, rows, watermark, epoch, updated_at, source_indexes, pages, pages_delta)
-         VALUES ($1, $2, $3, $4, $5, $6,
-                 jsonb_build_object('synced_at', now(), 'pass', $10::text, 'mirror_oid', to_regclass($11)::oid::bigint,
-                                   'shape', $12::text),
-                 $7, now(), $8, $9, $13)
-         ON CONFLICT (cluster_name, client_name, table_name) DO UPDATE SET source_ddl = EXCLUDED.source_ddl,
-             source_indexes = EXCLUDED.source_indexes,
-             key_columns = EXCLUDED.key_columns, rows = EXCLUDED.rows, watermark = EXCLUDED.watermark,
-             epoch = EXCLUDED.epoch, updated_at = now(),
-             pages = CASE WHEN $14 THEN table_state.pages ELSE EXCLUDED.pages END, pages_delta = EXCLUDED.pages_delta",
-    )
-    .bind(job.cluster)
-    .bind(job.client)
-    .bind(&info.name)
-    .bind(&info.ddl)
-    .bind(info.key_columns())
-    .bind(rows)
-    .bind(job.fence.map(|f| f.epoch))
-    .bind(&info.extra_ddl)
-    .bind(base)
-    .bind(pass)
-    .bind(table.qualified())
-    .bind(target::shape_digest(table))
-    .bind(delta)
-    .bind(keep_base)
-    .execute(conn)
-    .await
-    .ctx(|| format!("record state of table {}", info.name))?;
-    Ok(())
+    let state = table_state::TableState {
+        cluster: job.cluster,
+        client: job.client,
+        table: &info.name,
+        source_ddl: &info.ddl,
+        source_indexes: &info.extra_ddl,
+        key_columns: info.key_columns(),
+        rows,
+        epoch: job.fence.map(|f| f.epoch),
+        pass: if plan.ranges.is_some() { "incremental" } else { "full" },
+        mirror: &table.qualified(),
+        shape: &target::shape_digest(table),
+        pages,
+    };
+    table_state::record(conn, state).await
 }

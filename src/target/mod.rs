@@ -11,6 +11,9 @@ mod types;
 pub use encode::{Unfit, encode_field, fmt_f64};
 pub use types::{COL_DELETED, COL_ROWID, COL_SYNCED_AT, PgType};
 
+/// A value the mirror cannot hold, as `copy` reports it; recorded by `store::quarantine`.
+pub use crate::store::quarantine::Quarantined;
+
 use sqlx::PgConnection;
 use sqlx::types::Json;
 
@@ -180,16 +183,6 @@ pub fn key_text(t: &MirrorTable, slice: &Slice, i: usize) -> String {
     row_key_text(parts, slice.rowids.get(i).copied())
 }
 
-/// A value the mirror's column cannot hold as it is, kept raw for the quarantine table.
-#[derive(Debug, Clone)]
-pub struct Quarantined {
-    pub key: String,
-    pub column: String,
-    pub storage_class: &'static str,
-    pub reason: String,
-    pub raw: Option<Vec<u8>>,
-}
-
 fn raw_of(v: &Value) -> (&'static str, Option<Vec<u8>>) {
     match v {
         Value::Null => ("null", None),
@@ -202,97 +195,6 @@ fn raw_of(v: &Value) -> (&'static str, Option<Vec<u8>>) {
         Value::Text(t) => ("text", Some(t.clone())),
         Value::Blob(b) => ("blob", Some(b.clone())),
     }
-}
-
-/// Records quarantined values (inside the table's transaction). After a full pass
-/// (`full_pass`) it replaces the table's open entries: values fixed at the source are
-/// marked resolved; an incremental pass only adds or refreshes the entries it met.
-/// Whether the table has quarantine entries still open (an incremental pass then notes
-/// which rows it re-reads, to resolve theirs).
-pub async fn has_open_quarantine(
-    conn: &mut PgConnection,
-    cluster: &str,
-    client: &str,
-    t: &MirrorTable,
-) -> Result<bool> {
-    sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM sync_metadata.quarantine
-                        WHERE cluster_name = $1 AND client_name = $2 AND table_name = $3 AND resolved_at IS NULL)",
-    )
-    .bind(cluster)
-    .bind(client)
-    .bind(&t.name)
-    .fetch_one(conn)
-    .await
-    .map_err(t.db_err("look for open quarantine entries"))
-}
-
-pub async fn record_quarantine(
-    conn: &mut PgConnection,
-    cluster: &str,
-    client: &str,
-    t: &MirrorTable,
-    entries: &[Quarantined],
-    full_pass: bool,
-    reread: Option<&[String]>,
-) -> Result<()> {
-    if let (Some(keys), false) = (reread, full_pass) {
-        // An incremental pass: the rows it re-read that have no unfit value now.
-        let (new_keys, new_cols): (Vec<&str>, Vec<&str>) =
-            entries.iter().map(|q| (q.key.as_str(), q.column.as_str())).unzip();
-        sqlx::query(
-            "UPDATE sync_metadata.quarantine q SET resolved_at = now()
-             WHERE cluster_name = $1 AND client_name = $2 AND table_name = $3 AND resolved_at IS NULL
-               AND row_key = ANY($4)
-               AND NOT EXISTS (SELECT 1 FROM unnest($5::text[], $6::text[]) AS n(k, c)
-                               WHERE n.k = q.row_key AND n.c = q.column_name)",
-        )
-        .bind(cluster)
-        .bind(client)
-        .bind(&t.name)
-        .bind(keys)
-        .bind(new_keys)
-        .bind(new_cols)
-        .execute(&mut *conn)
-        .await
-        .map_err(t.db_err("resolve the quarantine entries of re-read rows"))?;
-    }
-    if full_pass {
-        sqlx::query(
-            "UPDATE sync_metadata.quarantine SET resolved_at = now()
-         WHERE cluster_name = $1 AND client_name = $2 AND table_name = $3 AND resolved_at IS NULL",
-        )
-        .bind(cluster)
-        .bind(client)
-        .bind(&t.name)
-        .execute(&mut *conn)
-        .await
-        .map_err(t.db_err("resolve quarantine entries"))?;
-    }
-    for q in entries {
-        sqlx::query(
-            "INSERT INTO sync_metadata.quarantine (cluster_name, client_name, table_name, row_key, column_name,
-                 storage_class, reason, raw)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-             ON CONFLICT (cluster_name, client_name, table_name, row_key, column_name) DO UPDATE SET
-                 storage_class = EXCLUDED.storage_class, reason = EXCLUDED.reason, raw = EXCLUDED.raw,
-                 detected_at = CASE WHEN quarantine.resolved_at IS NULL AND quarantine.raw = EXCLUDED.raw
-                                    THEN quarantine.detected_at ELSE now() END,
-                 resolved_at = NULL",
-        )
-        .bind(cluster)
-        .bind(client)
-        .bind(&t.name)
-        .bind(&q.key)
-        .bind(&q.column)
-        .bind(q.storage_class)
-        .bind(&q.reason)
-        .bind(&q.raw)
-        .execute(&mut *conn)
-        .await
-        .map_err(t.db_err("record a quarantined value"))?;
-    }
-    Ok(())
 }
 
 #[derive(Debug, Default, Clone, Copy, serde::Serialize)]
