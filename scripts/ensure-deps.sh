@@ -5,9 +5,11 @@
 #   sqldiff   Debian's sqlite3-tools (the restore test compares databases with it)
 #   pgbouncer PgBouncer (the connection tests put it in front of PostgreSQL)
 #   venv      Python's venv module (the API fuzz test installs schemathesis into one)
+#   promtool  Prometheus' promtool, from Debian's prometheus package (tests/monitoring.rs
+#             checks and unit-tests the alert rules with it)
 # Installs the missing Debian/Ubuntu packages as root or through sudo, without letting
 # the postgresql package create and start a system cluster.
-# Usage: scripts/ensure-deps.sh postgres [sqldiff] [pgbouncer] [venv]
+# Usage: scripts/ensure-deps.sh postgres [sqldiff] [pgbouncer] [venv] [promtool]
 set -euo pipefail
 
 have_pg() {
@@ -23,6 +25,7 @@ for want in "$@"; do
     sqldiff) command -v sqldiff >/dev/null 2>&1 || packages+=(sqlite3-tools) ;;
     pgbouncer) command -v pgbouncer >/dev/null 2>&1 || [[ -x /usr/sbin/pgbouncer ]] || packages+=(pgbouncer) ;;
     venv) python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || packages+=(python3-venv) ;;
+    promtool) command -v promtool >/dev/null 2>&1 || packages+=(prometheus) ;;
     *) echo "ensure-deps: unknown tool $want" >&2; exit 2 ;;
   esac
 done
@@ -52,6 +55,7 @@ for want in "$@"; do
     postgres) have_pg || { echo "error: postgresql installed but initdb still not found" >&2; exit 1; } ;;
     sqldiff) command -v sqldiff >/dev/null || { echo "error: sqlite3-tools installed but sqldiff not found" >&2; exit 1; } ;;
     pgbouncer) command -v pgbouncer >/dev/null || [[ -x /usr/sbin/pgbouncer ]] || { echo "error: pgbouncer not found after install" >&2; exit 1; } ;;
+    promtool) command -v promtool >/dev/null || { echo "error: prometheus installed but promtool not found" >&2; exit 1; } ;;
   esac
 done
 echo "installed ${packages[*]}" >&2

@@ -127,7 +127,7 @@ async fn readyz(State(app): State<App>) -> Response {
 async fn metrics(State(app): State<App>) -> Response {
     (
         [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
-        app.shared.metrics.render(),
+        app.shared.metrics.render(app.shared.node().is_leader),
     )
         .into_response()
 }
