@@ -96,12 +96,13 @@ pub struct ReplicaView {
 }
 
 /// What `cluster status` reports: the lease, the replicas, and whether the cluster is
-/// known at all (any replica, lease, ClientSync or retirement record).
+/// known at all (any replica, lease, ClientSync, event or retirement record).
 #[derive(Debug, Clone)]
 pub struct ClusterView {
     pub lease: Option<LeaseView>,
     pub replicas: Vec<ReplicaView>,
-    pub has_specs: bool,
+    /// It has a ClientSync or an event (e.g. its reinstatement).
+    pub has_records: bool,
 }
 
 /// Lease duration assumed when no lease row says it (owsyncd's default).
@@ -139,12 +140,14 @@ pub async fn cluster_view(pool: &PgPool, cluster: &str) -> Result<ClusterView> {
     .fetch_all(&mut *tx)
     .await
     .ctx(|| format!("read the replicas of cluster {cluster}"))?;
-    let has_specs: bool =
-        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM sync_metadata.client_specs WHERE cluster_name = $1)")
-            .bind(cluster)
-            .fetch_one(&mut *tx)
-            .await
-            .ctx(|| format!("read the ClientSyncs of cluster {cluster}"))?;
+    let has_records: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM sync_metadata.client_specs WHERE cluster_name = $1)
+             OR EXISTS (SELECT 1 FROM sync_metadata.events WHERE cluster_name = $1)",
+    )
+    .bind(cluster)
+    .fetch_one(&mut *tx)
+    .await
+    .ctx(|| format!("read the ClientSyncs and events of cluster {cluster}"))?;
     tx.commit().await.ctx(|| "commit".into())?;
     let stale_after = lease.as_ref().map_or(DEFAULT_LEASE_SECS, |l| l.duration_secs.max(1.0));
     let leader = lease.as_ref().filter(|l| l.held()).map(|l| l.leader_id.clone());
@@ -165,5 +168,5 @@ pub async fn cluster_view(pool: &PgPool, cluster: &str) -> Result<ClusterView> {
             }
         })
         .collect();
-    Ok(ClusterView { lease, replicas, has_specs })
+    Ok(ClusterView { lease, replicas, has_records })
 }
