@@ -175,6 +175,7 @@ impl Reconciler {
         if ok {
             sh.update_node(|n| n.last_sync = Some(now));
         }
+        store::observed::with_quarantined(&sh.pool, cluster, name, &mut st.tables).await;
         match self.record(st, job_id, job_status, rows, error.as_deref(), &result, elapsed, drift_changed).await {
             Ok(()) => Some(delay),
             Err(RecordError::OwnershipLost) => None,
