@@ -41,6 +41,7 @@ pub const MIGRATIONS: &[Migration] = &[
     Migration { version: 10, name: "page_state_storage", sql: include_str!("migrations/0010_page_state_storage.sql") },
     Migration { version: 11, name: "history_retention", sql: include_str!("migrations/0011_history_retention.sql") },
     Migration { version: 12, name: "page_state_delta", sql: include_str!("migrations/0012_page_state_delta.sql") },
+    Migration { version: 13, name: "mirror_owners", sql: include_str!("migrations/0013_mirror_owners.sql") },
 ];
 
 /// The schema version this build needs.
