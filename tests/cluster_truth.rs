@@ -217,3 +217,30 @@ async fn describe_and_status_count_quarantined_values() {
     let col = header.split_whitespace().position(|w| w == "QUARANTINED").unwrap();
     assert_eq!(row.split_whitespace().nth(col), Some("2"), "{described}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_closed_pipe_ends_quietly_and_daemon_logs_have_no_colour_codes() {
+    use std::process::{Command, Stdio};
+    let env = TestEnv::new("closed_pipe").await;
+    let d = Daemon::start(&env, "node-a", &FAST);
+    d.wait_up(Duration::from_secs(20)).await;
+    let dr = &d;
+    eventually(Duration::from_secs(20), "node-a leads", || async move { dr.is_leader().await.then_some(()) }).await;
+    // `owsyncctl cluster status | true`: the reader is gone before owsyncctl prints.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_owsyncctl"))
+        .args(["cluster", "status"])
+        .env("OWSYNC_DATABASE_URL_FILE", &env.url_file)
+        .env("OWSYNC_CLUSTER", &env.cluster)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn owsyncctl");
+    drop(child.stdout.take());
+    let out = child.wait_with_output().expect("wait");
+    assert_eq!(out.status.code(), Some(141), "stderr: {}", stderr(&out));
+    assert!(stderr(&out).is_empty(), "{}", stderr(&out));
+    // owsyncd's log goes to a file here: plain text.
+    let log = d.log_text();
+    assert!(log.contains("owsyncd starting"), "{log}");
+    assert!(!log.contains('\u{1b}'), "ANSI escape codes in a log file: {log:?}");
+}
