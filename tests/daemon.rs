@@ -461,7 +461,7 @@ async fn failing_source_backs_off_and_recovers() {
     assert!((7.5..=12.5).contains(&secs(next2)), "second backoff {next2}");
     assert!((3.5..=7.0).contains(&secs(gap)), "retry came after {gap}");
     let m = d.get_text("/metrics").await.unwrap();
-    assert!(m.contains("sync_operations_total{client=\"late\",status=\"failed\"} 2"), "{m}");
+    assert!(m.contains("sync_operations_total{cluster=\"test-host\",client=\"late\",status=\"failed\"} 2"), "{m}");
 
     // The fix: the file appears; the next retry succeeds and the count resets.
     small_db(&db, 51);
