@@ -13,9 +13,11 @@
 #             /var/cache/owsync/pg17 as root (PostgreSQL then runs as `postgres` or
 #             `nobody`, who must reach it), else ${XDG_CACHE_HOME:-~/.cache}/owsync/pg17;
 #             the tests find it there (or through OWSYNC_PG17_BIN=<dir>/bin)
+#   promtool  Prometheus' promtool, from Debian's prometheus package (tests/monitoring.rs
+#             checks and unit-tests the alert rules with it)
 # Installs the missing Debian/Ubuntu packages as root or through sudo, without letting
 # the postgresql package create and start a system cluster.
-# Usage: scripts/ensure-deps.sh postgres [sqldiff] [pgbouncer] [venv] [pg17]
+# Usage: scripts/ensure-deps.sh postgres [sqldiff] [pgbouncer] [venv] [pg17] [promtool]
 set -euo pipefail
 
 # Pinned: the package's 17.x versions are all pre-release tags, which no range matches.
@@ -80,6 +82,7 @@ for want in "$@"; do
     pgbouncer) command -v pgbouncer >/dev/null 2>&1 || [[ -x /usr/sbin/pgbouncer ]] || packages+=(pgbouncer) ;;
     venv) python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || packages+=(python3-venv) ;;
     pg17) have_pg17 || command -v npm >/dev/null 2>&1 || packages+=(npm) ;;
+    promtool) command -v promtool >/dev/null 2>&1 || packages+=(prometheus) ;;
     *) echo "ensure-deps: unknown tool $want" >&2; exit 2 ;;
   esac
 done
@@ -116,6 +119,7 @@ for want in "$@"; do
     postgres) have_pg || { echo "error: postgresql installed but initdb still not found" >&2; exit 1; } ;;
     sqldiff) command -v sqldiff >/dev/null || { echo "error: sqlite3-tools installed but sqldiff not found" >&2; exit 1; } ;;
     pgbouncer) command -v pgbouncer >/dev/null || [[ -x /usr/sbin/pgbouncer ]] || { echo "error: pgbouncer not found after install" >&2; exit 1; } ;;
+    promtool) command -v promtool >/dev/null || { echo "error: prometheus installed but promtool not found" >&2; exit 1; } ;;
   esac
 done
 echo "installed ${packages[*]}" >&2

@@ -72,7 +72,7 @@ async fn state_is_cache_aside_and_coherent_across_replicas() {
     let metrics = b.get_text("/metrics").await.unwrap();
     let hits: f64 = metrics
         .lines()
-        .find_map(|l| l.strip_prefix("state_cache_hits_total "))
+        .find_map(|l| l.strip_prefix("state_cache_hits_total{cluster=\"test-host\"} "))
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0.0);
     assert!(hits >= 1.0, "{metrics}");

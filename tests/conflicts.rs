@@ -304,7 +304,9 @@ async fn manual_conflicts_set_conflicts_pending_until_resolved() {
     assert!(described.contains("Open Conflicts: 1") && described.contains(&chat_id), "{described}");
     let metrics = d.get_text("/metrics").await.unwrap();
     assert!(
-        metrics.contains(r#"conflicts_detected_total{client="acme",table="chat",strategy="manual"} 1"#),
+        metrics.contains(
+            r#"conflicts_detected_total{cluster="test-host",client="acme",table="chat",strategy="manual"} 1"#
+        ),
         "{metrics}"
     );
 

@@ -213,10 +213,10 @@ async fn one_tenant_health_metrics_status_jobs_and_mirror() {
     assert_eq!(http_status(&d, "/readyz").await, 200);
     let m = d.get_text("/metrics").await.expect("/metrics");
     for want in [
-        "sync_operations_total{client=\"acme\",status=\"success\"}",
+        "sync_operations_total{cluster=\"test-host\",client=\"acme\",status=\"success\"}",
         "sync_duration_seconds_bucket",
-        "is_leader 1",
-        "rows_synced_total{client=\"acme\"",
+        "is_leader{cluster=\"test-host\"} 1",
+        "rows_synced_total{cluster=\"test-host\",client=\"acme\"",
     ] {
         assert!(m.contains(want), "/metrics lacks {want}:\n{m}");
     }
@@ -328,7 +328,8 @@ async fn two_replicas_exactly_one_leader() {
     let admin = env.admin_pool().await;
     assert_eq!(lease(&admin, "test-host").await.0, leader);
     let (ma, mb) = (a.get_text("/metrics").await.unwrap(), b.get_text("/metrics").await.unwrap());
-    let (ma1, mb1) = (ma.contains("\nis_leader 1"), mb.contains("\nis_leader 1"));
+    let (ma1, mb1) =
+        (ma.contains("\nis_leader{cluster=\"test-host\"} 1"), mb.contains("\nis_leader{cluster=\"test-host\"} 1"));
     assert!(ma1 != mb1, "is_leader gauge: a {ma1}, b {mb1}");
 }
 
@@ -460,7 +461,7 @@ async fn failing_source_backs_off_and_recovers() {
     assert!((7.5..=12.5).contains(&secs(next2)), "second backoff {next2}");
     assert!((3.5..=7.0).contains(&secs(gap)), "retry came after {gap}");
     let m = d.get_text("/metrics").await.unwrap();
-    assert!(m.contains("sync_operations_total{client=\"late\",status=\"failed\"} 2"), "{m}");
+    assert!(m.contains("sync_operations_total{cluster=\"test-host\",client=\"late\",status=\"failed\"} 2"), "{m}");
 
     // The fix: the file appears; the next retry succeeds and the count resets.
     small_db(&db, 51);

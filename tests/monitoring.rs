@@ -1,13 +1,18 @@
 //! The Grafana dashboard and the alert rules use only metrics and labels owsyncd really
-//! exports (read from src/metrics.rs), and the alerts are the seed's five.
+//! exports (read from what `owsync::metrics` renders), the alerts are the seed's five,
+//! and promtool checks the rules and runs their unit tests (alerts.test.yaml), which
+//! cover every alert firing and its false positives.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::process::Command;
+use std::time::Duration;
 
+use owsync::metrics::Metrics;
 use serde_json::Value;
 
 mod common;
 
-use common::repo::{read, yaml};
+use common::repo::{read, root, yaml};
 
 #[derive(Debug, Default)]
 struct Exported {
@@ -15,55 +20,56 @@ struct Exported {
     series: BTreeMap<String, BTreeSet<String>>,
 }
 
-/// What owsyncd exports, read from src/metrics.rs as text: `registry.register("name",
-/// help, var.clone())` with `let var = Family::<Labels, Counter|Gauge|Histogram>...`.
-/// prometheus-client appends `_total` to counters; histograms give `_bucket` (with `le`),
-/// `_sum` and `_count`.
-fn exported_metrics() -> Exported {
-    let text = read("src/metrics.rs");
-    let flat = text.split_whitespace().collect::<Vec<_>>().join(" ");
-    let mut structs: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    for part in flat.split("pub struct ").skip(1) {
-        let name = part.split([' ', '{']).next().unwrap().to_string();
-        let body = part.split_once('{').map(|(_, b)| b.split('}').next().unwrap()).unwrap_or("");
-        let fields = body
-            .split(',')
-            .filter_map(|f| f.trim().strip_prefix("pub ").and_then(|f| f.split(':').next()))
-            .map(|f| f.trim().to_string())
-            .collect();
-        structs.insert(name, fields);
-    }
+/// Series names and label names of an exposition (OpenMetrics text). Every family it
+/// declares (`# TYPE`) must have at least one sample, or its labels are unknown.
+fn parse_exposition(text: &str) -> Exported {
     let mut out = Exported::default();
-    for call in flat.split("registry.register(").skip(1) {
-        let name = call.split('"').nth(1).expect("metric name").to_string();
-        let args = call.split(".clone()").next().unwrap();
-        let var = args.rsplit([',', ' ']).next().unwrap().trim().to_string();
-        let decl = flat
-            .split(&format!("let {var} = "))
-            .nth(1)
-            .unwrap_or_else(|| panic!("src/metrics.rs: no `let {var} = ` for metric {name}"));
-        let decl = decl.split("; ").next().unwrap();
-        let labels = decl
-            .split("Family::<")
-            .nth(1)
-            .map(|r| r.split(',').next().unwrap().trim().to_string())
-            .map(|s| structs.get(&s).cloned().unwrap_or_else(|| panic!("labels struct {s}")))
-            .unwrap_or_default();
-        if decl.contains("Histogram") {
-            let mut with_le = labels.clone();
-            with_le.insert("le".into());
-            out.series.insert(format!("{name}_bucket"), with_le);
-            out.series.insert(format!("{name}_sum"), labels.clone());
-            out.series.insert(format!("{name}_count"), labels);
-        } else if decl.contains("Counter") {
-            out.series.insert(format!("{name}_total"), labels);
-        } else if decl.contains("Gauge") {
-            out.series.insert(name, labels);
-        } else {
-            panic!("src/metrics.rs: cannot tell the type of {name} from {decl:?}");
+    let mut families = Vec::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            families.push(rest.split(' ').next().unwrap_or_default().to_string());
+            continue;
         }
+        if line.starts_with('#') || line.is_empty() {
+            continue;
+        }
+        let name_end = line.find(['{', ' ']).unwrap_or(line.len());
+        let name = line[..name_end].to_string();
+        let mut labels = BTreeSet::new();
+        if line[name_end..].starts_with('{') {
+            let body = &line[name_end + 1..line.rfind('}').expect("closing }")];
+            for pair in body.split("\",").filter(|p| !p.is_empty()) {
+                labels.insert(pair.split('=').next().unwrap_or_default().trim_start_matches(',').to_string());
+            }
+        }
+        out.series.entry(name).or_default().extend(labels);
     }
-    assert!(out.series.len() >= 10, "src/metrics.rs parsed to too few metrics: {:?}", out.series.keys());
+    for f in families {
+        assert!(
+            out.series.keys().any(|s| s == &f || s.strip_prefix(f.as_str()).is_some_and(|r| r.starts_with('_'))),
+            "metric family {f} has no sample in the test's exposition: record one in exported_metrics()"
+        );
+    }
+    out
+}
+
+/// What owsyncd exports: a leader's metrics (cluster label, one tracked tenant, a sync
+/// of each outcome, rows, a conflict, cache use), rendered and parsed.
+fn exported_metrics() -> Exported {
+    let m = Metrics::for_cluster("prod-host-1");
+    m.track("acme", Duration::from_secs(300), None);
+    m.record_sync("acme", true, 1.5);
+    m.record_sync("acme", false, 0.5);
+    m.record_rows("acme", "chat", "upsert", 3);
+    m.record_conflicts("acme", "chat", "newest_wins", 1);
+    m.cache_hits.inc();
+    m.cache_misses.inc();
+    m.leader_transitions.inc();
+    let out = parse_exposition(&m.render(true));
+    assert!(out.series.len() >= 10, "too few metrics rendered: {:?}", out.series.keys());
+    for (name, labels) in &out.series {
+        assert!(labels.contains("cluster"), "{name} has no cluster label: {labels:?}");
+    }
     out
 }
 
@@ -340,4 +346,119 @@ fn alert_rules_are_the_seeds_five_on_exported_metrics() {
     assert!(uses("sync_duration_seconds_bucket", ">60"), "p95 sync duration > 60 s");
     assert!(alerts.values().any(|(_, u)| u.iter().any(|m| m == "conflicts_detected_total")), "conflict spike");
     assert!(uses("state_sync_lag_seconds", ">600"), "lag > 600 s");
+}
+
+// ---------------------------------------------------------------------------------------
+// promtool: the rules load, and their unit tests (alerts.test.yaml) pass
+
+/// Runs promtool; fails (never skips) when it is not installed.
+fn promtool(args: &[&str]) -> String {
+    let dir = root().join("manifests/monitoring");
+    let out = Command::new("promtool").args(args).current_dir(&dir).output().unwrap_or_else(|e| {
+        panic!(
+            "promtool cannot run ({e}): install it with `scripts/ensure-deps.sh promtool` (Debian's prometheus \
+             package; scripts/test.sh does it)"
+        )
+    });
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "promtool {} failed:\n{text}", args.join(" "));
+    text
+}
+
+#[test]
+fn promtool_checks_the_rules_and_passes_their_unit_tests() {
+    let checked = promtool(&["check", "rules", "alerts.yaml"]);
+    assert!(checked.contains("SUCCESS: 5 rules found"), "{checked}");
+    let tested = promtool(&["test", "rules", "alerts.test.yaml"]);
+    assert!(tested.contains("SUCCESS"), "{tested}");
+}
+
+/// Every alert has unit tests where it fires and where it must not.
+#[test]
+fn every_alert_has_firing_and_quiet_unit_tests() {
+    let rules = yaml("manifests/monitoring/alerts.yaml");
+    let tests = yaml("manifests/monitoring/alerts.test.yaml");
+    assert_eq!(tests["rule_files"][0], "alerts.yaml");
+    let mut cases: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+    for t in tests["tests"].as_array().expect("tests") {
+        for a in t["alert_rule_test"].as_array().expect("alert_rule_test") {
+            let name = a["alertname"].as_str().expect("alertname").to_string();
+            let fired = a["exp_alerts"].as_array().is_some_and(|e| !e.is_empty());
+            let c = cases.entry(name).or_default();
+            if fired { c.0 += 1 } else { c.1 += 1 }
+        }
+    }
+    for g in rules["groups"].as_array().expect("groups") {
+        for r in g["rules"].as_array().expect("rules") {
+            let name = r["alert"].as_str().expect("alert");
+            let (fire, quiet) = cases.get(name).copied().unwrap_or_default();
+            assert!(fire > 0 && quiet > 0, "{name}: {fire} firing and {quiet} quiet unit test cases (want both)");
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The real daemons: lag series only from the leader, only for tenants it runs
+
+/// Sample lines of a metric in an exposition.
+fn samples<'a>(text: &'a str, metric: &str) -> Vec<&'a str> {
+    text.lines().filter(|l| l.starts_with(&format!("{metric}{{"))).collect()
+}
+
+/// The metrics once a leader has synced both tenants (two lag series).
+async fn synced_both(d: &common::daemon::Daemon) -> Option<String> {
+    let m = d.get_text("/metrics").await?;
+    (samples(&m, "state_sync_lag_seconds").len() == 2 && samples(&m, "sync_operations_total").len() >= 2).then_some(m)
+}
+
+/// The issue's reproduction: the leader is frozen past its lease (SIGSTOP), the standby
+/// takes over, the old leader resumes as a standby: only the new leader exports lag, and
+/// a deleted tenant's series goes.
+#[tokio::test(flavor = "multi_thread")]
+async fn lag_comes_from_the_leader_only_and_goes_with_its_tenant() {
+    use common::daemon::{Daemon, eventually};
+    const T: Duration = Duration::from_secs(60);
+    let env = common::TestEnv::new("lag_series").await;
+    for name in ["acme", "beta"] {
+        let db = env.path(&format!("{name}.db"));
+        common::small_db(&db, 3);
+        let m = env.manifest(name, &db, "");
+        common::ok(&env.ctl(&["apply", "-f", m.to_str().unwrap()]));
+    }
+    let fast = ["--lease-duration", "3s", "--renew-deadline", "2s", "--retry-period", "500ms"];
+    let a = Daemon::start(&env, "node-a", &fast);
+    a.wait_up(T).await;
+    let leader = eventually(T, "node-a synced both tenants", || synced_both(&a)).await;
+    assert!(leader.contains("is_leader{cluster=\"test-host\"} 1"), "{leader}");
+    assert!(leader.contains("sync_interval_seconds{cluster=\"test-host\",client=\"acme\"} 10"), "{leader}");
+    for l in samples(&leader, "state_sync_lag_seconds") {
+        let v: f64 = l.rsplit(' ').next().and_then(|v| v.parse().ok()).expect("lag value");
+        assert!(v < 60.0, "{l}");
+    }
+    assert!(leader.contains("conflicts_detected_total{cluster=\"test-host\",client=\"acme\""), "{leader}");
+    let b = Daemon::start(&env, "node-b", &fast);
+    b.wait_up(T).await;
+    a.signal(libc::SIGSTOP);
+    let new_leader = eventually(T, "node-b took over and synced both", || synced_both(&b)).await;
+    assert!(new_leader.contains("is_leader{cluster=\"test-host\"} 1"), "{new_leader}");
+    a.signal(libc::SIGCONT);
+    let ar = &a;
+    let former = eventually(T, "node-a resumed as a standby", || async move {
+        let h = ar.get_json("/health").await?;
+        (h["is_leader"] == false).then_some(())?;
+        ar.get_text("/metrics").await
+    })
+    .await;
+    assert!(former.contains("is_leader{cluster=\"test-host\"} 0"), "{former}");
+    assert!(samples(&former, "state_sync_lag_seconds").is_empty(), "a former leader exports no lag: {former}");
+    assert!(samples(&former, "sync_interval_seconds").is_empty(), "{former}");
+    // Deleting a tenant drops its series (within a spec poll).
+    common::ok(&env.ctl(&["delete", "client", "beta", "--force"]));
+    let br = &b;
+    eventually(T, "beta's lag series gone", || async move {
+        let m = br.get_text("/metrics").await?;
+        let lag = samples(&m, "state_sync_lag_seconds");
+        (lag.len() == 1 && lag[0].contains("client=\"acme\"")).then_some(())
+    })
+    .await;
 }

@@ -117,17 +117,35 @@ async fn healthz() -> Json<serde_json::Value> {
     Json(json!({"status": "ok"}))
 }
 
-async fn readyz(State(app): State<App>) -> Response {
-    match migrate::require_current(&app.shared.pool).await {
-        Ok(()) => Json(json!({"status": "ready"})).into_response(),
-        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+/// How long an answer that needs the database may take before it is a 503: the pool's
+/// own acquire timeout (10 s, for syncs) is far too long for a probe or a dashboard.
+pub(crate) const DB_DEADLINE: Duration = Duration::from_secs(1);
+
+/// Runs `answer` (which reads the database) or answers 503 after [`DB_DEADLINE`].
+pub(crate) async fn within_deadline(answer: impl std::future::Future<Output = Response>) -> Response {
+    match tokio::time::timeout(DB_DEADLINE, answer).await {
+        Ok(r) => r,
+        Err(_) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the database did not answer within {}s", DB_DEADLINE.as_secs_f64()),
+        ),
     }
+}
+
+async fn readyz(State(app): State<App>) -> Response {
+    within_deadline(async {
+        match migrate::require_current(&app.shared.pool).await {
+            Ok(()) => Json(json!({"status": "ready"})).into_response(),
+            Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+        }
+    })
+    .await
 }
 
 async fn metrics(State(app): State<App>) -> Response {
     (
         [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
-        app.shared.metrics.render(),
+        app.shared.metrics.render(app.shared.node().is_leader),
     )
         .into_response()
 }

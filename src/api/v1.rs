@@ -55,6 +55,10 @@ fn authorized_body<T>(
 }
 
 pub async fn list_clients(State(app): State<App>) -> Response {
+    super::within_deadline(list_clients_now(app)).await
+}
+
+async fn list_clients_now(app: App) -> Response {
     let sh = &app.shared;
     let cluster = &sh.config.cluster;
     let (list, statuses) = match tokio::try_join!(specs::list(&sh.pool, cluster), status::list(&sh.pool, cluster)) {
@@ -66,6 +70,10 @@ pub async fn list_clients(State(app): State<App>) -> Response {
 }
 
 pub async fn get_client(State(app): State<App>, Path(name): Path<String>) -> Response {
+    super::within_deadline(get_client_now(app, name)).await
+}
+
+async fn get_client_now(app: App, name: String) -> Response {
     if !is_dns_label(&name) {
         return error(StatusCode::BAD_REQUEST, format!("{name:?} is not a valid client name"));
     }

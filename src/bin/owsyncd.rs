@@ -101,7 +101,9 @@ async fn main() -> anyhow::Result<()> {
     if a.log_format == "json" {
         tracing_subscriber::fmt().json().with_env_filter(filter).init();
     } else {
-        tracing_subscriber::fmt().with_env_filter(filter).init();
+        // Colour codes only for a terminal: a log file or journald gets plain text.
+        let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+        tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).init();
     }
     if !owsync::spec::is_dns_label(&a.cluster) {
         bail!("--cluster {:?} is not a DNS-1123 label", a.cluster);

@@ -262,6 +262,10 @@ async fn deregister(a: DeregisterArgs) -> Result<ExitCode, CliError> {
 async fn reinstate(a: ReinstateArgs) -> Result<ExitCode, CliError> {
     let pool = a.admin.pool().await?;
     if cl::reinstate(&pool, &a.name).await.map_err(cerr)? {
+        // Recorded, so the name is a known (empty) cluster until its replicas register.
+        let mut conn = pool.acquire().await.map_err(|e| CliError::msg(format!("connect: {e}")))?;
+        let msg = "reinstated: replicas may register under this name again";
+        store::jobs::event(&mut conn, &a.name, None, false, "ClusterReinstated", msg, None).await?;
         println!("cluster/{} reinstated: replicas may register under this name again", a.name);
         Ok(ExitCode::SUCCESS)
     } else {

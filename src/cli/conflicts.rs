@@ -112,10 +112,21 @@ async fn list(g: &Global, a: ListArgs) -> Result<ExitCode, CliError> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Who resolves: the operating-system user, as recorded in `conflict_log.resolved_by`.
-fn who() -> String {
-    let user = std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_else(|_| "unknown".into());
-    format!("{user} (owsyncctl)")
+/// Who resolves, as recorded in `conflict_log.resolved_by`: the operating-system user
+/// (`$USER`, `$LOGNAME`), or when neither is set (cron, containers) the database role;
+/// with the host name either way: `alice@ops-1 (owsyncctl)`.
+async fn who(pool: &sqlx::PgPool) -> String {
+    let os_user = std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).ok().filter(|u| !u.is_empty());
+    let user = match os_user {
+        Some(u) => u,
+        None => sqlx::query_scalar::<_, String>("SELECT current_user::text")
+            .fetch_one(pool)
+            .await
+            .map(|r| format!("role {r}"))
+            .unwrap_or_else(|_| "unknown".into()),
+    };
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_default();
+    if host.is_empty() { format!("{user} (owsyncctl)") } else { format!("{user}@{host} (owsyncctl)") }
 }
 
 async fn resolve(g: &Global, a: ResolveArgs) -> Result<ExitCode, CliError> {
@@ -130,8 +141,9 @@ async fn resolve(g: &Global, a: ResolveArgs) -> Result<ExitCode, CliError> {
     let s = specs::get(&pool, &g.cluster, &entry.client).await?;
     let schema = s.spec.mirror_schema(&entry.client);
     let previous = status::get(&pool, &g.cluster, &entry.client).await?;
+    let by = who(&pool).await;
     let mut tx = store::begin(&pool, &g.cluster).await?;
-    let done = conflicts::resolve(&mut tx, &g.cluster, &schema, a.id, use_source, &who())
+    let done = conflicts::resolve(&mut tx, &g.cluster, &schema, a.id, use_source, &by)
         .await
         .map_err(|e| CliError::msg(e.to_string()))?;
     let pending = conflicts::pending_count(&mut tx, &g.cluster, &entry.client).await?;

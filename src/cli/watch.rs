@@ -5,11 +5,10 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use clap::Args;
-use sqlx::Row;
 
 use super::common::{CliError, Global, Output};
 use crate::spec::{ClientSyncStatus, Phase};
-use crate::store::{self, lease, specs, status};
+use crate::store::{self, observed, specs, status};
 
 #[derive(Debug, Args)]
 pub struct WaitArgs {
@@ -62,33 +61,26 @@ pub async fn wait(g: &Global, a: WaitArgs) -> Result<ExitCode, CliError> {
     }
 }
 
-/// `cluster status`: the lease and every replica's heartbeat.
+/// `cluster status`: the lease and every replica. The role comes from the lease (holder,
+/// expiry, the holder's session still connected), never from a replica's own heartbeat
+/// row, which a killed replica never corrects; a replica whose heartbeat is older than
+/// the lease lasts is shown as stale. An unknown cluster (no replica, lease, ClientSync
+/// or retirement) exits 1.
 pub async fn status(g: &Global) -> Result<ExitCode, CliError> {
     let pool = g.pool().await?;
-    let l = lease::current(&pool, &g.cluster).await?;
+    let view = observed::cluster_view(&pool, &g.cluster).await?;
     let mut tx = store::begin(&pool, &g.cluster).await?;
-    let hosts = sqlx::query(
-        "SELECT node_id, coalesce(hostname, ''), coalesce(version, ''), status, is_leader, last_heartbeat,
-                extract(epoch FROM now() - last_heartbeat)::float8
-         FROM sync_metadata.hosts WHERE cluster_name = $1 ORDER BY node_id",
-    )
-    .bind(&g.cluster)
-    .fetch_all(&mut *tx)
-    .await
-    .map_err(|e| CliError::msg(format!("read hosts: {e}")))?;
     let retired = store::cluster::retired(&mut tx, &g.cluster).await.map_err(|e| CliError::msg(e.to_string()))?;
     let _ = tx.commit().await;
+    if view.lease.is_none() && view.replicas.is_empty() && !view.has_records && retired.is_none() {
+        eprintln!(
+            "error: cluster {} is unknown: no replica has registered, no lease, no ClientSync and no event (check --cluster or OWSYNC_CLUSTER)",
+            g.cluster
+        );
+        return Ok(ExitCode::from(1));
+    }
     if g.output == Output::Json || g.output == Output::Yaml {
-        let v = serde_json::json!({
-            "cluster": g.cluster,
-            "lease": l,
-            "retiredAt": retired.map(|r| r.0),
-            "replicas": hosts.iter().map(|h| serde_json::json!({
-                "nodeId": h.get::<String, _>(0), "hostname": h.get::<String, _>(1), "version": h.get::<String, _>(2),
-                "status": h.get::<String, _>(3), "isLeader": h.get::<bool, _>(4),
-                "lastHeartbeat": h.get::<chrono::DateTime<Utc>, _>(5),
-            })).collect::<Vec<_>>(),
-        });
+        let v = status_json(&g.cluster, &view, retired.map(|r| r.0));
         if g.output == Output::Json {
             println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
         } else {
@@ -103,8 +95,8 @@ pub async fn status(g: &Global) -> Result<ExitCode, CliError> {
             at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
         );
     }
-    match &l {
-        Some(l) if !l.expired => {
+    match &view.lease {
+        Some(l) if l.held() => {
             let left = (l.expires_at - Utc::now()).num_milliseconds() as f64 / 1000.0;
             println!(
                 "Leader:  {} (epoch {}, since {}, lease expires in {left:.1}s)",
@@ -113,20 +105,25 @@ pub async fn status(g: &Global) -> Result<ExitCode, CliError> {
                 l.acquired_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
             );
         }
+        Some(l) if !l.expired => println!(
+            "Leader:  none (last: {} at epoch {}: its lease session is gone; a standby takes over)",
+            l.leader_id, l.epoch
+        ),
         Some(l) => println!("Leader:  none (last: {} at epoch {}, lease expired)", l.leader_id, l.epoch),
         None => println!("Leader:  none (no replica has ever led this cluster)"),
     }
-    let rows: Vec<Vec<String>> = hosts
+    let rows: Vec<Vec<String>> = view
+        .replicas
         .iter()
-        .map(|h| {
-            let age: f64 = h.get(6);
+        .map(|r| {
+            let status = if r.stale && r.status == "active" { "stale".to_string() } else { r.status.clone() };
             vec![
-                h.get::<String, _>(0),
-                if h.get::<bool, _>(4) { "leader".into() } else { "standby".into() },
-                h.get::<String, _>(3),
-                format!("{age:.0}s ago"),
-                h.get::<String, _>(1),
-                h.get::<String, _>(2),
+                r.node_id.clone(),
+                role(r).into(),
+                status,
+                format!("{:.0}s ago", r.heartbeat_age_secs),
+                r.hostname.clone(),
+                r.version.clone(),
             ]
         })
         .collect();
@@ -135,4 +132,38 @@ pub async fn status(g: &Global) -> Result<ExitCode, CliError> {
         println!("  {line}");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `leader` (holds the lease), `standby`, or `unknown` (not leading and no recent heartbeat).
+fn role(r: &observed::ReplicaView) -> &'static str {
+    match (r.leading, r.stale) {
+        (true, _) => "leader",
+        (false, false) => "standby",
+        (false, true) => "unknown",
+    }
+}
+
+/// `cluster status -o json|yaml`: every key camelCase, like the resources.
+fn status_json(
+    cluster: &str,
+    view: &observed::ClusterView,
+    retired_at: Option<chrono::DateTime<Utc>>,
+) -> serde_json::Value {
+    let lease = view.lease.as_ref().map(|l| {
+        serde_json::json!({
+            "leaderId": l.leader_id, "epoch": l.epoch, "acquiredAt": l.acquired_at, "renewedAt": l.renewed_at,
+            "expiresAt": l.expires_at, "expired": l.expired, "holderConnected": l.holder_alive, "held": l.held(),
+        })
+    });
+    serde_json::json!({
+        "cluster": cluster,
+        "leader": view.lease.as_ref().filter(|l| l.held()).map(|l| l.leader_id.clone()),
+        "lease": lease,
+        "retiredAt": retired_at,
+        "replicas": view.replicas.iter().map(|r| serde_json::json!({
+            "nodeId": r.node_id, "hostname": r.hostname, "version": r.version, "status": r.status,
+            "role": role(r), "isLeader": r.leading, "stale": r.stale,
+            "lastHeartbeat": r.last_heartbeat, "heartbeatAgeSeconds": r.heartbeat_age_secs,
+        })).collect::<Vec<_>>(),
+    })
 }

@@ -12,7 +12,8 @@ use tracing::{info, warn};
 
 use super::reconciler::{Reconciler, mark_suspended};
 use super::{AbortOnDrop, Shared};
-use crate::store::{requests, specs};
+use crate::spec::interval_of;
+use crate::store::{observed, requests, specs};
 use crate::sync::Fence;
 
 struct Running {
@@ -43,6 +44,8 @@ pub(super) async fn run_leader(shared: Arc<Shared>, epoch: i64, token: Cancellat
     let Fleet { running, stopping, .. } = &mut fleet;
     let mut suspended: HashMap<String, i64> = HashMap::new();
     let mut listen = listener(&shared).await;
+    // The lag gauges show only the tenants this term runs a reconciler for.
+    shared.metrics.untrack_all();
     let _retention = shared
         .config
         .history_retention
@@ -69,14 +72,19 @@ pub(super) async fn run_leader(shared: Arc<Shared>, epoch: i64, token: Cancellat
                 for name in stale {
                     if let Some(r) = running.remove(&name) {
                         info!(client = %name, "stopping reconciler (spec changed, disabled or deleted)");
+                        shared.metrics.untrack(&name);
                         r.token.cancel();
                         stopping.push(r.task);
                     }
                 }
+                let new = wanted.keys().any(|n| !running.contains_key(*n));
+                let last_syncs = if new { observed::last_syncs(&shared.pool, &cluster).await.ok() } else { None };
                 for (name, spec) in &wanted {
                     if running.contains_key(*name) {
                         continue;
                     }
+                    let last = last_syncs.as_ref().and_then(|m| m.get(*name).copied());
+                    shared.metrics.track(name, interval_of(&spec.spec), last);
                     let lock = locks.entry(name.to_string()).or_default().clone();
                     let child = token.child_token();
                     let wake = Arc::new(Notify::new());

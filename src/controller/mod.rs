@@ -108,12 +108,13 @@ impl Shared {
         connect: PgConnectOptions,
     ) -> Arc<Shared> {
         let candidate = Candidate { cluster: config.cluster.clone(), node_id: config.node_id.clone(), instance };
+        let metrics = Metrics::for_cluster(&config.cluster);
         Arc::new(Shared {
             config,
             candidate,
             pool,
             connect,
-            metrics: Metrics::new(),
+            metrics,
             node: RwLock::new(NodeState::default()),
             started: Instant::now(),
             term: RwLock::new(None),

@@ -132,6 +132,7 @@ impl Recorder<'_> {
     ) -> (Duration, Result<(), RecordError>) {
         let (name, generation, now) = (&self.spec.name, self.spec.generation, run.now);
         let summary = summarize(st, run);
+        store::observed::with_quarantined(self.pool, &self.spec.cluster, name, &mut st.tables).await;
         let ok = matches!(run.result, Ok(r) if r.failed.is_empty());
         // A hold is not a failure: it is checked again every interval, without backoff.
         let held = matches!(summary.outcome, Outcome::Held { .. });

@@ -11,6 +11,7 @@ pub mod inventory;
 pub mod jobs;
 pub mod lease;
 pub mod migrate;
+pub mod observed;
 pub mod quarantine;
 pub mod requests;
 pub mod session;
@@ -35,7 +36,7 @@ pub enum StoreError {
     #[error("{context}: {source}")]
     Db { context: String, source: sqlx::Error },
     #[error(
-        "database is not migrated (sync_metadata missing or at version {found}, need {want}): run `owsyncctl migrate --admin-url URL`"
+        "database is not migrated (sync_metadata missing or at version {found}, need {want}): run `owsyncctl migrate --admin-url-file FILE` (FILE holds the admin URL)"
     )]
     NotMigrated { found: i64, want: i64 },
     #[error("{0}")]
