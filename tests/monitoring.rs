@@ -65,6 +65,7 @@ fn exported_metrics() -> Exported {
     m.cache_hits.inc();
     m.cache_misses.inc();
     m.leader_transitions.inc();
+    m.record_held("acme", true);
     let out = parse_exposition(&m.render(true));
     assert!(out.series.len() >= 10, "too few metrics rendered: {:?}", out.series.keys());
     for (name, labels) in &out.series {
@@ -346,6 +347,8 @@ fn alert_rules_are_the_seeds_five_on_exported_metrics() {
     assert!(uses("sync_duration_seconds_bucket", ">60"), "p95 sync duration > 60 s");
     assert!(alerts.values().any(|(_, u)| u.iter().any(|m| m == "conflicts_detected_total")), "conflict spike");
     assert!(uses("state_sync_lag_seconds", ">600"), "lag > 600 s");
+    // And the deletion guard's hold (issue #12).
+    assert!(uses("deletions_held", "==1"), "deletions held");
 }
 
 // ---------------------------------------------------------------------------------------
@@ -368,7 +371,7 @@ fn promtool(args: &[&str]) -> String {
 #[test]
 fn promtool_checks_the_rules_and_passes_their_unit_tests() {
     let checked = promtool(&["check", "rules", "alerts.yaml"]);
-    assert!(checked.contains("SUCCESS: 5 rules found"), "{checked}");
+    assert!(checked.contains("SUCCESS: 6 rules found"), "{checked}");
     let tested = promtool(&["test", "rules", "alerts.test.yaml"]);
     assert!(tested.contains("SUCCESS"), "{tested}");
 }
