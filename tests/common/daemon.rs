@@ -15,11 +15,16 @@ pub struct Daemon {
 impl Daemon {
     /// Starts owsyncd for the test's cluster with short election timings.
     pub fn start(env: &TestEnv, node_id: &str, extra: &[&str]) -> Daemon {
+        Daemon::start_in(env, &env.cluster, node_id, extra)
+    }
+
+    /// Starts owsyncd for `cluster` (another host's cluster in the same database).
+    pub fn start_in(env: &TestEnv, cluster: &str, node_id: &str, extra: &[&str]) -> Daemon {
         let port = free_port();
         let log = env.path(&format!("{node_id}.log"));
         let out = std::fs::File::create(&log).expect("log file");
         let listen = format!("127.0.0.1:{port}");
-        let mut args = vec!["--cluster", env.cluster.as_str(), "--node-id", node_id, "--listen", listen.as_str()];
+        let mut args = vec!["--cluster", cluster, "--node-id", node_id, "--listen", listen.as_str()];
         args.extend_from_slice(extra);
         let child = Command::new(env!("CARGO_BIN_EXE_owsyncd"))
             .args(&args)
