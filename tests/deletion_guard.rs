@@ -34,9 +34,10 @@ async fn status(pool: &PgPool) -> (String, String, String, i64) {
         "SELECT phase, (SELECT c FROM jsonb_array_elements(conditions) c WHERE c->>'type' = 'DeletionsHeld')
          FROM sync_metadata.client_status WHERE name = 'acme'",
     )
-    .fetch_one(pool)
+    .fetch_optional(pool)
     .await
-    .expect("read status");
+    .expect("read status")
+    .unwrap_or_default();
     let events: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM sync_metadata.events WHERE client_name = 'acme' AND reason = 'DeletionsHeld' AND type = 'Warning'",
     )
@@ -164,4 +165,54 @@ async fn small_deletions_and_a_disabled_guard_pass() {
     ok(&env.ctl(&["apply", "-f", env.manifest("acme", &db, extra).to_str().unwrap()]));
     ok(&env.ctl(&["sync", "acme", "--once"]));
     assert_eq!(mirror(&admin, "chat").await, (10, 30));
+}
+
+/// The leader holds too: phase Held, a DeletionsHeld event, `deletions_held` 1 on
+/// /metrics; the volume coming back clears all of it.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_leader_holds_exports_the_gauge_and_clears_when_the_volume_returns() {
+    use common::daemon::{Daemon, eventually};
+    use std::time::Duration;
+    let env = TestEnv::new("guard_daemon").await;
+    let db = env.path("webui.db");
+    gen_db(&db, 3, 8, 23, SchemaFlavor::Fresh, JournalMode::Wal);
+    ok(&env.ctl(&["apply", "-f", env.manifest("acme", &db, "  watch: true\n").to_str().unwrap()]));
+    let d =
+        Daemon::start(&env, "node-a", &["--lease-duration", "3s", "--renew-deadline", "2s", "--retry-period", "500ms"]);
+    let admin = env.admin_pool().await;
+    let gauge = |v: &'static str| {
+        let d = &d;
+        move || async move {
+            let text = d.get_text("/metrics").await.unwrap_or_default();
+            text.lines()
+                .any(|l| l.starts_with("deletions_held{") && l.contains("client=\"acme\"") && l.ends_with(v))
+                .then_some(())
+        }
+    };
+    eventually(Duration::from_secs(30), "first sync", || async { (status(&admin).await.0 == "Synced").then_some(()) })
+        .await;
+    eventually(Duration::from_secs(10), "deletions_held 0", gauge(" 0")).await;
+    let real = env.path("real.db");
+    move_db(&db, &real);
+    gen_db(&db, 1, 0, 98, SchemaFlavor::Fresh, JournalMode::Wal);
+    ok(&env.ctl(&["trigger", "acme"]));
+    eventually(Duration::from_secs(30), "phase Held", || async {
+        let st = status(&admin).await;
+        (st.0 == "Held" && st.2 == "SourceReplaced" && st.3 == 1).then_some(())
+    })
+    .await;
+    eventually(Duration::from_secs(10), "deletions_held 1", gauge(" 1")).await;
+    assert_eq!(mirror(&admin, "chat").await, (24, 0));
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
+    }
+    move_db(&real, &db);
+    ok(&env.ctl(&["trigger", "acme"]));
+    eventually(Duration::from_secs(30), "hold cleared", || async {
+        let st = status(&admin).await;
+        (st.0 == "Synced" && st.1 == "False").then_some(())
+    })
+    .await;
+    eventually(Duration::from_secs(10), "deletions_held 0 again", gauge(" 0")).await;
+    assert_eq!(mirror(&admin, "chat").await, (24, 0));
 }
