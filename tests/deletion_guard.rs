@@ -216,3 +216,35 @@ async fn the_leader_holds_exports_the_gauge_and_clears_when_the_volume_returns()
     eventually(Duration::from_secs(10), "deletions_held 0 again", gauge(" 0")).await;
     assert_eq!(mirror(&admin, "chat").await, (24, 0));
 }
+
+/// Rows deleted and as many inserted keep the counts, so only the table's own transaction
+/// sees how many it would tombstone: beyond the share it rolls back and the sync holds.
+#[tokio::test(flavor = "multi_thread")]
+async fn churn_that_counts_cannot_see_is_held_by_the_table_transaction() {
+    let env = TestEnv::new("guard_churn").await;
+    let db = env.path("webui.db");
+    gen_db(&db, 4, 10, 8, SchemaFlavor::Fresh, JournalMode::Wal);
+    ok(&env.ctl(&["apply", "-f", env.manifest("acme", &db, "").to_str().unwrap()]));
+    ok(&env.ctl(&["sync", "acme", "--once"]));
+    let admin = env.admin_pool().await;
+    let source = rusqlite::Connection::open(&db).expect("open source");
+    source
+        .execute_batch(
+            "PRAGMA foreign_keys = OFF;
+             CREATE TEMP TABLE gone AS SELECT * FROM chat ORDER BY rowid LIMIT 30;
+             DELETE FROM chat WHERE id IN (SELECT id FROM gone);
+             UPDATE gone SET id = id || '-new', title = 'new ' || title;
+             INSERT INTO chat SELECT * FROM gone;",
+        )
+        .unwrap();
+    assert_eq!(source.query_row("SELECT count(*) FROM chat", [], |r| r.get::<_, i64>(0)).unwrap(), 40);
+    let out = env.ctl(&["sync", "acme", "--once"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("chat 30 of 40 rows"), "{}", stderr(&out));
+    assert_eq!(mirror(&admin, "chat").await, (40, 0), "the table's transaction rolled back");
+    assert_eq!(held(&admin).await.expect("held")["reason"], "MassDeletion");
+    ok(&env.ctl(&["deletions", "approve", "acme"]));
+    ok(&env.ctl(&["sync", "acme", "--once"]));
+    assert_eq!(mirror(&admin, "chat").await, (40, 30), "approved: applied");
+    ok(&env.ctl(&["verify", "acme"]));
+}

@@ -160,6 +160,40 @@ pub fn decide(policy: &DeletionGuard, seen: &Observed) -> Option<Plan> {
     })
 }
 
+/// The most rows each table's transaction may tombstone in a sync the guard let through:
+/// the second line of the guard, for what counts cannot see (rows deleted and as many
+/// inserted). Beyond it the table rolls back and the sync holds. No limit when the guard
+/// is off; an approval raises a table's limit to the deletions it approved.
+pub fn limits(policy: &DeletionGuard, seen: &Observed, approval: Option<&Plan>) -> BTreeMap<String, u64> {
+    let mut out = BTreeMap::new();
+    if !policy.enabled {
+        return out;
+    }
+    for c in seen.tables.iter().filter(|c| c.live > 0) {
+        let mut max =
+            if c.live >= policy.min_rows { (policy.max_share * c.live as f64).floor() as i64 } else { c.live };
+        if policy.hold_emptied {
+            max = max.min(c.live - 1);
+        }
+        if let Some(a) = approval.and_then(|a| a.tables.iter().find(|t| t.table == c.table)) {
+            max = max.max(a.deleting());
+        }
+        out.insert(c.table.clone(), max.max(0) as u64);
+    }
+    out
+}
+
+/// The plan of a table whose transaction would have tombstoned `tombstoned` of `live` rows.
+pub fn exceeded(table: &str, live: i64, tombstoned: u64) -> Plan {
+    let remaining = (live - tombstoned as i64).max(0);
+    Plan {
+        reason: Reason::MassDeletion,
+        tables: vec![HeldTable { table: table.to_string(), live, remaining }],
+        foreign: Vec::new(),
+        anchored: 0,
+    }
+}
+
 /// Reads what the guard needs from the source at `path`: the row count of every selected
 /// table the last sync recorded (`recorded`: table -> rows), whether the `previous`
 /// anchors are there, and fresh anchors. Short statements, each its own read.
@@ -285,6 +319,9 @@ mod tests;
 /// A sync the guard let through, with what to record once it is complete.
 pub struct Passed {
     anchors: Anchors,
+    /// Per table, the most rows its transaction may tombstone ([`limits`]); with the
+    /// rows each table had at the last sync.
+    pub limits: BTreeMap<String, (u64, i64)>,
     /// The approval it applied, if any (logged; consumed by [`settle`]).
     approved: bool,
 }
@@ -299,7 +336,7 @@ pub(super) async fn check(
     job: &super::SyncJob<'_>,
     recorded: &BTreeMap<String, i64>,
 ) -> Result<Passed, super::SyncError> {
-    use crate::store::{FencedTx, guard as stored};
+    use crate::store::guard as stored;
     let client = job.client.to_string();
     let store_err = |source| super::SyncError::store(&client, source);
     let mut tx = crate::store::begin(job.pool, job.cluster).await.map_err(store_err)?;
@@ -315,20 +352,40 @@ pub(super) async fn check(
         crate::spec::DeletePolicy::Tombstone => decide(&job.spec.deletion_guard, &seen),
         crate::spec::DeletePolicy::Ignore => None,
     };
-    let Some(plan) = plan else { return Ok(Passed { anchors: seen.anchors, approved: false }) };
     let approval: Option<Plan> = parse(row.approved);
+    let live: BTreeMap<&str, i64> = seen.tables.iter().map(|c| (c.table.as_str(), c.live)).collect();
+    let limits = match job.spec.deletes {
+        crate::spec::DeletePolicy::Tombstone => limits(&job.spec.deletion_guard, &seen, approval.as_ref()),
+        crate::spec::DeletePolicy::Ignore => BTreeMap::new(),
+    };
+    let limits =
+        limits.into_iter().map(|(t, max)| (t.clone(), (max, live.get(t.as_str()).copied().unwrap_or(0)))).collect();
+    let Some(plan) = plan else { return Ok(Passed { anchors: seen.anchors, limits, approved: false }) };
     if approval.as_ref().is_some_and(|a| plan.covered_by(a)) {
         tracing::warn!(client = %client, approved_by = row.approved_by.as_deref().unwrap_or("?"),
                        reason = plan.reason.as_str(), "applying approved deletions");
-        return Ok(Passed { anchors: seen.anchors, approved: true });
+        return Ok(Passed { anchors: seen.anchors, limits, approved: true });
     }
+    Err(hold(job, plan).await)
+}
+
+/// Records the hold of `plan` (fenced) and returns the sync's `DeletionsHeld` error (or
+/// the error that kept it from being recorded).
+pub(super) async fn hold(job: &super::SyncJob<'_>, plan: Plan) -> super::SyncError {
+    let client = job.client.to_string();
     let message = plan.message(job.client, &job.spec.source.path);
     tracing::warn!(client = %client, reason = plan.reason.as_str(), "{message}");
     let doc = serde_json::to_value(&plan).unwrap_or_default();
-    let mut tx = FencedTx::begin(job.pool, job.cluster, job.fence).await.map_err(store_err)?;
-    stored::hold(&mut tx, job.cluster, job.client, &doc).await.map_err(store_err)?;
-    tx.commit().await.map_err(store_err)?;
-    Err(super::SyncError::DeletionsHeld { client, plan: Box::new(plan), message })
+    let recorded = async {
+        let mut tx = crate::store::FencedTx::begin(job.pool, job.cluster, job.fence).await?;
+        crate::store::guard::hold(&mut tx, job.cluster, job.client, &doc).await?;
+        tx.commit().await
+    }
+    .await;
+    match recorded {
+        Ok(()) => super::SyncError::DeletionsHeld { client, plan: Box::new(plan), message },
+        Err(e) => super::SyncError::store(&client, e),
+    }
 }
 
 /// After a complete sync: records the anchors sampled before it and clears any hold and

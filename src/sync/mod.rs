@@ -149,7 +149,11 @@ pub async fn sync_tenant_with(job: &SyncJob<'_>, full: bool) -> Result<SyncRepor
         return Ok(SyncReport { tables, unchanged: true, duration: started.elapsed(), ..Default::default() });
     }
     let passed = guard::check(job, &rows).await?;
-    let (mut report, discovered) = sync_all(job, full).await?;
+    let (mut report, discovered) = match sync_all(job, full, &passed.limits).await {
+        // A table's transaction would have tombstoned beyond the guard (and rolled back).
+        Err(SyncError::DeletionsHeld { plan, .. }) => return Err(guard::hold(job, *plan).await),
+        r => r?,
+    };
     report.drift = drift::check_against(job, &discovered)
         .await
         .inspect_err(|e| warn!(error = %e, "cannot check schema drift"))
@@ -164,7 +168,11 @@ pub async fn sync_tenant_with(job: &SyncJob<'_>, full: bool) -> Result<SyncRepor
     Ok(report)
 }
 
-async fn sync_all(job: &SyncJob<'_>, full: bool) -> Result<(SyncReport, Vec<source::TableInfo>), SyncError> {
+async fn sync_all(
+    job: &SyncJob<'_>,
+    full: bool,
+    limits: &BTreeMap<String, (u64, i64)>,
+) -> Result<(SyncReport, Vec<source::TableInfo>), SyncError> {
     let started = Instant::now();
     let client = job.client.to_string();
     let schema = job.spec.mirror_schema(job.client);
@@ -210,6 +218,7 @@ async fn sync_all(job: &SyncJob<'_>, full: bool) -> Result<(SyncReport, Vec<sour
         late: late.iter().map(|t| t.name.clone()).collect(),
         late_failed: Mutex::new(BTreeMap::new()),
         late_done: late_rx,
+        limits,
     };
     let provisioner = async {
         let r = provision::provision_tables(job, &schema, late, &shapes, full).await;
@@ -241,7 +250,7 @@ async fn sync_all(job: &SyncJob<'_>, full: bool) -> Result<(SyncReport, Vec<sour
 }
 
 /// What a sync's workers share.
-struct Shared {
+struct Shared<'a> {
     queue: reader::Queue,
     /// A worker met a fatal error: the others stop after their current table.
     stop: AtomicBool,
@@ -251,9 +260,11 @@ struct Shared {
     late: std::collections::HashSet<String>,
     late_failed: Mutex<BTreeMap<String, String>>,
     late_done: tokio::sync::watch::Receiver<bool>,
+    /// The most rows each table may tombstone, with its rows at the last sync (`guard::limits`).
+    limits: &'a BTreeMap<String, (u64, i64)>,
 }
 
-impl Shared {
+impl Shared<'_> {
     fn stop(&self) {
         self.stop.store(true, Ordering::Relaxed);
         if let Ok(mut q) = self.queue.lock() {
@@ -267,7 +278,7 @@ impl Shared {
 async fn worker(
     job: &SyncJob<'_>,
     schema: &str,
-    shared: &Shared,
+    shared: &Shared<'_>,
     mut rx: mpsc::Receiver<Msg>,
     reader: tokio::task::JoinHandle<Result<(), source::SourceError>>,
 ) -> Result<(), SyncError> {
@@ -300,7 +311,8 @@ async fn worker(
         let table = MirrorTable::from_source(schema, info);
         let span = info_span!("table", client = %client, table = %info.name);
         progress::report(|p| p.table_started(&info.name));
-        let done = sync_table(job, &plan, &table, &mut rx).instrument(span).await;
+        let limit = shared.limits.get(&info.name).copied();
+        let done = sync_table(job, &plan, &table, &mut rx, limit).instrument(span).await;
         progress::report(|p| match &done {
             Ok(tr) => p.table_done(&info.name, tr.rows, None),
             Err(TableFailure::Table(m)) => p.table_done(&info.name, 0, Some(m)),

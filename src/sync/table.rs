@@ -156,6 +156,8 @@ pub(super) async fn sync_table(
     plan: &TablePlan,
     table: &MirrorTable,
     rx: &mut mpsc::Receiver<Msg>,
+    // The most rows this table may tombstone, and its rows at the last sync (`guard::limits`).
+    limit: Option<(u64, i64)>,
 ) -> Result<TableReport, TableFailure> {
     let client = job.client.to_string();
     // An incremental pass with no changed leaf: when the walk matches the recorded state
@@ -228,6 +230,13 @@ pub(super) async fn sync_table(
                     target::ranges::tombstone_in_ranges(&mut tx, table, ranges).await.map_err(target_err)?;
             }
             phases.mark("tombstones");
+            if let Some((max, live)) = limit
+                && counts.tombstoned > max
+            {
+                let plan = Box::new(super::guard::exceeded(&info.name, live, counts.tombstoned));
+                let message = String::new();
+                return Err(TableFailure::Fatal(SyncError::DeletionsHeld { client: client.clone(), plan, message }));
+            }
             (counts, conflicts)
         };
         quarantine::record(&mut tx, of, &read.quarantined, full_pass, read.reread.as_deref())

@@ -122,3 +122,19 @@ fn deleting_most_chats_of_the_same_database_is_a_mass_deletion() {
     assert_eq!((chat.live, chat.remaining), (40, 10), "{plan:?}");
     assert!(plan.tables.iter().all(|t| t.table == "chat" || t.table.contains("chat")), "{plan:?}");
 }
+
+#[test]
+fn limits_follow_the_policy_and_an_approval() {
+    let g = DeletionGuard::default();
+    let s = seen(vec![counted("chat", 100, 100), counted("tag", 5, 5), counted("empty", 0, 0)]);
+    let l = limits(&g, &s, None);
+    assert_eq!(l.get("chat"), Some(&50));
+    assert_eq!(l.get("tag"), Some(&4), "under minRows: anything but emptying");
+    assert!(!l.contains_key("empty"));
+    let lax = DeletionGuard { hold_emptied: false, ..DeletionGuard::default() };
+    assert_eq!(limits(&lax, &s, None).get("tag"), Some(&5));
+    let approved = exceeded("chat", 100, 70);
+    assert_eq!(limits(&g, &s, Some(&approved)).get("chat"), Some(&70));
+    let off = DeletionGuard { enabled: false, ..DeletionGuard::default() };
+    assert!(limits(&off, &s, None).is_empty());
+}
