@@ -42,6 +42,7 @@ pub const MIGRATIONS: &[Migration] = &[
     Migration { version: 11, name: "history_retention", sql: include_str!("migrations/0011_history_retention.sql") },
     Migration { version: 12, name: "page_state_delta", sql: include_str!("migrations/0012_page_state_delta.sql") },
     Migration { version: 13, name: "deletion_guard", sql: include_str!("migrations/0013_deletion_guard.sql") },
+    Migration { version: 14, name: "cluster_roles", sql: include_str!("migrations/0014_cluster_roles.sql") },
 ];
 
 /// The schema version this build needs.

@@ -13,6 +13,7 @@ pub mod lease;
 pub mod migrate;
 pub mod quarantine;
 pub mod requests;
+pub mod roles;
 pub mod session;
 pub mod specs;
 pub mod state;
