@@ -1,4 +1,4 @@
-//! `owsyncctl doctor` against real servers: a healthy sync_service URL, a superuser,
+//! `owsyncctl doctor` against real servers: a healthy cluster role (and the shared sync_service, warned about), a superuser,
 //! a role lacking grants, an unmigrated database, a closed port, a wrong password, a
 //! session-mode and a transaction-mode PgBouncer (the latter on port 6543, Supabase's
 //! transaction pooler port). The password never appears in any output.
@@ -30,48 +30,95 @@ fn line<'a>(text: &'a str, prefix: &str) -> &'a str {
     text.lines().find(|l| l.starts_with(prefix)).unwrap_or_else(|| panic!("no line {prefix:?}:\n{text}"))
 }
 
+/// A cluster role (`owsyncctl cluster add-role`) of the test's cluster; its URL.
+fn cluster_role_url(env: &TestEnv, cluster: &str) -> String {
+    let pw = env.path(&format!("role-pw-{cluster}"));
+    std::fs::write(&pw, "role-pw-3c81aa").unwrap();
+    let o = env.ctl(&[
+        "cluster",
+        "add-role",
+        cluster,
+        "--password-file",
+        pw.to_str().unwrap(),
+        "--admin-url-file",
+        env.admin_url_file.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "add-role: {}", String::from_utf8_lossy(&o.stderr));
+    let role = String::from_utf8_lossy(&o.stdout).trim().to_string();
+    format!("postgres://{role}:role-pw-3c81aa@127.0.0.1:{}/{}", pg().port(), env.db)
+}
+
+const EVERY_CHECK: [&str; 14] = [
+    "url",
+    "endpoint",
+    "dns",
+    "tcp",
+    "connect",
+    "server",
+    "tls",
+    "session",
+    "schema",
+    "role",
+    "schema usage",
+    "tables",
+    "provision",
+    "rls",
+];
+
 #[tokio::test(flavor = "multi_thread")]
-async fn healthy_sync_service_url_passes_every_check() {
-    let env = TestEnv::new("doctor_ok").await;
-    let (code, text) = doctor(&env, &env.sync_url, &[]);
+async fn healthy_cluster_role_url_passes_every_check() {
+    let mut env = TestEnv::new("doctor_ok").await;
+    env.cluster = "doctor-ok-host".into();
+    let url = cluster_role_url(&env, "doctor-ok-host");
+    let (code, text) = doctor(&env, &url, &[]);
     assert_eq!(code, 0, "{text}");
-    for check in [
-        "url",
-        "endpoint",
-        "dns",
-        "tcp",
-        "connect",
-        "server",
-        "tls",
-        "session",
-        "schema",
-        "role",
-        "schema usage",
-        "tables",
-        "provision",
-        "rls",
-    ] {
+    for check in EVERY_CHECK.iter().chain(&["cluster role"]) {
         line(&text, &format!("✓ {check}: "));
     }
     assert!(!text.lines().any(|l| l.starts_with("✗ ") || l.starts_with("! ")), "{text}");
     assert!(line(&text, "✓ tcp: ").contains("IPv4"), "{text}");
     assert!(line(&text, "✓ dns: ").contains("IPv6 none; IPv4 127.0.0.1"), "{text}");
     assert!(line(&text, "✓ server: ").contains("PostgreSQL 15"), "{text}");
-    assert!(line(&text, "✓ rls: ").contains("test-host"), "{text}");
-    assert!(text.contains("postgres://sync_service:***@127.0.0.1:"), "the URL is shown redacted: {text}");
+    assert!(line(&text, "✓ rls: ").contains("doctor-ok-host"), "{text}");
+    assert!(line(&text, "✓ cluster role: ").contains("bound to cluster doctor-ok-host"), "{text}");
+    assert!(text.contains("postgres://owsync_doctor_ok_host:***@127.0.0.1:"), "the URL is shown redacted: {text}");
+    assert!(!text.contains("role-pw-3c81aa"), "{text}");
     assert_eq!(text.lines().last().unwrap(), "✓ verdict: usable by owsyncd", "{text}");
 
     // The same for machines.
     let f = env.path("url-json");
-    std::fs::write(&f, &env.sync_url).unwrap();
+    std::fs::write(&f, &url).unwrap();
     let o = env.ctl(&["doctor", "--database-url-file", f.to_str().unwrap(), "-o", "json"]);
     assert_eq!(o.status.code(), Some(0));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("doctor -o json prints JSON");
     assert_eq!(v["usable"], true);
     assert!(v["url"].as_str().unwrap().contains(":***@"), "{v}");
     let checks = v["checks"].as_array().unwrap();
-    assert!(checks.len() >= 14 && checks.iter().all(|c| c["status"] == "ok"), "{v:#}");
-    assert!(!String::from_utf8_lossy(&o.stdout).contains(SYNC_PASSWORD));
+    assert!(checks.len() >= 15 && checks.iter().all(|c| c["status"] == "ok"), "{v:#}");
+    assert!(!String::from_utf8_lossy(&o.stdout).contains("role-pw-3c81aa"));
+
+    // The role of another cluster sees none of this one's rows: that fails.
+    let (code, text) = doctor(&env, &url, &["--cluster", "another-host"]);
+    assert_eq!(code, 1, "{text}");
+    assert!(line(&text, "✗ cluster role: ").contains("bound to cluster doctor-ok-host, not another-host"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn shared_sync_service_url_is_usable_but_warned_about() {
+    let env = TestEnv::new("doctor_shared").await;
+    let (code, text) = doctor(&env, &env.sync_url, &[]);
+    assert_eq!(code, 0, "{text}");
+    for check in EVERY_CHECK {
+        line(&text, &format!("✓ {check}: "));
+    }
+    let warnings: Vec<&str> = text.lines().filter(|l| l.starts_with("! ")).collect();
+    assert_eq!(warnings.len(), 1, "{text}");
+    let w = line(&text, "! cluster role: ");
+    assert!(w.contains("shared sync_service") && w.contains("owsyncctl cluster add-role test-host"), "{text}");
+    assert!(!text.lines().any(|l| l.starts_with("✗ ")), "{text}");
+    assert!(line(&text, "✓ rls: ").contains("test-host"), "{text}");
+    assert!(text.contains("postgres://sync_service:***@127.0.0.1:"), "the URL is shown redacted: {text}");
+    assert_eq!(text.lines().last().unwrap(), "✓ verdict: usable by owsyncd, with 1 warning(s)", "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

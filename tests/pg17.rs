@@ -111,6 +111,9 @@ async fn everything(route: Route, prefix: &str) {
     assert_eq!(owners, [ADMIN], "tenant tables are owned by the admin (provision_table is SECURITY DEFINER)");
     verify_and_restore(&env, &db, &admin).await;
     denials::sync_service_denials(&env).await;
+    if route == Route::Direct {
+        denials::cluster_role(&env).await;
+    }
     if let Some(b) = bouncer {
         let log = b.log();
         assert!(

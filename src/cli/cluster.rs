@@ -26,6 +26,8 @@ pub enum ClusterCommand {
     PruneStale(PruneStaleArgs),
     /// Restore, adopt and move every tenant of a lost host to another cluster (admin; resumable).
     Evacuate(super::evacuate::EvacuateArgs),
+    /// A login role bound to one cluster: its rows and mirrors only (admin; prints the role's name).
+    AddRole(super::add_role::AddRoleArgs),
 }
 
 #[derive(Debug, Args)]
@@ -104,6 +106,7 @@ pub async fn cluster(g: &Global, c: ClusterCommand) -> Result<ExitCode, CliError
         ClusterCommand::Reinstate(a) => reinstate(a).await,
         ClusterCommand::PruneStale(a) => prune_stale(g, a).await,
         ClusterCommand::Evacuate(a) => super::evacuate::evacuate(g, a).await,
+        ClusterCommand::AddRole(a) => super::add_role::add_role(a).await,
     }
 }
 

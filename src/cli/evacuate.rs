@@ -53,7 +53,7 @@ struct Ctx {
     root: PathBuf,
 }
 
-pub async fn evacuate(g: &Global, a: EvacuateArgs) -> Result<ExitCode, CliError> {
+pub async fn evacuate(_g: &Global, a: EvacuateArgs) -> Result<ExitCode, CliError> {
     let admin = a.admin.pool().await?;
     if !a.force && leader_alive(&admin, &a.old).await? {
         return Err(CliError::msg(format!(
@@ -62,8 +62,9 @@ pub async fn evacuate(g: &Global, a: EvacuateArgs) -> Result<ExitCode, CliError>
             a.old, a.to
         )));
     }
-    let ctx =
-        Arc::new(Ctx { pool: g.pool().await?, admin, old: a.old.clone(), new: a.to.clone(), root: a.restore_root });
+    // Everything as admin: with one login role per cluster (`cluster add-role`), neither
+    // host's role may read the other cluster's mirrors and state.
+    let ctx = Arc::new(Ctx { pool: admin.clone(), admin, old: a.old.clone(), new: a.to.clone(), root: a.restore_root });
     // A rerun finds only what an earlier run did not move: moved tenants are in NEW.
     let mut names: Vec<String> = specs::list(&ctx.pool, &a.old).await?.into_iter().map(|s| s.name).collect();
     if names.is_empty() {

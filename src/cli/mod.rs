@@ -1,5 +1,6 @@
 //! `owsyncctl`: the declarative command line (apply, diff, get, describe, delete, ...).
 
+mod add_role;
 mod apply;
 mod cluster;
 mod common;

@@ -43,6 +43,7 @@ pub const MIGRATIONS: &[Migration] = &[
     Migration { version: 12, name: "page_state_delta", sql: include_str!("migrations/0012_page_state_delta.sql") },
     Migration { version: 13, name: "deletion_guard", sql: include_str!("migrations/0013_deletion_guard.sql") },
     Migration { version: 14, name: "mirror_owners", sql: include_str!("migrations/0014_mirror_owners.sql") },
+    Migration { version: 15, name: "cluster_roles", sql: include_str!("migrations/0015_cluster_roles.sql") },
 ];
 
 /// The schema version this build needs.

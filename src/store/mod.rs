@@ -14,6 +14,7 @@ pub mod migrate;
 pub mod observed;
 pub mod quarantine;
 pub mod requests;
+pub mod roles;
 pub mod session;
 pub mod specs;
 pub mod state;

@@ -86,3 +86,38 @@ pub async fn sync_service_denials(env: &TestEnv) {
     sqlx::query("SELECT set_config('app.current_host_id', 'other-host', false)").execute(&mut *c).await.expect("set");
     assert_denied("other-host", &sql, try_sql(&mut c, &sql).await);
 }
+
+/// `owsyncctl cluster add-role` by the Supabase-shaped admin (CREATEROLE, not a superuser,
+/// PostgreSQL 17's role rules): the role logs in, is bound to its cluster, and sees none
+/// of test-host's rows or mirror whatever it sets.
+pub async fn cluster_role(env: &TestEnv) {
+    let pw_file = env.path("pg17-role-password");
+    std::fs::write(&pw_file, "pg17-role-pw-71b2").expect("write password file");
+    let out = ok(&env.ctl(&[
+        "cluster",
+        "add-role",
+        "pg17-host",
+        "--password-file",
+        pw_file.to_str().expect("utf-8"),
+        "--admin-url-file",
+        env.admin_url_file.to_str().expect("utf-8"),
+    ]));
+    assert_eq!(out, "owsync_pg17_host\n");
+    let url = env
+        .sync_url
+        .replace(&format!("sync_service:{}", crate::common::SYNC_PASSWORD), "owsync_pg17_host:pg17-role-pw-71b2");
+    assert!(url.contains("owsync_pg17_host:"), "{url}");
+    let pool = owsync::store::connect(&url, "pg17-role", 1).await.expect("the cluster role logs in");
+    let mut c = pool.acquire().await.expect("connection");
+    let bound: Option<String> =
+        sqlx::query_scalar("SELECT sync_metadata.session_cluster()").fetch_one(&mut *c).await.expect("bound");
+    assert_eq!(bound.as_deref(), Some("pg17-host"));
+    sqlx::query("SELECT set_config('app.current_host_id', 'test-host', false)").execute(&mut *c).await.expect("set");
+    let seen: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM sync_metadata.client_specs").fetch_one(&mut *c).await.expect("read");
+    assert_eq!(seen, 0, "the pg17-host role sees test-host's specs");
+    for sql in [r#"SELECT count(*) FROM "client_acme"."chat""#, &provision("client_acme"), "SET ROLE sync_service"] {
+        assert_denied("owsync_pg17_host", sql, try_sql(&mut c, sql).await);
+        println!("NEGATIVE CHECK (pg17, cluster role) denied: {sql}");
+    }
+}

@@ -94,9 +94,9 @@ fn names(v: &[&Rel]) -> String {
 /// clusters (written by `owsyncctl cluster deregister` as admin).
 const READ_ONLY: &[&str] = &["schema_migrations", "retired_clusters"];
 
-/// Metadata tables owsyncd never touches: who owns each mirror schema (kept by a trigger
-/// on client_specs that runs as its owner; only an admin hands a kept mirror over).
-const ADMIN_ONLY: &[&str] = &["mirror_owners"];
+/// Metadata tables only the admin reads and writes: which role belongs to which cluster,
+/// and which ClientSync owns each mirror schema.
+const ADMIN_ONLY: &[&str] = &["cluster_roles", "mirror_owners"];
 
 pub async fn privileges(r: &mut Report, c: &mut PgConnection, cluster: &str) {
     let role = match sqlx::query(
@@ -133,6 +133,7 @@ pub async fn privileges(r: &mut Report, c: &mut PgConnection, cluster: &str) {
         );
     }
     let (superuser, bypass) = (flag(1), flag(2));
+    binding(r, c, cluster, &name).await;
     if !flag(5) {
         r.fail(
             "schema usage",
@@ -240,6 +241,52 @@ pub async fn privileges(r: &mut Report, c: &mut PgConnection, cluster: &str) {
     function(r, c, &name).await;
     let bypasses = superuser || bypass || working.iter().any(|t| t.owns);
     rls(r, c, cluster, &working, bypasses).await;
+}
+
+/// Which cluster the login role is bound to (`owsyncctl cluster add-role`): the shared
+/// sync_service warns (its password opens every cluster), a role of another cluster or
+/// an owsync cluster role without a binding fails.
+async fn binding(r: &mut Report, c: &mut PgConnection, cluster: &str, name: &str) {
+    let bound = match crate::store::roles::session_cluster(c).await {
+        Ok(b) => b,
+        Err(e) => {
+            r.fail("cluster role", format!("cannot read the role's cluster: {e}"));
+            return;
+        }
+    };
+    let member: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM pg_auth_members m JOIN pg_roles g ON g.oid = m.roleid
+                        JOIN pg_roles u ON u.oid = m.member WHERE g.rolname = $1 AND u.rolname = session_user)",
+    )
+    .bind(crate::store::roles::GROUP_ROLE)
+    .fetch_one(&mut *c)
+    .await
+    .unwrap_or(false);
+    let add_role = format!(
+        "`owsyncctl cluster add-role {cluster} --password-file F --admin-url-file A` creates this cluster's own role \
+         (docs/security.md)"
+    );
+    match bound {
+        Some(b) if b == cluster => r.ok(
+            "cluster role",
+            format!("{name} is bound to cluster {b}: row-level security and mirror grants key on the role"),
+        ),
+        Some(b) => r.fail(
+            "cluster role",
+            format!("{name} is bound to cluster {b}, not {cluster}: it sees none of {cluster}'s rows (--cluster / OWSYNC_CLUSTER)"),
+        ),
+        None if member => {
+            r.fail("cluster role", format!("{name} is an owsync cluster role bound to no cluster: {add_role}"))
+        }
+        None if name == crate::store::migrate::SYNC_ROLE => r.warn(
+            "cluster role",
+            format!(
+                "connected as the shared {name}: row-level security keys on app.current_host_id, a setting any \
+                 session chooses, so its password opens every cluster's rows and mirrors; {add_role}"
+            ),
+        ),
+        None => {}
+    }
 }
 
 async fn function(r: &mut Report, c: &mut PgConnection, name: &str) {
