@@ -40,7 +40,7 @@ impl Schedule {
         self.interval
     }
 
-    /// `jitter` in [-1, 1] (see [`super::backoff::random_jitter`]).
+    /// `jitter` in [-1, 1] (see `backoff::random_jitter`).
     pub fn failed(&mut self, jitter: f64) -> Duration {
         self.failures = self.failures.saturating_add(1);
         backoff_delay(self.failures, jitter)
