@@ -5,6 +5,8 @@
 
 mod common;
 
+use common::jobs::{Job, jobs};
+
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -73,38 +75,6 @@ async fn wait_client(env: &TestEnv, name: &str, timeout: Duration, what: &str, p
         async move { v }
     })
     .await
-}
-
-#[derive(Debug, Clone)]
-struct Job {
-    leader: String,
-    epoch: i64,
-    status: String,
-    started: DateTime<Utc>,
-    finished: Option<DateTime<Utc>>,
-    error: Option<String>,
-}
-
-/// The tenant's `sync_jobs` rows, oldest first (read as admin: no RLS).
-async fn jobs(admin: &PgPool, client: &str) -> Vec<Job> {
-    sqlx::query(
-        "SELECT leader_id, epoch, status, started_at, finished_at, error FROM sync_metadata.sync_jobs
-         WHERE client_name = $1 ORDER BY started_at",
-    )
-    .bind(client)
-    .fetch_all(admin)
-    .await
-    .expect("read sync_jobs")
-    .iter()
-    .map(|r| Job {
-        leader: r.get(0),
-        epoch: r.get(1),
-        status: r.get(2),
-        started: r.get(3),
-        finished: r.get(4),
-        error: r.get(5),
-    })
-    .collect()
 }
 
 async fn lease(admin: &PgPool, cluster: &str) -> (String, i64) {

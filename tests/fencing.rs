@@ -9,6 +9,8 @@
 
 mod common;
 
+use common::jobs::strip_ansi;
+
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -107,29 +109,6 @@ async fn audit_of(admin: &PgPool, node: &str) -> Vec<(i64, String, String, DateT
         .unwrap()
 }
 
-#[derive(Debug)]
-struct Job {
-    leader: String,
-    epoch: i64,
-    status: String,
-    started: DateTime<Utc>,
-    finished: Option<DateTime<Utc>>,
-}
-
-async fn jobs(admin: &PgPool) -> Vec<Job> {
-    sqlx::query(
-        "SELECT leader_id, epoch, status, started_at, finished_at FROM sync_metadata.sync_jobs
-         WHERE client_name = $1 ORDER BY started_at",
-    )
-    .bind(TENANT)
-    .fetch_all(admin)
-    .await
-    .unwrap()
-    .iter()
-    .map(|r| Job { leader: r.get(0), epoch: r.get(1), status: r.get(2), started: r.get(3), finished: r.get(4) })
-    .collect()
-}
-
 async fn lease(admin: &PgPool) -> (String, i64, DateTime<Utc>) {
     let r = sqlx::query("SELECT leader_id, epoch, acquired_at FROM sync_metadata.leader_election")
         .fetch_one(admin)
@@ -171,7 +150,11 @@ async fn a_frozen_leader_writes_nothing_after_the_takeover() {
     a.wait_up(Duration::from_secs(20)).await;
     let admin_r = &admin;
     eventually(Duration::from_secs(60), "node-a's first sync", || async move {
-        jobs(admin_r).await.iter().any(|j| j.leader == "node-a" && j.status == "succeeded").then_some(())
+        common::jobs::jobs(admin_r, TENANT)
+            .await
+            .iter()
+            .any(|j| j.leader == "node-a" && j.status == "succeeded")
+            .then_some(())
     })
     .await;
     let b = Daemon::start(&env, "node-b", &FLAGS);
@@ -189,12 +172,13 @@ async fn a_frozen_leader_writes_nothing_after_the_takeover() {
     mutate(&db, &MutateOptions { ops: 1500, seed: 1, ..Default::default() }).unwrap();
     ok(&env.ctl(&["trigger", TENANT]));
     eventually(Duration::from_secs(20), "node-a's triggered sync running", || async move {
-        let js = jobs(admin_r).await;
+        let js = common::jobs::jobs(admin_r, TENANT).await;
         js.iter().any(|j| j.leader == "node-a" && j.status == "running").then_some(())
     })
     .await;
     tokio::time::sleep(Duration::from_millis(150)).await; // into the sync's table transactions
-    let frozen_running = jobs(&admin).await.iter().any(|j| j.leader == "node-a" && j.status == "running");
+    let frozen_running =
+        common::jobs::jobs(&admin, TENANT).await.iter().any(|j| j.leader == "node-a" && j.status == "running");
     a.signal(libc::SIGSTOP);
     let t_stop = Instant::now();
     println!("node-a frozen (SIGSTOP) {} its sync", if frozen_running { "in the middle of" } else { "just after" });
@@ -207,7 +191,7 @@ async fn a_frozen_leader_writes_nothing_after_the_takeover() {
     assert_eq!(holder, "node-b");
     assert!(epoch_b > epoch_a, "epoch {epoch_a} -> {epoch_b}");
     eventually(Duration::from_secs(60), "node-b's sync", || async move {
-        let js = jobs(admin_r).await;
+        let js = common::jobs::jobs(admin_r, TENANT).await;
         js.iter().any(|j| j.leader == "node-b" && j.epoch == epoch_b && j.status == "succeeded").then_some(())
     })
     .await;
@@ -260,7 +244,7 @@ async fn a_frozen_leader_writes_nothing_after_the_takeover() {
     assert!(diffs.is_empty(), "the mirror changed after the thaw: {:?}", &diffs[..diffs.len().min(5)]);
     // 3. sync_jobs: node-a started nothing after the takeover; its frozen run was closed
     // by node-b (abandoned), not finished by node-a.
-    let js = jobs(&admin).await;
+    let js = common::jobs::jobs(&admin, TENANT).await;
     for j in js.iter().filter(|j| j.epoch == epoch_a) {
         assert!(j.started < takeover_at, "a run of epoch {epoch_a} started after the takeover: {j:?}");
         assert!(
@@ -488,18 +472,4 @@ fn aborted_reconcilers(log: &str) -> usize {
         .filter(|l| l.contains("leader aborted"))
         .filter_map(|l| l.split("reconcilers=").nth(1)?.split_whitespace().next()?.parse::<usize>().ok())
         .sum()
-}
-
-fn strip_ansi(s: &str) -> String {
-    let mut out = String::new();
-    let mut esc = false;
-    for c in s.chars() {
-        match (esc, c) {
-            (false, '\u{1b}') => esc = true,
-            (true, 'm') => esc = false,
-            (true, _) => {}
-            (false, c) => out.push(c),
-        }
-    }
-    out
 }

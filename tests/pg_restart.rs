@@ -7,16 +7,17 @@
 
 mod common;
 
+use common::jobs::Job;
+
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use common::compare::mirror_diff;
 use common::daemon::{Daemon, eventually};
 use common::{SYNC_PASSWORD, TestEnv, gen_db, ok, small_db};
 use owsync::devpg::{Options, TempPostgres};
 use owsync::fixtures::{JournalMode, MutateOptions, SchemaFlavor, mutate};
-use sqlx::Row;
 
 const FLAGS: [&str; 6] = ["--lease-duration", "6s", "--renew-deadline", "4s", "--retry-period", "1s"];
 
@@ -45,27 +46,13 @@ fn restart(pg: &TempPostgres) -> Duration {
     t.elapsed()
 }
 
-#[derive(Debug, Clone)]
-struct Job {
-    epoch: i64,
-    status: String,
-    started: DateTime<Utc>,
-    error: Option<String>,
-}
-
 /// The tenant's runs, oldest first; empty while the server is down. A fresh pool each
 /// time: the server restarts under these tests.
 async fn jobs(env: &TestEnv, client: &str) -> Vec<Job> {
     let Ok(pool) = owsync::store::connect(&env.admin_url, "test-jobs", 1).await else { return Vec::new() };
-    let rows = sqlx::query(
-        "SELECT epoch, status, started_at, error FROM sync_metadata.sync_jobs WHERE client_name = $1 ORDER BY started_at",
-    )
-    .bind(client)
-    .fetch_all(&pool)
-    .await
-    .unwrap_or_default();
+    let rows = common::jobs::try_jobs(&pool, client).await.unwrap_or_default();
     pool.close().await;
-    rows.iter().map(|r| Job { epoch: r.get(0), status: r.get(1), started: r.get(2), error: r.get(3) }).collect()
+    rows
 }
 
 async fn epoch(env: &TestEnv) -> Option<i64> {

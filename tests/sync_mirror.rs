@@ -5,6 +5,8 @@
 
 mod common;
 
+use common::jobs::strip_ansi;
+
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::Arc;
@@ -348,19 +350,6 @@ fn sync_logging_locks(env: &TestEnv, name: &str) -> std::process::Output {
         .stdin(std::process::Stdio::null())
         .output()
         .expect("run owsyncctl")
-}
-
-fn strip_ansi(l: &str) -> String {
-    let mut out = String::with_capacity(l.len());
-    let mut chars = l.chars();
-    while let Some(c) = chars.next() {
-        if c == '\x1b' {
-            chars.by_ref().find(|c| c.is_ascii_alphabetic());
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 /// The integer value of `name=` in a log line (0 when absent).

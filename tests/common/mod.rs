@@ -8,6 +8,7 @@
 pub mod bouncer;
 pub mod compare;
 pub mod daemon;
+pub mod jobs;
 pub mod repo;
 
 use std::path::{Path, PathBuf};
