@@ -36,6 +36,7 @@
 pub mod api;
 pub mod cli;
 pub mod controller;
+pub mod daemon_args;
 pub mod devpg;
 pub mod fixtures;
 pub mod metrics;

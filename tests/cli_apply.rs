@@ -534,3 +534,44 @@ async fn two_clientsyncs_cannot_share_a_mirror_schema() {
     }
     assert!(got_through.is_empty(), "schema clashes accepted:\n{}", got_through.join("\n"));
 }
+
+/// Issue 16: a directory's other files are skipped, each named in a warning (Markdown and
+/// hidden files silently), and a document of another kind is refused by its kind, not by
+/// the ClientSync field it lacks.
+#[tokio::test(flavor = "multi_thread")]
+async fn other_files_are_named_and_other_kinds_refused() {
+    let env = TestEnv::new("cli_apply_other").await;
+    let admin = env.admin_pool().await;
+    write(&env, "host/t-one.yaml", &doc("t-one", ""));
+    write(&env, "host/tenants/t-two.json", r#"{"apiVersion": "owsync.io/v1alpha1", "kind": "ClientSync"}"#);
+    write(&env, "host/notes.txt", "not: [yaml");
+    write(&env, "host/README.md", "# prod-host-1\n");
+    write(&env, "host/.gitkeep", "");
+    let dir = env.path("host");
+    let o = env.ctl(&["apply", "-R", "-f", s(&dir)]);
+    assert_eq!(ok(&o), "clientsync/t-one created\n");
+    let err = stderr(&o);
+    for skipped in ["tenants/t-two.json", "notes.txt"] {
+        assert!(
+            err.contains(&format!("{skipped}: skipped: apply reads *.yaml and *.yml files only")),
+            "{skipped}: {err}"
+        );
+    }
+    assert_eq!(err.lines().count(), 2, "README.md and .gitkeep are skipped silently: {err}");
+
+    // A ConfigMap, alone and as the second document of a file: named by file, line and
+    // kind, with the supported kind; nothing applied.
+    let cm = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: settings\ndata:\n  a: b\n";
+    let alone = write(&env, "cm.yaml", cm);
+    let err = fails(&env.ctl(&["apply", "-f", s(&alone)]), 1);
+    assert!(err.contains("cm.yaml:2: unsupported kind ConfigMap: owsyncctl applies only kind ClientSync"), "{err}");
+    assert!(!err.contains("missing field"), "{err}");
+    let first = doc("t-three", "");
+    let mixed = write(&env, "host/mixed.yaml", &format!("{first}---\n{cm}"));
+    let err = fails(&env.ctl(&["apply", "-R", "-f", s(&dir)]), 1);
+    let line = first.lines().count() + 3;
+    assert!(err.contains(&format!("mixed.yaml:{line}: unsupported kind ConfigMap")), "{err}");
+    let diff = env.ctl(&["diff", "-f", s(&mixed)]);
+    assert!(fails(&diff, 2).contains("unsupported kind ConfigMap"), "diff exits 2 on it too");
+    assert_eq!(names(&rows(&admin).await), ["t-one"], "nothing applied");
+}

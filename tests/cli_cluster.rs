@@ -440,3 +440,43 @@ async fn a_moved_tenant_is_synced_by_the_other_clusters_leader_only() {
     let v = b.get_json("/api/v1/clients/mover").await.expect("node-b serves mover");
     assert_eq!(v["status"]["phase"], "Synced", "{v:#}");
 }
+
+/// Issue 16: the preview of `cluster deregister` takes each replica's ROLE from the lease,
+/// like `cluster status`: after a `kill -9` every `hosts.is_leader` may still say true,
+/// but only the lease holder is shown leading, and a replica without a recent heartbeat
+/// is `unknown`.
+#[tokio::test(flavor = "multi_thread")]
+async fn deregister_preview_takes_the_role_from_the_lease() {
+    let env = TestEnv::new("dereg_roles").await;
+    let admin = env.admin_pool().await;
+    tenant(&env, &env.cluster, "idle", false);
+    for (node, age) in [("node-a", 1), ("node-b", 1), ("node-c", 600)] {
+        sqlx::query(
+            "INSERT INTO sync_metadata.hosts (cluster_name, node_id, hostname, status, is_leader, last_heartbeat)
+             VALUES ($1, $2, 'h-' || $2, 'active', true, now() - make_interval(secs => $3))",
+        )
+        .bind(&env.cluster)
+        .bind(node)
+        .bind(f64::from(age))
+        .execute(&admin)
+        .await
+        .expect("insert a host");
+    }
+    sqlx::query(
+        "INSERT INTO sync_metadata.leader_election (cluster_name, leader_id, holder_instance, epoch, expires_at)
+         VALUES ($1, 'node-b', gen_random_uuid(), 3, now() + interval '1 minute')",
+    )
+    .bind(&env.cluster)
+    .execute(&admin)
+    .await
+    .expect("insert the lease");
+    // Not on a terminal and without --yes: the preview, then a refusal; nothing changes.
+    let (out, _) = fails(&env.ctl(&admin_args(&env, &["cluster", "deregister", &env.cluster])));
+    assert!(out.contains("Leader:   node-b (epoch 3, lease valid)"), "{out}");
+    let role = |node: &str| {
+        let row = out.lines().find(|l| l.trim_start().starts_with(&format!("{node} "))).expect("a host row");
+        row.split_whitespace().nth(2).unwrap_or_default().to_string()
+    };
+    assert_eq!((role("node-a"), role("node-b"), role("node-c")), ("standby".into(), "leader".into(), "unknown".into()));
+    assert_eq!(out.matches(" leader ").count(), 1, "one leader: {out}");
+}

@@ -388,3 +388,47 @@ async fn tracking_is_provisioned_narrowly_and_its_stamp_cannot_be_forged() {
         .unwrap();
     assert_eq!(title, "x");
 }
+
+/// Issue 16: with neither `$USER` nor `$LOGNAME` (cron, a container), `conflicts resolve`
+/// records the database role and the host name as `resolvedBy`, never "unknown".
+#[tokio::test(flavor = "multi_thread")]
+async fn resolved_by_names_the_database_role_without_user_or_logname() {
+    let env = TestEnv::new("conflicts_no_user").await;
+    let db = env.path("webui.db");
+    small_db(&db, 4);
+    let spec = "  conflicts:\n    default: source_wins\n    tables:\n      chat: {strategy: manual}\n";
+    ok(&env.ctl(&["apply", "-f", env.manifest("acme", &db, spec).to_str().expect("utf-8 path")]));
+    ok(&env.ctl(&["sync", "acme", "--once"]));
+    let admin = env.admin_pool().await;
+    let (chat_id, _) = first_chat(&db);
+    sqlx::query("UPDATE client_acme.chat SET title = 'pg title' WHERE id = $1")
+        .bind(&chat_id)
+        .execute(&admin)
+        .await
+        .expect("change the mirror row");
+    sqlite(&db, &format!("UPDATE chat SET title = 'sq title' WHERE id = '{chat_id}';"));
+    ok(&env.ctl(&["sync", "acme", "--once"]));
+    let list: Value = serde_json::from_str(&ok(&env.ctl(&["conflicts", "list", "-o", "json"]))).expect("json");
+    let id = list["items"][0]["id"].as_i64().expect("a pending conflict").to_string();
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_owsyncctl"))
+        .args(["conflicts", "resolve", &id, "--use", "source"])
+        .env_remove("USER")
+        .env_remove("LOGNAME")
+        .env_remove("OWSYNC_DATABASE_URL")
+        .env_remove("DATABASE_URL")
+        .env("OWSYNC_DATABASE_URL_FILE", &env.url_file)
+        .env("OWSYNC_CLUSTER", &env.cluster)
+        .output()
+        .expect("spawn owsyncctl");
+    assert!(ok(&out).contains("0 pending"), "{}", stdout(&out));
+    let role: String =
+        sqlx::query_scalar("SELECT current_user::text").fetch_one(&env.sync_pool().await).await.expect("the sync role");
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").expect("hostname").trim().to_string();
+    let by: String = sqlx::query_scalar("SELECT resolved_by FROM sync_metadata.conflict_log WHERE id = $1::bigint")
+        .bind(&id)
+        .fetch_one(&admin)
+        .await
+        .expect("the resolved entry");
+    assert_eq!(by, format!("role {role}@{host} (owsyncctl)"));
+}

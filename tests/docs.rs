@@ -273,3 +273,270 @@ fn docs_links_resolve() {
     }
     assert!(checked >= 20, "expected the guide's cross references, checked {checked}");
 }
+
+// ---------------------------------------------------------------------------------------
+// Every command line of the docs' code blocks parses with the real CLI definitions
+
+/// The simple commands of a line of shell, as words: quotes removed, `#` comments
+/// dropped, split at `|`, `;`, `&`, `(`, `)` and redirections (`2>&1` and the target of
+/// `>` go with them). `$(...)` and `${...}` stay inside their word.
+fn shell_commands(line: &str) -> Vec<Vec<String>> {
+    let mut commands = vec![Vec::new()];
+    let mut cur: Option<String> = None;
+    let mut quote: Option<char> = None;
+    let mut depth = 0; // inside $( ) or ${ }
+    let mut chars = line.chars().peekable();
+    let mut redirect = false; // the next word is a redirection's target
+    let end_word = |cur: &mut Option<String>, commands: &mut Vec<Vec<String>>, redirect: &mut bool| {
+        if let Some(w) = cur.take()
+            && !std::mem::take(redirect)
+        {
+            commands.last_mut().expect("a command").push(w);
+        }
+    };
+    while let Some(c) = chars.next() {
+        if let Some(q) = quote {
+            match c {
+                _ if c == q => quote = None,
+                '\\' if q == '"' => cur.get_or_insert_default().extend(chars.next()),
+                _ => cur.get_or_insert_default().push(c),
+            }
+            continue;
+        }
+        if depth > 0 {
+            depth += usize::from(c == '(' || c == '{');
+            depth -= usize::from(c == ')' || c == '}');
+            cur.get_or_insert_default().push(c);
+            continue;
+        }
+        match c {
+            '\'' | '"' => {
+                quote = Some(c);
+                cur.get_or_insert_default();
+            }
+            '\\' => cur.get_or_insert_default().extend(chars.next()),
+            '$' if chars.peek().is_some_and(|n| *n == '(' || *n == '{') => {
+                depth = 1;
+                cur.get_or_insert_default().push(c);
+                cur.get_or_insert_default().extend(chars.next());
+            }
+            '#' if cur.is_none() => break,
+            '>' | '<' => {
+                if cur.as_deref().is_some_and(|w| w.chars().all(|d| d.is_ascii_digit())) {
+                    cur = None; // the fd of 2>&1
+                }
+                end_word(&mut cur, &mut commands, &mut redirect);
+                if chars.peek() == Some(&'&') {
+                    chars.next();
+                    while chars.peek().is_some_and(char::is_ascii_digit) {
+                        chars.next();
+                    }
+                } else {
+                    redirect = true;
+                }
+            }
+            '|' | ';' | '&' | '(' | ')' | '`' => {
+                end_word(&mut cur, &mut commands, &mut redirect);
+                commands.push(Vec::new());
+            }
+            c if c.is_whitespace() => end_word(&mut cur, &mut commands, &mut redirect),
+            _ => cur.get_or_insert_default().push(c),
+        }
+    }
+    end_word(&mut cur, &mut commands, &mut redirect);
+    commands.retain(|c| !c.is_empty());
+    commands
+}
+
+#[test]
+fn shell_commands_splits_like_a_shell() {
+    let cmds = shell_commands(
+        r#"OWSYNC_CLUSTER=x owsyncctl get client "a b" -o json 2>&1 | jq '.x | .y' > out.json  # a comment"#,
+    );
+    assert_eq!(
+        cmds,
+        [vec!["OWSYNC_CLUSTER=x", "owsyncctl", "get", "client", "a b", "-o", "json"], vec!["jq", ".x | .y"]]
+    );
+    let cmds = shell_commands(r#"owsyncctl trigger "$(cat name)" --cluster ${HOST:-a}; echo $?"#);
+    assert_eq!(cmds, [vec!["owsyncctl", "trigger", "$(cat name)", "--cluster", "${HOST:-a}"], vec!["echo", "$?"]]);
+}
+
+/// `cmd` with every argument that an environment variable can supply made optional: a
+/// documented line may rely on `OWSYNC_CLUSTER` and the like.
+fn env_may_supply(cmd: clap::Command) -> clap::Command {
+    cmd.mut_args(|a| if a.get_env().is_some() { a.required(false) } else { a }).mut_subcommands(env_may_supply)
+}
+
+/// Parses `bin words...` with the binary's clap definition. A placeholder (`NAME`, `ID`,
+/// `N`: upper case) parses as a value; where the value must be a number, as `1`.
+fn parse_with_cli(bin: &str, words: &[String]) -> Result<(), clap::Error> {
+    let first = parse_as_written(bin, words);
+    let is_placeholder = |w: &String| w.chars().all(|c| c.is_ascii_uppercase() || c == '_');
+    match first {
+        Err(e)
+            if matches!(e.kind(), clap::error::ErrorKind::InvalidValue | clap::error::ErrorKind::ValueValidation)
+                && words.iter().any(is_placeholder) =>
+        {
+            let numbered: Vec<String> =
+                words.iter().map(|w| if is_placeholder(w) { "1".to_string() } else { w.clone() }).collect();
+            parse_as_written(bin, &numbered)
+        }
+        other => other,
+    }
+}
+
+fn parse_as_written(bin: &str, words: &[String]) -> Result<(), clap::Error> {
+    use clap::CommandFactory;
+    let cmd = match bin {
+        "owsyncctl" => owsync::cli::Cli::command(),
+        _ => owsync::daemon_args::Args::command(),
+    };
+    let argv = std::iter::once(bin.to_string()).chain(words.iter().cloned());
+    match env_may_supply(cmd).try_get_matches_from(argv) {
+        Ok(_) => Ok(()),
+        Err(e) if matches!(e.kind(), clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion) => {
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// (line, joined logical line) of every shell line in the file's code blocks: all of a
+/// `sh`, `bash`, `shell`, `console` or `yaml` (CI steps) block, and the `$ ` prompt lines
+/// of an untagged one (the others are diagrams); never `text`, `json` or `sql`.
+fn code_block_lines(text: &str) -> Vec<(usize, String)> {
+    let mut out = Vec::new();
+    let mut block: Option<String> = None; // the open block's language
+    let mut logical = String::new();
+    let mut first = 0;
+    for (n, raw) in text.lines().enumerate() {
+        let mut t = raw.trim();
+        if let Some(lang) = t.strip_prefix("```") {
+            block = if block.is_some() { None } else { Some(lang.trim().to_string()) };
+            continue;
+        }
+        let Some(lang) = &block else { continue };
+        let prompt = t.strip_prefix("$ ");
+        match lang.as_str() {
+            "sh" | "bash" | "shell" | "console" | "yaml" => t = prompt.unwrap_or(t),
+            "" if logical.is_empty() => match prompt {
+                Some(p) => t = p,
+                None => continue,
+            },
+            "" => {}
+            _ => continue,
+        }
+        if logical.is_empty() {
+            first = n + 1;
+        }
+        match t.strip_suffix('\\') {
+            Some(body) => {
+                logical.push_str(body);
+                logical.push(' ');
+            }
+            None => {
+                logical.push_str(t);
+                out.push((first, std::mem::take(&mut logical)));
+            }
+        }
+    }
+    out
+}
+
+/// (line, words) of every `owsyncctl ...` / `owsyncd ...` code span in the prose (outside
+/// code blocks; a span may wrap), read as a synopsis: `[`optional`]` parts included,
+/// the first of `A|B` alternatives, `...` elisions dropped.
+fn inline_command_spans(text: &str) -> Vec<(usize, Vec<String>)> {
+    let mut prose = String::new(); // code blocks blanked, line breaks kept
+    let mut in_block = false;
+    for l in text.lines() {
+        if l.trim_start().starts_with("```") {
+            in_block = !in_block;
+        } else if !in_block {
+            prose.push_str(l);
+        }
+        prose.push('\n');
+    }
+    let mut out = Vec::new();
+    let mut offset = 0;
+    for (k, span) in prose.split('`').enumerate() {
+        let line = prose[..offset].matches('\n').count() + 1;
+        offset += span.len() + 1;
+        if k % 2 == 0 || !(span.starts_with("owsyncctl ") || span.starts_with("owsyncd ")) {
+            continue;
+        }
+        let words = span
+            .replace("\\|", "|")
+            .split_whitespace()
+            .map(|w| w.replace(['[', ']'], "").split('|').next().unwrap_or_default().to_string())
+            .filter(|w| !w.is_empty() && w != "..." && w != "…")
+            .collect();
+        out.push((line, words));
+    }
+    out
+}
+
+/// Whether a code span's parse error only says it is a fragment (`owsyncctl move`,
+/// `owsyncd --table-connections`): a command named without its arguments or a flag
+/// without its value, not an unknown command, flag or value.
+fn is_fragment(e: &clap::Error, words: &[String]) -> bool {
+    use clap::error::ErrorKind::*;
+    match e.kind() {
+        MissingRequiredArgument | MissingSubcommand | DisplayHelpOnMissingArgumentOrSubcommand => true,
+        InvalidValue => words.last().is_some_and(|w| w.starts_with('-')),
+        _ => false,
+    }
+}
+
+#[test]
+fn every_documented_command_line_parses_with_the_real_cli() {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(root().join("docs"))
+        .expect("docs/")
+        .map(|e| e.expect("docs/ entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "md"))
+        .collect();
+    for rel in ["README.md", "manifests/gitops/README.md", "docker/README.md"] {
+        files.push(root().join(rel));
+    }
+    files.sort();
+    let mut failures = Vec::new();
+    let mut parsed = BTreeSet::new();
+    let (mut lines, mut spans) = (0, 0);
+    for f in files {
+        let origin = f.strip_prefix(root()).expect("under the repository").display().to_string();
+        let text = std::fs::read_to_string(&f).unwrap_or_else(|e| panic!("{origin}: {e}"));
+        for (line, shell) in code_block_lines(&text) {
+            for words in shell_commands(&shell) {
+                let Some(at) = words.iter().position(|w| {
+                    let base = w.rsplit('/').next().unwrap_or(w);
+                    base == "owsyncctl" || base == "owsyncd"
+                }) else {
+                    continue;
+                };
+                let bin = words[at].rsplit('/').next().unwrap_or_default().to_string();
+                let args = &words[at + 1..];
+                if let Err(e) = parse_with_cli(&bin, args) {
+                    let why = e.render().to_string().replace('\n', " ");
+                    failures.push(format!("{origin}:{line}: `{bin} {}`: {why}", args.join(" ")));
+                }
+                parsed.insert(bin);
+                lines += 1;
+            }
+        }
+        for (line, words) in inline_command_spans(&text) {
+            let (bin, args) = words.split_first().expect("a span starting with the binary");
+            match parse_with_cli(bin, args) {
+                Err(e) if !is_fragment(&e, &words) => {
+                    let why = e.render().to_string().replace('\n', " ");
+                    failures.push(format!("{origin}:{line}: `{}`: {why}", words.join(" ")));
+                }
+                _ => spans += 1,
+            }
+            parsed.insert(bin.clone());
+        }
+    }
+    assert!(lines >= 40, "expected the guide's many command lines, checked {lines}");
+    assert!(spans >= 50, "expected the guide's many inline command spans, checked {spans}");
+    assert!(failures.is_empty(), "documented command lines the CLI rejects:\n{}", failures.join("\n"));
+    assert_eq!(parsed.len(), 2, "both owsyncctl and owsyncd command lines are documented and checked: {parsed:?}");
+}

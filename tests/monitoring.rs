@@ -18,6 +18,8 @@ use common::repo::{read, root, yaml};
 struct Exported {
     /// Series name -> label names.
     series: BTreeMap<String, BTreeSet<String>>,
+    /// Metric families (`# TYPE`): a histogram's name without `_bucket`, `_sum`, `_count`.
+    families: BTreeSet<String>,
 }
 
 /// Series names and label names of an exposition (OpenMetrics text). Every family it
@@ -44,6 +46,7 @@ fn parse_exposition(text: &str) -> Exported {
         }
         out.series.entry(name).or_default().extend(labels);
     }
+    out.families.extend(families.iter().cloned());
     for f in families {
         assert!(
             out.series.keys().any(|s| s == &f || s.strip_prefix(f.as_str()).is_some_and(|r| r.starts_with('_'))),
@@ -464,4 +467,126 @@ async fn lag_comes_from_the_leader_only_and_goes_with_its_tenant() {
         (lag.len() == 1 && lag[0].contains("client=\"acme\"")).then_some(())
     })
     .await;
+}
+
+// ---------------------------------------------------------------------------------------
+// The docs name only metrics (and labels) owsyncd exports
+
+/// Code spans in the docs that look like metrics but are fields of `/health`.
+const NOT_METRICS: &[&str] = &["uptime_seconds"];
+
+/// How metric names end (a gauge without such an ending is recognised in a metric table
+/// of the docs, or by its `{labels}`).
+const METRIC_ENDINGS: &[&str] = &["_total", "_seconds", "_bucket", "_sum", "_count"];
+
+/// `state_cache_{hits,misses}_total` -> both names; anything else as it is.
+fn expand_alternatives(name: &str) -> Vec<String> {
+    match (name.find('{'), name.find('}')) {
+        (Some(a), Some(b)) if a < b => {
+            name[a + 1..b].split(',').map(|alt| format!("{}{}{}", &name[..a], alt.trim(), &name[b + 1..])).collect()
+        }
+        _ => vec![name.to_string()],
+    }
+}
+
+/// A code span as (metric names, label names) when it names a metric: `name`,
+/// `name{label,...}` or `a_{x,y}_b`; `in_table` says it is the first column of a metric table.
+fn metric_span(span: &str, in_table: bool) -> Option<(Vec<String>, Vec<String>)> {
+    let (name, labels) = match span.strip_suffix('}').and_then(|s| s.rsplit_once('{')) {
+        Some((n, l)) if !n.ends_with('_') => (n, l.split(',').map(|l| l.trim().to_string()).collect()),
+        _ => (span, Vec::new()),
+    };
+    let names = expand_alternatives(name);
+    let snake = |n: &String| {
+        n.starts_with(|c: char| c.is_ascii_lowercase())
+            && n.contains('_')
+            && n.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+    };
+    if !names.iter().all(snake) || names.iter().any(|n| NOT_METRICS.contains(&n.as_str())) {
+        return None;
+    }
+    let looks_like = names.iter().all(|n| METRIC_ENDINGS.iter().any(|e| n.ends_with(e)));
+    (in_table || !labels.is_empty() || looks_like).then_some((names, labels))
+}
+
+/// Backticked spans of a markdown line.
+fn code_spans(line: &str) -> Vec<&str> {
+    line.split('`').skip(1).step_by(2).collect()
+}
+
+/// Label names of a family: of its series, and of a histogram's `_bucket` (less `le`).
+fn family_labels(exported: &Exported, name: &str) -> Option<BTreeSet<String>> {
+    if let Some(l) = exported.series.get(name) {
+        return Some(l.clone());
+    }
+    exported.families.contains(name).then(|| {
+        exported
+            .series
+            .iter()
+            .filter(|(s, _)| s.strip_prefix(name).is_some_and(|r| r.starts_with('_')))
+            .flat_map(|(_, l)| l.iter().filter(|l| *l != "le").cloned())
+            .collect()
+    })
+}
+
+#[test]
+fn docs_name_only_exported_metrics_and_labels() {
+    let exported = exported_metrics();
+    let mut files: Vec<std::path::PathBuf> = std::fs::read_dir(root().join("docs"))
+        .expect("docs/")
+        .map(|e| e.expect("docs/ entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "md"))
+        .collect();
+    files.push(root().join("README.md"));
+    files.sort();
+    let (mut named, mut wrong) = (BTreeSet::new(), Vec::new());
+    for f in files {
+        let origin = f.strip_prefix(root()).expect("in the repository").display().to_string();
+        let text = std::fs::read_to_string(&f).unwrap_or_else(|e| panic!("{origin}: {e}"));
+        let (mut in_block, mut in_table) = (false, false);
+        for (n, line) in text.lines().enumerate() {
+            let at = format!("{origin}:{}", n + 1);
+            if line.trim_start().starts_with("```") {
+                in_block = !in_block;
+            }
+            in_table = line.starts_with('|') && (in_table || line.starts_with("| metric |"));
+            if in_block || line.starts_with("| metric |") {
+                continue;
+            }
+            let cells: Vec<&str> = line.split(" | ").collect();
+            let mut found: Vec<(Vec<String>, Vec<String>)> = Vec::new();
+            for (k, cell) in cells.iter().enumerate() {
+                for span in code_spans(cell) {
+                    if let Some((names, mut labels)) = metric_span(span, in_table && k == 0) {
+                        if in_table && let Some(col) = cells.get(2) {
+                            // The labels column, less the values in parentheses.
+                            let col: String = col.split('(').map(|p| p.split_once(')').map_or(p, |(_, r)| r)).collect();
+                            labels.extend(code_spans(&col).iter().map(|l| l.to_string()));
+                        }
+                        found.push((names, labels));
+                    }
+                }
+            }
+            for (names, labels) in found {
+                for name in names {
+                    let Some(have) = family_labels(&exported, &name) else {
+                        wrong.push(format!("{at}: {name} is not a metric owsyncd exports"));
+                        continue;
+                    };
+                    for l in labels.iter().filter(|l| !have.contains(*l) && !TARGET_LABELS.contains(&l.as_str())) {
+                        wrong.push(format!("{at}: {name} has no label {l} (it has {have:?})"));
+                    }
+                    named.insert(name);
+                }
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "the docs name metrics owsyncd does not export:\n{}", wrong.join("\n"));
+    for f in &exported.families {
+        // A counter's family is named without `_total` (OpenMetrics).
+        assert!(
+            named.contains(f) || named.contains(&format!("{f}_total")),
+            "docs/status.md's metric table does not describe {f}"
+        );
+    }
 }

@@ -1,19 +1,22 @@
 //! The HTTP API (axum): health in the seed's shape, liveness and readiness probes,
 //! Prometheus metrics, tenants, cache-aside state and sync triggers. Mutating endpoints
-//! need `Authorization: Bearer <token>`; every error is a JSON body with a 4xx/5xx code,
+//! need `Authorization: Bearer <token>` (the `Authorized` extractor); every error is an
+//! `ApiError`, a JSON body `{"error", "code"}` with a 4xx/5xx code,
 //! never a panic.
 
 mod cache;
+mod error;
 mod openapi;
 mod v1;
 
 pub use cache::StateCache;
+pub use error::{ApiError, ApiJson, ApiQuery, Authorized};
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -60,40 +63,12 @@ pub fn router(shared: Arc<Shared>, cfg: ApiConfig) -> (Router, App) {
     (r, app)
 }
 
-/// A JSON error answer.
-pub(crate) fn error(code: StatusCode, message: impl Into<String>) -> Response {
-    (code, Json(json!({"error": message.into(), "code": code.as_u16()}))).into_response()
+async fn not_found() -> ApiError {
+    ApiError::not_found("no such endpoint (see /openapi.json)")
 }
 
-async fn not_found() -> Response {
-    error(StatusCode::NOT_FOUND, "no such endpoint (see /openapi.json)")
-}
-
-async fn method_not_allowed() -> Response {
-    error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed (see /openapi.json)")
-}
-
-/// Checks `Authorization: Bearer <token>` in constant time; `Some(answer)` refuses.
-pub(crate) fn authorize(app: &AppState, headers: &HeaderMap) -> Option<Response> {
-    let Some(token) = &app.token else {
-        return Some(error(
-            StatusCode::FORBIDDEN,
-            "mutating endpoints are disabled: start owsyncd with --api-token-file",
-        ));
-    };
-    let given = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    let (a, b) = (given.as_bytes(), token.as_bytes());
-    let diff = a.len() ^ b.len() | a.iter().zip(b.iter().cycle()).fold(0usize, |acc, (x, y)| acc | usize::from(x ^ y));
-    if b.is_empty() || diff != 0 {
-        let mut r = error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
-        r.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
-        return Some(r);
-    }
-    None
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(axum::http::StatusCode::METHOD_NOT_ALLOWED, "method not allowed (see /openapi.json)")
 }
 
 async fn health(State(app): State<App>) -> Json<serde_json::Value> {
@@ -121,23 +96,19 @@ async fn healthz() -> Json<serde_json::Value> {
 /// own acquire timeout (10 s, for syncs) is far too long for a probe or a dashboard.
 pub(crate) const DB_DEADLINE: Duration = Duration::from_secs(1);
 
-/// Runs `answer` (which reads the database) or answers 503 after [`DB_DEADLINE`].
-pub(crate) async fn within_deadline(answer: impl std::future::Future<Output = Response>) -> Response {
-    match tokio::time::timeout(DB_DEADLINE, answer).await {
-        Ok(r) => r,
-        Err(_) => error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("the database did not answer within {}s", DB_DEADLINE.as_secs_f64()),
-        ),
-    }
+/// Runs `answer` (which reads the database), or answers 503 after [`DB_DEADLINE`].
+pub(crate) async fn within_deadline<T>(
+    answer: impl std::future::Future<Output = Result<T, ApiError>>,
+) -> Result<T, ApiError> {
+    tokio::time::timeout(DB_DEADLINE, answer).await.unwrap_or_else(|_| {
+        Err(ApiError::unavailable(format!("the database did not answer within {}s", DB_DEADLINE.as_secs_f64())))
+    })
 }
 
-async fn readyz(State(app): State<App>) -> Response {
+async fn readyz(State(app): State<App>) -> Result<Json<serde_json::Value>, ApiError> {
     within_deadline(async {
-        match migrate::require_current(&app.shared.pool).await {
-            Ok(()) => Json(json!({"status": "ready"})).into_response(),
-            Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
-        }
+        migrate::require_current(&app.shared.pool).await.map_err(|e| ApiError::unavailable(e.to_string()))?;
+        Ok(Json(json!({"status": "ready"})))
     })
     .await
 }

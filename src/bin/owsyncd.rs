@@ -1,66 +1,16 @@
 //! owsyncd: the controller daemon. A thin main over `owsync::controller` and `owsync::api`.
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Parser;
 use owsync::cli::read_secret;
 use owsync::controller::{ControllerConfig, ElectionConfig, Shared, run_election};
+use owsync::daemon_args::Args;
 use owsync::sql::redact_url;
 use owsync::store;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
-
-#[derive(Debug, Parser)]
-#[command(
-    name = "owsyncd",
-    version,
-    about = "owsync controller: elects a leader and keeps every tenant's mirror in sync"
-)]
-struct Args {
-    /// The host's sync cluster.
-    #[arg(long, env = "OWSYNC_CLUSTER")]
-    cluster: String,
-    /// This replica's id (default: the hostname).
-    #[arg(long, env = "OWSYNC_NODE_ID")]
-    node_id: Option<String>,
-    /// Address of the HTTP API.
-    #[arg(long, env = "OWSYNC_LISTEN", default_value = "127.0.0.1:9443")]
-    listen: SocketAddr,
-    /// File holding the PostgreSQL URL (as sync_service). OWSYNC_DATABASE_URL also works.
-    #[arg(long, env = "OWSYNC_DATABASE_URL_FILE")]
-    database_url_file: Option<PathBuf>,
-    /// Lease duration.
-    #[arg(long, env = "OWSYNC_LEASE_DURATION", default_value = "15s", value_parser = humantime::parse_duration)]
-    lease_duration: Duration,
-    /// A leader that cannot renew for this long stops all reconcilers.
-    #[arg(long, env = "OWSYNC_RENEW_DEADLINE", default_value = "10s", value_parser = humantime::parse_duration)]
-    renew_deadline: Duration,
-    /// Renew / retry period (jittered).
-    #[arg(long, env = "OWSYNC_RETRY_PERIOD", default_value = "2s", value_parser = humantime::parse_duration)]
-    retry_period: Duration,
-    /// Syncs running at once.
-    #[arg(long, env = "OWSYNC_MAX_CONCURRENCY", default_value_t = 8)]
-    max_concurrency: usize,
-    /// Tables of one tenant a sync copies at once, each on its own connection.
-    #[arg(long, env = "OWSYNC_TABLE_CONNECTIONS", default_value_t = owsync::sync::DEFAULT_TABLE_CONNECTIONS)]
-    table_connections: usize,
-    /// File holding the bearer token that mutating API endpoints require.
-    #[arg(long, env = "OWSYNC_API_TOKEN_FILE")]
-    api_token_file: Option<PathBuf>,
-    /// How long the state API serves a key from its cache.
-    #[arg(long, env = "OWSYNC_STATE_CACHE_TTL", default_value = "5m", value_parser = humantime::parse_duration)]
-    state_cache_ttl: Duration,
-    /// Finished sync runs and events older than this are deleted by the leader (at least
-    /// 1h; `0s` keeps them forever).
-    #[arg(long, env = "OWSYNC_HISTORY_RETENTION", default_value = "7d", value_parser = humantime::parse_duration)]
-    history_retention: Duration,
-    /// Log format.
-    #[arg(long, env = "OWSYNC_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
-    log_format: String,
-}
 
 fn database_url(a: &Args) -> anyhow::Result<String> {
     if let Some(f) = &a.database_url_file {

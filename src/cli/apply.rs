@@ -72,6 +72,13 @@ pub struct DiffArgs {
     pub inv: PruneArgs,
 }
 
+/// Files skipped without a warning in a directory: Markdown (a host's README.md) and
+/// hidden files (`.gitkeep`).
+fn is_documentation(p: &Path) -> bool {
+    p.extension().is_some_and(|e| e == "md")
+        || p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.'))
+}
+
 fn yaml_files(dir: &Path, recursive: bool, out: &mut Vec<PathBuf>) -> Result<(), CliError> {
     let io = |source| CliError::Io { path: dir.display().to_string(), source };
     let mut entries: Vec<PathBuf> =
@@ -84,6 +91,10 @@ fn yaml_files(dir: &Path, recursive: bool, out: &mut Vec<PathBuf>) -> Result<(),
             }
         } else if p.extension().is_some_and(|e| e == "yaml" || e == "yml") {
             out.push(p);
+        } else if !is_documentation(&p) {
+            // Not an error (a directory may hold other files), but never silent: a tenant
+            // written as `.json` would otherwise look applied.
+            eprintln!("warning: {}: skipped: apply reads *.yaml and *.yml files only", p.display());
         }
     }
     Ok(())

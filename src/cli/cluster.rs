@@ -12,7 +12,7 @@ use sqlx::PgPool;
 
 use super::common::{CliError, Global, read_secret};
 use super::get::table;
-use crate::store::{self, cluster as cl};
+use crate::store::{self, cluster as cl, observed};
 
 #[derive(Debug, Subcommand)]
 pub enum ClusterCommand {
@@ -126,21 +126,28 @@ async fn show(pool: &PgPool, name: &str) -> Result<(Vec<cl::TenantRow>, Vec<cl::
     let hosts = cl::hosts(&mut conn, name).await.map_err(cerr)?;
     let tenants = cl::tenants(&mut conn, name).await.map_err(cerr)?;
     let census = cl::census(&mut conn, name).await.map_err(cerr)?;
-    let lease = store::lease::current(pool, name).await?;
+    drop(conn);
+    // The role comes from the lease, like `cluster status`: never from `hosts.is_leader`,
+    // which a killed replica never corrects.
+    let view = observed::cluster_view(pool, name).await?;
     println!("Cluster {name}: metadata in sync_metadata");
-    match &lease {
-        Some(l) if !l.expired => println!("  Leader:   {} (epoch {}, lease valid)", l.leader_id, l.epoch),
+    match &view.lease {
+        Some(l) if l.held() => println!("  Leader:   {} (epoch {}, lease valid)", l.leader_id, l.epoch),
+        Some(l) if !l.expired => {
+            println!("  Leader:   none (last {} at epoch {}, its lease session is gone)", l.leader_id, l.epoch)
+        }
         Some(l) => println!("  Leader:   none (last {} at epoch {}, lease expired)", l.leader_id, l.epoch),
         None => println!("  Leader:   none (no lease row)"),
     }
     println!("  Hosts:");
+    let role_of = |node: &str| view.replicas.iter().find(|r| r.node_id == node).map_or("unknown", super::watch::role);
     let rows: Vec<Vec<String>> = hosts
         .iter()
         .map(|h| {
             vec![
                 h.node_id.clone(),
                 h.status.clone(),
-                if h.is_leader { "leader".into() } else { "standby".into() },
+                role_of(&h.node_id).into(),
                 format!("{:.0}s ago", h.age_secs),
                 h.hostname.clone(),
             ]

@@ -135,7 +135,7 @@ pub async fn status(g: &Global) -> Result<ExitCode, CliError> {
 }
 
 /// `leader` (holds the lease), `standby`, or `unknown` (not leading and no recent heartbeat).
-fn role(r: &observed::ReplicaView) -> &'static str {
+pub(super) fn role(r: &observed::ReplicaView) -> &'static str {
     match (r.leading, r.stale) {
         (true, _) => "leader",
         (false, false) => "standby",

@@ -31,6 +31,27 @@ pub enum LoadError {
     },
     #[error("{file}: no ClientSync documents found")]
     Empty { file: String },
+    #[error(
+        "{file}:{line}: unsupported kind {kind}: owsyncctl applies only kind {want} (apiVersion {api})",
+        want = super::types::KIND,
+        api = super::types::API_VERSION
+    )]
+    UnsupportedKind { file: String, line: usize, kind: String },
+}
+
+/// The `kind` of a document that is not a ClientSync, with the line (in the chunk,
+/// 0-based) that names it; `None` when it names none or is not a mapping.
+fn other_kind(chunk: &str) -> Option<(usize, String)> {
+    #[derive(serde::Deserialize)]
+    struct Kind {
+        kind: Option<String>,
+    }
+    let kind = serde_saphyr::from_str::<Kind>(chunk).ok()?.kind?;
+    if kind == super::types::KIND {
+        return None;
+    }
+    let line = chunk.lines().position(|l| l.starts_with("kind:")).unwrap_or(0);
+    Some((line, kind))
 }
 
 fn fmt_yaml(
@@ -106,6 +127,10 @@ pub fn parse_documents(source: &str, text: &str) -> Result<Vec<Document>, LoadEr
         match res {
             Ok(doc) => out.push(Document { file: source.to_string(), line: first_line, doc }),
             Err(e) => {
+                if let Some((at, kind)) = other_kind(&chunk) {
+                    // Another kind's fields would be reported as ClientSync's (`missing field spec`).
+                    return Err(LoadError::UnsupportedKind { file: source.to_string(), line: first_line + at, kind });
+                }
                 let (line, column, value) = match e.location() {
                     Some(loc) => {
                         let span = loc.span();
