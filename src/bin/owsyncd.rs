@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::Parser;
 use owsync::cli::read_secret;
-use owsync::controller::{ControllerConfig, ElectionConfig, Shared, run_election};
+use owsync::controller::{ControllerConfig, ElectionConfig, Shared, budget, run_election};
 use owsync::sql::redact_url;
 use owsync::store;
 use tokio_util::sync::CancellationToken;
@@ -47,6 +47,10 @@ struct Args {
     /// Tables of one tenant a sync copies at once, each on its own connection.
     #[arg(long, env = "OWSYNC_TABLE_CONNECTIONS", default_value_t = owsync::sync::DEFAULT_TABLE_CONNECTIONS)]
     table_connections: usize,
+    /// PostgreSQL sessions this process may hold at once (the lease and LISTEN session,
+    /// and a pool for syncs and the API); at least 3. Syncs wait for a free connection.
+    #[arg(long, env = "OWSYNC_MAX_CONNECTIONS", default_value_t = budget::DEFAULT_MAX_CONNECTIONS)]
+    max_connections: u32,
     /// File holding the bearer token that mutating API endpoints require.
     #[arg(long, env = "OWSYNC_API_TOKEN_FILE")]
     api_token_file: Option<PathBuf>,
@@ -140,10 +144,18 @@ async fn main() -> anyhow::Result<()> {
     let connect = store::connect_options(&url, &app_name)?;
     info!(cluster = %a.cluster, node = %node_id, database = %redact_url(&url), "owsyncd starting");
 
-    owsync::sync::set_table_connections(a.table_connections);
-    let pool_size = (a.max_concurrency * owsync::sync::table_connections()) as u32 + 4;
+    let budget = budget::Budget::derive(a.max_connections, a.max_concurrency, a.table_connections)?;
+    info!(
+        max_connections = budget.max_connections,
+        pool = budget.pool,
+        sync_connections = budget.sync_connections,
+        max_concurrency = budget.max_concurrency,
+        table_connections = budget.table_connections,
+        "connection budget"
+    );
+    owsync::sync::set_table_connections(budget.table_connections);
     let pool = loop {
-        match store::connect(&url, &app_name, pool_size).await {
+        match store::connect_idle(&url, &app_name, budget.pool, Some(budget::POOL_IDLE_TIMEOUT)).await {
             Ok(p) => {
                 // Before anything else: through a transaction-mode pooler even the
                 // migration check can fail in confusing ways.
@@ -171,7 +183,8 @@ async fn main() -> anyhow::Result<()> {
         node_id,
         election: ElectionConfig { lease: a.lease_duration, renew_deadline: a.renew_deadline, retry: a.retry_period },
         spec_poll: Duration::from_secs(2),
-        max_concurrency: a.max_concurrency,
+        max_concurrency: budget.max_concurrency,
+        sync_connections: budget.sync_connections,
         stall_after: 5,
         history_retention: (!a.history_retention.is_zero()).then_some(a.history_retention),
     };
