@@ -169,7 +169,14 @@ async fn main() -> anyhow::Result<()> {
                     Ok(()) => {}
                 }
                 match store::migrate::require_current(&p).await {
-                    Ok(()) => break p,
+                    Ok(()) => {
+                        // The checks' sessions end now; the pool opens sessions on demand.
+                        p.close().await;
+                        match store::connect_idle(&url, &app_name, budget.pool, Some(budget::POOL_IDLE_TIMEOUT)).await {
+                            Ok(p) => break p,
+                            Err(e) => warn!(error = %e, "cannot connect; retrying in 2s"),
+                        }
+                    }
                     Err(e @ store::StoreError::NotMigrated { .. }) => return Err(e.into()),
                     Err(e) => warn!(error = %e, "database not ready; retrying in 2s"),
                 }

@@ -103,7 +103,7 @@ pub async fn connect_idle(
     let probe = opts.connect().await.map_err(err)?;
     let _ = probe.close().await;
     let port = opts.get_port();
-    PgPoolOptions::new()
+    Ok(PgPoolOptions::new()
         .max_connections(max_connections)
         .min_connections(0)
         .idle_timeout(idle_timeout)
@@ -114,9 +114,8 @@ pub async fn connect_idle(
             })
         })
         .acquire_timeout(Duration::from_secs(10))
-        .connect_with(opts)
-        .await
-        .map_err(err)
+        // The probe above has shown the server answers: open connections on demand only.
+        .connect_lazy_with(opts))
 }
 
 /// Begins a transaction scoped to one cluster: row-level security lets `sync_service`
