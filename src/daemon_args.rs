@@ -41,6 +41,10 @@ pub struct Args {
     /// Tables of one tenant a sync copies at once, each on its own connection.
     #[arg(long, env = "OWSYNC_TABLE_CONNECTIONS", default_value_t = crate::sync::DEFAULT_TABLE_CONNECTIONS)]
     pub table_connections: usize,
+    /// PostgreSQL sessions this process may hold at once (the lease and LISTEN session,
+    /// and a pool for syncs and the API); at least 3. Syncs wait for a free connection.
+    #[arg(long, env = "OWSYNC_MAX_CONNECTIONS", default_value_t = crate::controller::budget::DEFAULT_MAX_CONNECTIONS)]
+    pub max_connections: u32,
     /// File holding the bearer token that mutating API endpoints require.
     #[arg(long, env = "OWSYNC_API_TOKEN_FILE")]
     pub api_token_file: Option<PathBuf>,

@@ -29,6 +29,7 @@ fn api(url: &str, pool: PgPool, cluster: &str, token: Option<&str>) -> Router {
         election: ElectionConfig::default(),
         spec_poll: Duration::from_secs(2),
         max_concurrency: 1,
+        sync_connections: 1,
         stall_after: 5,
         history_retention: None,
     };

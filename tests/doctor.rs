@@ -284,3 +284,28 @@ async fn malformed_urls_fail_without_printing_the_password() {
         assert!(line(&text, "✗ url: ").contains(want), "{want}: {text}");
     }
 }
+
+/// The connection budget: doctor prints the server's max_connections, the sessions in
+/// use (a running owsyncd's control session among them, counted apart) and how many
+/// host pairs of the default budget fit.
+#[tokio::test(flavor = "multi_thread")]
+async fn prints_max_connections_sessions_in_use_and_the_pairs_that_fit() {
+    let env = TestEnv::new("doctor_budget").await;
+    let admin = env.admin_pool().await;
+    let d = common::daemon::Daemon::start(&env, "node-a", &[]);
+    d.wait_up(std::time::Duration::from_secs(20)).await;
+    let (_, text) = doctor(&env, &env.sync_url, &[]);
+    let l = line(&text, "✓ connections: ");
+    let nums: Vec<i64> =
+        l.split(|c: char| !c.is_ascii_digit()).filter(|s| !s.is_empty()).filter_map(|s| s.parse().ok()).collect();
+    // max_connections N (R reserved); S sessions in use, O of them owsyncd's; ...
+    // (--max-connections 4: 5 sessions a pair at peak, 2 idle): F fit ..., M more fit now
+    let [max, reserved, in_use, owsyncd, budget, peak, idle, fit, more] = nums[..] else { panic!("{l}") };
+    let shown: String = sqlx::query_scalar("SHOW max_connections").fetch_one(&admin).await.unwrap();
+    assert_eq!(max.to_string(), shown, "{l}");
+    assert!(owsyncd >= 1 && in_use > owsyncd, "the daemon's control session and the doctor's own: {l}");
+    assert_eq!((budget, peak, idle), (4, 5, 2), "{l}");
+    assert_eq!(fit, (max - reserved - (in_use - owsyncd - 1) - 1) / 5, "{l}");
+    assert_eq!(more, (max - reserved - (in_use - 1) - 1) / 5, "{l}");
+    drop(d);
+}

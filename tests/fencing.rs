@@ -348,7 +348,10 @@ async fn missing_the_renew_deadline_aborts_every_in_flight_sync() {
         std::fs::write(&m, std::fs::read_to_string(&m).unwrap().replace("interval: 10s", "interval: 60m")).unwrap();
         ok(&env.ctl(&["apply", "-f", m.to_str().unwrap()]));
     }
-    let a = Daemon::start(&env, "node-a", &FLAGS);
+    // Three syncs at once, each with its two table connections: a budget of 8 (the
+    // control session, the pool's bookkeeping connection and six sync connections).
+    let flags = [&FLAGS[..], &["--max-connections", "8"]].concat();
+    let a = Daemon::start(&env, "node-a", &flags);
     a.wait_up(Duration::from_secs(20)).await;
     let admin_r = &admin;
     let count = |status: &'static str| async move {

@@ -121,37 +121,37 @@ async fn metrics(State(app): State<App>) -> Response {
         .into_response()
 }
 
-/// Keeps every replica's state cache coherent: drops keys on NOTIFY owsync_state, and
-/// polls for changes every few seconds in case a notification was missed.
+/// Keeps every replica's state cache coherent: drops keys on NOTIFY owsync_state (the
+/// control session LISTENs and hands them on), and polls for changes when notifications
+/// may have been missed: every few seconds while the control session is down, after it
+/// (re)opened, and every few minutes as a safety net.
 pub async fn run_cache_invalidation(app: App, stop: CancellationToken) {
+    use tokio::sync::broadcast::error::RecvError;
     let sh = app.shared.clone();
     let cluster = sh.config.cluster.clone();
     let prefix = format!("{cluster}/");
     let mut since = chrono::Utc::now();
-    let mut listener: Option<sqlx::postgres::PgListener> = None;
+    let mut notes = sh.state_notes();
+    let mut last_poll = tokio::time::Instant::now();
     loop {
-        // Anything written while we were not listening is caught by the poll below.
-        if listener.is_none()
-            && let Ok(mut l) = sqlx::postgres::PgListener::connect_with(&sh.pool).await
-            && l.listen("owsync_state").await.is_ok()
-        {
-            listener = Some(l);
-        }
-        let poll = tokio::time::sleep(Duration::from_secs(5));
-        match listener.as_mut() {
-            Some(l) => tokio::select! {
-                n = l.recv() => match n {
-                    Ok(n) => if let Some(key) = n.payload().strip_prefix(&prefix) { app.cache.invalidate(key) },
-                    Err(_) => listener = None,
-                },
-                _ = poll => {}
-                _ = stop.cancelled() => return,
+        let every = if sh.listening() { Duration::from_secs(300) } else { Duration::from_secs(5) };
+        let poll = tokio::time::sleep_until(last_poll + every);
+        let catch_up = tokio::select! {
+            n = notes.recv() => match n {
+                Ok(Some(key)) => {
+                    if let Some(key) = key.strip_prefix(&prefix) { app.cache.invalidate(key) }
+                    false
+                }
+                Ok(None) | Err(RecvError::Lagged(_)) => true,
+                Err(RecvError::Closed) => return,
             },
-            None => tokio::select! {
-                _ = poll => {}
-                _ = stop.cancelled() => return,
-            },
+            _ = poll => true,
+            _ = stop.cancelled() => return,
+        };
+        if !catch_up {
+            continue;
         }
+        last_poll = tokio::time::Instant::now();
         if let Ok(changed) = crate::store::state::changed_since(&sh.pool, &cluster, since).await {
             for (key, at) in changed {
                 app.cache.invalidate_if_older(&key, at);

@@ -5,7 +5,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::Parser;
 use owsync::cli::read_secret;
-use owsync::controller::{ControllerConfig, ElectionConfig, Shared, run_election};
+use owsync::controller::{ControllerConfig, ElectionConfig, Shared, budget, run_election};
 use owsync::daemon_args::Args;
 use owsync::sql::redact_url;
 use owsync::store;
@@ -90,10 +90,18 @@ async fn main() -> anyhow::Result<()> {
     let connect = store::connect_options(&url, &app_name)?;
     info!(cluster = %a.cluster, node = %node_id, database = %redact_url(&url), "owsyncd starting");
 
-    owsync::sync::set_table_connections(a.table_connections);
-    let pool_size = (a.max_concurrency * owsync::sync::table_connections()) as u32 + 4;
+    let budget = budget::Budget::derive(a.max_connections, a.max_concurrency, a.table_connections)?;
+    info!(
+        max_connections = budget.max_connections,
+        pool = budget.pool,
+        sync_connections = budget.sync_connections,
+        max_concurrency = budget.max_concurrency,
+        table_connections = budget.table_connections,
+        "connection budget"
+    );
+    owsync::sync::set_table_connections(budget.table_connections);
     let pool = loop {
-        match store::connect(&url, &app_name, pool_size).await {
+        match store::connect_idle(&url, &app_name, budget.pool, Some(budget::POOL_IDLE_TIMEOUT)).await {
             Ok(p) => {
                 // Before anything else: through a transaction-mode pooler even the
                 // migration check can fail in confusing ways.
@@ -107,7 +115,14 @@ async fn main() -> anyhow::Result<()> {
                     Ok(()) => {}
                 }
                 match store::migrate::require_current(&p).await {
-                    Ok(()) => break p,
+                    Ok(()) => {
+                        // The checks' sessions end now; the pool opens sessions on demand.
+                        p.close().await;
+                        match store::connect_idle(&url, &app_name, budget.pool, Some(budget::POOL_IDLE_TIMEOUT)).await {
+                            Ok(p) => break p,
+                            Err(e) => warn!(error = %e, "cannot connect; retrying in 2s"),
+                        }
+                    }
                     Err(e @ store::StoreError::NotMigrated { .. }) => return Err(e.into()),
                     Err(e) => warn!(error = %e, "database not ready; retrying in 2s"),
                 }
@@ -121,7 +136,8 @@ async fn main() -> anyhow::Result<()> {
         node_id,
         election: ElectionConfig { lease: a.lease_duration, renew_deadline: a.renew_deadline, retry: a.retry_period },
         spec_poll: Duration::from_secs(2),
-        max_concurrency: a.max_concurrency,
+        max_concurrency: budget.max_concurrency,
+        sync_connections: budget.sync_connections,
         stall_after: 5,
         history_retention: (!a.history_retention.is_zero()).then_some(a.history_retention),
     };

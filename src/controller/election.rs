@@ -11,16 +11,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::postgres::PgListener;
-use sqlx::{Connection, PgConnection};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, timeout};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use super::control::{self, Control};
 use super::leader::run_leader;
 use super::{Shared, Term};
-use crate::store::{jobs, lease};
+use crate::store::{Context, jobs, lease};
 
 struct Leading {
     epoch: i64,
@@ -51,20 +50,48 @@ async fn step_down(shared: &Shared, leading: Leading, why: &str) {
     });
 }
 
-/// LISTEN for lease releases; `None` when it cannot (polling still works).
-async fn lease_listener(shared: &Shared, within: Duration) -> Option<PgListener> {
-    let connect = async {
-        let mut l = PgListener::connect_with(&shared.pool).await.ok()?;
-        l.listen("owsync_lease").await.ok()?;
-        Some(l)
-    };
-    timeout(within, connect).await.ok().flatten()
+async fn next_or_pending(c: Option<&mut Control>) -> Result<sqlx::postgres::PgNotification, sqlx::Error> {
+    match c {
+        Some(c) => c.next().await,
+        None => std::future::pending().await,
+    }
 }
 
-async fn recv_or_pending(l: Option<&mut PgListener>) -> bool {
-    match l {
-        Some(l) => l.recv().await.is_ok(),
-        None => std::future::pending().await,
+/// Closes the control session (its backend leaves `pg_stat_activity`).
+fn drop_control(shared: &Shared, conn: &mut Option<Control>) {
+    if conn.take().is_some() {
+        shared.set_listening(false);
+    }
+}
+
+/// Waits `pause` between lease rounds, handing notifications on meanwhile. Returns early
+/// on shutdown, the end of the leader task or of its term, or (for a standby) a lease
+/// release; false when the control session was lost.
+async fn pause(
+    shared: &Shared,
+    conn: &mut Option<Control>,
+    leading: Option<&Leading>,
+    pause: Duration,
+    shutdown: &CancellationToken,
+    draining: bool,
+) -> bool {
+    let until = Instant::now() + pause;
+    let term = leading.and(shared.term());
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep_until(until) => return true,
+            _ = shutdown.cancelled(), if !draining => return true,
+            _ = done_or_pending(leading) => return true,
+            _ = deadline_or_pending(term) => return true,
+            n = next_or_pending(conn.as_mut()) => match n {
+                // A standby wakes as soon as the leader releases the lease (clean shutdown).
+                Ok(n) => if control::dispatch(shared, &n) && leading.is_none() { return true },
+                Err(e) => {
+                    warn!(error = %e, "the control session was lost");
+                    return false;
+                }
+            },
+        }
     }
 }
 
@@ -87,10 +114,8 @@ async fn deadline_or_pending(term: Option<Term>) {
 pub async fn run_election(shared: Arc<Shared>, shutdown: CancellationToken) {
     let cfg = shared.config.election.clone();
     let who = shared.candidate.clone();
-    let mut conn: Option<PgConnection> = None;
+    let mut conn: Option<Control> = None;
     let mut leading: Option<Leading> = None;
-    let mut released: Option<PgListener> = None;
-    let version = env!("CARGO_PKG_VERSION");
     // Side queries (heartbeat, who leads) never hold up the lease rounds for long.
     let side = cfg.retry.clamp(Duration::from_millis(200), Duration::from_secs(2));
 
@@ -112,7 +137,7 @@ pub async fn run_election(shared: Arc<Shared>, shutdown: CancellationToken) {
             && let Some(l) = leading.take()
         {
             step_down(&shared, l, "renew deadline passed").await;
-            conn = None;
+            drop_control(&shared, &mut conn);
             if draining {
                 break;
             }
@@ -126,8 +151,12 @@ pub async fn run_election(shared: Arc<Shared>, shutdown: CancellationToken) {
             _ => cfg.renew_deadline,
         };
         if conn.is_none() {
-            match timeout(budget, PgConnection::connect_with(&shared.connect)).await {
-                Ok(Ok(c)) => conn = Some(c),
+            match timeout(budget, Control::connect(&shared.connect)).await {
+                Ok(Ok(c)) => {
+                    conn = Some(c);
+                    shared.set_listening(true);
+                    control::resync(&shared);
+                }
                 Ok(Err(e)) => warn!(error = %e, "cannot connect for leader election; retrying"),
                 Err(_) => warn!("connecting for leader election timed out; retrying"),
             }
@@ -135,7 +164,12 @@ pub async fn run_election(shared: Arc<Shared>, shutdown: CancellationToken) {
         let sent = Instant::now();
         let renewing = leading.as_ref().map(|l| l.epoch);
         let outcome = match conn.as_mut() {
-            Some(c) => timeout(budget, lease::try_acquire(c, &who, cfg.lease, renewing)).await.ok(),
+            Some(c) => timeout(budget, async {
+                let c = c.conn().await.ctx(|| "the control session".into())?;
+                lease::try_acquire(c, &who, cfg.lease, renewing).await
+            })
+            .await
+            .ok(),
             None => None,
         };
         match outcome {
@@ -161,7 +195,7 @@ pub async fn run_election(shared: Arc<Shared>, shutdown: CancellationToken) {
             }
             Some(Err(e)) => {
                 warn!(error = %e, "lease round failed");
-                conn = None;
+                drop_control(&shared, &mut conn);
                 shared.update_node(|n| n.db_ok = false);
                 if let Some(l) = leading.take() {
                     step_down(&shared, l, "lost the connection that holds the lease").await;
@@ -171,7 +205,7 @@ pub async fn run_election(shared: Arc<Shared>, shutdown: CancellationToken) {
                 if conn.is_some() {
                     warn!("lease round timed out");
                 }
-                conn = None;
+                drop_control(&shared, &mut conn);
                 shared.update_node(|n| n.db_ok = false);
                 if let Some(l) = leading.take() {
                     step_down(&shared, l, "lease round timed out").await;
@@ -181,30 +215,24 @@ pub async fn run_election(shared: Arc<Shared>, shutdown: CancellationToken) {
         if draining && leading.is_none() {
             break;
         }
-        if leading.is_none()
-            && let Ok(Ok(Some(l))) = timeout(side, lease::current(&shared.pool, &who.cluster)).await
-        {
-            shared.update_node(|n| n.leader_id = (!l.expired).then_some(l.leader_id));
+        if !side_queries(&shared, &mut conn, leading.is_some(), side).await {
+            // Cut off mid-query: the session is in no state to hold the lease.
+            drop_control(&shared, &mut conn);
+            if let Some(l) = leading.take() {
+                step_down(&shared, l, "the control session stopped answering").await;
+            }
         }
-        let _ = timeout(side, lease::heartbeat(&shared.pool, &who, leading.is_some(), version)).await;
-        let pause = match (&leading, draining) {
+        let pause_for = match (&leading, draining) {
             (Some(_), false) => jittered(cfg.retry, 0.1),
             // Draining: keep renewing, and notice the end of the drain soon.
             (Some(_), true) => jittered(cfg.retry, 0.1).min(Duration::from_millis(200)),
             (None, _) => jittered(cfg.retry / 2, 0.1),
         };
-        if leading.is_none() && released.is_none() {
-            released = lease_listener(&shared, side).await;
-        }
-        let term = leading.as_ref().and(shared.term());
-        let listen = if leading.is_none() { released.as_mut() } else { None };
-        tokio::select! {
-            _ = tokio::time::sleep(pause) => {}
-            _ = shutdown.cancelled(), if !draining => {}
-            _ = done_or_pending(leading.as_ref()) => {}
-            _ = deadline_or_pending(term) => {}
-            // A standby wakes as soon as the leader releases the lease (clean shutdown).
-            ok = recv_or_pending(listen) => if !ok { released = None },
+        if !pause(&shared, &mut conn, leading.as_ref(), pause_for, &shutdown, draining).await {
+            drop_control(&shared, &mut conn);
+            if let Some(l) = leading.take() {
+                step_down(&shared, l, "lost the connection that holds the lease").await;
+            }
         }
     }
 
@@ -214,7 +242,11 @@ pub async fn run_election(shared: Arc<Shared>, shutdown: CancellationToken) {
         shared.metrics.is_leader.set(0);
         shared.update_node(|n| n.is_leader = false);
         if let Some(c) = conn.as_mut() {
-            match timeout(cfg.renew_deadline, lease::release(c, &who)).await {
+            let release = async {
+                let c = c.conn().await.ctx(|| "the control session".into())?;
+                lease::release(c, &who).await
+            };
+            match timeout(cfg.renew_deadline, release).await {
                 Ok(Ok(())) => info!("lease released"),
                 Ok(Err(e)) => {
                     warn!(error = %e, "could not release the lease; the standby takes over when it expires")
@@ -223,9 +255,35 @@ pub async fn run_election(shared: Arc<Shared>, shutdown: CancellationToken) {
             }
         }
     }
-    let _ = timeout(side, lease::heartbeat(&shared.pool, &who, false, version)).await;
-    if let Some(c) = conn {
-        let _ = c.close().await;
+    if let Some(c) = conn.as_mut()
+        && let Ok(c) = c.conn().await
+    {
+        let _ = timeout(side, lease::heartbeat_on(c, &who, false, VERSION)).await;
+    }
+    drop_control(&shared, &mut conn);
+}
+
+const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The heartbeat, and for a standby who leads: on the control session, bounded by `side`
+/// so they never hold up the lease rounds for long. False when they timed out.
+async fn side_queries(shared: &Shared, conn: &mut Option<Control>, leading: bool, side: Duration) -> bool {
+    let Some(c) = conn.as_mut() else { return true };
+    let who = &shared.candidate;
+    let work = async {
+        let c = c.conn().await.ctx(|| "the control session".into())?;
+        if !leading && let Some(l) = lease::current_on(c, &who.cluster).await? {
+            shared.update_node(|n| n.leader_id = (!l.expired).then_some(l.leader_id));
+        }
+        lease::heartbeat_on(c, who, leading, VERSION).await
+    };
+    match timeout(side, work).await {
+        Ok(Ok(())) => true,
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "heartbeat failed");
+            true
+        }
+        Err(_) => false,
     }
 }
 

@@ -5,7 +5,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::postgres::PgListener;
 use tokio::sync::{Mutex, Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -25,12 +24,10 @@ struct Running {
     task: AbortOnDrop,
 }
 
-/// LISTEN for spec changes; `None` when it cannot (polling still works).
-async fn listener(shared: &Shared) -> Option<PgListener> {
-    let mut l = PgListener::connect_with(&shared.pool).await.ok()?;
-    l.listen_all(["owsync_specs", "owsync_requests"]).await.ok()?;
-    Some(l)
-}
+/// How often the leader re-reads specs and requests while notifications arrive (the
+/// control session LISTENs for them): a safety net only, so an idle leader's pool
+/// connections can close.
+const POLL_WHILE_LISTENING: Duration = Duration::from_secs(300);
 
 /// Runs the leader's reconcilers until `token` is cancelled (then lets in-flight syncs
 /// finish: spec changes and shutdown), or until the task is aborted (lost lease: every
@@ -39,11 +36,11 @@ pub(super) async fn run_leader(shared: Arc<Shared>, epoch: i64, token: Cancellat
     let cluster = shared.config.cluster.clone();
     let fence = Fence { who: shared.candidate.clone(), epoch };
     let slots = Arc::new(Semaphore::new(shared.config.max_concurrency.max(1)));
+    let connections = Arc::new(Semaphore::new(shared.config.sync_connections.max(1)));
     let mut locks: HashMap<String, Arc<Mutex<()>>> = HashMap::new();
     let mut fleet = Fleet { epoch, running: HashMap::new(), stopping: Vec::new(), drained: false };
     let Fleet { running, stopping, .. } = &mut fleet;
     let mut suspended: HashMap<String, i64> = HashMap::new();
-    let mut listen = listener(&shared).await;
     // The lag gauges show only the tenants this term runs a reconciler for.
     shared.metrics.untrack_all();
     let _retention = shared
@@ -52,6 +49,9 @@ pub(super) async fn run_leader(shared: Arc<Shared>, epoch: i64, token: Cancellat
         .map(|keep| AbortOnDrop(tokio::spawn(super::retention::run(shared.clone(), epoch, keep, token.child_token()))));
 
     while !token.is_cancelled() {
+        // Something is left to do on a later round (a Suspended status waiting for an
+        // in-flight sync, a failed read): come back within spec_poll even while listening.
+        let mut again_soon = false;
         if !shared.lease_valid(epoch) {
             // The election aborts this task in a moment; start nothing new meanwhile.
             tokio::select! {
@@ -93,6 +93,7 @@ pub(super) async fn run_leader(shared: Arc<Shared>, epoch: i64, token: Cancellat
                         spec: (*spec).clone(),
                         fence: fence.clone(),
                         slots: slots.clone(),
+                        connections: connections.clone(),
                         lock,
                         wake: wake.clone(),
                         token: child.clone(),
@@ -107,19 +108,26 @@ pub(super) async fn run_leader(shared: Arc<Shared>, epoch: i64, token: Cancellat
                         // own outcome; it holds the tenant's lock until then. Write Suspended
                         // after it (a later round, at most spec_poll away), never before.
                         let lock = locks.entry(s.name.clone()).or_default().clone();
-                        let Ok(_after_in_flight_sync) = lock.try_lock() else { continue };
+                        let Ok(_after_in_flight_sync) = lock.try_lock() else {
+                            again_soon = true;
+                            continue;
+                        };
                         match mark_suspended(&shared, &fence, s).await {
                             Ok(()) => {
                                 suspended.insert(s.name.clone(), s.generation);
                             }
                             Err(e) => {
+                                again_soon = true;
                                 warn!(client = %s.name, error = %e, "cannot record Suspended status")
                             }
                         }
                     }
                 }
             }
-            Err(e) => warn!(error = %e, "cannot read specs; keeping current reconcilers"),
+            Err(e) => {
+                again_soon = true;
+                warn!(error = %e, "cannot read specs; keeping current reconcilers")
+            }
         }
         let claimed = match shared.lease_valid(epoch) {
             true => requests::claim(&shared.pool, &shared.candidate, epoch).await,
@@ -137,29 +145,23 @@ pub(super) async fn run_leader(shared: Arc<Shared>, epoch: i64, token: Cancellat
                     }
                 }
             }
-            Err(e) => warn!(error = %e, "cannot read sync requests"),
+            Err(e) => {
+                again_soon = true;
+                warn!(error = %e, "cannot read sync requests")
+            }
         }
         stopping.retain(|t| !t.0.is_finished());
-        let poll = shared.config.spec_poll;
-        match listen.as_mut() {
-            Some(l) => tokio::select! {
-                r = l.recv() => {
-                    if r.is_err() {
-                        listen = None;
-                    }
-                    // Let a burst of notifications (a fleet apply) settle.
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                _ = tokio::time::sleep(poll) => {}
-                _ = token.cancelled() => {}
-            },
-            None => {
-                tokio::select! {
-                    _ = tokio::time::sleep(poll) => {}
-                    _ = token.cancelled() => {}
-                }
-                listen = listener(&shared).await;
+        let poll = match shared.listening() && !again_soon {
+            true => POLL_WHILE_LISTENING.max(shared.config.spec_poll),
+            false => shared.config.spec_poll,
+        };
+        tokio::select! {
+            _ = shared.spec_wake.notified() => {
+                // Let a burst of notifications (a fleet apply) settle.
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
+            _ = tokio::time::sleep(poll) => {}
+            _ = token.cancelled() => {}
         }
     }
     for (_, r) in running.drain() {

@@ -3,7 +3,9 @@
 //! itself (interval on success, resetting exponential backoff on failure).
 
 mod backoff;
+pub mod budget;
 pub mod conditions;
+mod control;
 mod election;
 mod leader;
 mod reconciler;
@@ -16,6 +18,7 @@ pub use election::run_election;
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -57,6 +60,9 @@ pub struct ControllerConfig {
     pub spec_poll: Duration,
     /// Syncs running at once across all tenants.
     pub max_concurrency: usize,
+    /// Pool connections the running syncs may hold together ([`budget::Budget`]): a sync
+    /// takes at least one and up to `--table-connections` of them, waiting for the first.
+    pub sync_connections: usize,
     /// Consecutive failures after which a tenant is `Stalled`.
     pub stall_after: i32,
     /// The leader deletes finished sync runs and events older than this (`None`: keeps them).
@@ -92,6 +98,13 @@ pub struct Shared {
     pub node: RwLock<NodeState>,
     pub started: Instant,
     term: RwLock<Option<Term>>,
+    /// Notified on NOTIFY owsync_specs / owsync_requests, and when the control session
+    /// (re)opens: the leader re-reads specs and requests.
+    pub(crate) spec_wake: tokio::sync::Notify,
+    /// NOTIFY owsync_state payloads; `None` when notifications may have been missed.
+    pub(crate) state_notes: tokio::sync::broadcast::Sender<Option<String>>,
+    /// Whether the control session is up and listening (the loops poll rarely then).
+    control_up: AtomicBool,
 }
 
 impl Shared {
@@ -118,7 +131,25 @@ impl Shared {
             node: RwLock::new(NodeState::default()),
             started: Instant::now(),
             term: RwLock::new(None),
+            spec_wake: tokio::sync::Notify::new(),
+            state_notes: tokio::sync::broadcast::channel(1024).0,
+            control_up: AtomicBool::new(false),
         })
+    }
+
+    /// Whether notifications arrive (the control session is up): loops that also poll
+    /// as a fallback poll rarely then.
+    pub fn listening(&self) -> bool {
+        self.control_up.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_listening(&self, up: bool) {
+        self.control_up.store(up, Ordering::Relaxed);
+    }
+
+    /// State keys written by any replica (`None`: notifications may have been missed).
+    pub fn state_notes(&self) -> tokio::sync::broadcast::Receiver<Option<String>> {
+        self.state_notes.subscribe()
     }
 
     /// What the API shows. `is_leader` is true only within the current term's deadline:
@@ -213,6 +244,7 @@ mod tests {
             election: ElectionConfig::default(),
             spec_poll: Duration::from_secs(2),
             max_concurrency: 1,
+            sync_connections: 1,
             stall_after: 5,
             history_retention: None,
         };

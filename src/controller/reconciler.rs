@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use tokio::sync::{Mutex, Notify, Semaphore};
+use tokio::sync::{Mutex, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span, warn};
 
@@ -23,13 +23,18 @@ use super::schedule::{FileWatch, Schedule, Wake, next_wake};
 use crate::spec::{ClientSyncStatus, Phase, interval_of};
 use crate::store::{self, FencedTx, specs::StoredSpec, status};
 use crate::sync::drift;
-use crate::sync::{Fence, SyncError, SyncJob, SyncReport, sync_tenant, sync_tenant_with};
+use crate::sync::{
+    Fence, SyncError, SyncJob, SyncReport, sync_tenant, sync_tenant_with, table_connections, with_table_connections,
+};
 
 pub(super) struct Reconciler {
     pub shared: Arc<Shared>,
     pub spec: StoredSpec,
     pub fence: Fence,
     pub slots: Arc<Semaphore>,
+    /// The pool connections syncs may hold ([`super::budget`]): a sync waits for one and
+    /// takes up to `--table-connections` of what is free.
+    pub connections: Arc<Semaphore>,
     pub lock: Arc<Mutex<()>>,
     /// Notified when a sync of this tenant is requested now.
     pub wake: Arc<Notify>,
@@ -55,8 +60,16 @@ impl Reconciler {
                 p = self.slots.clone().acquire_owned() => p,
                 _ = self.token.cancelled() => { self.shared.metrics.queue_depth.dec(); return; }
             };
+            let Ok(_permit) = permit else {
+                self.shared.metrics.queue_depth.dec();
+                return;
+            };
+            let granted = tokio::select! {
+                g = self.grant() => g,
+                _ = self.token.cancelled() => { self.shared.metrics.queue_depth.dec(); return; }
+            };
             self.shared.metrics.queue_depth.dec();
-            let Ok(_permit) = permit else { return };
+            let Some((tables, _connections)) = granted else { return };
             let _guard = tokio::select! {
                 g = self.lock.lock() => g,
                 _ = self.token.cancelled() => return,
@@ -68,7 +81,8 @@ impl Reconciler {
                 w.mark_synced();
             }
             let span = info_span!("reconcile", client = %name, generation = self.spec.generation);
-            let once = self.reconcile_once(&mut st, &mut schedule, why.trigger()).instrument(span);
+            let once = with_table_connections(tables, self.reconcile_once(&mut st, &mut schedule, why.trigger()))
+                .instrument(span);
             let delay = tokio::select! {
                 biased;
                 _ = self.shared.lease_lost(epoch) => {
@@ -79,6 +93,7 @@ impl Reconciler {
             };
             let Some(delay) = delay else { return };
             drop(_guard);
+            drop(_connections);
             drop(_permit);
             // While backing off after failures, only a request cuts the wait short.
             let watching = watch.as_mut().filter(|_| !schedule.backing_off());
@@ -89,6 +104,21 @@ impl Reconciler {
                 Wake::Due | Wake::Requested => {}
             }
         }
+    }
+
+    /// Waits for a sync connection, then takes up to `--table-connections` of those free:
+    /// how many tables the sync copies at once, and the permits (`None`: closed).
+    async fn grant(&self) -> Option<(usize, OwnedSemaphorePermit)> {
+        let mut permit = self.connections.clone().acquire_owned().await.ok()?;
+        let mut tables = 1;
+        while tables < table_connections() {
+            match self.connections.clone().try_acquire_owned() {
+                Ok(more) => permit.merge(more),
+                Err(_) => break,
+            }
+            tables += 1;
+        }
+        Some((tables, permit))
     }
 
     /// How this reconciler records its runs: fenced with its lease, as its node.

@@ -193,7 +193,13 @@ pub async fn holds(conn: &mut PgConnection, who: &Candidate, epoch: i64) -> Resu
 
 /// The current holder of a cluster's lease, if any.
 pub async fn current(pool: &PgPool, cluster: &str) -> Result<Option<LeaseInfo>> {
-    let mut tx = super::begin(pool, cluster).await?;
+    let mut conn = pool.acquire().await.ctx(|| "connect".into())?;
+    current_on(&mut conn, cluster).await
+}
+
+/// [`current`] on a connection the caller holds (owsyncd's control session).
+pub async fn current_on(conn: &mut PgConnection, cluster: &str) -> Result<Option<LeaseInfo>> {
+    let mut tx = super::begin_on(conn, cluster, super::Durability::Synchronous).await?;
     let row = sqlx::query(
         "SELECT leader_id, epoch, acquired_at, renewed_at, expires_at, expires_at < now() AS expired
          FROM sync_metadata.leader_election WHERE cluster_name = $1",
@@ -215,7 +221,13 @@ pub async fn current(pool: &PgPool, cluster: &str) -> Result<Option<LeaseInfo>> 
 
 /// Records this replica's heartbeat in `hosts`.
 pub async fn heartbeat(pool: &PgPool, who: &Candidate, is_leader: bool, version: &str) -> Result<()> {
-    let mut tx = super::begin(pool, &who.cluster).await?;
+    let mut conn = pool.acquire().await.ctx(|| "connect".into())?;
+    heartbeat_on(&mut conn, who, is_leader, version).await
+}
+
+/// [`heartbeat`] on a connection the caller holds (owsyncd's control session).
+pub async fn heartbeat_on(conn: &mut PgConnection, who: &Candidate, is_leader: bool, version: &str) -> Result<()> {
+    let mut tx = super::begin_on(conn, &who.cluster, super::Durability::Synchronous).await?;
     let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").ok().map(|h| h.trim().to_string());
     sqlx::query(
         "INSERT INTO sync_metadata.hosts (cluster_name, node_id, hostname, version, status, is_leader, last_heartbeat)

@@ -85,6 +85,17 @@ pub fn connect_options(url: &str, application: &str) -> Result<PgConnectOptions>
 
 /// A pool of connections; fails at once, naming the cause, when the server is unreachable.
 pub async fn connect(url: &str, application: &str, max_connections: u32) -> Result<PgPool> {
+    connect_idle(url, application, max_connections, Some(Duration::from_secs(600))).await
+}
+
+/// [`connect`], closing a connection once it has been idle for `idle_timeout` (the pool
+/// opens connections on demand and keeps none open: `min_connections` is 0).
+pub async fn connect_idle(
+    url: &str,
+    application: &str,
+    max_connections: u32,
+    idle_timeout: Option<Duration>,
+) -> Result<PgPool> {
     use sqlx::{ConnectOptions, Connection};
     let opts = connect_options(url, application)?;
     let err = |source| StoreError::Connect { url: redact_url(url), source };
@@ -93,8 +104,10 @@ pub async fn connect(url: &str, application: &str, max_connections: u32) -> Resu
     let probe = opts.connect().await.map_err(err)?;
     let _ = probe.close().await;
     let port = opts.get_port();
-    PgPoolOptions::new()
+    Ok(PgPoolOptions::new()
         .max_connections(max_connections)
+        .min_connections(0)
+        .idle_timeout(idle_timeout)
         .after_connect(move |conn, _| {
             Box::pin(async move {
                 session::prepare(conn, port).await;
@@ -102,9 +115,8 @@ pub async fn connect(url: &str, application: &str, max_connections: u32) -> Resu
             })
         })
         .acquire_timeout(Duration::from_secs(10))
-        .connect_with(opts)
-        .await
-        .map_err(err)
+        // The probe above has shown the server answers: open connections on demand only.
+        .connect_lazy_with(opts))
 }
 
 /// Begins a transaction scoped to one cluster: row-level security lets `sync_service`

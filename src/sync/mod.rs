@@ -12,7 +12,7 @@ mod reader;
 mod skip;
 mod table;
 
-pub use queue::{DEFAULT_TABLE_CONNECTIONS, set_table_connections, table_connections};
+pub use queue::{DEFAULT_TABLE_CONNECTIONS, set_table_connections, table_connections, with_table_connections};
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

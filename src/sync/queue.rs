@@ -24,9 +24,19 @@ pub fn set_table_connections(n: usize) {
     TABLE_CONNECTIONS.store(n.max(1), Ordering::Relaxed);
 }
 
+tokio::task_local! {
+    static GRANTED: usize;
+}
+
+/// Runs `f` (a sync) with `n` table connections instead of the process-wide setting:
+/// owsyncd's scheduler grants each sync what its connection budget has free.
+pub async fn with_table_connections<F: std::future::Future>(n: usize, f: F) -> F::Output {
+    GRANTED.scope(n.max(1), f).await
+}
+
 /// How many tables of one tenant a sync copies at once.
 pub fn table_connections() -> usize {
-    TABLE_CONNECTIONS.load(Ordering::Relaxed).max(1)
+    GRANTED.try_with(|n| *n).unwrap_or_else(|_| TABLE_CONNECTIONS.load(Ordering::Relaxed)).max(1)
 }
 
 /// The selected tables of the source, largest (by highest rowid, a cheap estimate of

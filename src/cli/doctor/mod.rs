@@ -5,6 +5,7 @@
 //! privileges (missing ones fail, excess ones warn). Exit 0 usable, 1 not. The URL is
 //! only ever printed redacted.
 
+mod budget;
 mod net;
 mod role;
 
@@ -155,6 +156,7 @@ pub async fn run(r: &mut Report, url: &str, cluster: &str, timeout: Duration) {
         return;
     };
     net::server(r, &mut conn, &opts).await;
+    budget::connections(r, &mut conn).await;
     if !net::session_pooling(r, &opts, timeout).await {
         r.skip("checks", "schema and privilege checks are not reliable through a transaction-mode pooler");
         let _ = sqlx::Connection::close(conn).await;
