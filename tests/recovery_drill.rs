@@ -85,6 +85,27 @@ fn differences(env: &TestEnv, cluster: &str, n: usize) -> (usize, u64) {
     (tenants, rows)
 }
 
+/// The reports of host B's successful runs.
+async fn b_runs(admin: &PgPool) -> Vec<serde_json::Value> {
+    sqlx::query_scalar(
+        "SELECT tables FROM sync_metadata.sync_jobs
+         WHERE cluster_name = $1 AND leader_id IN ('b1', 'b2') AND status = 'succeeded'",
+    )
+    .bind(HOST_B)
+    .fetch_all(admin)
+    .await
+    .expect("read host B's runs")
+}
+
+/// Asserts `field` is 0 for every table of every run.
+fn every_table(runs: &[serde_json::Value], field: &str, what: &str) {
+    for r in runs {
+        for (t, tr) in r["tables"].as_object().cloned().unwrap_or_default() {
+            assert_eq!(tr[field], 0, "{what}: {t} in {r}");
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_lost_host_comes_back_on_another_with_every_synced_row() {
     let n = tenants();
@@ -155,19 +176,7 @@ async fn a_lost_host_comes_back_on_another_with_every_synced_row() {
     let recovered = t0.elapsed();
 
     // B continued from the adopted state: its first runs read nothing (no full pass).
-    let first: Vec<serde_json::Value> = sqlx::query_scalar(
-        "SELECT tables FROM sync_metadata.sync_jobs
-         WHERE cluster_name = $1 AND leader_id IN ('b1', 'b2') AND status = 'succeeded'",
-    )
-    .bind(HOST_B)
-    .fetch_all(&admin)
-    .await
-    .unwrap();
-    for r in &first {
-        for (t, tr) in r["tables"].as_object().cloned().unwrap_or_default() {
-            assert_eq!(tr["rows_read"], 0, "host B read {t} again after the evacuation: {r}");
-        }
-    }
+    every_table(&b_runs(&admin).await, "rows_read", "host B read a table again after the evacuation");
     // The writer goes on with the restored files; B follows it.
     let restored: Vec<PathBuf> = (0..n).map(|i| dir_b.join(name(i)).join("webui.db")).collect();
     let (stop, rounds) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
@@ -181,19 +190,8 @@ async fn a_lost_host_comes_back_on_another_with_every_synced_row() {
     .await;
     assert!(b1.log_text().contains("leader") || _b2.log_text().contains("leader"), "B's pair leads");
     // And it wrote no tombstone.
-    let reports: Vec<serde_json::Value> = sqlx::query_scalar(
-        "SELECT tables FROM sync_metadata.sync_jobs
-         WHERE cluster_name = $1 AND leader_id IN ('b1', 'b2') AND status = 'succeeded'",
-    )
-    .bind(HOST_B)
-    .fetch_all(&admin)
-    .await
-    .unwrap();
-    for r in &reports {
-        for (t, tr) in r["tables"].as_object().cloned().unwrap_or_default() {
-            assert_eq!(tr["tombstoned"], 0, "spurious tombstones in {t}: {r}");
-        }
-    }
+    let reports = b_runs(&admin).await;
+    every_table(&reports, "tombstoned", "spurious tombstones");
     println!(
         "DRILL tenants={n} evacuate_s={:.2} recover_s={:.2} restored_mb={:.1} restore_mb_per_s={:.1} \
          rpo_tenants={rpo_tenants} rpo_rows={rpo_rows} b_runs={}",
