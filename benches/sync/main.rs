@@ -96,7 +96,9 @@ cargo bench --bench sync -- [options]
   --restore-runs N     interleaved runs of owsync's restore and the naive pipeline after the
                        first sync (default 3; 0 skips them)
   --restore-only       one first sync, then only the restore runs (writes only the restore
-                       region; works on the cached source without copying it)";
+                       region; works on the cached source without copying it)
+  OWSYNC_BENCH_RESTORE_BASELINE=PATH  also run the owsyncctl at PATH in every restore run
+                       (to compare two builds of the restore in one run)";
 
 #[derive(Debug, Clone)]
 struct Args {
@@ -346,6 +348,7 @@ fn restore_cases(
         url: c.pg.admin_url(&c.db),
         psql: if psql.exists() { psql } else { PathBuf::from("psql") },
         dir: a.work.join("run").join("restore"),
+        baseline: std::env::var_os("OWSYNC_BENCH_RESTORE_BASELINE").map(PathBuf::from),
     };
     restore::cases(&r, a.restore_runs.max(1))
 }

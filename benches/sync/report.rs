@@ -410,6 +410,11 @@ pub fn render_restore(a: &Args, r: &Results, x: &RestoreCases, total_secs: f64) 
             &x.naive,
         );
     }
+    if let Some(b) = &x.baseline_bin {
+        restore_row(&mut s, &format!("owsync, another build (`OWSYNC_BENCH_RESTORE_BASELINE={b}`)"), &x.baseline);
+        let mut r: Vec<f64> = x.baseline.iter().zip(&x.owsync).map(|(b, o)| b.secs / o.secs).collect();
+        let _ = writeln!(s, "\nThat build / this one: {:.2}x in time (median of the per-run ratios).", median(&mut r));
+    }
     restore_runs(&mut s, x);
     s
 }

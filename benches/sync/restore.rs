@@ -27,6 +27,9 @@ pub struct Restore<'a> {
     pub url: String,
     pub psql: PathBuf,
     pub dir: PathBuf,
+    /// Another `owsyncctl` to run the same way in every run (`OWSYNC_BENCH_RESTORE_BASELINE`),
+    /// to compare two builds of the restore in one run.
+    pub baseline: Option<PathBuf>,
 }
 
 const GNU_TIME: &str = "/usr/bin/time";
@@ -79,11 +82,12 @@ fn count_mismatches(file: &Path, want: &BTreeMap<String, u64>) -> Result<Vec<Str
 }
 
 impl Restore<'_> {
-    /// `owsyncctl restore bench --to FILE` (integrity_check and WAL included, as it ships).
-    fn owsync(&self, want: &BTreeMap<String, u64>) -> Result<RestoreRun> {
+    /// `owsyncctl restore bench --to FILE` (integrity_check and WAL included, as it ships),
+    /// with the `owsyncctl` at `bin`.
+    fn owsync(&self, bin: &Path, want: &BTreeMap<String, u64>) -> Result<RestoreRun> {
         let out = self.dir.join("restored-owsync.db");
         let _ = std::fs::remove_file(&out);
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_owsyncctl"));
+        let mut cmd = Command::new(bin);
         cmd.args(["--cluster", CLUSTER, "restore", CLIENT, "--to"]).arg(&out).env("OWSYNC_DATABASE_URL", &self.url);
         let (secs, rss_mib, o) = timed(&mut cmd, &self.dir.join("owsync.time"))?;
         if !o.status.success() {
@@ -185,6 +189,7 @@ pub fn cases(r: &Restore<'_>, runs: usize) -> Result<RestoreCases> {
     let mut res = RestoreCases {
         sqlite3: sh("sqlite3", &["--version"]).split_whitespace().next().unwrap_or("").to_string(),
         psql: sh(&r.psql.display().to_string(), &["--version"]),
+        baseline_bin: r.baseline.as_ref().map(|b| b.display().to_string()),
         ..Default::default()
     };
     if res.sqlite3.is_empty() {
@@ -196,12 +201,30 @@ pub fn cases(r: &Restore<'_>, runs: usize) -> Result<RestoreCases> {
         if naive_first && !res.sqlite3.is_empty() {
             res.naive.push(r.naive(&want)?);
         }
-        res.owsync.push(r.owsync(&want)?);
+        // The other build, if any, before this one in odd runs and after it in even ones.
+        let other = |res: &mut RestoreCases| -> Result<()> {
+            if let Some(b) = &r.baseline {
+                res.baseline.push(r.owsync(b, &want)?);
+            }
+            Ok(())
+        };
+        if naive_first {
+            other(&mut res)?;
+        }
+        res.owsync.push(r.owsync(Path::new(env!("CARGO_BIN_EXE_owsyncctl")), &want)?);
+        if !naive_first {
+            other(&mut res)?;
+        }
         if !naive_first && !res.sqlite3.is_empty() {
             res.naive.push(r.naive(&want)?);
         }
         let last = |v: &Vec<RestoreRun>| v.last().map_or("—".into(), |x| format!("{:.2} s", x.secs));
-        eprintln!("bench:   owsync {}  naive {}", last(&res.owsync), last(&res.naive));
+        eprintln!(
+            "bench:   owsync {}  naive {}  other build {}",
+            last(&res.owsync),
+            last(&res.naive),
+            last(&res.baseline)
+        );
     }
     Ok(res)
 }

@@ -165,6 +165,9 @@ pub struct RestoreCases {
     /// In run order, interleaved with `naive`.
     pub owsync: Vec<RestoreRun>,
     pub naive: Vec<RestoreRun>,
+    /// `OWSYNC_BENCH_RESTORE_BASELINE`'s runs, right after owsync's in each run.
+    pub baseline: Vec<RestoreRun>,
+    pub baseline_bin: Option<String>,
     pub naive_note: String,
     pub sqlite3: String,
     pub psql: String,
