@@ -79,6 +79,7 @@ for want in "$@"; do
   case "$want" in
     postgres) have_pg || packages+=(postgresql) ;;
     sqldiff) command -v sqldiff >/dev/null 2>&1 || packages+=(sqlite3-tools) ;;
+    sqlite3) command -v sqlite3 >/dev/null 2>&1 || packages+=(sqlite3) ;;
     pgbouncer) command -v pgbouncer >/dev/null 2>&1 || [[ -x /usr/sbin/pgbouncer ]] || packages+=(pgbouncer) ;;
     venv) python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || packages+=(python3-venv) ;;
     pg17) have_pg17 || command -v npm >/dev/null 2>&1 || packages+=(npm) ;;

@@ -31,27 +31,32 @@ mod first_sync;
 mod incremental;
 mod peers;
 mod report;
+mod restore;
 mod results;
 mod setup;
 mod util;
 mod verify;
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Result, anyhow, bail};
 use owsync::fixtures::OpKind;
+use owsync::source::TableInfo;
+use owsync::target::MirrorTable;
 use sqlx::Connection as _;
 
-use crate::child::child;
+use crate::child::{child, run_child};
 use crate::costs::copy_probe;
 use crate::csv::export_csv;
 use crate::first_sync::{Kept, read_encode_only};
-use crate::report::{render, write_region};
-use crate::results::Results;
-use crate::setup::{gather_env, prepare_source, tables_of};
+use crate::report::{render, render_restore, write_region};
+use crate::restore::Restore;
+use crate::results::{RestoreCases, Results};
+use crate::setup::{OwsyncServer, gather_env, owsync_server, prepare_source, tables_of};
 use crate::util::loadavg;
+use crate::verify::mirror_counts_ok;
 
 const CLUSTER: &str = "bench-host";
 const CLIENT: &str = "bench";
@@ -87,7 +92,13 @@ cargo bench --bench sync -- [options]
   --no-write           do not touch the report file
   --pg-unsafe          keep the test servers' fsync=off (default: stock durability)
   --no-pgloader        skip pgloader
-  --no-lz4             skip the lz4 TOAST compression variants";
+  --no-lz4             skip the lz4 TOAST compression variants
+  --restore-runs N     interleaved runs of owsync's restore and the naive pipeline after the
+                       first sync (default 3; 0 skips them)
+  --restore-only       one first sync, then only the restore runs (writes only the restore
+                       region; works on the cached source without copying it)
+  OWSYNC_BENCH_RESTORE_BASELINE=PATH  also run the owsyncctl at PATH in every restore run
+                       (to compare two builds of the restore in one run)";
 
 #[derive(Debug, Clone)]
 struct Args {
@@ -105,6 +116,8 @@ struct Args {
     durable: bool,
     pgloader: bool,
     lz4: bool,
+    restore_runs: usize,
+    restore_only: bool,
     /// Fail when any verification fails (the smoke run under `cargo test`).
     strict: bool,
     /// The options given, to print the command that reruns this.
@@ -130,6 +143,8 @@ fn parse_args(argv: &[String]) -> Result<Args> {
         durable: true,
         pgloader: true,
         lz4: true,
+        restore_runs: 3,
+        restore_only: false,
         strict: false,
         given: Vec::new(),
     };
@@ -157,6 +172,8 @@ fn parse_args(argv: &[String]) -> Result<Args> {
             "--pg-unsafe" => a.durable = false,
             "--no-pgloader" => a.pgloader = false,
             "--no-lz4" => a.lz4 = false,
+            "--restore-runs" => a.restore_runs = val()?.parse()?,
+            "--restore-only" => a.restore_only = true,
             "-h" | "--help" => {
                 println!("{USAGE}");
                 std::process::exit(0);
@@ -170,7 +187,7 @@ fn parse_args(argv: &[String]) -> Result<Args> {
         let mut it = argv.iter().filter(|x| *x != "--bench");
         while let Some(x) = it.next() {
             g.push(x.clone());
-            if !matches!(x.as_str(), "--no-write" | "--pg-unsafe" | "--no-pgloader" | "--no-lz4")
+            if !matches!(x.as_str(), "--no-write" | "--pg-unsafe" | "--no-pgloader" | "--no-lz4" | "--restore-only")
                 && let Some(v) = it.next()
             {
                 g.push(v.clone());
@@ -209,7 +226,7 @@ fn main() -> Result<()> {
         smoke_dir = tempfile::tempdir()?;
         let mut a = parse_args(
             &"--chats 200 --chats-per-user 20 --rounds 1 --inc-rounds 1 --changed 20 --unchanged-runs 5 \
-              --no-write --no-pgloader"
+              --restore-runs 1 --no-write --no-pgloader"
                 .split_whitespace()
                 .map(str::to_string)
                 .collect::<Vec<_>>(),
@@ -228,13 +245,29 @@ async fn run(a: Args) -> Result<()> {
     let pg_bin = owsync::devpg::find_bin_dir()?;
     let mut res = Results { env: gather_env(&a, &pg_bin), ..Default::default() };
     eprintln!("bench: {}", res.env.command);
-
-    // -- the source, its CSV export and the engine's read cost (untimed setup) --
     let db = prepare_source(&a, &mut res.data)?;
     let tables = tables_of(&db)?;
+    if a.restore_only {
+        restore_only(&a, &db, &tables, &pg_bin, &mut res).await?;
+    } else {
+        sync_cases(&a, &db, &tables, &pg_bin, &mut res).await?;
+    }
+    finish(&a, &mut res, started.elapsed().as_secs_f64())
+}
+
+/// The first-sync rounds, the restore runs on the last round's mirror, the incremental
+/// rounds and the unchanged-source cycles.
+async fn sync_cases(
+    a: &Args,
+    db: &Path,
+    tables: &[(TableInfo, MirrorTable)],
+    pg_bin: &Path,
+    res: &mut Results,
+) -> Result<()> {
+    // -- the source's CSV export and the engine's read cost (untimed setup) --
     let csv_dir = tempfile::Builder::new().prefix("owsync-bench-csv-").tempdir_in("/tmp")?;
     std::fs::set_permissions(csv_dir.path(), std::fs::Permissions::from_mode(0o755))?;
-    let (csv, csv_bytes) = export_csv(&db, &tables, csv_dir.path())?;
+    let (csv, csv_bytes) = export_csv(db, tables, csv_dir.path())?;
     res.data.csv_bytes = csv_bytes;
     eprintln!(
         "bench: source {} ({:.1} MB, {} rows in {} tables, {} non-empty); CSV {:.1} MB",
@@ -245,18 +278,24 @@ async fn run(a: Args) -> Result<()> {
         res.data.nonempty_tables,
         csv_bytes as f64 / 1e6
     );
-    res.read_encode = Some(read_encode_only(&db)?);
+    res.read_encode = Some(read_encode_only(db)?);
 
     // -- first syncs, in interleaved rounds (every case once per round, each on a fresh
-    //    server); the last round's COPY database and owsync mirror go on to the
-    //    incremental part --
-    let keep = first_sync::rounds(&a, &db, &tables, &csv, &mut res).await?;
+    //    server); the last round's COPY database and owsync mirror go on to the restore
+    //    runs and the incremental part --
+    let keep = first_sync::rounds(a, db, tables, &csv, res).await?;
+    drop(csv_dir);
     let Some(mut k) = keep else { bail!("--rounds must be at least 1") };
+    if a.restore_runs > 0 {
+        let mut x = restore_cases(a, db, tables, &k.c, pg_bin)?;
+        x.first_sync_secs = res.first.iter().find(|c| c.name == "owsync").and_then(|c| c.secs);
+        res.restore = Some(x);
+    }
     // The bare upserts go through this connection: give it TCP_NODELAY, as psql has.
     owsync::store::session::set_nodelay_towards(k.pg_a.port());
 
     // -- incremental rounds --
-    incremental::rounds(&a, &db, &tables, &mut k, &mut res).await?;
+    incremental::rounds(a, db, tables, &mut k, res).await?;
 
     // -- unchanged-source cycles, in process --
     if a.unchanged_runs > 0 {
@@ -268,44 +307,113 @@ async fn run(a: Args) -> Result<()> {
     res.copy_probe = Some(copy_probe(&c.pg.admin_url(&c.db), c.pg.port()).await?);
     drop(c);
     drop(pg_a);
+    Ok(())
+}
 
+/// `--restore-only`: one first sync fills the mirror, then the restore runs.
+async fn restore_only(
+    a: &Args,
+    db: &Path,
+    tables: &[(TableInfo, MirrorTable)],
+    pg_bin: &Path,
+    res: &mut Results,
+) -> Result<()> {
+    let c = owsync_server(a, db, &[]).await?;
+    eprintln!("bench: first sync of {} into a fresh mirror ...", db.display());
+    let first = run_child(&c.sync_url)?;
+    let mut admin_c = sqlx::PgConnection::connect(&c.pg.admin_url(&c.db)).await?;
+    let bad = mirror_counts_ok(&mut admin_c, tables, db).await?;
+    admin_c.close().await?;
+    if !bad.is_empty() || !first.failed.is_empty() {
+        bail!("the first sync did not fill the mirror: counts {bad}; failed {:?}", first.failed);
+    }
+    eprintln!("bench: first sync {:.1} s, RSS {:.0} MiB", first.secs, crate::util::mib(first.hwm_kib));
+    let mut x = restore_cases(a, db, tables, &c, pg_bin)?;
+    x.first_sync_secs = Some(first.secs);
+    res.restore = Some(x);
+    Ok(())
+}
+
+fn restore_cases(
+    a: &Args,
+    db: &Path,
+    tables: &[(TableInfo, MirrorTable)],
+    c: &OwsyncServer,
+    pg_bin: &Path,
+) -> Result<RestoreCases> {
+    let psql = pg_bin.join("psql");
+    let r = Restore {
+        src: db,
+        tables,
+        url: c.pg.admin_url(&c.db),
+        psql: if psql.exists() { psql } else { PathBuf::from("psql") },
+        dir: a.work.join("run").join("restore"),
+        baseline: std::env::var_os("OWSYNC_BENCH_RESTORE_BASELINE").map(PathBuf::from),
+    };
+    restore::cases(&r, a.restore_runs.max(1))
+}
+
+/// Prints and writes the report (the regions this run measured) and, in the smoke run,
+/// fails on any failed verification.
+fn finish(a: &Args, res: &mut Results, total_secs: f64) -> Result<()> {
     res.env.load_end = loadavg();
-    let report = render(&a, &res, started.elapsed().as_secs_f64());
-    println!("\n{report}");
-    let json_path = a.work.join(format!("results-{}.json", a.chats));
+    let msgs = (a.msgs != DEFAULT_MSGS).then_some(a.msgs);
+    if !a.restore_only {
+        let report = render(a, res, total_secs);
+        println!("\n{report}");
+        if let Some(out) = &a.out {
+            write_region(out, "results", a.chats, msgs, &report)?;
+        }
+    }
+    if let Some(x) = &res.restore {
+        let report = render_restore(a, res, x, total_secs);
+        println!("\n{report}");
+        if let Some(out) = &a.out {
+            write_region(out, "restore", a.chats, msgs, &report)?;
+        }
+    }
+    let name = if a.restore_only { format!("restore-{}", a.chats) } else { a.chats.to_string() };
+    let json_path = a.work.join(format!("results-{name}.json"));
     std::fs::write(&json_path, serde_json::to_string_pretty(&res)?)?;
     eprintln!("bench: raw results in {}", json_path.display());
     if let Some(out) = &a.out {
-        write_region(out, a.chats, (a.msgs != DEFAULT_MSGS).then_some(a.msgs), &report)?;
         eprintln!("bench: updated {}", out.display());
     }
     if a.strict {
-        let mut bad: Vec<String> = res
-            .first
-            .iter()
-            .filter(|c| !c.name.starts_with("pgloader") && !c.ok)
-            .map(|c| format!("{}: {}", c.name, c.note))
-            .collect();
-        bad.extend(res.incremental.iter().filter(|x| !x.ok).map(|x| format!("incremental: {}", x.note)));
-        if res.unchanged.as_ref().is_some_and(|u| !u.all_skipped) {
-            bad.push("unchanged: a cycle was not skipped".into());
-        }
-        // The report's cost tables: statements attributed to their tables (two at once)
-        // and the incremental's own kinds of statement counted.
-        let attributed = |c: &crate::results::StatementCosts| {
-            c.categories.keys().any(|k| k.starts_with("COPY")) && c.unattributed_copies == 0
-        };
-        if !res.owsync_first_costs.as_ref().is_some_and(attributed) {
-            bad.push("costs: the first sync's COPYs were not attributed to their tables".into());
-        }
-        if !res.owsync_inc_costs.as_ref().is_some_and(|c| c.categories.contains_key("COPY into the stage (temp table)"))
-        {
-            bad.push("costs: the incremental's COPY into the stage was not counted".into());
-        }
-        if !bad.is_empty() {
-            bail!("smoke run: verification failed: {}", bad.join("; "));
-        }
-        println!("smoke: 1 passed, 0 failed");
+        strict_checks(res)?;
     }
+    Ok(())
+}
+
+fn strict_checks(res: &Results) -> Result<()> {
+    let mut bad: Vec<String> = res
+        .first
+        .iter()
+        .filter(|c| !c.name.starts_with("pgloader") && !c.ok)
+        .map(|c| format!("{}: {}", c.name, c.note))
+        .collect();
+    bad.extend(res.incremental.iter().filter(|x| !x.ok).map(|x| format!("incremental: {}", x.note)));
+    if res.unchanged.as_ref().is_some_and(|u| !u.all_skipped) {
+        bad.push("unchanged: a cycle was not skipped".into());
+    }
+    match &res.restore {
+        None => bad.push("restore: not run".into()),
+        Some(x) => bad.extend(x.owsync.iter().filter(|r| !r.ok).map(|r| format!("restore: {}", r.note))),
+    }
+    // The report's cost tables: statements attributed to their tables (two at once)
+    // and the incremental's own kinds of statement counted.
+    let attributed = |c: &crate::results::StatementCosts| {
+        c.categories.keys().any(|k| k.starts_with("COPY")) && c.unattributed_copies == 0
+    };
+    if !res.owsync_first_costs.as_ref().is_some_and(attributed) {
+        bad.push("costs: the first sync's COPYs were not attributed to their tables".into());
+    }
+    if !res.owsync_inc_costs.as_ref().is_some_and(|c| c.categories.contains_key("COPY into the stage (temp table)")) {
+        bad.push("costs: the incremental's COPY into the stage was not counted".into());
+    }
+    if !bad.is_empty() {
+        bail!("smoke run: verification failed: {}", bad.join("; "));
+    }
+    println!("smoke: 1 passed, 0 failed");
     Ok(())
 }

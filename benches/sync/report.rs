@@ -5,7 +5,7 @@ use std::path::Path;
 
 use anyhow::Result;
 
-use crate::results::Results;
+use crate::results::{RestoreCases, RestoreRun, Results};
 use crate::util::{fmt_s, median};
 use crate::{Args, CHAT_OPS};
 
@@ -314,13 +314,14 @@ pub fn render(a: &Args, r: &Results, total_secs: f64) -> String {
 
 /// Replaces this size's region of the report file (or appends it). A data set with other
 /// than the default messages per chat has a region of its own.
-pub fn write_region(path: &Path, chats: u32, msgs: Option<u32>, body: &str) -> Result<()> {
+/// `kind`: `results` (the sync cases) or `restore`.
+pub fn write_region(path: &Path, kind: &str, chats: u32, msgs: Option<u32>, body: &str) -> Result<()> {
     let key = match msgs {
         Some(m) => format!("chats={chats} msgs={m}"),
         None => format!("chats={chats}"),
     };
-    let begin = format!("<!-- bench:results {key} begin (written by `cargo bench --bench sync`) -->");
-    let end = format!("<!-- bench:results {key} end -->");
+    let begin = format!("<!-- bench:{kind} {key} begin (written by `cargo bench --bench sync`) -->");
+    let end = format!("<!-- bench:{kind} {key} end -->");
     let text = std::fs::read_to_string(path).unwrap_or_else(|_| {
         "# owsync benchmarks\n\nResults of `cargo bench --bench sync` (benches/sync.rs).\n\n".to_string()
     });
@@ -331,4 +332,144 @@ pub fn write_region(path: &Path, chats: u32, msgs: Option<u32>, body: &str) -> R
     };
     std::fs::write(path, new)?;
     Ok(())
+}
+
+fn restore_row(s: &mut String, what: &str, runs: &[RestoreRun]) {
+    let mut t: Vec<f64> = runs.iter().map(|x| x.secs).collect();
+    let med = median(&mut t);
+    let (lo, hi) = (t.first().copied().unwrap_or(f64::NAN), t.last().copied().unwrap_or(f64::NAN));
+    let bytes = runs.first().map_or(0, |x| x.bytes) as f64;
+    let rows = runs.first().map_or(0, |x| x.rows) as f64;
+    let rss = runs.iter().filter_map(|x| x.rss_mib).fold(None, |m: Option<f64>, x| Some(m.map_or(x, |m| m.max(x))));
+    let ok = runs.iter().all(|x| x.ok);
+    let note = runs.iter().find(|x| !x.ok).or(runs.first()).map_or(String::new(), |x| x.note.clone());
+    let _ = writeln!(
+        s,
+        "| {what} | {} | {lo:.2}-{hi:.2} | {:.1} | {:.0} | {:.1} | {} | {} | {note} |",
+        fmt_s(Some(med)),
+        bytes / 1e6 / med,
+        rows / med,
+        bytes / 1e6,
+        rss.map_or("—".into(), |m| format!("{m:.0}")),
+        if ok { "yes" } else { "**no**" },
+    );
+}
+
+/// The restore region: owsync's restore against the naive pipeline, same run.
+pub fn render_restore(a: &Args, r: &Results, x: &RestoreCases, total_secs: f64) -> String {
+    let (d, e) = (&r.data, &r.env);
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "### Restore, {} chats: {} users x {} chats x {} messages\n",
+        d.chats, d.users, a.chats_per_user, d.msgs
+    );
+    let _ = writeln!(s, "Command: `{}`  ", e.command);
+    let _ = writeln!(
+        s,
+        "Run: {}, owsync {}, whole bench {total_secs:.0} s. Machine: {} CPUs ({}), {:.1} GiB RAM; load average {} at the \
+         start, {} at the end.  ",
+        e.date, e.git, e.nproc, e.cpu, e.mem_gib, e.load_start, e.load_end
+    );
+    let _ = writeln!(s, "Software: {}; {}; sqlite3 CLI {}.  ", e.postgres, x.psql, x.sqlite3);
+    let _ = writeln!(
+        s,
+        "Source: **{:.1} MB**, {} rows in {} tables; mirrored by the bench's first sync{}.\n",
+        d.file_bytes as f64 / 1e6,
+        d.rows,
+        d.tables,
+        x.first_sync_secs.map_or(String::new(), |t| format!(" ({t:.1} s)"))
+    );
+    let n = x.owsync.len();
+    let _ = writeln!(
+        s,
+        "{n} run{} of each, interleaved (the first of each pair alternating); wall s is the median, MB/s the \
+         restored file's size / median time, rows/s the source's rows / median time, peak RSS the largest over the \
+         runs (GNU time; the naive pipeline's is its larger process).\n",
+        if n == 1 { "" } else { "s" }
+    );
+    let _ = writeln!(
+        s,
+        "| case | wall s (median) | min-max s | MB/s | rows/s | file MB | peak RSS MiB | row counts = source | notes |"
+    );
+    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|");
+    restore_row(
+        &mut s,
+        "**owsync**: `owsyncctl restore bench --to FILE` (release binary; includes its `PRAGMA integrity_check` and the \
+         switch to WAL)",
+        &x.owsync,
+    );
+    if x.naive.is_empty() {
+        let _ = writeln!(s, "| naive pipeline | — | — | — | — | — | — | — | {} |", x.naive_note);
+    } else {
+        restore_row(
+            &mut s,
+            "naive: one `psql -c \"\\copy (SELECT <the source's columns> FROM <mirror> WHERE NOT _owsync_deleted) TO \
+             'table.csv' CSV\"` per table (one psql), then one `sqlite3 new.db`: the source's DDL (tables, indexes), \
+             then `.import --csv --skip 0 table.csv table` per table",
+            &x.naive,
+        );
+    }
+    if let Some(b) = &x.baseline_bin {
+        restore_row(&mut s, &format!("owsync, another build (`OWSYNC_BENCH_RESTORE_BASELINE={b}`)"), &x.baseline);
+        let mut r: Vec<f64> = x.baseline.iter().zip(&x.owsync).map(|(b, o)| b.secs / o.secs).collect();
+        let _ = writeln!(s, "\nThat build / this one: {:.2}x in time (median of the per-run ratios).", median(&mut r));
+    }
+    restore_runs(&mut s, x);
+    s
+}
+
+/// The restore's per-run table and its targets.
+fn restore_runs(s: &mut String, x: &RestoreCases) {
+    let _ = writeln!(
+        s,
+        "\n| run | owsync s | owsync peak RSS MiB | naive s (psql + sqlite3) | naive peak RSS MiB | naive / owsync \
+         (time) | owsync / naive (MB/s) |"
+    );
+    let _ = writeln!(s, "|---|---|---|---|---|---|---|");
+    let (mut ratios, mut mbs_ratios) = (Vec::new(), Vec::new());
+    for (i, o) in x.owsync.iter().enumerate() {
+        let nv = x.naive.get(i);
+        let parts = nv.map_or(String::new(), |v| {
+            format!(" ({})", v.parts.iter().map(|(_, t)| format!("{t:.2}")).collect::<Vec<_>>().join(" + "))
+        });
+        let ratio = nv.map(|v| v.secs / o.secs);
+        let mbs = nv.map(|v| (o.bytes as f64 / o.secs) / (v.bytes as f64 / v.secs));
+        ratios.extend(ratio);
+        mbs_ratios.extend(mbs);
+        let rss = |v: Option<f64>| v.map_or("—".into(), |m| format!("{m:.0}"));
+        let _ = writeln!(
+            s,
+            "| {} | {:.2} | {} | {}{parts} | {} | {} | {} |",
+            i + 1,
+            o.secs,
+            rss(o.rss_mib),
+            nv.map_or("—".into(), |v| format!("{:.2}", v.secs)),
+            rss(nv.and_then(|v| v.rss_mib)),
+            ratio.map_or("—".into(), |r| format!("{r:.2}x")),
+            mbs.map_or("—".into(), |r| format!("{r:.2}x")),
+        );
+    }
+    let yes = |b: bool| if b { "met" } else { "**not met**" };
+    let rss = x.owsync.iter().filter_map(|o| o.rss_mib).fold(0.0, f64::max);
+    let _ = writeln!(s, "\n| target (issue 12, item 2) | measured | |\n|---|---|---|");
+    if !ratios.is_empty() {
+        let (m, mb) = (median(&mut ratios), median(&mut mbs_ratios));
+        let lossy = x.naive.iter().any(|v| !v.ok);
+        let _ = writeln!(
+            s,
+            "| restore >= 2x faster than the naive pipeline | {m:.2}x in time (median of the per-run naive / owsync; \
+             {} runs); {mb:.2}x in MB/s of restored file{} | {} in time, {} per MB |",
+            ratios.len(),
+            if lossy { " (the naive pipeline gave back fewer rows: see its notes)" } else { "" },
+            yes(m >= 2.0),
+            yes(mb >= 2.0)
+        );
+    }
+    let _ = writeln!(
+        s,
+        "| peak RSS < 100 MB | {rss:.0} MiB ({:.0} MB) | {} |",
+        rss * 1.048_576,
+        yes(rss * 1.048_576 < 100.0)
+    );
 }

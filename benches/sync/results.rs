@@ -133,6 +133,7 @@ pub struct Results {
     pub copy_probe: Option<CopyProbe>,
     pub incremental: Vec<IncRound>,
     pub unchanged: Option<Unchanged>,
+    pub restore: Option<RestoreCases>,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -141,4 +142,35 @@ pub struct CopyProbe {
     pub copy_ms: f64,
     pub copy_nodelay_ms: f64,
     pub select1_ms: f64,
+}
+
+/// One restore, owsync's or the naive pipeline's.
+#[derive(Debug, Default, Serialize)]
+pub struct RestoreRun {
+    pub secs: f64,
+    pub rss_mib: Option<f64>,
+    /// The restored file's size.
+    pub bytes: u64,
+    /// The source's rows (what a restore must give back).
+    pub rows: u64,
+    /// Row counts per table equal the source's.
+    pub ok: bool,
+    pub note: String,
+    /// The naive pipeline's steps: (step, seconds).
+    pub parts: Vec<(String, f64)>,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct RestoreCases {
+    /// In run order, interleaved with `naive`.
+    pub owsync: Vec<RestoreRun>,
+    pub naive: Vec<RestoreRun>,
+    /// `OWSYNC_BENCH_RESTORE_BASELINE`'s runs, right after owsync's in each run.
+    pub baseline: Vec<RestoreRun>,
+    pub baseline_bin: Option<String>,
+    pub naive_note: String,
+    pub sqlite3: String,
+    pub psql: String,
+    /// The first sync that filled the mirror (`--restore-only`: its only run).
+    pub first_sync_secs: Option<f64>,
 }

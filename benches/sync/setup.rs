@@ -124,8 +124,14 @@ pub fn prepare_source(a: &Args, ds: &mut Dataset) -> Result<PathBuf> {
     let run = a.work.join("run");
     let _ = std::fs::remove_dir_all(&run);
     std::fs::create_dir_all(&run)?;
-    let db = std::path::absolute(run.join("webui.db"))?;
-    std::fs::copy(&pristine, &db)?;
+    // --restore-only never changes the source: no copy of it (2.25 GB at 100k chats).
+    let db = if a.restore_only {
+        std::path::absolute(&pristine)?
+    } else {
+        let db = std::path::absolute(run.join("webui.db"))?;
+        std::fs::copy(&pristine, &db)?;
+        db
+    };
     ds.users = a.users;
     ds.chats = a.chats;
     ds.msgs = a.msgs;
