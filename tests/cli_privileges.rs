@@ -55,6 +55,8 @@ async fn migrate_applies_once_then_changes_nothing() {
         assert_eq!(o.status.code(), Some(want), "{args:?}: {}", stderr(&o));
         let err = stderr(&o);
         assert!(err.contains("not migrated") && err.contains("owsyncctl migrate"), "{args:?}: {err}");
+        // The fix it names keeps the admin URL out of the process list (issue #16).
+        assert!(err.contains("--admin-url-file") && !err.contains("--admin-url URL"), "{args:?}: {err}");
     }
 
     let admin_file = s(&env.admin_url_file).to_string();
