@@ -9,6 +9,7 @@ mod pace;
 mod pagefile;
 pub mod pages;
 mod read;
+pub mod wal;
 mod walk;
 
 pub use discover::{ColumnInfo, RowKey, TableInfo, discover};
