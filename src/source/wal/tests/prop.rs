@@ -17,7 +17,7 @@ fn env(name: &str) -> Option<u64> {
 }
 
 /// One random write, checkpoint or connection change.
-fn step(rng: &mut ChaCha8Rng, c: &mut Connection, p: &Path) {
+pub(super) fn step(rng: &mut ChaCha8Rng, c: &mut Connection, p: &Path) {
     let id = rng.random_range(1..300i64);
     let size = match rng.random_range(0..4) {
         0 => rng.random_range(0..50),
@@ -29,7 +29,13 @@ fn step(rng: &mut ChaCha8Rng, c: &mut Connection, p: &Path) {
             "INSERT OR REPLACE INTO t (id, k, body) VALUES (?1, 'k' || (?1 % 97), printf('%.*c', ?2, 'a'))",
             (id, size),
         ),
-        6..=8 => c.execute("UPDATE t SET body = printf('%.*c', length(body), ?2) WHERE id = ?1", (id, "bcd")),
+        6..=7 => c.execute("UPDATE t SET body = printf('%.*c', length(body), ?2) WHERE id = ?1", (id, "bcd")),
+        // The same size and the same first bytes: SQLite rewrites only overflow pages.
+        8 => c.execute(
+            "UPDATE t SET body = substr(body, 1, 800) || printf('%.*c', length(body) - 800, ?2)
+             WHERE id % 5 = ?1 % 5 AND length(body) > 900",
+            (id, ["q", "r", "s"][rng.random_range(0..3)]),
+        ),
         9..=10 => c.execute("UPDATE t SET body = printf('%.*c', ?2, 'z') WHERE id % 7 = ?1 % 7", (id, size)),
         11 => c.execute("DELETE FROM t WHERE id BETWEEN ?1 AND ?1 + ?2", (id, size % 30)),
         12 => {
