@@ -348,9 +348,10 @@ impl WalFollower {
         Some(pages)
     }
 
-    /// Forgets commits up to `mark` (no sync will ask about an older mark).
+    /// Forgets commits before `mark` (no sync will ask about an older mark); the commit at
+    /// `mark` stays, so that a snapshot there can still be placed.
     pub fn forget_until(&mut self, mark: Mark) {
-        while self.log.front().is_some_and(|c| c.mark <= mark) {
+        while self.log.front().is_some_and(|c| c.mark < mark) {
             if let Some(c) = self.log.pop_front() {
                 self.logged -= c.pages.len();
             }

@@ -84,6 +84,12 @@ pub struct TableReport {
     pub rows_read: u64,
     /// Only the rowid ranges of changed pages were re-read (see `source::pages`).
     pub incremental: bool,
+    /// How the changes were found: `followed` (only the pages the WAL follower named were
+    /// read), `changed-pages` (every leaf walked), `full` (every row read).
+    #[serde(skip_serializing_if = "str::is_empty")]
+    pub capture: &'static str,
+    /// Pages of the table's b-tree the walk read.
+    pub pages_read: u64,
     /// The mirror table was empty: the rows were copied straight into it (no stage, no
     /// upsert, no tombstone pass).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
