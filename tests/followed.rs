@@ -101,3 +101,34 @@ async fn followed_syncs_keep_the_mirror_equal_to_the_source() {
     poller.join().unwrap();
     assert!(followed * 3 >= rounds, "seed {seed}: only {followed} of {rounds} syncs followed the WAL");
 }
+
+/// owsyncd follows each tenant's WAL between syncs: with `watch: true`, the syncs after
+/// the first read only what changed (its log says how many tables were followed).
+#[tokio::test(flavor = "multi_thread")]
+async fn owsyncd_follows_the_wal_between_syncs() {
+    use common::daemon::{Daemon, eventually};
+    use std::time::Duration;
+    let env = TestEnv::new("followd").await;
+    let pool = env.sync_pool().await;
+    let db = env.path("webui.db");
+    gen_db(&db, 6, 4, 17, SchemaFlavor::Fresh, JournalMode::Wal);
+    let _writer = open_writer(&db);
+    let m = env.manifest("fold", &db, "  watch: true\n");
+    std::fs::write(&m, std::fs::read_to_string(&m).unwrap().replace("interval: 10s", "interval: 60m")).unwrap();
+    ok(&env.ctl(&["apply", "-f", m.to_str().unwrap()]));
+    let d = Daemon::start(&env, "node-a", &[]);
+    d.wait_up(Duration::from_secs(20)).await;
+    ok(&env.ctl(&["wait", "client/fold", "--for", "condition=Synced", "--timeout", "30s"]));
+    for round in 0..4u64 {
+        mutate(&db, &MutateOptions { ops: 10, seed: 300 + round, ..Default::default() }).unwrap();
+        let (p, src) = (&pool, &db);
+        eventually(Duration::from_secs(10), &format!("round {round}: the mirror converges"), || async move {
+            mirror_diff(p, "client_fold", src).await.0.is_empty().then_some(())
+        })
+        .await;
+    }
+    let log = d.log_text();
+    let followed = log.lines().filter(|l| l.contains("sync finished") && !l.contains("followed=0")).count();
+    eprintln!("{followed} syncs followed the WAL");
+    assert!(followed >= 2, "syncs that followed the WAL: {followed}; log:\n{log}");
+}

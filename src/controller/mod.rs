@@ -5,6 +5,7 @@
 mod backoff;
 pub mod conditions;
 mod election;
+mod follow;
 mod leader;
 mod reconciler;
 pub mod record;

@@ -241,8 +241,10 @@ async fn sync_all(job: &SyncJob<'_>, full: bool) -> Result<(SyncReport, Vec<sour
     let mut report = shared.report.into_inner().unwrap_or_else(|e| e.into_inner());
     provision::forget_failed(job, &report.failed.keys().cloned().collect::<Vec<_>>()).await?;
     report.duration = started.elapsed();
+    let followed = report.tables.values().filter(|t| t.capture == "followed").count();
+    let pages_read: u64 = report.tables.values().map(|t| t.pages_read).sum();
     info!(client = %client, rows = report.rows_written, tables = report.tables.len(), failed = report.failed.len(),
-          ms = report.duration.as_millis() as u64, "sync finished");
+          followed, pages_read, ms = report.duration.as_millis() as u64, "sync finished");
     Ok((report, discovered))
 }
 
