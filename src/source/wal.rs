@@ -22,8 +22,9 @@
 //! vouched for): the main file replaced (another inode) or gone; the `-wal` deleted,
 //! re-created (another inode) or truncated (smaller than when last read: TRUNCATE
 //! checkpoints, `journal_size_limit`); a header not understood; a WAL reset (new salts)
-//! that is not exactly one reset of the generation read (checkpoint sequence and salt-1
-//! each one more: a WAL made anew has random salts), or after which the frames past the last one
+//! that is not exactly one reset of the generation read (salt-1 one more: a WAL made anew
+//! has random salts; the checkpoint sequence is not used, as a connection that did not
+//! recover the WAL writes its own count there), or after which the frames past the last one
 //! read cannot be proven to end the old generation (the last commit frame read no longer
 //! the same; the first frame past the old generation's valid ones already of the new
 //! generation; the file ending there at a size that is not whole frames, as a truncation
@@ -253,7 +254,7 @@ impl WalFollower {
         match self.current.take() {
             Some(g) if g.hdr.salts == hdr.salts => self.current = Some(g),
             Some(g) => {
-                let proven = g.hdr.next() == (hdr.ckpt_seq, hdr.salt1()) && self.finish_old(file, size, g, &hdr)?;
+                let proven = g.hdr.next_salt1() == hdr.salt1() && self.finish_old(file, size, g, &hdr)?;
                 if !proven {
                     self.lose(Lost::UnprovenReset);
                 }
@@ -322,8 +323,10 @@ impl WalFollower {
     /// `None` when this follower cannot place it.
     pub fn mark_at(&self, pos: &SnapshotPos) -> Option<Mark> {
         let mark = if pos.mx_frame == 0 {
-            // The start of a generation the follower read from its first frame (one whose
-            // header is not written yet cannot be placed).
+            // The start of a generation the follower read from its first frame. One whose
+            // header is not written yet cannot be placed: between this snapshot and the
+            // first header seen, a generation may have come and gone (written, then
+            // truncated or deleted) without a trace in an empty or absent `-wal`.
             self.bases.iter().rev().find(|b| b.0 == pos.salts)?.1
         } else {
             let c = self.log.iter().rev().find(|c| c.salts == pos.salts && c.end_frame == pos.mx_frame)?;

@@ -12,7 +12,6 @@ pub(super) struct Header {
     /// Checksums read big-endian (magic 0x377f0683) or little-endian (0x377f0682).
     pub big_endian: bool,
     pub page_size: u32,
-    pub ckpt_seq: u32,
     pub salts: [u8; 8],
     /// The header's own checksum: where the frames' chain starts.
     pub cksum: (u32, u32),
@@ -48,17 +47,18 @@ impl Header {
         }
         let mut salts = [0u8; 8];
         salts.copy_from_slice(&h[16..24]);
-        Ok(Some(Header { big_endian, page_size, ckpt_seq: be32(&h, 12), salts, cksum }))
+        Ok(Some(Header { big_endian, page_size, salts, cksum }))
     }
 
     pub fn salt1(&self) -> u32 {
         be32(&self.salts, 0)
     }
 
-    /// Checkpoint sequence and salt-1 of the generation one reset after this one
-    /// (`walRestartHdr` adds one to each).
-    pub fn next(&self) -> (u32, u32) {
-        (self.ckpt_seq.wrapping_add(1), self.salt1().wrapping_add(1))
+    /// Salt-1 of the generation one reset after this one (`walRestartHdr` adds one; the
+    /// checkpoint sequence it also adds one to is the resetting connection's own count, 0
+    /// for one that did not recover the WAL, so it tells nothing).
+    pub fn next_salt1(&self) -> u32 {
+        self.salt1().wrapping_add(1)
     }
 }
 

@@ -110,6 +110,24 @@ fn a_reset_after_a_checkpoint_is_followed() {
     assert_eq!(f.losses, 0);
 }
 
+/// A connection that opened the WAL without recovering it writes its own checkpoint count
+/// (from 0) into the header of the generation it starts: only salt-1 tells one reset.
+#[test]
+fn a_reset_by_another_connection_is_followed() {
+    let (_d, p, c) = setup();
+    insert(&c, 1, 200, 300);
+    // A first reset by `c`: its header says checkpoint 1.
+    c.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())).unwrap();
+    insert(&c, 1, 200, 300);
+    let other = writer(&p);
+    let mut f = WalFollower::new(&p);
+    let b = base(&mut f, &p);
+    c.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())).unwrap();
+    insert(&other, 5, 2, 50);
+    vouched(&mut f, &p, &b).expect("a reset by another connection");
+    assert_eq!(f.losses, 0);
+}
+
 #[test]
 fn a_reset_over_frames_not_read_is_a_loss() {
     let (_d, p, c) = setup();
