@@ -73,6 +73,9 @@ async fn following_the_wal_costs_what_changed() {
     // Open WebUI's connection: the WAL stays between syncs.
     let writer = rusqlite::Connection::open(&db).unwrap();
     writer.query_row("SELECT count(*) FROM sqlite_schema", [], |_| Ok(())).unwrap();
+    // A first commit after the checkpointed file: the WAL has a header from here on (a
+    // snapshot of a WAL without one cannot be placed by a follower).
+    mutate(&db, &MutateOptions { ops: 1, seed: 1, only: Some(CHAT_OPS.to_vec()), ..Default::default() }).unwrap();
     let pool = env.sync_pool().await;
     let spec = owsync::store::specs::get(&pool, &env.cluster, "costs").await.unwrap().spec;
     let job = SyncJob { pool: &pool, cluster: &env.cluster, client: "costs", spec: &spec, fence: None };
