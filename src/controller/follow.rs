@@ -15,33 +15,27 @@ use crate::source::follow;
 /// How often a follower looks at its `-wal`.
 pub const POLL: Duration = Duration::from_millis(200);
 
-/// Stops the follower and forgets it when the reconciler ends.
+/// Stops the follower's task when the reconciler ends; the follower goes with the last
+/// handle on it.
 pub(super) struct Guard {
-    path: PathBuf,
+    _handle: follow::Handle,
     stop: CancellationToken,
 }
 
 impl Drop for Guard {
     fn drop(&mut self) {
         self.stop.cancel();
-        follow::unregister(&self.path);
+        // The follower goes with the last handle (a successor reconciler may share it).
     }
 }
 
 /// Starts following the tenant's source at `path` until `token` or the guard ends it.
 pub(super) fn spawn(path: &Path, token: &CancellationToken) -> Guard {
     let stop = token.child_token();
-    let (p, s) = (path.to_path_buf(), stop.clone());
+    let handle = follow::register(path);
+    let (p, s, h) = (path.to_path_buf(), stop.clone(), handle.clone());
     tokio::spawn(async move {
-        let handle = match tokio::task::spawn_blocking({
-            let p = p.clone();
-            move || follow::register(&p)
-        })
-        .await
-        {
-            Ok(h) => h,
-            Err(_) => return,
-        };
+        let handle = h;
         let mut tick = tokio::time::interval(POLL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut wal = p.as_os_str().to_owned();
@@ -69,5 +63,5 @@ pub(super) fn spawn(path: &Path, token: &CancellationToken) -> Guard {
             }
         }
     });
-    Guard { path: path.to_path_buf(), stop }
+    Guard { _handle: handle, stop }
 }

@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 use super::pages::Memo;
 use super::wal::{Mark, WalFollower, snapshot_pos};
@@ -28,33 +28,32 @@ pub struct Followed {
 
 pub type Handle = Arc<Mutex<Followed>>;
 
-fn registry() -> &'static Mutex<HashMap<PathBuf, Handle>> {
-    static R: std::sync::OnceLock<Mutex<HashMap<PathBuf, Handle>>> = std::sync::OnceLock::new();
+fn registry() -> &'static Mutex<HashMap<PathBuf, Weak<Mutex<Followed>>>> {
+    static R: std::sync::OnceLock<Mutex<HashMap<PathBuf, Weak<Mutex<Followed>>>>> = std::sync::OnceLock::new();
     R.get_or_init(Default::default)
 }
 
-/// The follower of the database at `path`, made (and read once) if there is none yet.
+/// The follower of the database at `path`, made if there is none yet (it reads the WAL at
+/// its first `poll`). It lasts while someone holds a handle (owsyncd's follower task).
 pub fn register(path: &Path) -> Handle {
     let mut r = registry().lock().unwrap_or_else(|e| e.into_inner());
-    r.entry(path.to_path_buf())
-        .or_insert_with(|| {
-            let mut follower = WalFollower::new(path);
-            if let Err(e) = follower.poll() {
-                tracing::debug!(error = %e, "WAL follower: first read failed");
-            }
-            Arc::new(Mutex::new(Followed { follower, tables: HashMap::new() }))
-        })
-        .clone()
+    r.retain(|_, w| w.strong_count() > 0);
+    if let Some(h) = r.get(path).and_then(Weak::upgrade) {
+        return h;
+    }
+    let h = Arc::new(Mutex::new(Followed { follower: WalFollower::new(path), tables: HashMap::new() }));
+    r.insert(path.to_path_buf(), Arc::downgrade(&h));
+    h
 }
 
-/// Stops following `path` (its tenant was removed or disabled).
+/// Stops finding the follower of `path` (syncs then walk every leaf).
 pub fn unregister(path: &Path) {
     registry().lock().unwrap_or_else(|e| e.into_inner()).remove(path);
 }
 
 /// The follower registered for `path`, if any.
 pub fn lookup(path: &Path) -> Option<Handle> {
-    registry().lock().unwrap_or_else(|e| e.into_inner()).get(path).cloned()
+    registry().lock().unwrap_or_else(|e| e.into_inner()).get(path).and_then(Weak::upgrade)
 }
 
 /// What a table's walk may follow on from, taken inside its read transaction.
