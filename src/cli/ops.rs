@@ -122,7 +122,11 @@ pub async fn sync(g: &Global, a: SyncArgs) -> Result<ExitCode, CliError> {
         .tables
         .iter()
         .map(|(t, r)| {
-            let pass = if r.incremental { "changed-pages" } else { "full" };
+            let pass = match (r.capture, r.incremental) {
+                ("", true) => "changed-pages",
+                ("", false) => "full",
+                (c, _) => c,
+            };
             vec![
                 t.clone(),
                 r.rows.to_string(),
@@ -130,10 +134,11 @@ pub async fn sync(g: &Global, a: SyncArgs) -> Result<ExitCode, CliError> {
                 r.tombstoned.to_string(),
                 r.rows_read.to_string(),
                 pass.to_string(),
+                r.pages_read.to_string(),
             ]
         })
         .collect();
-    print!("{}", super::get::table(&["TABLE", "ROWS", "UPSERTED", "TOMBSTONED", "READ", "PASS"], &rows));
+    print!("{}", super::get::table(&["TABLE", "ROWS", "UPSERTED", "TOMBSTONED", "READ", "PASS", "PAGES"], &rows));
     for (t, e) in &report.failed {
         eprintln!("table {t} failed: {e}");
     }

@@ -7,6 +7,7 @@ pub mod budget;
 pub mod conditions;
 mod control;
 mod election;
+mod follow;
 mod leader;
 mod reconciler;
 pub mod record;

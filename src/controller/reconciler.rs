@@ -53,6 +53,8 @@ impl Reconciler {
         };
         let mut schedule = Schedule::new(interval_of(&self.spec.spec), st.consecutive_failures.max(0) as u32);
         let mut watch = self.spec.spec.watch.then(|| FileWatch::new(Path::new(&self.spec.spec.source.path)));
+        // Follows the source's WAL between syncs, so that a sync reads only what changed.
+        let _follower = super::follow::spawn(Path::new(&self.spec.spec.source.path), &self.token);
         let mut why = Wake::Due;
         loop {
             self.shared.metrics.queue_depth.inc();

@@ -5,10 +5,12 @@
 pub mod btree;
 mod discover;
 mod fingerprint;
+pub mod follow;
 mod pace;
 mod pagefile;
 pub mod pages;
 mod read;
+pub mod wal;
 mod walk;
 
 pub use discover::{ColumnInfo, RowKey, TableInfo, discover};
@@ -78,6 +80,12 @@ impl Source {
     /// How long this handle's slices held SQLite's read lock so far.
     pub fn hold_stats(&self) -> HoldStats {
         self.pace.stats()
+    }
+
+    /// Pages read by this handle's walks so far (from the file or through SQLite).
+    pub(crate) fn pages_read(&self) -> u64 {
+        let pf = self.pagefile.borrow();
+        pf.direct + pf.via_sqlite
     }
 
     pub(crate) fn err(&self, table: &str) -> impl FnOnce(rusqlite::Error) -> SourceError + '_ {

@@ -10,7 +10,7 @@
 //! stored as (`Recorded`), never decoded; the comparison is a merge of two page-sorted
 //! sequences that keeps only what changed. At 100k chats a state has ~150k leaves.
 
-pub use super::walk::{Walked, data_version, is_wal, walk};
+pub use super::walk::{Memo, Walked, data_version, is_wal, walk, walk_followed, walk_noting};
 
 pub mod delta;
 

@@ -84,6 +84,12 @@ pub struct TableReport {
     pub rows_read: u64,
     /// Only the rowid ranges of changed pages were re-read (see `source::pages`).
     pub incremental: bool,
+    /// How the changes were found: `followed` (only the pages the WAL follower named were
+    /// read), `changed-pages` (every leaf walked), `full` (every row read).
+    #[serde(skip_serializing_if = "str::is_empty")]
+    pub capture: &'static str,
+    /// Pages of the table's b-tree the walk read.
+    pub pages_read: u64,
     /// The mirror table was empty: the rows were copied straight into it (no stage, no
     /// upsert, no tombstone pass).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
@@ -244,8 +250,10 @@ async fn sync_all(
     let mut report = shared.report.into_inner().unwrap_or_else(|e| e.into_inner());
     provision::forget_failed(job, &report.failed.keys().cloned().collect::<Vec<_>>()).await?;
     report.duration = started.elapsed();
+    let followed = report.tables.values().filter(|t| t.capture == "followed").count();
+    let pages_read: u64 = report.tables.values().map(|t| t.pages_read).sum();
     info!(client = %client, rows = report.rows_written, tables = report.tables.len(), failed = report.failed.len(),
-          ms = report.duration.as_millis() as u64, "sync finished");
+          followed, pages_read, ms = report.duration.as_millis() as u64, "sync finished");
     Ok((report, discovered))
 }
 

@@ -15,7 +15,8 @@ use std::path::PathBuf;
 
 use tokio::sync::mpsc;
 
-use crate::source::pages::{self, Recorded, Walked};
+use crate::source::follow::{self, TableMemo};
+use crate::source::pages::{self, Memo, Recorded, Walked};
 use crate::source::{self, Slice, SliceReader, Source, TableInfo};
 
 pub(super) enum Msg {
@@ -30,6 +31,11 @@ pub(super) struct TablePlan {
     pub info: TableInfo,
     /// `Some`: an incremental pass that re-reads only these rowid ranges.
     pub ranges: Option<Vec<(i64, i64)>>,
+    /// How the changes were found: `followed` (the pages the WAL follower named),
+    /// `changed-pages` (a walk of every leaf), `full` (every row read).
+    pub capture: &'static str,
+    /// Pages the walk read.
+    pub pages_read: u64,
 }
 
 /// What the reader learned once a table's rows were all sent.
@@ -107,6 +113,7 @@ pub(super) fn spawn_reader(
     tokio::task::spawn_blocking(move || {
         let src = Source::open(&job.path)?;
         let wal = pages::is_wal(&src)?;
+        let follower = if wal { follow::lookup(&job.path) } else { None };
         while let Some(t) = queue.lock().ok().and_then(|mut q| q.pop_front()) {
             let target = crate::sql::qualified(&job.schema, &t.name);
             let previous = job.previous.lock().ok().and_then(|mut p| p.remove(&t.name));
@@ -115,7 +122,17 @@ pub(super) fn spawn_reader(
             if in_txn {
                 src.conn.execute_batch("BEGIN").map_err(src.err(&t.name))?;
             }
-            let go_on = table_pass(&src, t, old, &target, in_txn, &tx);
+            let start = match &follower {
+                Some(h) if in_txn => {
+                    // The snapshot begins with the transaction's first read.
+                    src.conn
+                        .query_row("SELECT count(*) FROM sqlite_schema", [], |_| Ok(()))
+                        .map_err(src.err(&t.name))?;
+                    Some(follow::start(h.clone(), &src.conn, &t.name))
+                }
+                _ => None,
+            };
+            let go_on = table_pass(&src, t, old, &target, in_txn, start, &tx);
             if in_txn {
                 src.conn.execute_batch("COMMIT").map_err(src.err("COMMIT"))?;
             }
@@ -127,6 +144,41 @@ pub(super) fn spawn_reader(
     })
 }
 
+/// A table's walk, and how it went.
+#[derive(Default)]
+struct WalkOut {
+    walked: Option<Walked>,
+    followed: bool,
+    pages_read: u64,
+    memo: Option<Memo>,
+}
+
+/// Walks `t`: only what the WAL follower names when it can vouch for the interval since
+/// the walk that made the recorded state (`recorded`, same digest), else every leaf.
+fn walk_table(
+    src: &Source,
+    t: &TableInfo,
+    recorded: Option<&[u8]>,
+    target: &str,
+    in_txn: bool,
+    start: &mut Option<follow::Start>,
+) -> Result<WalkOut, source::SourceError> {
+    if t.without_rowid {
+        return Ok(WalkOut::default());
+    }
+    let before = src.pages_read();
+    if let Some((changed, mut tm)) = start.as_mut().and_then(|s| s.since.take())
+        && let Some(rec) = recorded.filter(|r| xxhash_rust::xxh3::xxh3_128(r) == tm.digest)
+        && let Some(old) = Recorded::parse(rec, target)
+        && let Some((w, read)) = pages::walk_followed(src, &t.name, &old, &changed, &mut tm.memo)?
+    {
+        return Ok(WalkOut { walked: Some(w), followed: true, pages_read: read, memo: Some(tm.memo) });
+    }
+    let mut memo = start.is_some().then(Memo::default);
+    let walked = pages::walk_noting(src, &t.name, in_txn, memo.as_mut())?;
+    Ok(WalkOut { walked, followed: false, pages_read: src.pages_read() - before, memo })
+}
+
 /// One table; `false` when the receiver is gone.
 fn table_pass(
     src: &Source,
@@ -134,25 +186,24 @@ fn table_pass(
     old: Option<Stored>,
     target: &str,
     in_txn: bool,
+    mut start: Option<follow::Start>,
     tx: &mpsc::Sender<Msg>,
 ) -> bool {
     let started = std::time::Instant::now();
-    let walked: Option<Walked> = if t.without_rowid {
-        None
-    } else {
-        match pages::walk(src, &t.name, in_txn) {
-            Ok(w) => w,
-            Err(e) => {
-                return tx.blocking_send(Msg::Table(Box::new(TablePlan { info: t, ranges: None }))).is_ok()
-                    && tx.blocking_send(Msg::Failed(e.to_string())).is_ok()
-                    && tx.blocking_send(Msg::End(TableEnd::default())).is_ok();
-            }
+    // The recorded state as stored (or as its delta makes it); its digest is kept, to tell
+    // an unchanged table at the end, and its base, to record the next state against.
+    let recorded = old.as_ref().and_then(|s| s.state(target));
+    let out = match walk_table(src, &t, recorded.as_deref(), target, in_txn, &mut start) {
+        Ok(w) => w,
+        Err(e) => {
+            let plan = TablePlan { info: t, ranges: None, capture: "full", pages_read: 0 };
+            return tx.blocking_send(Msg::Table(Box::new(plan))).is_ok()
+                && tx.blocking_send(Msg::Failed(e.to_string())).is_ok()
+                && tx.blocking_send(Msg::End(TableEnd::default())).is_ok();
         }
     };
-    // The recorded state is compared as stored (or as its delta makes it), then freed
-    // before any row is read; its digest is kept, to tell an unchanged table at the end,
-    // and its base, to record the next state against.
-    let recorded = old.as_ref().and_then(|s| s.state(target));
+    let walked = out.walked;
+    // The recorded state is freed before any row is read.
     let old_digest = recorded.as_deref().map(xxhash_rust::xxh3::xxh3_128);
     let ranges = match (&walked, recorded.as_deref().and_then(|b| Recorded::parse(b, target))) {
         (Some(w), Some(o)) => {
@@ -166,7 +217,12 @@ fn table_pass(
     drop(recorded);
     let base = old.map(|s| s.base).filter(|_| usable);
     let walk_ms = started.elapsed().as_secs_f64() * 1e3;
-    let plan = TablePlan { info: t.clone(), ranges: ranges.clone() };
+    let capture = match (&ranges, out.followed) {
+        (None, _) => "full",
+        (Some(_), true) => "followed",
+        (Some(_), false) => "changed-pages",
+    };
+    let plan = TablePlan { info: t.clone(), ranges: ranges.clone(), capture, pages_read: out.pages_read };
     if tx.blocking_send(Msg::Table(Box::new(plan))).is_err() {
         return false;
     }
@@ -221,7 +277,14 @@ fn table_pass(
             let mut state = w.state;
             state.add_suspect(&suspect);
             let pages = state.encode(target);
-            let unchanged = !read_any && old_digest == Some(xxhash_rust::xxh3::xxh3_128(&pages));
+            let digest = xxhash_rust::xxh3::xxh3_128(&pages);
+            let unchanged = !read_any && old_digest == Some(digest);
+            // What the next sync follows on from, should this state be recorded.
+            if let (Some(s), Some(memo)) = (&start, out.memo)
+                && let Some((instance, mark)) = s.mark
+            {
+                follow::finish(&s.handle, &t.name, TableMemo { instance, mark, digest, memo });
+            }
             let pages = StateWrite::choose(base.as_deref(), pages, target);
             TableEnd { pages: Some(pages), rows: Some(w.rows), unchanged }
         }

@@ -167,7 +167,8 @@ pub(super) async fn sync_table(
         match rx.recv().await {
             Some(Msg::End(e)) if e.unchanged => {
                 let rows = e.rows.unwrap_or_default();
-                return Ok(TableReport { rows, incremental: true, ..Default::default() });
+                let (capture, pages_read) = (plan.capture, plan.pages_read);
+                return Ok(TableReport { rows, incremental: true, capture, pages_read, ..Default::default() });
             }
             m => first = m,
         }
@@ -277,6 +278,8 @@ pub(super) async fn sync_table(
         rows,
         rows_read,
         incremental: plan.ranges.is_some(),
+        capture: plan.capture,
+        pages_read: plan.pages_read,
         direct,
         quarantined: quarantined.len() as u64,
         upserted: counts.upserted,

@@ -1,0 +1,92 @@
+//! The WAL followers of this process, one per source file (`register`), and what each
+//! table's last walk left for the next one to follow on from (`TableMemo`). owsyncd
+//! registers a follower per WAL-mode tenant and polls it between syncs; a sync finds it by
+//! the source's path. With none registered (`owsyncctl sync --once`), a sync walks as before.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, Weak};
+
+use super::pages::Memo;
+use super::wal::{Mark, WalFollower, snapshot_pos};
+
+/// What a table's last walk left: the snapshot it walked (a mark of the follower that
+/// placed it), the digest of the page state it made, and its memo. Used only when the
+/// table's recorded state is exactly that state (same digest), i.e. its sync committed.
+pub struct TableMemo {
+    pub instance: u64,
+    pub mark: Mark,
+    pub digest: u128,
+    pub memo: Memo,
+}
+
+/// A follower and the memos of the tables of its database.
+pub struct Followed {
+    pub follower: WalFollower,
+    pub tables: HashMap<String, TableMemo>,
+}
+
+pub type Handle = Arc<Mutex<Followed>>;
+
+fn registry() -> &'static Mutex<HashMap<PathBuf, Weak<Mutex<Followed>>>> {
+    static R: std::sync::OnceLock<Mutex<HashMap<PathBuf, Weak<Mutex<Followed>>>>> = std::sync::OnceLock::new();
+    R.get_or_init(Default::default)
+}
+
+/// The follower of the database at `path`, made if there is none yet (it reads the WAL at
+/// its first `poll`). It lasts while someone holds a handle (owsyncd's follower task).
+pub fn register(path: &Path) -> Handle {
+    let mut r = registry().lock().unwrap_or_else(|e| e.into_inner());
+    r.retain(|_, w| w.strong_count() > 0);
+    if let Some(h) = r.get(path).and_then(Weak::upgrade) {
+        return h;
+    }
+    let h = Arc::new(Mutex::new(Followed { follower: WalFollower::new(path), tables: HashMap::new() }));
+    r.insert(path.to_path_buf(), Arc::downgrade(&h));
+    h
+}
+
+/// Stops finding the follower of `path` (syncs then walk every leaf).
+pub fn unregister(path: &Path) {
+    registry().lock().unwrap_or_else(|e| e.into_inner()).remove(path);
+}
+
+/// The follower registered for `path`, if any.
+pub fn lookup(path: &Path) -> Option<Handle> {
+    registry().lock().unwrap_or_else(|e| e.into_inner()).get(path).and_then(Weak::upgrade)
+}
+
+/// What a table's walk may follow on from, taken inside its read transaction.
+pub struct Start {
+    pub handle: Handle,
+    /// This snapshot's mark, when the follower could place it.
+    pub mark: Option<(u64, Mark)>,
+    /// The pages committed since the table's last walk, and that walk's memo and digest.
+    pub since: Option<(Vec<u32>, TableMemo)>,
+}
+
+/// Places the snapshot of `conn`'s open read transaction (it must have read something)
+/// and takes `table`'s memo.
+pub fn start(handle: Handle, conn: &rusqlite::Connection, table: &str) -> Start {
+    let pos = snapshot_pos(conn);
+    let mut f = handle.lock().unwrap_or_else(|e| e.into_inner());
+    if let Err(e) = f.follower.poll() {
+        tracing::debug!(error = %e, "WAL follower: read failed");
+    }
+    let instance = f.follower.instance();
+    let mark = pos.and_then(|p| f.follower.mark_at(&p)).map(|m| (instance, m));
+    let memo = f.tables.remove(table).filter(|m| m.instance == instance);
+    let since = memo.and_then(|m| f.follower.changed_since(m.mark).map(|c| (c, m)));
+    drop(f);
+    Start { handle, mark, since }
+}
+
+/// Keeps what `table`'s walk left, for the next sync to follow on from.
+pub fn finish(handle: &Handle, table: &str, memo: TableMemo) {
+    let mut f = handle.lock().unwrap_or_else(|e| e.into_inner());
+    f.tables.insert(table.to_string(), memo);
+    // No sync will ask about a mark older than the oldest a table keeps.
+    if let Some(oldest) = f.tables.values().map(|m| m.mark).min() {
+        f.follower.forget_until(oldest);
+    }
+}
