@@ -46,7 +46,7 @@ struct Done {
 }
 
 struct Ctx {
-    pool: PgPool,
+    /// The admin pool (every step runs as admin).
     admin: PgPool,
     old: String,
     new: String,
@@ -64,9 +64,9 @@ pub async fn evacuate(_g: &Global, a: EvacuateArgs) -> Result<ExitCode, CliError
     }
     // Everything as admin: with one login role per cluster (`cluster add-role`), neither
     // host's role may read the other cluster's mirrors and state.
-    let ctx = Arc::new(Ctx { pool: admin.clone(), admin, old: a.old.clone(), new: a.to.clone(), root: a.restore_root });
+    let ctx = Arc::new(Ctx { admin, old: a.old.clone(), new: a.to.clone(), root: a.restore_root });
     // A rerun finds only what an earlier run did not move: moved tenants are in NEW.
-    let mut names: Vec<String> = specs::list(&ctx.pool, &a.old).await?.into_iter().map(|s| s.name).collect();
+    let mut names: Vec<String> = specs::list(&ctx.admin, &a.old).await?.into_iter().map(|s| s.name).collect();
     if names.is_empty() {
         eprintln!("cluster {} has no tenants left: nothing to evacuate", a.old);
         return Ok(ExitCode::SUCCESS);
@@ -136,7 +136,7 @@ async fn one(ctx: &Ctx, name: String) -> Done {
 }
 
 async fn steps(ctx: &Ctx, name: &str, d: &mut Done) -> Result<&'static str, CliError> {
-    let s = specs::get(&ctx.pool, &ctx.old, name).await?;
+    let s = specs::get(&ctx.admin, &ctx.old, name).await?;
     let dir = ctx.root.join(name);
     let path = dir.join("webui.db");
     let restored = if path.exists() {
@@ -146,13 +146,13 @@ async fn steps(ctx: &Ctx, name: &str, d: &mut Done) -> Result<&'static str, CliE
     } else {
         std::fs::create_dir_all(&dir).map_err(|e| CliError::msg(format!("create {}: {e}", dir.display())))?;
         let schema = s.spec.mirror_schema(name);
-        let r = crate::restore::restore(&ctx.pool, &ctx.old, name, &schema, &path, &RestoreOptions::default())
+        let r = crate::restore::restore(&ctx.admin, &ctx.old, name, &schema, &path, &RestoreOptions::default())
             .await
             .map_err(|e| CliError::msg(e.to_string()))?;
         (d.rows, d.bytes) = (r.rows, r.bytes);
         true
     };
-    super::restore::adopt(&ctx.pool, &ctx.old, name, &s.spec, &path).await?;
+    super::restore::adopt(&ctx.admin, &ctx.old, name, &s.spec, &path).await?;
     let to = path.display().to_string();
     cl::move_tenant(&ctx.admin, &ctx.old, name, &ctx.new, Some(&to)).await.map_err(|e| CliError::msg(e.to_string()))?;
     Ok(if restored { "restored, adopted, moved" } else { "adopted (restored by an earlier run), moved" })

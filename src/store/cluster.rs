@@ -345,18 +345,48 @@ pub async fn move_tenant(pool: &PgPool, from: &str, name: &str, to: &str, source
             if deleted { " (deleted; its rows are kept)" } else { "" }
         )));
     }
+    let m = Move { from, to, name };
+    let keyed = keyed_tables(&mut tx, &m).await?;
+    refuse_leftovers(&mut tx, &m, &keyed).await?;
+    let moved = move_rows(&mut tx, &m, &keyed).await?;
+    settle_spec(&mut tx, &m, source_path).await?;
+    tx.commit().await.ctx(|| ctx("commit"))?;
+    Ok(Moved { schema, enabled, epoch, moved })
+}
+
+/// One tenant's move, for the steps of [`move_tenant`].
+struct Move<'a> {
+    from: &'a str,
+    to: &'a str,
+    name: &'a str,
+}
+
+impl Move<'_> {
+    fn ctx(&self, what: &str) -> String {
+        format!("move clientsync/{} from cluster {} to {}: {what}", self.name, self.from, self.to)
+    }
+}
+
+/// Every `sync_metadata` table keyed by a tenant, with its tenant column.
+async fn keyed_tables(c: &mut PgConnection, m: &Move<'_>) -> Result<Vec<(String, &'static str)>> {
     let tables: Vec<String> = sqlx::query_scalar(
         "SELECT c.table_name::text FROM information_schema.columns c
          JOIN information_schema.tables t ON t.table_schema = c.table_schema AND t.table_name = c.table_name
          WHERE c.table_schema = 'sync_metadata' AND c.column_name = 'client_name' AND t.table_type = 'BASE TABLE'
          ORDER BY 1",
     )
-    .fetch_all(&mut *tx)
+    .fetch_all(&mut *c)
     .await
-    .ctx(|| ctx("list the tables of sync_metadata"))?;
+    .ctx(|| m.ctx("list the tables of sync_metadata"))?;
     let mut keyed: Vec<(String, &str)> = vec![("client_specs".into(), "name"), ("client_status".into(), "name")];
     keyed.extend(tables.into_iter().map(|t| (t, "client_name")));
-    for (table, column) in &keyed {
+    Ok(keyed)
+}
+
+/// Refuses when the target cluster already holds rows of a tenant of that name.
+async fn refuse_leftovers(c: &mut PgConnection, m: &Move<'_>, keyed: &[(String, &str)]) -> Result<()> {
+    let (to, name) = (m.to, m.name);
+    for (table, column) in keyed {
         let q = format!(
             "SELECT count(*) FROM {} WHERE cluster_name = $1 AND {} = $2",
             qualified("sync_metadata", table),
@@ -365,43 +395,57 @@ pub async fn move_tenant(pool: &PgPool, from: &str, name: &str, to: &str, source
         let leftovers: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(q))
             .bind(to)
             .bind(name)
-            .fetch_one(&mut *tx)
+            .fetch_one(&mut *c)
             .await
-            .ctx(|| ctx(&format!("look for rows of {name} in sync_metadata.{table}")))?;
+            .ctx(|| m.ctx(&format!("look for rows of {name} in sync_metadata.{table}")))?;
         if leftovers > 0 {
-            return Err(refused(format!(
-                "cluster {to} already has {leftovers} row(s) of a tenant named {name} in sync_metadata.{table}; \
-                 remove them first (as admin) or give the tenant another name"
-            )));
+            return Err(ClusterError::Refused {
+                cluster: m.from.into(),
+                message: format!(
+                    "cluster {to} already has {leftovers} row(s) of a tenant named {name} in sync_metadata.{table}; \
+                     remove them first (as admin) or give the tenant another name"
+                ),
+            });
         }
     }
+    Ok(())
+}
+
+/// Moves the tenant's rows of every keyed table; how many each.
+async fn move_rows(c: &mut PgConnection, m: &Move<'_>, keyed: &[(String, &str)]) -> Result<Vec<TableCount>> {
     let mut moved = Vec::new();
-    for (table, column) in &keyed {
+    for (table, column) in keyed {
         let q = format!(
             "UPDATE {} SET cluster_name = $3 WHERE cluster_name = $1 AND {} = $2",
             qualified("sync_metadata", table),
             crate::sql::quote_ident(column)
         );
         let n = sqlx::query(sqlx::AssertSqlSafe(q))
-            .bind(from)
-            .bind(name)
-            .bind(to)
-            .execute(&mut *tx)
+            .bind(m.from)
+            .bind(m.name)
+            .bind(m.to)
+            .execute(&mut *c)
             .await
-            .ctx(|| ctx(&format!("move the rows of sync_metadata.{table}")))?
+            .ctx(|| m.ctx(&format!("move the rows of sync_metadata.{table}")))?
             .rows_affected();
         moved.push(TableCount { table: table.clone(), rows: n as i64 });
     }
+    Ok(moved)
+}
+
+/// The moved spec: no inventory of the old cluster, the new source path if given, and
+/// both clusters' leaders woken.
+async fn settle_spec(c: &mut PgConnection, m: &Move<'_>, source_path: Option<&str>) -> Result<()> {
     // An inventory of the old cluster must not prune it in the new one.
     sqlx::query(
         "UPDATE sync_metadata.client_specs SET applied_by_inventory = NULL, updated_at = now()
          WHERE cluster_name = $1 AND name = $2",
     )
-    .bind(to)
-    .bind(name)
-    .execute(&mut *tx)
+    .bind(m.to)
+    .bind(m.name)
+    .execute(&mut *c)
     .await
-    .ctx(|| ctx("clear the inventory"))?;
+    .ctx(|| m.ctx("clear the inventory"))?;
     if let Some(path) = source_path {
         sqlx::query(
             "UPDATE sync_metadata.client_specs
@@ -409,20 +453,19 @@ pub async fn move_tenant(pool: &PgPool, from: &str, name: &str, to: &str, source
                  generation = generation + CASE WHEN spec #>> '{source,path}' = $3 THEN 0 ELSE 1 END
              WHERE cluster_name = $1 AND name = $2",
         )
-        .bind(to)
-        .bind(name)
+        .bind(m.to)
+        .bind(m.name)
         .bind(path)
-        .execute(&mut *tx)
+        .execute(&mut *c)
         .await
-        .ctx(|| ctx("set spec.source.path"))?;
+        .ctx(|| m.ctx("set spec.source.path"))?;
     }
-    for cluster in [from, to] {
+    for cluster in [m.from, m.to] {
         sqlx::query("SELECT pg_notify('owsync_specs', $1)")
             .bind(cluster)
-            .execute(&mut *tx)
+            .execute(&mut *c)
             .await
-            .ctx(|| ctx("notify"))?;
+            .ctx(|| m.ctx("notify"))?;
     }
-    tx.commit().await.ctx(|| ctx("commit"))?;
-    Ok(Moved { schema, enabled, epoch, moved })
+    Ok(())
 }

@@ -52,18 +52,9 @@ pub async fn hold(conn: &mut PgConnection, cluster: &str, client: &str, plan: &s
     .execute(&mut *conn)
     .await
     .ctx(|| format!("record the deletions held for {client}"))?;
-    // The source no longer matches the recorded fingerprint's sync: whatever comes back at
-    // the path (the original file, same inode and mtime) must be checked, not skipped, so
-    // that the hold can clear.
-    sqlx::query(
-        "UPDATE sync_metadata.table_state SET watermark = watermark - 'fingerprint', updated_at = now()
-         WHERE cluster_name = $1 AND client_name = $2 AND table_name = '*'",
-    )
-    .bind(cluster)
-    .bind(client)
-    .execute(conn)
-    .await
-    .ctx(|| format!("forget the source fingerprint of {client}"))?;
+    // Whatever comes back at the path (the original file, same inode and mtime) must be
+    // checked, not skipped, so that the hold can clear.
+    super::table_state::forget_fingerprint(conn, cluster, client).await?;
     Ok(())
 }
 

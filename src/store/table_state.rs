@@ -241,3 +241,20 @@ pub async fn synced_tables(conn: &mut PgConnection, cluster: &str, client: &str)
     .await
     .ctx(|| format!("read the mirrored tables of {client}"))
 }
+
+/// Forgets `client`'s recorded source fingerprint: its next sync reads the source instead
+/// of skipping it as unchanged (the deletion guard holds it: the source must be checked
+/// again when the original file comes back).
+pub async fn forget_fingerprint(conn: &mut PgConnection, cluster: &str, client: &str) -> Result<()> {
+    sqlx::query(
+        "UPDATE sync_metadata.table_state SET watermark = watermark - 'fingerprint', updated_at = now()
+         WHERE cluster_name = $1 AND client_name = $2 AND table_name = $3",
+    )
+    .bind(cluster)
+    .bind(client)
+    .bind(FINGERPRINT_ROW)
+    .execute(conn)
+    .await
+    .ctx(|| format!("forget the source fingerprint of {client}"))?;
+    Ok(())
+}

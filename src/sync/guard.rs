@@ -348,16 +348,12 @@ pub(super) async fn check(
         .await
         .map_err(|e| super::SyncError::Reader { client: client.clone(), message: e.to_string() })?
         .map_err(|source| super::SyncError::Source { client: client.clone(), source })?;
-    let plan = match job.spec.deletes {
-        crate::spec::DeletePolicy::Tombstone => decide(&job.spec.deletion_guard, &seen),
-        crate::spec::DeletePolicy::Ignore => None,
-    };
+    // With `deletes: ignore` nothing is tombstoned: nothing to hold, no limit.
+    let tombstones = job.spec.deletes == crate::spec::DeletePolicy::Tombstone;
+    let plan = if tombstones { decide(&job.spec.deletion_guard, &seen) } else { None };
     let approval: Option<Plan> = parse(row.approved);
     let live: BTreeMap<&str, i64> = seen.tables.iter().map(|c| (c.table.as_str(), c.live)).collect();
-    let limits = match job.spec.deletes {
-        crate::spec::DeletePolicy::Tombstone => limits(&job.spec.deletion_guard, &seen, approval.as_ref()),
-        crate::spec::DeletePolicy::Ignore => BTreeMap::new(),
-    };
+    let limits = if tombstones { limits(&job.spec.deletion_guard, &seen, approval.as_ref()) } else { BTreeMap::new() };
     let limits =
         limits.into_iter().map(|(t, max)| (t.clone(), (max, live.get(t.as_str()).copied().unwrap_or(0)))).collect();
     let Some(plan) = plan else { return Ok(Passed { anchors: seen.anchors, limits, approved: false }) };
