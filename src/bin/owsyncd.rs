@@ -99,7 +99,6 @@ async fn main() -> anyhow::Result<()> {
         table_connections = budget.table_connections,
         "connection budget"
     );
-    owsync::sync::set_table_connections(budget.table_connections);
     let pool = loop {
         match store::connect_idle(&url, &app_name, budget.pool, Some(budget::POOL_IDLE_TIMEOUT)).await {
             Ok(p) => {
@@ -138,6 +137,7 @@ async fn main() -> anyhow::Result<()> {
         spec_poll: Duration::from_secs(2),
         max_concurrency: budget.max_concurrency,
         sync_connections: budget.sync_connections,
+        table_connections: budget.table_connections,
         stall_after: 5,
         history_retention: (!a.history_retention.is_zero()).then_some(a.history_retention),
     };

@@ -23,9 +23,7 @@ use super::schedule::{FileWatch, Schedule, Wake, next_wake};
 use crate::spec::{ClientSyncStatus, Phase, interval_of};
 use crate::store::{self, FencedTx, specs::StoredSpec, status};
 use crate::sync::drift;
-use crate::sync::{
-    Fence, SyncError, SyncJob, SyncReport, sync_tenant, sync_tenant_with, table_connections, with_table_connections,
-};
+use crate::sync::{Fence, SyncError, SyncJob, SyncOptions, SyncReport, sync_tenant};
 
 pub(super) struct Reconciler {
     pub shared: Arc<Shared>,
@@ -83,8 +81,7 @@ impl Reconciler {
                 w.mark_synced();
             }
             let span = info_span!("reconcile", client = %name, generation = self.spec.generation);
-            let once = with_table_connections(tables, self.reconcile_once(&mut st, &mut schedule, why.trigger()))
-                .instrument(span);
+            let once = self.reconcile_once(&mut st, &mut schedule, why.trigger(), tables).instrument(span);
             let delay = tokio::select! {
                 biased;
                 _ = self.shared.lease_lost(epoch) => {
@@ -113,7 +110,7 @@ impl Reconciler {
     async fn grant(&self) -> Option<(usize, OwnedSemaphorePermit)> {
         let mut permit = self.connections.clone().acquire_owned().await.ok()?;
         let mut tables = 1;
-        while tables < table_connections() {
+        while tables < self.shared.config.table_connections {
             match self.connections.clone().try_acquire_owned() {
                 Ok(more) => permit.merge(more),
                 Err(_) => break,
@@ -134,12 +131,14 @@ impl Reconciler {
         }
     }
 
-    /// One sync and its record; the delay before the next one, or `None` to stop.
+    /// One sync (copying `tables` tables at once) and its record; the delay before the
+    /// next one, or `None` to stop.
     async fn reconcile_once(
         &self,
         st: &mut ClientSyncStatus,
         schedule: &mut Schedule,
         trigger: &str,
+        tables: usize,
     ) -> Option<Duration> {
         let sh = &self.shared;
         let name = &self.spec.name;
@@ -154,6 +153,7 @@ impl Reconciler {
             client: name,
             spec: &self.spec.spec,
             fence: Some(&self.fence),
+            options: SyncOptions { table_connections: tables, ..SyncOptions::default() },
         };
         let result = self.sync(&job, st).await;
         let elapsed = started.elapsed();
@@ -203,7 +203,7 @@ impl Reconciler {
             match drift::check(job).await {
                 Ok(d) if d.is_empty() || conditions::drift_summary(&schema, &d).1 != cond.message => {
                     info!(client = %job.client, "schema drift changed: syncing every table");
-                    return sync_tenant_with(job, true).await;
+                    return sync_tenant(&job.full()).await;
                 }
                 Ok(d) => r.drift = Some(d),
                 Err(e) => warn!(client = %job.client, error = %e, "cannot check schema drift"),

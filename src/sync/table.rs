@@ -9,7 +9,7 @@ use tokio::sync::mpsc;
 use tracing::warn;
 
 use super::reader::{Msg, StateWrite, TableEnd, TablePlan};
-use super::{SyncError, SyncJob, TableReport, progress, store_table_failure, table_failure};
+use super::{SyncError, SyncJob, TableReport, store_table_failure, table_failure};
 use crate::spec::DeletePolicy;
 use crate::store::{self, Durability, FencedTx, quarantine, table_state};
 use crate::target::conflict::{self, ConflictCounts, ConflictCtx};
@@ -100,7 +100,7 @@ async fn copy_rows(
                     sent += t.elapsed();
                     slices += 1;
                 }
-                progress::report(|p| p.slice(&table.name, s.rows.len() as u64, s.bytes as u64));
+                step.job.options.report(|p| p.slice(&table.name, s.rows.len() as u64, s.bytes as u64));
             }
             Some(Msg::Failed(m)) => {
                 copy.abort().await;
