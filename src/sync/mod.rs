@@ -184,8 +184,8 @@ async fn sync_all(
     let started = Instant::now();
     let (client, full) = (job.client, job.options.full);
     let schema = job.spec.mirror_schema(job.client);
-    let skip::Recorded { pages: previous, shapes } =
-        skip::recorded(job, &schema).await.map_err(|source| SyncError::store(client, source))?;
+    let skip::Baseline { pages: previous, shapes } =
+        skip::baseline(job, &schema).await.map_err(|source| SyncError::store(client, source))?;
     let (queue, discovered) = discover(job).await?;
     let infos: Vec<source::TableInfo> = queue.lock().map(|q| q.iter().cloned().collect()).unwrap_or_default();
     // Tables are synced by `n` workers at once, each with its own SQLite reader and its
