@@ -139,7 +139,7 @@ impl Recorder<'_> {
     }
 
     /// After a sync whose requeue is decided (`next`): applies its result to `st`
-    /// ([`apply`]), with the quarantined values and the pending conflicts counted, and
+    /// (`apply`), with the quarantined values and the pending conflicts counted, and
     /// records status, the run's end and its events.
     pub async fn finish_with(
         &self,
