@@ -424,8 +424,14 @@ fn write_db(path: &Path, tables: &[TableState], mut rx: mpsc::Receiver<Msg>) -> 
          PRAGMA cache_size = -16384;",
     )
     .map_err(err(""))?;
+    // Indexes before the rows: SQLite then fills them from the values in hand, where
+    // `CREATE INDEX` afterwards reads every row back, overflow pages included (chat's
+    // JSON sits before the indexed columns). Triggers come after: they must not fire.
     for t in tables {
         conn.execute_batch(&t.ddl).map_err(err(&t.name))?;
+        for ddl in t.extra.iter().filter(|d| !is_trigger(d)) {
+            conn.execute_batch(ddl).map_err(err(&t.name))?;
+        }
     }
     let mut counts = Counts::new();
     let mut current: Option<Current> = None;
@@ -454,13 +460,26 @@ fn write_db(path: &Path, tables: &[TableState], mut rx: mpsc::Receiver<Msg>) -> 
         }
     }
     txn.commit().map_err(err(""))?;
+    let started = std::time::Instant::now();
+    tracing::info!(rows = counts.values().map(|c| c.rows).sum::<u64>(), "restore: rows written");
     finish_db(&mut conn, tables, &err)?;
+    tracing::info!(ms = started.elapsed().as_millis(), "restore: triggers created");
+    let started = std::time::Instant::now();
     let integrity: String = conn.query_row("PRAGMA integrity_check", [], |r| r.get(0)).map_err(err(""))?;
+    tracing::info!(ms = started.elapsed().as_millis(), %integrity, "restore: integrity checked");
     Ok((counts, integrity))
 }
 
-/// Indexes and triggers after the rows (faster, and triggers must not fire on them), then
-/// WAL mode, as Open WebUI runs it.
+/// Whether `ddl` (one statement of the source's `sqlite_schema`) creates a trigger.
+fn is_trigger(ddl: &str) -> bool {
+    let words: Vec<String> = ddl.split_whitespace().take(3).map(str::to_ascii_uppercase).collect();
+    matches!(words.get(1).map(String::as_str), Some("TRIGGER"))
+        || (matches!(words.get(1).map(String::as_str), Some("TEMP" | "TEMPORARY"))
+            && matches!(words.get(2).map(String::as_str), Some("TRIGGER")))
+}
+
+/// Triggers after the rows (they must not fire on them), then WAL mode, as Open WebUI
+/// runs it.
 fn finish_db<F, E>(conn: &mut Connection, tables: &[TableState], err: &F) -> Result<(), RestoreError>
 where
     F: Fn(&str) -> E,
@@ -468,11 +487,26 @@ where
 {
     let txn = conn.transaction().map_err(err(""))?;
     for t in tables {
-        for ddl in &t.extra {
+        for ddl in t.extra.iter().filter(|d| is_trigger(d)) {
             txn.execute_batch(ddl).map_err(err(&t.name))?;
         }
     }
     txn.commit().map_err(err(""))?;
     conn.execute_batch("PRAGMA journal_mode = WAL;").map_err(err(""))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_trigger;
+
+    #[test]
+    fn triggers_are_told_from_indexes() {
+        assert!(is_trigger("CREATE TRIGGER t AFTER INSERT ON chat BEGIN SELECT 1; END"));
+        assert!(is_trigger("create  temp\ntrigger t after delete on chat begin select 1; end"));
+        assert!(is_trigger("CREATE TEMPORARY TRIGGER IF NOT EXISTS t BEFORE UPDATE ON x BEGIN SELECT 1; END"));
+        assert!(!is_trigger("CREATE INDEX trigger_idx ON chat (user_id)"));
+        assert!(!is_trigger("CREATE UNIQUE INDEX ix ON user (lower(email)) WHERE email IS NOT NULL"));
+        assert!(!is_trigger("CREATE INDEX \"TRIGGER\" ON x (a)"));
+    }
 }

@@ -1,6 +1,11 @@
 //! The controller: leader election, and on the leader one reconciler per enabled
 //! ClientSync of its cluster, each syncing its tenant, writing status and requeueing
 //! itself (interval on success, resetting exponential backoff on failure).
+//!
+//! Shaped like kube-runtime's: `election` -> `leader` (one runner per tenant) ->
+//! `runner` (its turn, the lease-lost cancellation, the wait) -> `reconcile` (the sync,
+//! nothing about scheduling) -> `policy` (the requeue, pure) -> `record` (the status,
+//! its conditions applied by pure functions in `conditions`, in one fenced transaction).
 
 mod backoff;
 pub mod budget;
@@ -9,9 +14,11 @@ mod control;
 mod election;
 mod follow;
 mod leader;
-mod reconciler;
+pub mod policy;
+mod reconcile;
 pub mod record;
 mod retention;
+mod runner;
 pub mod schedule;
 
 pub use backoff::backoff_delay;
