@@ -92,13 +92,13 @@ impl MirrorTable {
             .join(" AND ")
     }
 
-    /// `x::text` for json (which has no equality operator), `x` otherwise.
     /// Whether this table's rows go through COPY's binary format: every column type has
     /// a binary form here but `numeric` (`encode::write_binary`).
     pub fn copy_binary(&self) -> bool {
         !self.columns.iter().any(|(_, ty)| *ty == PgType::Numeric)
     }
 
+    /// `x::text` for json (which has no equality operator), `x` otherwise.
     fn comparable(prefix: &str, col: &str, ty: PgType) -> String {
         let c = format!("{prefix}{}", quote_ident(col));
         if ty == PgType::Json { format!("{c}::text") } else { c }
