@@ -39,8 +39,7 @@ pub(crate) struct Hold {
 
 /// How long one slice of a rollback-journal read may hold SQLite's read lock (a writer's
 /// COMMIT waits for it). Short, so that the reader is rarely preempted while it holds
-/// the lock: measured on a shared 2-core box at load 5-8, 2 ms slices held it longer than
-/// 5 ms (descheduled meanwhile) 12-44 times per sync of 30k rows, 0.5 ms slices 0-8 times.
+/// the lock (BENCHMARKS.md, "Measurements behind the code").
 pub const ROLLBACK_SLICE: Duration = Duration::from_micros(500);
 
 thread_local! {
