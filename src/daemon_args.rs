@@ -135,6 +135,7 @@ impl Args {
             spec_poll: SPEC_POLL,
             max_concurrency: budget.max_concurrency,
             sync_connections: budget.sync_connections,
+            table_connections: budget.table_connections,
             stall_after: DEFAULT_STALL_AFTER,
             history_retention: (!self.history_retention.is_zero()).then_some(self.history_retention),
         }

@@ -424,12 +424,12 @@ fn write_db(path: &Path, tables: &[TableState], mut rx: mpsc::Receiver<Msg>) -> 
          PRAGMA cache_size = -16384;",
     )
     .map_err(err(""))?;
-    // Indexes before the rows: SQLite then fills them from the values in hand, where
-    // `CREATE INDEX` afterwards reads every row back, overflow pages included (chat's
-    // JSON sits before the indexed columns). Triggers come after: they must not fire.
+    // Unique indexes before the rows, so that a row brought back by
+    // `--include-deleted-since` that collides with a live one is skipped (INSERT OR
+    // IGNORE) instead of failing the index built afterwards.
     for t in tables {
         conn.execute_batch(&t.ddl).map_err(err(&t.name))?;
-        for ddl in t.extra.iter().filter(|d| !is_trigger(d)) {
+        for ddl in t.extra.iter().filter(|d| is_unique_index(d)) {
             conn.execute_batch(ddl).map_err(err(&t.name))?;
         }
     }
@@ -463,23 +463,22 @@ fn write_db(path: &Path, tables: &[TableState], mut rx: mpsc::Receiver<Msg>) -> 
     let started = std::time::Instant::now();
     tracing::info!(rows = counts.values().map(|c| c.rows).sum::<u64>(), "restore: rows written");
     finish_db(&mut conn, tables, &err)?;
-    tracing::info!(ms = started.elapsed().as_millis(), "restore: triggers created");
+    tracing::info!(ms = started.elapsed().as_millis(), "restore: indexes and triggers created");
     let started = std::time::Instant::now();
     let integrity: String = conn.query_row("PRAGMA integrity_check", [], |r| r.get(0)).map_err(err(""))?;
     tracing::info!(ms = started.elapsed().as_millis(), %integrity, "restore: integrity checked");
     Ok((counts, integrity))
 }
 
-/// Whether `ddl` (one statement of the source's `sqlite_schema`) creates a trigger.
-fn is_trigger(ddl: &str) -> bool {
+/// Whether `ddl` (one statement of the source's `sqlite_schema`) creates a unique index.
+fn is_unique_index(ddl: &str) -> bool {
     let words: Vec<String> = ddl.split_whitespace().take(3).map(str::to_ascii_uppercase).collect();
-    matches!(words.get(1).map(String::as_str), Some("TRIGGER"))
-        || (matches!(words.get(1).map(String::as_str), Some("TEMP" | "TEMPORARY"))
-            && matches!(words.get(2).map(String::as_str), Some("TRIGGER")))
+    words.get(1).map(String::as_str) == Some("UNIQUE") && words.get(2).map(String::as_str) == Some("INDEX")
 }
 
-/// Triggers after the rows (they must not fire on them), then WAL mode, as Open WebUI
-/// runs it.
+/// The other indexes and the triggers after the rows: an index built from the rows
+/// costs less than one filled row by row (BENCHMARKS.md, "Restore"), and triggers must
+/// not fire on them. Then WAL mode, as Open WebUI runs it.
 fn finish_db<F, E>(conn: &mut Connection, tables: &[TableState], err: &F) -> Result<(), RestoreError>
 where
     F: Fn(&str) -> E,
@@ -487,7 +486,7 @@ where
 {
     let txn = conn.transaction().map_err(err(""))?;
     for t in tables {
-        for ddl in t.extra.iter().filter(|d| is_trigger(d)) {
+        for ddl in t.extra.iter().filter(|d| !is_unique_index(d)) {
             txn.execute_batch(ddl).map_err(err(&t.name))?;
         }
     }
@@ -498,15 +497,14 @@ where
 
 #[cfg(test)]
 mod tests {
-    use super::is_trigger;
+    use super::is_unique_index;
 
     #[test]
-    fn triggers_are_told_from_indexes() {
-        assert!(is_trigger("CREATE TRIGGER t AFTER INSERT ON chat BEGIN SELECT 1; END"));
-        assert!(is_trigger("create  temp\ntrigger t after delete on chat begin select 1; end"));
-        assert!(is_trigger("CREATE TEMPORARY TRIGGER IF NOT EXISTS t BEFORE UPDATE ON x BEGIN SELECT 1; END"));
-        assert!(!is_trigger("CREATE INDEX trigger_idx ON chat (user_id)"));
-        assert!(!is_trigger("CREATE UNIQUE INDEX ix ON user (lower(email)) WHERE email IS NOT NULL"));
-        assert!(!is_trigger("CREATE INDEX \"TRIGGER\" ON x (a)"));
+    fn unique_indexes_are_told_from_other_statements() {
+        assert!(is_unique_index("CREATE UNIQUE INDEX ix ON user (lower(email)) WHERE email IS NOT NULL"));
+        assert!(is_unique_index("create  unique\nindex if not exists ix on prompt (command)"));
+        assert!(!is_unique_index("CREATE INDEX unique_idx ON chat (user_id)"));
+        assert!(!is_unique_index("CREATE TRIGGER unique AFTER INSERT ON chat BEGIN SELECT 1; END"));
+        assert!(!is_unique_index("CREATE TABLE unique_index (a)"));
     }
 }

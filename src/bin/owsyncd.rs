@@ -71,7 +71,6 @@ async fn main() -> anyhow::Result<()> {
         table_connections = budget.table_connections,
         "connection budget"
     );
-    owsync::sync::set_table_connections(budget.table_connections);
     let pool = open_pool(&url, &app_name, &budget).await?;
     let shared = Shared::with_instance(a.controller_config(node_id, &budget), instance, pool, connect);
     serve(&a, shared).await

@@ -12,8 +12,7 @@ use crate::spec;
 use crate::spec::interval_of;
 use crate::sql::redact_url;
 use crate::store::{self, lease, migrate as mig, specs, status};
-use crate::sync::progress::with_progress;
-use crate::sync::{SyncError, SyncJob, SyncReport, sync_tenant_with};
+use crate::sync::{SyncError, SyncJob, SyncOptions, SyncReport, sync_tenant};
 
 #[derive(Debug, Args)]
 pub struct MigrateArgs {
@@ -84,7 +83,8 @@ pub async fn sync(g: &Global, a: SyncArgs) -> Result<ExitCode, CliError> {
             l.leader_id, g.cluster, l.epoch, a.name
         )));
     }
-    let job = SyncJob { pool: &pool, cluster: &g.cluster, client: &a.name, spec: &s.spec, fence: None };
+    let options = SyncOptions { full: a.full, ..SyncOptions::default() };
+    let job = SyncJob { pool: &pool, cluster: &g.cluster, client: &a.name, spec: &s.spec, fence: None, options };
     // Recorded as a leader's reconcile records its runs (status, sync_jobs, events), so
     // `get clients` shows the result; unfenced, as this process holds no lease.
     let node = format!("owsyncctl@{}", hostname());
@@ -93,7 +93,7 @@ pub async fn sync(g: &Global, a: SyncArgs) -> Result<ExitCode, CliError> {
     let mut schedule = Schedule::new(interval_of(&s.spec), st.consecutive_failures.max(0) as u32);
     let job_id = rec.start(&mut st, "once").await.unwrap_or(None);
     let started = std::time::Instant::now();
-    let result = run_sync(&job, &s.spec, &a).await?;
+    let result = run_sync(job, &s.spec, &a).await?;
     let run = Finished {
         job_id,
         result: &result,
@@ -164,19 +164,20 @@ pub async fn sync(g: &Global, a: SyncArgs) -> Result<ExitCode, CliError> {
 
 /// Runs the sync, with progress unless quiet. `Err` only when the progress display failed.
 async fn run_sync(
-    job: &SyncJob<'_>,
+    mut job: SyncJob<'_>,
     spec: &spec::ClientSyncSpec,
     a: &SyncArgs,
 ) -> Result<Result<SyncReport, SyncError>, CliError> {
     Ok(match super::progress::Mode::detect(a.quiet) {
-        None => sync_tenant_with(job, a.full).await,
+        None => sync_tenant(&job).await,
         Some(mode) => {
             let spec = spec.clone();
             let shown = tokio::task::spawn_blocking(move || super::progress::CliProgress::new(mode, &spec))
                 .await
                 .map_err(|e| CliError::msg(format!("progress: {e}")))?;
             let shown = std::sync::Arc::new(shown);
-            let r = with_progress(shown.clone(), sync_tenant_with(job, a.full)).await;
+            job.options.progress = Some(shown.clone() as std::sync::Arc<dyn crate::sync::progress::Progress>);
+            let r = sync_tenant(&job).await;
             shown.finish();
             r
         }

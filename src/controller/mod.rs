@@ -71,6 +71,9 @@ pub struct ControllerConfig {
     /// Pool connections the running syncs may hold together ([`budget::Budget`]): a sync
     /// takes at least one and up to `--table-connections` of them, waiting for the first.
     pub sync_connections: usize,
+    /// Tables one sync copies at once at most (`--table-connections`), each on one of
+    /// those connections: a sync gets what is free of them, at least one.
+    pub table_connections: usize,
     /// Consecutive failures after which a tenant is `Stalled`.
     pub stall_after: i32,
     /// The leader deletes finished sync runs and events older than this (`None`: keeps them).
@@ -253,6 +256,7 @@ mod tests {
             spec_poll: Duration::from_secs(2),
             max_concurrency: 1,
             sync_connections: 1,
+            table_connections: 1,
             stall_after: 5,
             history_retention: None,
         };

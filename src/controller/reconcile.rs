@@ -9,7 +9,7 @@ use std::sync::Arc;
 use super::Shared;
 use super::record::Recorder;
 use crate::store::specs::StoredSpec;
-use crate::sync::{Fence, SyncError, SyncJob, SyncReport, drift};
+use crate::sync::{Fence, SyncError, SyncJob, SyncOptions, SyncReport, drift};
 
 /// What every reconcile of a term shares (kube's context): the controller's state and
 /// the lease the term holds.
@@ -32,12 +32,14 @@ impl Context {
 }
 
 /// Syncs `spec`'s tenant once, its schema drift last reported as `drift` (the sync decides
-/// whether a changed drift calls for syncing every table: [`drift::sync_rechecking`]). A
-/// lost lease is [`SyncError::OwnershipLost`].
+/// whether a changed drift calls for syncing every table: [`drift::sync_rechecking`]),
+/// copying `tables` tables at once (the runner's grant). A lost lease is
+/// [`SyncError::OwnershipLost`].
 pub(super) async fn reconcile(
     ctx: &Context,
     spec: &StoredSpec,
     drift: &drift::Reported,
+    tables: usize,
 ) -> Result<SyncReport, SyncError> {
     let job = SyncJob {
         pool: &ctx.shared.pool,
@@ -45,6 +47,7 @@ pub(super) async fn reconcile(
         client: &spec.name,
         spec: &spec.spec,
         fence: Some(&ctx.fence),
+        options: SyncOptions { table_connections: tables, ..SyncOptions::default() },
     };
     drift::sync_rechecking(&job, drift).await
 }

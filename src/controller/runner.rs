@@ -27,7 +27,7 @@ use super::schedule::{FileWatch, Schedule, Wake, next_wake};
 use super::{ControllerConfig, Shared};
 use crate::spec::{ClientSyncStatus, interval_of};
 use crate::store::{specs::StoredSpec, status};
-use crate::sync::{SyncError, SyncReport, drift, table_connections, with_table_connections};
+use crate::sync::{SyncError, SyncReport, drift};
 
 /// What a term's runners take turns on: reconciles running at once, the pool connections
 /// syncs may hold ([`super::budget`]), and one lock per tenant, so that a tenant is never
@@ -36,6 +36,8 @@ use crate::sync::{SyncError, SyncReport, drift, table_connections, with_table_co
 pub(super) struct Gate {
     slots: Arc<Semaphore>,
     connections: Arc<Semaphore>,
+    /// The most of those one sync takes (`--table-connections`).
+    table_connections: usize,
     locks: std::sync::Mutex<HashMap<String, Arc<Mutex<()>>>>,
 }
 
@@ -53,6 +55,7 @@ impl Gate {
         Arc::new(Gate {
             slots: Arc::new(Semaphore::new(config.max_concurrency.max(1))),
             connections: Arc::new(Semaphore::new(config.sync_connections.max(1))),
+            table_connections: config.table_connections.max(1),
             locks: Default::default(),
         })
     }
@@ -93,7 +96,7 @@ impl Gate {
     async fn grant(&self) -> Option<(usize, OwnedSemaphorePermit)> {
         let mut permit = self.connections.clone().acquire_owned().await.ok()?;
         let mut tables = 1;
-        while tables < table_connections() {
+        while tables < self.table_connections {
             match self.connections.clone().try_acquire_owned() {
                 Ok(more) => permit.merge(more),
                 Err(_) => break,
@@ -169,7 +172,7 @@ impl Runner {
     async fn take_turn(&self, tenant: &mut Tenant, turn: Turn, why: Wake) -> Option<Duration> {
         let (name, epoch) = (&self.spec.name, self.ctx.fence.epoch);
         let span = info_span!("reconcile", client = %name, generation = self.spec.generation);
-        let once = with_table_connections(turn.tables, self.reconcile_once(tenant, why.trigger())).instrument(span);
+        let once = self.reconcile_once(tenant, why.trigger(), turn.tables).instrument(span);
         let delay = tokio::select! {
             biased;
             _ = self.ctx.shared.lease_lost(epoch) => {
@@ -184,13 +187,13 @@ impl Runner {
 
     /// Records the run's start, reconciles, takes the policy's requeue and records the
     /// outcome; the delay before the next reconcile, or `None` to stop.
-    async fn reconcile_once(&self, tenant: &mut Tenant, trigger: &str) -> Option<Duration> {
+    async fn reconcile_once(&self, tenant: &mut Tenant, trigger: &str, tables: usize) -> Option<Duration> {
         let (ctx, name) = (&*self.ctx, &self.spec.name);
         let lease_valid = || ctx.lease_valid();
         let rec = ctx.recorder(&self.spec, &lease_valid);
         let job_id = rec.start(&mut tenant.status, trigger).await.ok()?;
         let started = Instant::now();
-        let result = reconcile(ctx, &self.spec, &tenant.drift).await;
+        let result = reconcile(ctx, &self.spec, &tenant.drift, tables).await;
         let elapsed = started.elapsed();
         let requeue = policy::requeue(&result, tenant.schedule.failures(), random_jitter());
         if requeue == Requeue::Stop {

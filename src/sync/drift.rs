@@ -211,7 +211,7 @@ pub async fn sync_rechecking(job: &SyncJob<'_>, last: &Reported) -> Result<super
         match check(job).await {
             Ok(d) if last.resync(&d) => {
                 tracing::info!(client = %job.client, "schema drift changed: syncing every table");
-                return super::sync_tenant_with(job, true).await;
+                return super::sync_tenant(&job.full()).await;
             }
             Ok(d) => r.drift = Some(d),
             Err(e) => tracing::warn!(client = %job.client, error = %e, "cannot check schema drift"),

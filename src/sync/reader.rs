@@ -179,7 +179,7 @@ fn walk_table(
     Ok(WalkOut { walked, followed: false, pages_read: src.pages_read() - before, memo })
 }
 
-/// One table; `false` when the receiver is gone.
+/// One table: walk, plan, rows, end; `false` when the receiver is gone.
 fn table_pass(
     src: &Source,
     t: TableInfo,
@@ -195,27 +195,14 @@ fn table_pass(
     let recorded = old.as_ref().and_then(|s| s.state(target));
     let out = match walk_table(src, &t, recorded.as_deref(), target, in_txn, &mut start) {
         Ok(w) => w,
-        Err(e) => {
-            let plan = TablePlan { info: t, ranges: None, capture: "full", pages_read: 0 };
-            return tx.blocking_send(Msg::Table(Box::new(plan))).is_ok()
-                && tx.blocking_send(Msg::Failed(e.to_string())).is_ok()
-                && tx.blocking_send(Msg::End(TableEnd::default())).is_ok();
-        }
+        Err(e) => return walk_failed(t, &e, tx),
     };
-    let walked = out.walked;
-    // The recorded state is freed before any row is read.
-    let old_digest = recorded.as_deref().map(xxhash_rust::xxh3::xxh3_128);
-    let ranges = match (&walked, recorded.as_deref().and_then(|b| Recorded::parse(b, target))) {
-        (Some(w), Some(o)) => {
-            let c = pages::diff_recorded(&o, &w.state);
-            // Most leaves changed (a VACUUM, a bulk rewrite): a plain full pass is cheaper.
-            (c.changed_leaves * 2 <= c.total_leaves).then_some(c.ranges)
-        }
-        _ => None,
-    };
+    let digest = recorded.as_deref().map(xxhash_rust::xxh3::xxh3_128);
+    let ranges = changed_ranges(out.walked.as_ref(), recorded.as_deref(), target);
     let usable = recorded.is_some();
+    // The recorded state is freed before any row is read.
     drop(recorded);
-    let base = old.map(|s| s.base).filter(|_| usable);
+    let before = Before { digest, base: old.map(|s| s.base).filter(|_| usable) };
     let walk_ms = started.elapsed().as_secs_f64() * 1e3;
     let capture = match (&ranges, out.followed) {
         (None, _) => "full",
@@ -226,9 +213,65 @@ fn table_pass(
     if tx.blocking_send(Msg::Table(Box::new(plan))).is_err() {
         return false;
     }
+    let Some(rows) = send_rows(src, &t, ranges, out.walked.as_ref(), in_txn, tx) else {
+        return false;
+    };
+    tracing::debug!(table = %t.name, walk_ms, read_ms = started.elapsed().as_secs_f64() * 1e3 - walk_ms,
+                    leaves = out.walked.as_ref().map_or(0, |w| w.state.leaf_count()), "table read");
+    let end = match out.walked {
+        Some(w) => table_end(&t, target, w, &rows, &before, start.as_ref().zip(out.memo)),
+        None => TableEnd::default(),
+    };
+    tx.blocking_send(Msg::End(end)).is_ok()
+}
+
+/// What a table's pass keeps of its recorded state once the walk is done.
+struct Before {
+    /// The recorded state's digest: an unchanged walk makes the same.
+    digest: Option<u128>,
+    /// The recorded base, which the next state may be a delta against (`StateWrite`).
+    base: Option<Vec<u8>>,
+}
+
+/// What a table's rows were, once all sent.
+struct RowsSent {
+    /// Rowid intervals read after a writer's commit (rollback journal): re-read next time.
+    suspect: Vec<(i64, i64)>,
+    /// Any row at all was read.
+    read_any: bool,
+}
+
+/// The walk failed: the table is read in full and fails at once; `false` when the
+/// receiver is gone.
+fn walk_failed(t: TableInfo, e: &source::SourceError, tx: &mpsc::Sender<Msg>) -> bool {
+    let plan = TablePlan { info: t, ranges: None, capture: "full", pages_read: 0 };
+    tx.blocking_send(Msg::Table(Box::new(plan))).is_ok()
+        && tx.blocking_send(Msg::Failed(e.to_string())).is_ok()
+        && tx.blocking_send(Msg::End(TableEnd::default())).is_ok()
+}
+
+/// The rowid ranges of the leaves that changed since the recorded state; `None` (a full
+/// pass) without a walk or a usable recorded state, or when most leaves changed (a
+/// VACUUM, a bulk rewrite): a plain full pass is cheaper then.
+fn changed_ranges(walked: Option<&Walked>, recorded: Option<&[u8]>, target: &str) -> Option<Vec<(i64, i64)>> {
+    let (w, old) = (walked?, Recorded::parse(recorded?, target)?);
+    let c = pages::diff_recorded(&old, &w.state);
+    (c.changed_leaves * 2 <= c.total_leaves).then_some(c.ranges)
+}
+
+/// Sends `t`'s rows (those in `ranges`, or all) slice by slice; `None` when the receiver
+/// is gone. A read error is sent as `Failed` and ends the rows.
+fn send_rows(
+    src: &Source,
+    t: &TableInfo,
+    ranges: Option<Vec<(i64, i64)>>,
+    walked: Option<&Walked>,
+    in_txn: bool,
+    tx: &mpsc::Sender<Msg>,
+) -> Option<RowsSent> {
     let mut reader = match ranges {
-        Some(r) => SliceReader::with_ranges(src, &t, r),
-        None => SliceReader::new(src, &t),
+        Some(r) => SliceReader::with_ranges(src, t, r),
+        None => SliceReader::new(src, t),
     };
     if !in_txn {
         // Rollback journal: the writer's COMMIT waits for each slice's read lock. A busy
@@ -236,8 +279,7 @@ fn table_pass(
         reader.max_time = source::ROLLBACK_SLICE;
         reader.yield_to_writers = true;
     }
-    let mut suspect = Vec::new();
-    let mut read_any = false;
+    let mut sent = RowsSent { suspect: Vec::new(), read_any: false };
     loop {
         if !in_txn {
             // Let a writer's transaction finish first, then start on a fresh scheduler time
@@ -245,12 +287,12 @@ fn table_pass(
             // long as it is off the CPU (source/pace.rs).
             src.before_slice();
         }
-        let slice = reader.next_slice().and_then(|s| match (&walked, s) {
+        let slice = reader.next_slice().and_then(|s| match (walked, s) {
             (Some(w), Some(s)) if !in_txn => {
                 if pages::data_version(src)? != w.data_version
                     && let Some(iv) = s.scanned
                 {
-                    suspect.push(iv);
+                    sent.suspect.push(iv);
                 }
                 Ok(Some(s))
             }
@@ -258,10 +300,8 @@ fn table_pass(
         });
         match slice {
             Ok(Some(s)) => {
-                read_any |= !s.rows.is_empty();
-                if tx.blocking_send(Msg::Slice(s)).is_err() {
-                    return false;
-                }
+                sent.read_any |= !s.rows.is_empty();
+                tx.blocking_send(Msg::Slice(s)).ok()?;
             }
             Ok(None) => break,
             Err(e) => {
@@ -270,25 +310,30 @@ fn table_pass(
             }
         }
     }
-    tracing::debug!(table = %t.name, walk_ms, read_ms = started.elapsed().as_secs_f64() * 1e3 - walk_ms,
-                    leaves = walked.as_ref().map_or(0, |w| w.state.leaf_count()), "table read");
-    let end = match walked {
-        Some(w) => {
-            let mut state = w.state;
-            state.add_suspect(&suspect);
-            let pages = state.encode(target);
-            let digest = xxhash_rust::xxh3::xxh3_128(&pages);
-            let unchanged = !read_any && old_digest == Some(digest);
-            // What the next sync follows on from, should this state be recorded.
-            if let (Some(s), Some(memo)) = (&start, out.memo)
-                && let Some((instance, mark)) = s.mark
-            {
-                follow::finish(&s.handle, &t.name, TableMemo { instance, mark, digest, memo });
-            }
-            let pages = StateWrite::choose(base.as_deref(), pages, target);
-            TableEnd { pages: Some(pages), rows: Some(w.rows), unchanged }
-        }
-        None => TableEnd::default(),
-    };
-    tx.blocking_send(Msg::End(end)).is_ok()
+    Some(sent)
+}
+
+/// The table's new page state (the walk's, with the suspect intervals), to record as a
+/// delta or a new base, and whether the table is unchanged; notes for the WAL follower
+/// what the next sync follows on from, should this state be recorded.
+fn table_end(
+    t: &TableInfo,
+    target: &str,
+    w: Walked,
+    rows: &RowsSent,
+    before: &Before,
+    follow: Option<(&follow::Start, Memo)>,
+) -> TableEnd {
+    let mut state = w.state;
+    state.add_suspect(&rows.suspect);
+    let pages = state.encode(target);
+    let digest = xxhash_rust::xxh3::xxh3_128(&pages);
+    let unchanged = !rows.read_any && before.digest == Some(digest);
+    if let Some((s, memo)) = follow
+        && let Some((instance, mark)) = s.mark
+    {
+        follow::finish(&s.handle, &t.name, TableMemo { instance, mark, digest, memo });
+    }
+    let pages = StateWrite::choose(before.base.as_deref(), pages, target);
+    TableEnd { pages: Some(pages), rows: Some(w.rows), unchanged }
 }
