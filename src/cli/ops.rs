@@ -74,15 +74,7 @@ pub struct SyncArgs {
 pub async fn sync(g: &Global, a: SyncArgs) -> Result<ExitCode, CliError> {
     let pool = g.pool().await?;
     let s = specs::get(&pool, &g.cluster, &a.name).await?;
-    if let Some(l) = lease::current(&pool, &g.cluster).await?
-        && !l.expired
-        && !a.force
-    {
-        return Err(CliError::msg(format!(
-            "owsyncd {} leads cluster {} (epoch {}); it syncs {} on its own. Pass --force to sync from here anyway",
-            l.leader_id, g.cluster, l.epoch, a.name
-        )));
-    }
+    refuse_while_led(&pool, g, &a).await?;
     let options = SyncOptions { full: a.full, ..SyncOptions::default() };
     let job = SyncJob { pool: &pool, cluster: &g.cluster, client: &a.name, spec: &s.spec, fence: None, options };
     // Recorded as a leader's reconcile records its runs (status, sync_jobs, events), so
@@ -118,6 +110,28 @@ pub async fn sync(g: &Global, a: SyncArgs) -> Result<ExitCode, CliError> {
         );
         return Ok(ExitCode::SUCCESS);
     }
+    print_report(&a.name, &report);
+    Ok(if report.failed.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+/// Refuses (unless `--force`) while an owsyncd leader holds the cluster's lease: two
+/// writers of one tenant.
+async fn refuse_while_led(pool: &sqlx::PgPool, g: &Global, a: &SyncArgs) -> Result<(), CliError> {
+    if let Some(l) = lease::current(pool, &g.cluster).await?
+        && !l.expired
+        && !a.force
+    {
+        return Err(CliError::msg(format!(
+            "owsyncd {} leads cluster {} (epoch {}); it syncs {} on its own. Pass --force to sync from here anyway",
+            l.leader_id, g.cluster, l.epoch, a.name
+        )));
+    }
+    Ok(())
+}
+
+/// Prints a sync's tables (rows, how each was captured, pages read), failed tables,
+/// conflicts and the summary line.
+fn print_report(name: &str, report: &SyncReport) {
     let rows: Vec<Vec<String>> = report
         .tables
         .iter()
@@ -147,19 +161,16 @@ pub async fn sync(g: &Global, a: SyncArgs) -> Result<ExitCode, CliError> {
     let kept: u64 = report.tables.values().map(|t| t.kept_target).sum();
     if conflicts > 0 || kept > 0 {
         println!(
-            "{conflicts} conflicts resolved by the tables' strategies ({pending} left for review: owsyncctl conflicts list {}); \
-             {kept} rows changed only in PostgreSQL kept",
-            a.name
+            "{conflicts} conflicts resolved by the tables' strategies ({pending} left for review: owsyncctl conflicts list {name}); \
+             {kept} rows changed only in PostgreSQL kept"
         );
     }
     println!(
-        "clientsync/{} synced: {} tables, {} rows written in {}",
-        a.name,
+        "clientsync/{name} synced: {} tables, {} rows written in {}",
         report.tables.len(),
         report.rows_written,
         humantime::format_duration(std::time::Duration::from_millis(report.duration.as_millis() as u64))
     );
-    Ok(if report.failed.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
 /// Runs the sync, with progress unless quiet. `Err` only when the progress display failed.
