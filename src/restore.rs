@@ -175,7 +175,7 @@ pub async fn restore(
     std::fs::rename(&tmp, to)
         .map_err(|e| RestoreError::Other(format!("rename {} to {}: {e}", tmp.display(), to.display())))?;
     let mut report = RestoreReport { integrity, ..Default::default() };
-    report.bytes = std::fs::metadata(to).map(|m| m.len()).unwrap_or(0);
+    report.bytes = std::fs::metadata(to).map_or(0, |m| m.len());
     for t in &tables {
         let c = counts.get(&t.name).cloned().unwrap_or_default();
         report.rows += c.rows;

@@ -35,7 +35,7 @@ fn cpu() -> Duration {
     // SAFETY: getrusage fills the struct it is given.
     let mut u: libc::rusage = unsafe { std::mem::zeroed() };
     // SAFETY: as above.
-    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &raw mut u) };
     let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
     tv(u.ru_utime) + tv(u.ru_stime)
 }
@@ -52,7 +52,7 @@ async fn timed(job: &SyncJob<'_>) -> (SyncReport, Run) {
     let r = sync_tenant(job).await.unwrap();
     let run = Run {
         secs: t.elapsed().as_secs_f64(),
-        cpu: (cpu() - c).as_secs_f64(),
+        cpu: cpu().checked_sub(c).unwrap().as_secs_f64(),
         pages: r.tables.values().map(|t| t.pages_read).sum(),
         captures: format!("chat {}, chat_message {}", r.tables["chat"].capture, r.tables["chat_message"].capture),
     };

@@ -27,18 +27,13 @@ fn database_url(a: &Args) -> anyhow::Result<String> {
 }
 
 fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_else(|_| "owsyncd".into())
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map_or_else(|_| "owsyncd".into(), |h| h.trim().to_string())
 }
 
 async fn shutdown_signal() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        }
+    let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) else {
+        let _ = tokio::signal::ctrl_c().await;
+        return;
     };
     tokio::select! {
         _ = term.recv() => {}
@@ -137,14 +132,13 @@ async fn serve(a: &Args, shared: Arc<Shared>) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let listener = tokio::net::TcpListener::bind(a.listen).await.with_context(|| format!("listen on {}", a.listen))?;
     info!(listen = %a.listen, "HTTP API up");
-    let token = match &a.api_token_file {
-        Some(f) => Some(read_secret(f).context("--api-token-file")?),
-        None => {
-            warn!(
-                "no --api-token-file: mutating API endpoints (PUT /api/v1/state, POST /api/v1/sync/trigger) are disabled"
-            );
-            None
-        }
+    let token = if let Some(f) = &a.api_token_file {
+        Some(read_secret(f).context("--api-token-file")?)
+    } else {
+        warn!(
+            "no --api-token-file: mutating API endpoints (PUT /api/v1/state, POST /api/v1/sync/trigger) are disabled"
+        );
+        None
     };
     let (app, api_state) =
         owsync::api::router(shared.clone(), owsync::api::ApiConfig { token, cache_ttl: a.state_cache_ttl });

@@ -134,7 +134,7 @@ async fn show(pool: &PgPool, name: &str) -> Result<(Vec<cl::TenantRow>, Vec<cl::
     match &view.lease {
         Some(l) if l.held() => println!("  Leader:   {} (epoch {}, lease valid)", l.leader_id, l.epoch),
         Some(l) if !l.expired => {
-            println!("  Leader:   none (last {} at epoch {}, its lease session is gone)", l.leader_id, l.epoch)
+            println!("  Leader:   none (last {} at epoch {}, its lease session is gone)", l.leader_id, l.epoch);
         }
         Some(l) => println!("  Leader:   none (last {} at epoch {}, lease expired)", l.leader_id, l.epoch),
         None => println!("  Leader:   none (no lease row)"),
@@ -196,7 +196,7 @@ async fn deregister(a: DeregisterArgs) -> Result<ExitCode, CliError> {
     let d = cl::deregister(&pool, name).await.map_err(cerr)?;
     match d.epoch {
         Some((old, new)) => {
-            println!("lease/{name} released: epoch {old} -> {new} (fenced writes of a still-running leader fail)")
+            println!("lease/{name} released: epoch {old} -> {new} (fenced writes of a still-running leader fail)");
         }
         None => println!("lease/{name}: none to release"),
     }

@@ -56,12 +56,11 @@ pub async fn restore(g: &Global, a: RestoreArgs) -> Result<ExitCode, CliError> {
     let schema = s.spec.mirror_schema(&a.name);
     let started = std::time::Instant::now();
     let source = PathBuf::from(&s.spec.source.path);
-    let to = match &a.to {
-        Some(p) => p.clone(),
-        None => {
-            super::in_use::refuse_if_open(&source)?;
-            aside_name(&source, "restored")
-        }
+    let to = if let Some(p) = &a.to {
+        p.clone()
+    } else {
+        super::in_use::refuse_if_open(&source)?;
+        aside_name(&source, "restored")
     };
     let opts = RestoreOptions { force: a.force, include_deleted_since: since };
     let r = crate::restore::restore(&pool, &g.cluster, &a.name, &schema, &to, &opts)

@@ -284,10 +284,10 @@ impl Election {
         let term = leading.and(self.shared.term());
         loop {
             tokio::select! {
-                _ = tokio::time::sleep_until(until) => return true,
-                _ = self.shutdown.cancelled(), if !draining => return true,
-                _ = done_or_pending(leading) => return true,
-                _ = deadline_or_pending(term) => return true,
+                () = tokio::time::sleep_until(until) => return true,
+                () = self.shutdown.cancelled(), if !draining => return true,
+                () = done_or_pending(leading) => return true,
+                () = deadline_or_pending(term) => return true,
                 n = next_or_pending(self.conn.as_mut()) => match n {
                     // A standby wakes as soon as the leader releases the lease (clean shutdown).
                     Ok(n) => if control::dispatch(&self.shared, &n) && leading.is_none() { return true },

@@ -46,8 +46,8 @@ pub(super) async fn run_leader(shared: Arc<Shared>, epoch: i64, token: Cancellat
         if !leader.ctx.lease_valid() {
             // The election aborts this task in a moment; start nothing new meanwhile.
             tokio::select! {
-                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
-                _ = token.cancelled() => {}
+                () = tokio::time::sleep(Duration::from_millis(100)) => {}
+                () = token.cancelled() => {}
             }
             continue;
         }
@@ -165,7 +165,7 @@ impl Leader {
                 }
                 Err(e) => {
                     again_soon = true;
-                    warn!(client = %s.name, error = %e, "cannot record Suspended status")
+                    warn!(client = %s.name, error = %e, "cannot record Suspended status");
                 }
             }
         }
@@ -176,9 +176,10 @@ impl Leader {
     /// read.
     async fn claim_requests(&self) -> bool {
         let sh = &self.ctx.shared;
-        let claimed = match self.ctx.lease_valid() {
-            true => requests::claim(&sh.pool, &sh.candidate, self.ctx.fence.epoch).await,
-            false => Ok(Vec::new()),
+        let claimed = if self.ctx.lease_valid() {
+            requests::claim(&sh.pool, &sh.candidate, self.ctx.fence.epoch).await
+        } else {
+            Ok(Vec::new())
         };
         let claimed = match claimed {
             Ok(claimed) => claimed,
@@ -188,12 +189,11 @@ impl Leader {
             }
         };
         for (id, name) in claimed {
-            match self.fleet.running.get(&name) {
-                Some(r) => {
-                    info!(client = %name, request = %id, "sync requested");
-                    r.wake.notify_one();
-                }
-                None => warn!(client = %name, request = %id, "sync requested for a tenant that is not enabled"),
+            if let Some(r) = self.fleet.running.get(&name) {
+                info!(client = %name, request = %id, "sync requested");
+                r.wake.notify_one();
+            } else {
+                warn!(client = %name, request = %id, "sync requested for a tenant that is not enabled");
             }
         }
         false
@@ -202,17 +202,18 @@ impl Leader {
     /// Waits for a notification (specs, requests), the poll period or the end.
     async fn pause(&self, again_soon: bool) {
         let sh = &self.ctx.shared;
-        let poll = match sh.listening() && !again_soon {
-            true => POLL_WHILE_LISTENING.max(sh.config.spec_poll),
-            false => sh.config.spec_poll,
+        let poll = if sh.listening() && !again_soon {
+            POLL_WHILE_LISTENING.max(sh.config.spec_poll)
+        } else {
+            sh.config.spec_poll
         };
         tokio::select! {
-            _ = sh.spec_wake.notified() => {
+            () = sh.spec_wake.notified() => {
                 // Let a burst of notifications (a fleet apply) settle.
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            _ = tokio::time::sleep(poll) => {}
-            _ = self.token.cancelled() => {}
+            () = tokio::time::sleep(poll) => {}
+            () = self.token.cancelled() => {}
         }
     }
 }
@@ -234,7 +235,7 @@ impl Fleet {
             r.token.cancel();
             self.stopping.push(r.task);
         }
-        for t in self.stopping.iter_mut() {
+        for t in &mut self.stopping {
             let _ = (&mut t.0).await;
         }
         self.drained = true;

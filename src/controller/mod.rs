@@ -224,9 +224,8 @@ impl Future for LeaseLost<'_> {
             if self.sleep.deadline() != term.valid_until {
                 self.sleep.as_mut().reset(term.valid_until);
             }
-            match self.sleep.as_mut().poll(cx) {
-                Poll::Ready(()) => continue,
-                Poll::Pending => return Poll::Pending,
+            if self.sleep.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
             }
         }
     }
@@ -285,8 +284,8 @@ mod tests {
         let work = std::future::pending::<()>();
         tokio::select! {
             biased;
-            _ = sh.lease_lost(7) => {}
-            _ = work => unreachable!(),
+            () = sh.lease_lost(7) => {}
+            () = work => unreachable!(),
         }
         assert_eq!(t0.elapsed(), Duration::from_secs(14));
         assert!(!sh.lease_valid(7));

@@ -62,7 +62,7 @@ impl Gate {
 
     /// The lock of `tenant`'s reconciles.
     pub fn lock(&self, tenant: &str) -> Arc<Mutex<()>> {
-        let mut locks = self.locks.lock().unwrap_or_else(|e| e.into_inner());
+        let mut locks = self.locks.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         locks.entry(tenant.to_string()).or_default().clone()
     }
 
@@ -77,13 +77,13 @@ impl Gate {
         };
         let granted = tokio::select! {
             g = queued => g,
-            _ = token.cancelled() => None,
+            () = token.cancelled() => None,
         };
         sh.metrics.queue_depth.dec();
         let (slot, tables, connections) = granted?;
         let lock = tokio::select! {
             g = self.lock(tenant).lock_owned() => g,
-            _ = token.cancelled() => return None,
+            () = token.cancelled() => return None,
         };
         if token.is_cancelled() {
             return None;
@@ -141,7 +141,7 @@ impl Runner {
         let read = status::get(&sh.pool, &self.spec.cluster, &self.spec.name);
         let status = tokio::select! {
             biased;
-            _ = sh.lease_lost(self.ctx.fence.epoch) => return,
+            () = sh.lease_lost(self.ctx.fence.epoch) => return,
             s = read => s.ok().flatten().unwrap_or_default(),
         };
         let mut tenant = Tenant::new(&self.spec, status);
@@ -175,7 +175,7 @@ impl Runner {
         let once = self.reconcile_once(tenant, why.trigger(), turn.tables).instrument(span);
         let delay = tokio::select! {
             biased;
-            _ = self.ctx.shared.lease_lost(epoch) => {
+            () = self.ctx.shared.lease_lost(epoch) => {
                 warn!(client = %name, epoch, "lease lost: abandoning the sync (its transaction rolls back)");
                 return None;
             }

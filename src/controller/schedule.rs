@@ -100,10 +100,10 @@ pub async fn next_wake(
     };
     tokio::select! {
         biased;
-        _ = stop.cancelled() => Wake::Stop,
-        _ = requested.notified() => Wake::Requested,
-        _ = changed => Wake::Changed,
-        _ = tokio::time::sleep(delay) => Wake::Due,
+        () = stop.cancelled() => Wake::Stop,
+        () = requested.notified() => Wake::Requested,
+        () = changed => Wake::Changed,
+        () = tokio::time::sleep(delay) => Wake::Due,
     }
 }
 
@@ -423,7 +423,7 @@ mod tests {
             w.mark_synced();
         }
         for pair in syncs.windows(2) {
-            assert!(pair[1] - pair[0] >= Duration::from_secs(1), "{syncs:?}");
+            assert!(pair[1].checked_sub(pair[0]).unwrap() >= Duration::from_secs(1), "{syncs:?}");
         }
         // A change made during a sync (after mark_synced) fires again; a change that was
         // undone does not.

@@ -63,7 +63,7 @@ pub(crate) fn busy_handler(n: i32) -> bool {
 }
 
 fn waited() -> Duration {
-    WAITED.with(|w| w.get())
+    WAITED.with(std::cell::Cell::get)
 }
 
 #[derive(Default)]
@@ -121,7 +121,7 @@ impl super::Source {
             }
             let Some(check) = (*(*file).pMethods).xCheckReservedLock else { return false };
             let mut reserved = 0;
-            check(file, &mut reserved) == ffi::SQLITE_OK && reserved != 0
+            check(file, &raw mut reserved) == ffi::SQLITE_OK && reserved != 0
         }
     }
 
@@ -180,7 +180,7 @@ impl Pace {
 fn thread_cpu() -> Duration {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: `ts` is a valid, writable timespec; CLOCK_THREAD_CPUTIME_ID needs nothing else.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &raw mut ts) };
     if rc != 0 {
         return Duration::ZERO;
     }

@@ -4,7 +4,9 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
-use super::types::*;
+use super::types::{
+    API_VERSION, ClientSync, ClientSyncSpec, ConflictPolicy, DeletionGuard, KIND, Strategy, TableSelector,
+};
 
 pub const MIN_INTERVAL: Duration = Duration::from_secs(10);
 pub const MAX_INTERVAL: Duration = Duration::from_secs(60 * 60);
@@ -156,7 +158,7 @@ fn normalize_interval(interval: &str, errors: &mut Vec<FieldError>) -> Option<St
     match parse_interval(interval) {
         Err(_) => errors.push(err("spec.interval", interval, "is not a duration (e.g. 30s, 5m, 1h)")),
         Ok(d) if d < MIN_INTERVAL || d > MAX_INTERVAL => {
-            errors.push(err("spec.interval", interval, "must be between 10s and 60m"))
+            errors.push(err("spec.interval", interval, "must be between 10s and 60m"));
         }
         Ok(d) => return Some(humantime::format_duration(d).to_string()),
     }

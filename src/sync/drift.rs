@@ -302,7 +302,7 @@ mod tests {
             key: if key.is_empty() {
                 RowKey::Rowid
             } else {
-                RowKey::Primary(key.iter().map(|k| k.to_string()).collect())
+                RowKey::Primary(key.iter().map(std::string::ToString::to_string).collect())
             },
             without_rowid: false,
             extra_ddl: vec![],
@@ -313,7 +313,7 @@ mod tests {
         let mut columns: BTreeMap<String, String> = cols.iter().map(|(n, t)| (n.to_string(), t.to_string())).collect();
         columns.insert("_owsync_deleted".into(), "boolean".into());
         columns.insert("_owsync_synced_at".into(), "timestamp with time zone".into());
-        MirrorShape { columns, key: key.iter().map(|k| k.to_string()).collect() }
+        MirrorShape { columns, key: key.iter().map(std::string::ToString::to_string).collect() }
     }
 
     fn all(_: &str) -> bool {

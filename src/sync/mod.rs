@@ -238,7 +238,7 @@ async fn sync_all(
     let (provisioned, results) = tokio::join!(provisioner, futures_util::future::join_all(workers));
     provisioned?;
     results.into_iter().collect::<Result<Vec<()>, SyncError>>()?;
-    let mut report = run.report.into_inner().unwrap_or_else(|e| e.into_inner());
+    let mut report = run.report.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner);
     provision::forget_failed(job, &report.failed.keys().cloned().collect::<Vec<_>>()).await?;
     report.duration = started.elapsed();
     let followed = report.tables.values().filter(|t| t.capture == "followed").count();
@@ -411,7 +411,7 @@ fn table_failure(client: &str, e: target::TargetError) -> TableFailure {
         target::TargetError::Db { source, .. } if is_connection_error(source) => {
             TableFailure::Fatal(SyncError::Target { client: client.to_string(), source: e })
         }
-        _ => TableFailure::Table(e.to_string()),
+        target::TargetError::Db { .. } => TableFailure::Table(e.to_string()),
     }
 }
 

@@ -256,7 +256,7 @@ pub(super) async fn sync_table(
 /// exactly, the mirror is already right and the table costs no transaction at all (its
 /// report). Otherwise the reader's first message, not yet handled.
 async fn unchanged(plan: &TablePlan, rx: &mut mpsc::Receiver<Msg>) -> Result<TableReport, Option<Msg>> {
-    if !plan.ranges.as_ref().is_some_and(|r| r.is_empty()) {
+    if !plan.ranges.as_ref().is_some_and(std::vec::Vec::is_empty) {
         return Err(None);
     }
     match rx.recv().await {

@@ -326,7 +326,7 @@ async fn binding(r: &mut Report, c: &mut PgConnection, cluster: &str, name: &str
             format!("{name} is bound to cluster {b}, not {cluster}: it sees none of {cluster}'s rows (--cluster / OWSYNC_CLUSTER)"),
         ),
         None if member => {
-            r.fail("cluster role", format!("{name} is an owsync cluster role bound to no cluster: {add_role}"))
+            r.fail("cluster role", format!("{name} is an owsync cluster role bound to no cluster: {add_role}"));
         }
         None if name == crate::store::migrate::SYNC_ROLE => r.warn(
             "cluster role",
