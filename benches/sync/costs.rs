@@ -12,8 +12,8 @@ use crate::child::ChildRun;
 use crate::results::{CopyProbe, StatementCosts};
 use crate::util::{exec, median};
 
-/// The fixed cost of one COPY round trip through sqlx, with and without TCP_NODELAY.
-pub async fn copy_probe(url: &str, port: u16) -> Result<CopyProbe> {
+/// The fixed cost of one COPY round trip through sqlx (which sets TCP_NODELAY since 0.9.1).
+pub async fn copy_probe(url: &str) -> Result<CopyProbe> {
     async fn times(conn: &mut PgConnection, copy: bool) -> Result<f64> {
         let mut v = Vec::new();
         for i in 0..18 {
@@ -35,10 +35,8 @@ pub async fn copy_probe(url: &str, port: u16) -> Result<CopyProbe> {
     exec(&mut conn, "CREATE TEMP TABLE probe (a int)".into()).await?;
     let copy_ms = times(&mut conn, true).await?;
     let select1_ms = times(&mut conn, false).await?;
-    owsync::store::session::set_nodelay_towards(port);
-    let copy_nodelay_ms = times(&mut conn, true).await?;
     conn.close().await?;
-    Ok(CopyProbe { copy_ms, copy_nodelay_ms, select1_ms })
+    Ok(CopyProbe { copy_ms, select1_ms })
 }
 
 pub fn log_len(pg: &TempPostgres) -> u64 {

@@ -291,8 +291,6 @@ async fn sync_cases(
         x.first_sync_secs = res.first.iter().find(|c| c.name == "owsync").and_then(|c| c.secs);
         res.restore = Some(x);
     }
-    // The bare upserts go through this connection: give it TCP_NODELAY, as psql has.
-    owsync::store::session::set_nodelay_towards(k.pg_a.port());
 
     // -- incremental rounds --
     incremental::rounds(a, db, tables, &mut k, res).await?;
@@ -304,7 +302,7 @@ async fn sync_cases(
     let Kept { admin_c, c, conn_a, pg_a } = k;
     admin_c.close().await?;
     conn_a.close().await?;
-    res.copy_probe = Some(copy_probe(&c.pg.admin_url(&c.db), c.pg.port()).await?);
+    res.copy_probe = Some(copy_probe(&c.pg.admin_url(&c.db)).await?);
     drop(c);
     drop(pg_a);
     Ok(())

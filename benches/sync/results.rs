@@ -137,7 +137,6 @@ pub struct Results {
 pub struct CopyProbe {
     /// One tiny `COPY ... FROM STDIN` through sqlx, as owsync sends each slice.
     pub copy_ms: f64,
-    pub copy_nodelay_ms: f64,
     pub select1_ms: f64,
 }
 

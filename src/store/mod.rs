@@ -103,14 +103,13 @@ pub async fn connect_idle(
     // timeout and then reports only "pool timed out", hiding the cause.
     let probe = opts.connect().await.map_err(err)?;
     let _ = probe.close().await;
-    let port = opts.get_port();
     Ok(PgPoolOptions::new()
         .max_connections(max_connections)
         .min_connections(0)
         .idle_timeout(idle_timeout)
         .after_connect(move |conn, _| {
             Box::pin(async move {
-                session::prepare(conn, port).await;
+                session::prepare(conn).await;
                 Ok(())
             })
         })
