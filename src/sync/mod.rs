@@ -135,6 +135,12 @@ pub struct SyncJob<'a> {
 }
 
 impl<'a> SyncJob<'a> {
+    /// A job of a process that holds no lease (`owsyncctl`, tests, benchmarks), with the
+    /// default options.
+    pub fn unfenced(pool: &'a PgPool, cluster: &'a str, client: &'a str, spec: &'a ClientSyncSpec) -> Self {
+        SyncJob { pool, cluster, client, spec, fence: None, options: SyncOptions::default() }
+    }
+
     /// This job reading every table, even if the source is unchanged ([`SyncOptions::full`]).
     pub fn full(&self) -> SyncJob<'a> {
         SyncJob { options: SyncOptions { full: true, ..self.options.clone() }, ..*self }
