@@ -18,6 +18,8 @@ pub struct TableMemo {
     pub mark: Mark,
     pub digest: u128,
     pub memo: Memo,
+    /// Rows in the table at the walk.
+    pub rows: i64,
 }
 
 /// A follower and the memos of the tables of its database.
@@ -89,4 +91,23 @@ pub fn finish(handle: &Handle, table: &str, memo: TableMemo) {
     if let Some(oldest) = f.tables.values().map(|m| m.mark).min() {
         f.follower.forget_until(oldest);
     }
+}
+
+/// The row count of `table` at the snapshot of `conn`'s open read transaction (it must have
+/// read something), when the follower of `path` vouches for it without a count: the table's
+/// last walk counted its rows, and no commit since wrote a page of its b-tree that walk
+/// noted (adding, moving or removing a row writes a leaf, or the interior page above a new
+/// one). `None`: count them.
+pub fn vouched_rows(path: &Path, conn: &rusqlite::Connection, table: &str) -> Option<i64> {
+    let handle = lookup(path)?;
+    let pos = snapshot_pos(conn)?;
+    let mut f = handle.lock().unwrap_or_else(|e| e.into_inner());
+    if let Err(e) = f.follower.poll() {
+        tracing::debug!(error = %e, "WAL follower: read failed");
+    }
+    // Placed: the follower has read every commit up to this snapshot.
+    f.follower.mark_at(&pos)?;
+    let m = f.tables.get(table).filter(|m| m.instance == f.follower.instance())?;
+    let changed = f.follower.changed_since(m.mark)?;
+    (!changed.iter().any(|p| m.memo.notes(*p))).then_some(m.rows)
 }
