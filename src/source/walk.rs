@@ -51,7 +51,12 @@ pub fn walk_noting(src: &Source, table: &str, in_txn: bool, mut memo: Option<&mu
             *m = Memo::default();
         }
         match walk_once(src, table, root, in_txn, memo.as_deref_mut())? {
-            Attempt::Done(w) => return Ok(Some(w)),
+            Attempt::Done(w) => {
+                if let Some(m) = memo {
+                    (m.root, m.rows) = (root, w.rows);
+                }
+                return Ok(Some(w));
+            }
             Attempt::Unparsable(why) => {
                 tracing::debug!(table, why, "page walk not possible; full pass");
                 return Ok(None);
@@ -81,6 +86,11 @@ pub struct Memo {
     pub(super) owners: std::collections::HashMap<u32, u32>,
     pub(super) cells: std::collections::HashMap<u32, u32>,
     pub(super) interior: std::collections::HashMap<u32, Vec<u32>>,
+    /// The interior page above each page of the tree (all but the root).
+    pub(super) parent: std::collections::HashMap<u32, u32>,
+    pub(super) root: u32,
+    /// Rows in the table (the leaves' cells).
+    pub(super) rows: i64,
 }
 
 impl Memo {
@@ -137,6 +147,9 @@ fn with_page_sqlite<T>(src: &Source, table: &str, pgno: u32, f: impl FnOnce(&[u8
 /// (their bytes on the leaf and their overflow pages), in cell order; each byte is hashed
 /// once. Not cryptographic: it only has to tell a page's versions apart.
 type LeafHasher = xxhash_rust::xxh3::Xxh3;
+
+mod followed;
+pub use followed::walk_followed;
 
 /// A walk in progress: the pages still to visit and what the visited ones gave.
 struct Progress<'m> {
@@ -211,6 +224,7 @@ fn walk_slice(src: &Source, table: &str, sliced: bool, w: &mut Progress<'_>) -> 
             Visit::Interior(children) => {
                 w.stack.extend(children.iter().rev());
                 if let Some(m) = w.memo.as_deref_mut() {
+                    m.parent.extend(children.iter().map(|c| (*c, pgno)));
                     m.interior.insert(pgno, children);
                 }
             }
@@ -298,71 +312,4 @@ pub(super) fn visit(
     }
     state.push_leaf(pgno, hash, min, max, &big_rows);
     Ok(Visit::Leaf)
-}
-
-/// A walk that reads only what changed, given the recorded state of the last walk
-/// (`old`, with the `memo` that walk noted) and the pages committed since its snapshot
-/// (`changed`, sorted; from the WAL follower, `wal.rs`). A page no commit wrote holds the
-/// same bytes as at the last walk, so: a leaf of `old` is copied unread when neither it nor
-/// an overflow page of its rows is in `changed`; an interior page the last walk visited is
-/// descended unread, through the children it noted, when it is not in `changed`. Only the
-/// named pages are read, and with them the pages new to the tree (reached through a named
-/// interior page whose child list changed). Call inside the read transaction whose
-/// snapshot `changed` reaches (WAL mode). `Ok(None)`: not possible (suspect ranges
-/// recorded, a leaf the memo does not know, a page not understood): walk in full.
-/// Returns the walk and the pages read.
-pub fn walk_followed(
-    src: &Source,
-    table: &str,
-    old: &super::pages::Recorded<'_>,
-    changed: &[u32],
-    memo: &mut Memo,
-) -> Result<Option<(Walked, u64)>> {
-    let Some(root) = root_of(src, table)? else { return Ok(None) };
-    let Some((usable, page_size)) = geometry(src, table)? else { return Ok(None) };
-    let data_version = data_version(src)?;
-    src.pagefile.borrow_mut().begin(&src.conn, &src.path, page_size);
-    let old: Vec<super::pages::Leaf<'_>> = old.leaves().collect();
-    if old.first().is_some_and(|l| l.pgno == super::pages::SUSPECT_PGNO) {
-        return Ok(None);
-    }
-    let mut dirty: std::collections::HashSet<u32> = changed.iter().copied().collect();
-    dirty.extend(changed.iter().filter_map(|p| memo.owners.get(p)));
-    let read_before = src.pages_read();
-    let mut interior = std::collections::HashMap::with_capacity(memo.interior.len());
-    let (mut state, mut rows, mut stack, mut visited) = (PageState::default(), 0i64, vec![root], 0u64);
-    while let Some(pgno) = stack.pop() {
-        visited += 1;
-        if visited > MAX_PAGES {
-            return Ok(None);
-        }
-        if !dirty.contains(&pgno) {
-            if let Ok(i) = old.binary_search_by_key(&pgno, |l| l.pgno) {
-                let Some(cells) = memo.cells.get(&pgno) else { return Ok(None) };
-                state.push_recorded(&old[i]);
-                rows += i64::from(*cells);
-                continue;
-            }
-            if let Some(children) = memo.interior.remove(&pgno) {
-                stack.extend(children.iter().rev());
-                interior.insert(pgno, children);
-                continue;
-            }
-        }
-        match visit(src, table, pgno, usable, &mut state, &mut rows, Some(memo))? {
-            Visit::Interior(children) => {
-                stack.extend(children.iter().rev());
-                interior.insert(pgno, children);
-            }
-            Visit::Leaf => {}
-            Visit::Unparsable(why) => {
-                tracing::debug!(table, why, "followed walk not possible; full walk");
-                return Ok(None);
-            }
-        }
-    }
-    memo.interior = interior;
-    state.sort();
-    let read = src.pages_read() - read_before;
-    Ok(Some((Walked { state, rows, data_version }, read)))
 }

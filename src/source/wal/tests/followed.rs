@@ -48,7 +48,11 @@ fn a_followed_walk_equals_a_full_walk() {
             let (w, read) = walk_followed(&src, "t", &old, &changed, &mut memo).unwrap().expect("a followed walk");
             assert_eq!(w.state, full.state, "seed {seed}, round {round}: followed state differs");
             assert_eq!(w.rows, full.rows, "seed {seed}, round {round}: followed rows differ");
-            assert_eq!(memo.interior, next.1.interior, "seed {seed}, round {round}: followed tree differs");
+            let full_memo = &next.1;
+            assert_eq!(memo.interior, full_memo.interior, "seed {seed}, round {round}: followed tree differs");
+            assert_eq!(memo.parent, full_memo.parent, "seed {seed}, round {round}: followed parents differ");
+            assert_eq!(memo.cells, full_memo.cells, "seed {seed}, round {round}: followed leaves differ");
+            assert_eq!((memo.root, memo.rows), (full_memo.root, full.rows), "seed {seed}, round {round}");
             followed += 1;
             read_followed += read;
             read_full += full_read;
