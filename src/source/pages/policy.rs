@@ -70,7 +70,8 @@ pub struct Settled {
     /// Rows in the table at the walk.
     pub rows: i64,
     /// No leaf changed since the recorded state and nothing was read: the mirror and the
-    /// recorded state are already right, so the table needs no PostgreSQL transaction.
+    /// recorded state are already right, so the table needs no PostgreSQL transaction (and
+    /// `pages` is the whole state, not to be written).
     pub unchanged: bool,
 }
 
@@ -131,7 +132,9 @@ impl Capture {
         {
             follow::finish(&s.handle, &self.table, TableMemo { instance, mark, digest, memo, rows: w.rows });
         }
-        let pages = StateWrite::choose(self.base.as_deref(), pages, target);
+        // An unchanged table records nothing: no delta to make.
+        let pages =
+            if unchanged { StateWrite::Full(pages) } else { StateWrite::choose(self.base.as_deref(), pages, target) };
         Some(Settled { pages, rows: w.rows, unchanged })
     }
 }
