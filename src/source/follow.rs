@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
 
+use super::Source;
 use super::pages::Memo;
 use super::wal::{Mark, WalFollower, snapshot_pos};
 
@@ -93,14 +94,14 @@ pub fn finish(handle: &Handle, table: &str, memo: TableMemo) {
     }
 }
 
-/// The row count of `table` at the snapshot of `conn`'s open read transaction (it must have
-/// read something), when the follower of `path` vouches for it without a count: the table's
-/// last walk counted its rows, and no commit since wrote a page of its b-tree that walk
+/// The row count of `table` at the snapshot of `src`'s open read transaction (it must have
+/// read something), when the follower of `src`'s file can tell it without a count: from the
+/// table's last walk, unchanged when no commit since wrote a page of its b-tree that walk
 /// noted (adding, moving or removing a row writes a leaf, or the interior page above a new
-/// one). `None`: count them.
-pub fn vouched_rows(path: &Path, conn: &rusqlite::Connection, table: &str) -> Option<i64> {
-    let handle = lookup(path)?;
-    let pos = snapshot_pos(conn)?;
+/// one), else reading only the pages written (`walk::rows_followed`). `None`: count them.
+pub fn vouched_rows(src: &Source, table: &str) -> Option<i64> {
+    let handle = lookup(src.path())?;
+    let pos = snapshot_pos(&src.conn)?;
     let mut f = handle.lock().unwrap_or_else(|e| e.into_inner());
     if let Err(e) = f.follower.poll() {
         tracing::debug!(error = %e, "WAL follower: read failed");
@@ -109,5 +110,8 @@ pub fn vouched_rows(path: &Path, conn: &rusqlite::Connection, table: &str) -> Op
     f.follower.mark_at(&pos)?;
     let m = f.tables.get(table).filter(|m| m.instance == f.follower.instance())?;
     let changed = f.follower.changed_since(m.mark)?;
-    (!changed.iter().any(|p| m.memo.notes(*p))).then_some(m.rows)
+    if !changed.iter().any(|p| m.memo.notes(*p)) {
+        return Some(m.rows);
+    }
+    super::walk::rows_followed(src, table, &changed, &m.memo).ok().flatten()
 }

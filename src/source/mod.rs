@@ -134,7 +134,7 @@ impl Source {
         // One snapshot for the follower's answer and, failing it, the count.
         let txn = self.read_txn(table)?;
         self.conn.query_row("SELECT count(*) FROM sqlite_schema", [], |_| Ok(())).map_err(self.err(table))?;
-        let n = match follow::vouched_rows(&self.path, &self.conn, table) {
+        let n = match follow::vouched_rows(self, table) {
             Some(n) => n,
             None => self.conn.query_row(&sql, [], |r| r.get(0)).map_err(self.err(table))?,
         };

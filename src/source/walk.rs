@@ -149,7 +149,7 @@ fn with_page_sqlite<T>(src: &Source, table: &str, pgno: u32, f: impl FnOnce(&[u8
 type LeafHasher = xxhash_rust::xxh3::Xxh3;
 
 mod followed;
-pub use followed::walk_followed;
+pub use followed::{rows_followed, walk_followed};
 
 /// A walk in progress: the pages still to visit and what the visited ones gave.
 struct Progress<'m> {

@@ -11,7 +11,8 @@
 
 use std::collections::HashSet;
 
-use super::{MAX_PAGES, Memo, Visit, Walked, data_version, geometry, root_of, visit};
+use super::{MAX_PAGES, Memo, Visit, Walked, data_version, geometry, root_of, visit, with_page};
+use crate::source::btree::{self, TablePage};
 use crate::source::pages::{PageState, Recorded, SUSPECT_PGNO};
 use crate::source::{Result, Source};
 
@@ -164,4 +165,58 @@ fn merge(old: &Recorded<'_>, d: &mut Descent) -> Option<PageState> {
     }
     read.for_each(|r| state.push_recorded(&r));
     Some(state)
+}
+
+/// The table's rows now, from the last walk's `memo` and the pages committed since
+/// (`changed`, sorted), as `walk_followed` would count them, reading the same pages but
+/// hashing none and leaving the memo as it is. Call inside a read transaction whose
+/// snapshot `changed` reaches. `None`: not possible (another root, a page reached twice or
+/// not understood): count them.
+pub fn rows_followed(src: &Source, table: &str, changed: &[u32], memo: &Memo) -> Result<Option<i64>> {
+    let Some(root) = root_of(src, table)? else { return Ok(None) };
+    let Some((usable, page_size)) = geometry(src, table)?.filter(|_| root == memo.root) else { return Ok(None) };
+    src.pagefile.borrow_mut().begin(&src.conn, &src.path, page_size);
+    let mut dirty: HashSet<u32> = changed.iter().copied().collect();
+    dirty.extend(changed.iter().filter_map(|p| memo.owners.get(p)));
+    let touched = above(&dirty, memo);
+    let cells = |p: &u32| memo.cells.get(p).map_or(0, |n| i64::from(*n));
+    let (mut rows, mut reached, mut let_go, mut stack) = (memo.rows, HashSet::new(), Vec::new(), vec![root]);
+    while let Some(p) = stack.pop() {
+        if !reached.insert(p) || reached.len() as u64 > MAX_PAGES {
+            return Ok(None);
+        }
+        let known = memo.cells.contains_key(&p) || memo.interior.contains_key(&p);
+        if !touched.contains(&p) && known {
+            continue;
+        }
+        let before = memo.interior.get(&p);
+        if !dirty.contains(&p)
+            && let Some(children) = before
+        {
+            stack.extend(children.iter().rev());
+            continue;
+        }
+        rows -= cells(&p);
+        match with_page(src, table, p, |data| btree::parse_table_page(p, data, usable))? {
+            Some(Ok(TablePage::Interior { children })) => {
+                let mut now = children.clone();
+                now.sort_unstable();
+                let_go.extend(before.into_iter().flatten().filter(|c| now.binary_search(c).is_err()));
+                stack.extend(children.iter().rev());
+            }
+            Some(Ok(TablePage::Leaf { cells })) => {
+                rows += cells.len() as i64;
+                let_go.extend(before.into_iter().flatten());
+            }
+            _ => return Ok(None),
+        }
+    }
+    // The subtrees let go of and not reached elsewhere: their rows are gone.
+    while let Some(c) = let_go.pop() {
+        if reached.insert(c) {
+            rows -= cells(&c);
+            let_go.extend(memo.interior.get(&c).into_iter().flatten());
+        }
+    }
+    Ok(Some(rows))
 }

@@ -10,6 +10,7 @@ use super::prop::step;
 use super::setup;
 use crate::source::Source;
 use crate::source::pages::{Memo, Recorded, walk_followed, walk_noting};
+use crate::source::walk::rows_followed;
 
 #[test]
 fn a_followed_walk_equals_a_full_walk() {
@@ -44,6 +45,8 @@ fn a_followed_walk_equals_a_full_walk() {
                 assert_eq!(full.rows, rows, "seed {seed}, round {round}: vouched rows differ");
                 vouched += 1;
             }
+            let counted = rows_followed(&src, "t", &changed, &memo).unwrap().expect("rows followed");
+            assert_eq!(counted, full.rows, "seed {seed}, round {round}: rows followed differ");
             let old = Recorded::parse(&bytes, "x").unwrap();
             let (w, read) = walk_followed(&src, "t", &old, &changed, &mut memo).unwrap().expect("a followed walk");
             assert_eq!(w.state, full.state, "seed {seed}, round {round}: followed state differs");
