@@ -175,7 +175,7 @@ pub async fn restore(
     std::fs::rename(&tmp, to)
         .map_err(|e| RestoreError::Other(format!("rename {} to {}: {e}", tmp.display(), to.display())))?;
     let mut report = RestoreReport { integrity, ..Default::default() };
-    report.bytes = std::fs::metadata(to).map(|m| m.len()).unwrap_or(0);
+    report.bytes = std::fs::metadata(to).map_or(0, |m| m.len());
     for t in &tables {
         let c = counts.get(&t.name).cloned().unwrap_or_default();
         report.rows += c.rows;
@@ -424,8 +424,14 @@ fn write_db(path: &Path, tables: &[TableState], mut rx: mpsc::Receiver<Msg>) -> 
          PRAGMA cache_size = -16384;",
     )
     .map_err(err(""))?;
+    // Unique indexes before the rows, so that a row brought back by
+    // `--include-deleted-since` that collides with a live one is skipped (INSERT OR
+    // IGNORE) instead of failing the index built afterwards.
     for t in tables {
         conn.execute_batch(&t.ddl).map_err(err(&t.name))?;
+        for ddl in t.extra.iter().filter(|d| is_unique_index(d)) {
+            conn.execute_batch(ddl).map_err(err(&t.name))?;
+        }
     }
     let mut counts = Counts::new();
     let mut current: Option<Current> = None;
@@ -454,13 +460,25 @@ fn write_db(path: &Path, tables: &[TableState], mut rx: mpsc::Receiver<Msg>) -> 
         }
     }
     txn.commit().map_err(err(""))?;
+    let started = std::time::Instant::now();
+    tracing::info!(rows = counts.values().map(|c| c.rows).sum::<u64>(), "restore: rows written");
     finish_db(&mut conn, tables, &err)?;
+    tracing::info!(ms = started.elapsed().as_millis(), "restore: indexes and triggers created");
+    let started = std::time::Instant::now();
     let integrity: String = conn.query_row("PRAGMA integrity_check", [], |r| r.get(0)).map_err(err(""))?;
+    tracing::info!(ms = started.elapsed().as_millis(), %integrity, "restore: integrity checked");
     Ok((counts, integrity))
 }
 
-/// Indexes and triggers after the rows (faster, and triggers must not fire on them), then
-/// WAL mode, as Open WebUI runs it.
+/// Whether `ddl` (one statement of the source's `sqlite_schema`) creates a unique index.
+fn is_unique_index(ddl: &str) -> bool {
+    let words: Vec<String> = ddl.split_whitespace().take(3).map(str::to_ascii_uppercase).collect();
+    words.get(1).map(String::as_str) == Some("UNIQUE") && words.get(2).map(String::as_str) == Some("INDEX")
+}
+
+/// The other indexes and the triggers after the rows: an index built from the rows
+/// costs less than one filled row by row (BENCHMARKS.md, "Restore"), and triggers must
+/// not fire on them. Then WAL mode, as Open WebUI runs it.
 fn finish_db<F, E>(conn: &mut Connection, tables: &[TableState], err: &F) -> Result<(), RestoreError>
 where
     F: Fn(&str) -> E,
@@ -468,11 +486,25 @@ where
 {
     let txn = conn.transaction().map_err(err(""))?;
     for t in tables {
-        for ddl in &t.extra {
+        for ddl in t.extra.iter().filter(|d| !is_unique_index(d)) {
             txn.execute_batch(ddl).map_err(err(&t.name))?;
         }
     }
     txn.commit().map_err(err(""))?;
     conn.execute_batch("PRAGMA journal_mode = WAL;").map_err(err(""))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_unique_index;
+
+    #[test]
+    fn unique_indexes_are_told_from_other_statements() {
+        assert!(is_unique_index("CREATE UNIQUE INDEX ix ON user (lower(email)) WHERE email IS NOT NULL"));
+        assert!(is_unique_index("create  unique\nindex if not exists ix on prompt (command)"));
+        assert!(!is_unique_index("CREATE INDEX unique_idx ON chat (user_id)"));
+        assert!(!is_unique_index("CREATE TRIGGER unique AFTER INSERT ON chat BEGIN SELECT 1; END"));
+        assert!(!is_unique_index("CREATE TABLE unique_index (a)"));
+    }
 }

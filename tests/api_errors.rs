@@ -30,6 +30,7 @@ fn api(url: &str, pool: PgPool, cluster: &str, token: Option<&str>) -> Router {
         spec_poll: Duration::from_secs(2),
         max_concurrency: 1,
         sync_connections: 1,
+        table_connections: 1,
         stall_after: 5,
         history_retention: None,
     };

@@ -55,7 +55,7 @@ fn tenants(env: &TestEnv, n: usize, users: u32) -> Vec<String> {
     names
 }
 
-async fn wait_synced(env: &TestEnv, names: &[String]) {
+fn wait_synced(env: &TestEnv, names: &[String]) {
     for name in names {
         let target = format!("client/{name}");
         ok(&env.ctl(&["wait", &target, "--for", "condition=Synced", "--timeout", "180s"]));
@@ -85,7 +85,7 @@ async fn a_pair_with_the_default_budget_stays_within_six_sessions_and_two_when_i
     let stop = Arc::new(AtomicBool::new(false));
     let sampler = sample(admin.clone(), "node-a", stop.clone());
     let names = tenants(&env, 6, 60);
-    wait_synced(&env, &names).await;
+    wait_synced(&env, &names);
     stop.store(true, Ordering::Relaxed);
     let (peak, leader_peak, samples) = sampler.await.unwrap();
     println!("FIGURE budget: pair peak {peak} sessions (leader {leader_peak}) over {samples} samples, 6 tenants");
@@ -126,7 +126,7 @@ async fn a_budget_smaller_than_the_concurrency_makes_tenants_wait_not_fail() {
     let stop = Arc::new(AtomicBool::new(false));
     let sampler = sample(admin.clone(), "node-a", stop.clone());
     let names = tenants(&env, 8, 40);
-    wait_synced(&env, &names).await;
+    wait_synced(&env, &names);
     stop.store(true, Ordering::Relaxed);
     let (peak, _, samples) = sampler.await.unwrap();
     println!("FIGURE budget: --max-connections 3 peak {peak} sessions over {samples} samples, 8 tenants");

@@ -111,7 +111,7 @@ async fn converges(env: &TestEnv, schema: &str, src: &Path, timeout: Duration, w
 }
 
 async fn http_status(d: &Daemon, path: &str) -> u16 {
-    reqwest::get(d.url(path)).await.map(|r| r.status().as_u16()).unwrap_or(0)
+    reqwest::get(d.url(path)).await.map_or(0, |r| r.status().as_u16())
 }
 
 /// Starts `node` and waits until it leads (with its tenant's first sync done by it

@@ -11,7 +11,7 @@ use common::daemon::{Daemon, eventually};
 async fn timed_status(d: &Daemon, path: &str) -> (u16, Duration) {
     let t = Instant::now();
     let r = reqwest::Client::new().get(d.url(path)).timeout(Duration::from_secs(30)).send().await;
-    (r.map(|r| r.status().as_u16()).unwrap_or(0), t.elapsed())
+    (r.map_or(0, |r| r.status().as_u16()), t.elapsed())
 }
 
 #[tokio::test(flavor = "multi_thread")]

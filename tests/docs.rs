@@ -111,7 +111,7 @@ fn docs_and_ci_name_only_commands_and_flags_that_exist() {
     for f in files {
         let origin = f.strip_prefix(root()).unwrap().display().to_string();
         let text = std::fs::read_to_string(&f).unwrap_or_else(|e| panic!("{origin}: {e}"));
-        let is_md = origin.ends_with(".md");
+        let is_md = std::path::Path::new(&origin).extension().is_some_and(|e| e.eq_ignore_ascii_case("md"));
         // Units to check, each with its line and whether it describes a plan: joined shell
         // lines of code blocks (and of the CI file), and prose paragraphs (or list items)
         // for their inline `owsyncctl ...` spans.
@@ -429,15 +429,12 @@ fn code_block_lines(text: &str) -> Vec<(usize, String)> {
         if logical.is_empty() {
             first = n + 1;
         }
-        match t.strip_suffix('\\') {
-            Some(body) => {
-                logical.push_str(body);
-                logical.push(' ');
-            }
-            None => {
-                logical.push_str(t);
-                out.push((first, std::mem::take(&mut logical)));
-            }
+        if let Some(body) = t.strip_suffix('\\') {
+            logical.push_str(body);
+            logical.push(' ');
+        } else {
+            logical.push_str(t);
+            out.push((first, std::mem::take(&mut logical)));
         }
     }
     out

@@ -98,7 +98,7 @@ async fn an_interrupted_evacuation_finishes_on_a_rerun_without_restoring_twice()
         root.to_str().unwrap(),
         "--admin-url-file",
     ];
-    let mut argv: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    let mut argv: Vec<String> = args.iter().map(std::string::ToString::to_string).collect();
     argv.push(admin_arg(&env));
     let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
     let out = env.ctl(&argv);

@@ -391,7 +391,7 @@ async fn missing_the_renew_deadline_aborts_every_in_flight_sync() {
             seen_r.lock().unwrap().push(n);
             (n == 3).then_some(())
         })
-        .await
+        .await;
     })
     .await;
     if waited.is_err() {

@@ -32,7 +32,14 @@ async fn a_new_table_is_copied_straight_in_then_synced_through_the_stage() {
     let pool = env.sync_pool().await;
     let admin = env.admin_pool().await;
     let spec = owsync::store::specs::get(&pool, &env.cluster, "acme").await.unwrap().spec;
-    let job = SyncJob { pool: &pool, cluster: &env.cluster, client: "acme", spec: &spec, fence: None };
+    let job = SyncJob {
+        pool: &pool,
+        cluster: &env.cluster,
+        client: "acme",
+        spec: &spec,
+        fence: None,
+        options: Default::default(),
+    };
 
     let first = sync_tenant(&job).await.unwrap();
     assert!(first.failed.is_empty(), "{:?}", first.failed);
@@ -111,7 +118,14 @@ async fn a_failed_direct_copy_leaves_no_rows_and_no_table_state() {
     let pool = env.sync_pool().await;
     let admin = env.admin_pool().await;
     let spec = owsync::store::specs::get(&pool, &env.cluster, "acme").await.unwrap().spec;
-    let job = SyncJob { pool: &pool, cluster: &env.cluster, client: "acme", spec: &spec, fence: None };
+    let job = SyncJob {
+        pool: &pool,
+        cluster: &env.cluster,
+        client: "acme",
+        spec: &spec,
+        fence: None,
+        options: Default::default(),
+    };
 
     let r = sync_tenant(&job).await.unwrap();
     assert!(r.failed.contains_key("clash"), "{r:?}");

@@ -58,7 +58,14 @@ async fn followed_syncs_keep_the_mirror_equal_to_the_source() {
     let mut writer = Some(open_writer(&db));
     let pool = env.sync_pool().await;
     let spec = owsync::store::specs::get(&pool, &env.cluster, "fol").await.unwrap().spec;
-    let job = SyncJob { pool: &pool, cluster: &env.cluster, client: "fol", spec: &spec, fence: None };
+    let job = SyncJob {
+        pool: &pool,
+        cluster: &env.cluster,
+        client: "fol",
+        spec: &spec,
+        fence: None,
+        options: Default::default(),
+    };
     // Polled between syncs, as owsyncd's follower task does.
     let handle = owsync::source::follow::register(&db);
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use common::compare::mirror_diff;
 use common::{TestEnv, gen_db, ok};
 use owsync::fixtures::{JournalMode, MutateOptions, OpKind, SchemaFlavor, mutate};
-use owsync::sync::{SyncJob, SyncReport, sync_tenant, sync_tenant_with};
+use owsync::sync::{SyncJob, SyncReport, sync_tenant};
 
 const CHAT_OPS: [OpKind; 10] = [
     OpKind::AppendTurn,
@@ -35,7 +35,7 @@ fn cpu() -> Duration {
     // SAFETY: getrusage fills the struct it is given.
     let mut u: libc::rusage = unsafe { std::mem::zeroed() };
     // SAFETY: as above.
-    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &raw mut u) };
     let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
     tv(u.ru_utime) + tv(u.ru_stime)
 }
@@ -52,7 +52,7 @@ async fn timed(job: &SyncJob<'_>) -> (SyncReport, Run) {
     let r = sync_tenant(job).await.unwrap();
     let run = Run {
         secs: t.elapsed().as_secs_f64(),
-        cpu: (cpu() - c).as_secs_f64(),
+        cpu: cpu().checked_sub(c).unwrap().as_secs_f64(),
         pages: r.tables.values().map(|t| t.pages_read).sum(),
         captures: format!("chat {}, chat_message {}", r.tables["chat"].capture, r.tables["chat_message"].capture),
     };
@@ -78,7 +78,14 @@ async fn following_the_wal_costs_what_changed() {
     mutate(&db, &MutateOptions { ops: 1, seed: 1, only: Some(CHAT_OPS.to_vec()), ..Default::default() }).unwrap();
     let pool = env.sync_pool().await;
     let spec = owsync::store::specs::get(&pool, &env.cluster, "costs").await.unwrap().spec;
-    let job = SyncJob { pool: &pool, cluster: &env.cluster, client: "costs", spec: &spec, fence: None };
+    let job = SyncJob {
+        pool: &pool,
+        cluster: &env.cluster,
+        client: "costs",
+        spec: &spec,
+        fence: None,
+        options: Default::default(),
+    };
     let (mut fol, mut walk) = (Vec::new(), Vec::new());
     for round in 0..rounds * 2 {
         let follow = round % 2 == 0;
@@ -86,7 +93,7 @@ async fn following_the_wal_costs_what_changed() {
         if follow {
             // A sync that walks and records what the next one follows on from (an unchanged
             // source would be skipped without a walk).
-            sync_tenant_with(&job, true).await.unwrap();
+            sync_tenant(&job.full()).await.unwrap();
         }
         let poll = handle.clone();
         let opts = MutateOptions { ops: changed, seed: 7 + round, only: Some(CHAT_OPS.to_vec()), ..Default::default() };

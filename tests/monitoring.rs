@@ -211,7 +211,7 @@ fn promql_uses(expr: &str) -> Used {
 fn check_expr(where_: &str, expr: &str, exported: &Exported) -> Vec<String> {
     let used = promql_uses(expr);
     assert!(!used.metrics.is_empty(), "{where_}: no metric in {expr:?}");
-    let mut available: BTreeSet<String> = TARGET_LABELS.iter().map(|s| s.to_string()).collect();
+    let mut available: BTreeSet<String> = TARGET_LABELS.iter().map(std::string::ToString::to_string).collect();
     for (metric, matchers) in &used.metrics {
         let labels = exported.series.get(metric).unwrap_or_else(|| {
             panic!(
@@ -561,7 +561,7 @@ fn docs_name_only_exported_metrics_and_labels() {
                         if in_table && let Some(col) = cells.get(2) {
                             // The labels column, less the values in parentheses.
                             let col: String = col.split('(').map(|p| p.split_once(')').map_or(p, |(_, r)| r)).collect();
-                            labels.extend(code_spans(&col).iter().map(|l| l.to_string()));
+                            labels.extend(code_spans(&col).iter().map(std::string::ToString::to_string));
                         }
                         found.push((names, labels));
                     }

@@ -122,7 +122,10 @@ async fn restart_while_idle_reconnects_reelects_and_resyncs() {
         js.iter().any(|j| j.epoch == epoch_after && j.status == "succeeded").then_some(())
     })
     .await;
-    println!("the resync recorded its success {:?} after the mirror converged", t.elapsed() - converged);
+    println!(
+        "the resync recorded its success {:?} after the mirror converged",
+        t.elapsed().checked_sub(converged).unwrap()
+    );
     let log = d.log_text();
     assert!(log.contains("stepping down"), "{log}");
     println!(

@@ -59,7 +59,7 @@ async fn synced_by(pool: &PgPool, cluster: &str, nodes: &[&str], since: chrono::
          WHERE cluster_name = $1 AND leader_id = ANY($2) AND status = 'succeeded' AND finished_at > $3",
     )
     .bind(cluster)
-    .bind(nodes.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+    .bind(nodes.iter().map(std::string::ToString::to_string).collect::<Vec<_>>())
     .bind(since)
     .fetch_one(pool)
     .await
@@ -168,7 +168,7 @@ async fn a_lost_host_comes_back_on_another_with_every_synced_row() {
     // No row A had synced is lost: every restored file equals its mirror.
     assert_eq!(differences(&env, HOST_B, n), (0, 0), "restored files differ from the mirrors");
     let b1 = Daemon::start_in(&env, HOST_B, "b1", &FLAGS);
-    let _b2 = Daemon::start_in(&env, HOST_B, "b2", &FLAGS);
+    let b2 = Daemon::start_in(&env, HOST_B, "b2", &FLAGS);
     eventually(Duration::from_secs(120), "host B synced every tenant", || async {
         (synced_by(&admin, HOST_B, &["b1", "b2"], evac_start).await == n as i64).then_some(())
     })
@@ -188,7 +188,7 @@ async fn a_lost_host_comes_back_on_another_with_every_synced_row() {
         (differences(&env, HOST_B, n).0 == 0).then_some(())
     })
     .await;
-    assert!(b1.log_text().contains("leader") || _b2.log_text().contains("leader"), "B's pair leads");
+    assert!(b1.log_text().contains("leader") || b2.log_text().contains("leader"), "B's pair leads");
     // And it wrote no tombstone.
     let reports = b_runs(&admin).await;
     every_table(&reports, "tombstoned", "spurious tombstones");

@@ -127,6 +127,16 @@ async fn rows_deleted_after_a_time_come_back() {
     let before_delete = chrono::Utc::now();
     let c = rusqlite::Connection::open(&db).unwrap();
     c.execute_batch("DELETE FROM chat WHERE rowid IN (SELECT rowid FROM chat ORDER BY rowid LIMIT 5)").unwrap();
+    // A user deleted and created again with the same email: the old row is tombstoned,
+    // and brought back it would collide with the live one in the unique index on
+    // lower(email): it stays out.
+    c.execute_batch(
+        "CREATE TEMP TABLE u AS SELECT * FROM user WHERE rowid = (SELECT min(rowid) FROM user);
+         DELETE FROM user WHERE rowid = (SELECT min(rowid) FROM user);
+         UPDATE u SET id = 'replacement-' || id;
+         INSERT INTO user SELECT * FROM u;",
+    )
+    .unwrap();
     drop(c);
     ok(&env.ctl(&["sync", "acme", "--once"]));
     let plain = env.path("plain.db");
@@ -138,6 +148,8 @@ async fn rows_deleted_after_a_time_come_back() {
     assert!(out.lines().any(|l| l.starts_with("chat ") && l.contains(" 35 ") && l.contains(" 5 ")), "{out}");
     assert!(out.contains(" deleted rows brought back"), "{out}");
     assert_eq!(count(&undo, "chat"), 40);
+    assert_eq!(count(&undo, "user"), 4, "the revived user that collides with a live one stays out");
+    assert!(out.lines().any(|l| l.starts_with("user ") && l.split_whitespace().last() == Some("1")), "{out}");
     let later = env.path("later.db");
     ok(&env.ctl(&["restore", "acme", "--to", later.to_str().unwrap(), "--include-deleted-since", "0s"]));
     assert_eq!(count(&later, "chat"), 35, "nothing was deleted after now");

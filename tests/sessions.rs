@@ -16,18 +16,18 @@ fn nodelay_of_sockets_towards(port: u16) -> Vec<bool> {
         unsafe {
             let mut addr: libc::sockaddr_storage = std::mem::zeroed();
             let mut alen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-            if libc::getpeername(fd, (&mut addr as *mut libc::sockaddr_storage).cast(), &mut alen) != 0
+            if libc::getpeername(fd, (&raw mut addr).cast(), &raw mut alen) != 0
                 || i32::from(addr.ss_family) != libc::AF_INET
             {
                 continue;
             }
-            let sin = &*(&addr as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>();
+            let sin = &*(&raw const addr).cast::<libc::sockaddr_in>();
             if u16::from_be(sin.sin_port) != port {
                 continue;
             }
             let mut v: libc::c_int = 0;
             let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-            libc::getsockopt(fd, libc::IPPROTO_TCP, libc::TCP_NODELAY, (&mut v as *mut libc::c_int).cast(), &mut len);
+            libc::getsockopt(fd, libc::IPPROTO_TCP, libc::TCP_NODELAY, (&raw mut v).cast(), &raw mut len);
             out.push(v != 0);
         }
     }

@@ -154,7 +154,7 @@ async fn every_key_shape_and_name_is_mirrored() {
         "rowid_col",
     ]
     .iter()
-    .map(|s| s.to_string())
+    .map(std::string::ToString::to_string)
     .collect();
     assert_eq!(mirrored_tables(&pool, "client_shapes").await, want);
 

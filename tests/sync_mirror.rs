@@ -267,9 +267,15 @@ async fn sync_under_writes(prefix: &str, journal: JournalMode) -> Stalls {
                 BUSY_SLEPT.with(|b| b.set(Duration::ZERO));
                 let t = Instant::now();
                 c.execute("INSERT INTO probe (at, note) VALUES (?1, 'x')", [commits.len() as i64]).unwrap();
-                let lock_wait = FIRST_BUSY.with(|b| b.get()).map(|f| f.elapsed()).unwrap_or_default();
-                let slept = BUSY_SLEPT.with(|b| b.get());
-                commits.push(Commit { at: t, took: t.elapsed(), busy: BUSY_WAITS.with(|b| b.get()), lock_wait, slept });
+                let lock_wait = FIRST_BUSY.with(std::cell::Cell::get).map(|f| f.elapsed()).unwrap_or_default();
+                let slept = BUSY_SLEPT.with(std::cell::Cell::get);
+                commits.push(Commit {
+                    at: t,
+                    took: t.elapsed(),
+                    busy: BUSY_WAITS.with(std::cell::Cell::get),
+                    lock_wait,
+                    slept,
+                });
                 std::thread::sleep(Duration::from_millis(10));
             }
             commits

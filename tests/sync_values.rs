@@ -90,7 +90,7 @@ fn assert_no_diffs(diffs: &[String]) {
     assert!(diffs.is_empty(), "{} differences, first: {:#?}", diffs.len(), &diffs[..diffs.len().min(10)]);
 }
 
-async fn sync_new(env: &TestEnv, name: &str, db: &Path) -> std::process::Output {
+fn sync_new(env: &TestEnv, name: &str, db: &Path) -> std::process::Output {
     let m = env.manifest(name, db, "");
     ok(&env.ctl(&["apply", "-f", m.to_str().unwrap()]));
     env.ctl(&["sync", name, "--once"])
@@ -122,7 +122,7 @@ async fn every_representable_value_round_trips() {
         .unwrap();
     println!("r/j/n storage classes: {classes}");
     drop(c);
-    let out = ok(&sync_new(&env, "vals", &db).await);
+    let out = ok(&sync_new(&env, "vals", &db));
     let pool = env.sync_pool().await;
     let (diffs, n) = mirror_diff(&pool, "client_vals", &db).await;
     assert_no_diffs(&diffs);
@@ -228,7 +228,7 @@ async fn unfit_values_are_quarantined_and_everything_else_syncs() {
     let c = Connection::open(&db).unwrap();
     c.execute_batch(UNFIT_DDL).unwrap();
     c.execute("INSERT INTO bad_nul VALUES ('k-nul', ?1)", ["a\0b"]).unwrap();
-    let o = sync_new(&env, "unfit", &db).await;
+    let o = sync_new(&env, "unfit", &db);
     assert!(o.status.success(), "stdout: {}\nstderr: {}", stdout(&o), stderr(&o));
     assert!(stdout(&o).contains("clientsync/unfit synced: 8 tables"), "{}", stdout(&o));
 
@@ -285,7 +285,7 @@ async fn distinct_unfit_keys_stay_distinct_in_the_quarantine() {
     )
     .unwrap();
     c.execute("INSERT INTO t VALUES (?1, 'three')", ["nul\0key"]).unwrap();
-    let o = sync_new(&env, "keys", &db).await;
+    let o = sync_new(&env, "keys", &db);
     assert!(o.status.success(), "{}", stderr(&o));
     let pool = env.sync_pool().await;
     let open = open_quarantine(&pool, "keys").await;

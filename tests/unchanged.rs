@@ -25,7 +25,14 @@ async fn unchanged_source_is_skipped_and_any_change_is_not() {
     // In-process, as the daemon runs it: time the unchanged cycle.
     let pool = env.sync_pool().await;
     let spec = owsync::store::specs::get(&pool, &env.cluster, "acme").await.unwrap().spec;
-    let job = SyncJob { pool: &pool, cluster: &env.cluster, client: "acme", spec: &spec, fence: None };
+    let job = SyncJob {
+        pool: &pool,
+        cluster: &env.cluster,
+        client: "acme",
+        spec: &spec,
+        fence: None,
+        options: Default::default(),
+    };
     let mut times = Vec::new();
     for _ in 0..20 {
         let t = Instant::now();

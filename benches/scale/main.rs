@@ -107,19 +107,19 @@ fn parse_args(argv: &[String]) -> Result<Args> {
 
 fn main() -> Result<()> {
     let argv: Vec<String> = std::env::args().skip(1).collect();
-    let _smoke_dir;
+    let smoke_dir;
     let args = if argv.iter().any(|x| x == "--bench") {
         parse_args(&argv)?
     } else {
         if argv.iter().any(|x| x == "--list") {
             return Ok(());
         }
-        _smoke_dir = tempfile::tempdir()?;
+        smoke_dir = tempfile::tempdir()?;
         // A window longer than the 10 s interval, so it sees cycles however late the first
         // syncs ended.
         let smoke = ["--tenants", "20", "--steady", "12", "--changes", "10", "--no-write"];
         let mut a = parse_args(&smoke.map(String::from))?;
-        a.work = _smoke_dir.path().to_path_buf();
+        a.work = smoke_dir.path().to_path_buf();
         a.strict = true;
         eprintln!("scale: no --bench flag (cargo test): smoke run; `cargo bench --bench scale` measures");
         a
@@ -249,7 +249,7 @@ async fn run(a: Args) -> Result<()> {
     let health = format!("http://{listen}/health");
     let t = Instant::now();
     loop {
-        let h = reqwest::get(&health).await.ok().map(|r| r.json::<serde_json::Value>());
+        let h = reqwest::get(&health).await.ok().map(reqwest::Response::json::<serde_json::Value>);
         let leader = match h {
             Some(f) => f.await.ok().and_then(|v| v["is_leader"].as_bool()).unwrap_or(false),
             None => false,
@@ -323,7 +323,7 @@ fn render(
     lag: &Lag,
 ) -> String {
     let mut r = String::new();
-    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
     r.push_str(&format!(
         "Run: `cargo bench --bench scale -- --tenants {} --chats {} --interval {} --steady {} --changes {}{}` on {cpus} \
          cores, {} ({build}, one leader{}, throwaway PostgreSQL with fsync off).\n\n",

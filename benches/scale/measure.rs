@@ -51,7 +51,7 @@ impl Proc {
         Ok(Sample {
             ticks: f[11] + f[12],
             rss_kib: field("VmRSS:"),
-            fds: std::fs::read_dir(format!("/proc/{}/fd", self.pid)).map(|d| d.count()).unwrap_or(0),
+            fds: std::fs::read_dir(format!("/proc/{}/fd", self.pid)).map_or(0, std::iter::Iterator::count),
             threads: field("Threads:") as usize,
         })
     }
@@ -66,12 +66,12 @@ pub fn postmaster_pid(data_dir: &Path) -> Result<u32> {
 
 /// CPU ticks of the postmaster and all its children, living and exited.
 fn pg_ticks(postmaster: u32) -> u64 {
-    let mut total = stat_fields(postmaster).map(|f| f[11] + f[12] + f[13] + f[14]).unwrap_or(0);
+    let mut total = stat_fields(postmaster).map_or(0, |f| f[11] + f[12] + f[13] + f[14]);
     if let Ok(dir) = std::fs::read_dir("/proc") {
         for e in dir.flatten() {
             let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
             if let Some(f) = stat_fields(pid)
-                && f[1] == postmaster as u64
+                && f[1] == u64::from(postmaster)
             {
                 total += f[11] + f[12];
             }

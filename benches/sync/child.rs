@@ -5,7 +5,7 @@ use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use owsync::sync::{SyncJob, sync_tenant};
+use owsync::sync::{SyncJob, SyncOptions, sync_tenant};
 use serde::Serialize;
 use serde_json::{Value as J, json};
 use sqlx::{AssertSqlSafe, PgConnection};
@@ -34,14 +34,15 @@ pub fn child(argv: &[String]) -> Result<()> {
         // owsync::store::connect sets TCP_NODELAY and lz4 on each connection (store::session).
         let pool = owsync::store::connect(&url, "owsync-bench", 4).await?;
         // As owsyncd --table-connections: OWSYNC_TABLE_CONNECTIONS, when set, to compare.
+        let mut options = SyncOptions::default();
         if let Some(n) = std::env::var("OWSYNC_TABLE_CONNECTIONS").ok().and_then(|v| v.parse().ok()) {
-            owsync::sync::set_table_connections(n);
+            options.table_connections = n;
         }
         let spec = owsync::store::specs::get(&pool, cluster, client).await?.spec;
         // A warm connection, as the daemon's pool has.
         sqlx::query("SELECT 1").execute(&pool).await?;
         let hwm_before = vm_kib("VmHWM:");
-        let job = SyncJob { pool: &pool, cluster, client, spec: &spec, fence: None };
+        let job = SyncJob { pool: &pool, cluster, client, spec: &spec, fence: None, options };
         let (t0, c0) = (Instant::now(), cpu_secs());
         let r = sync_tenant(&job).await?;
         let (secs, cpu) = (t0.elapsed().as_secs_f64(), cpu_secs() - c0);

@@ -55,7 +55,7 @@ pub fn follow_child(argv: &[String]) -> Result<()> {
                 }
             })
         };
-        let job = SyncJob { pool: &pool, cluster, client, spec: &spec, fence: None };
+        let job = SyncJob { pool: &pool, cluster, client, spec: &spec, fence: None, options: Default::default() };
         let mut out = std::io::stdout().lock();
         for line in std::io::stdin().lock().lines() {
             let answer = match line?.trim() {

@@ -245,7 +245,14 @@ pub async fn rounds(
 pub async fn unchanged_cycles(runs: usize, sync_url: &str) -> Result<Unchanged> {
     let pool = owsync::store::connect(sync_url, "owsync-bench", 2).await?;
     let spec = owsync::store::specs::get(&pool, CLUSTER, CLIENT).await?.spec;
-    let job = SyncJob { pool: &pool, cluster: CLUSTER, client: CLIENT, spec: &spec, fence: None };
+    let job = SyncJob {
+        pool: &pool,
+        cluster: CLUSTER,
+        client: CLIENT,
+        spec: &spec,
+        fence: None,
+        options: Default::default(),
+    };
     let mut all_skipped = true;
     for _ in 0..3 {
         all_skipped &= sync_tenant(&job).await?.unchanged;

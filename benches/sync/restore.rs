@@ -51,7 +51,7 @@ fn timed(cmd: &mut Command, time_file: &Path) -> Result<(f64, Option<f64>, Outpu
     };
     run.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
     let t0 = Instant::now();
-    let out = run.output().with_context(|| format!("run {:?}", run.get_program()))?;
+    let out = run.output().with_context(|| format!("run {}", run.get_program().display()))?;
     let secs = t0.elapsed().as_secs_f64();
     let rss = have_time
         .then(|| std::fs::read_to_string(time_file).unwrap_or_default())
@@ -77,7 +77,7 @@ fn count_mismatches(file: &Path, want: &BTreeMap<String, u64>) -> Result<Vec<Str
     Ok(want
         .iter()
         .filter(|(t, n)| got.get(*t) != Some(n))
-        .map(|(t, n)| format!("{t} {}/{n}", got.get(t).map_or("missing".into(), |g| g.to_string())))
+        .map(|(t, n)| format!("{t} {}/{n}", got.get(t).map_or("missing".into(), std::string::ToString::to_string)))
         .collect())
 }
 

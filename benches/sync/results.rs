@@ -57,26 +57,23 @@ pub struct FirstCase {
 pub fn merge_case(cases: &mut Vec<FirstCase>, mut case: FirstCase, copy_secs: Option<f64>) {
     let t = case.secs.unwrap_or(f64::NAN);
     let ratio = copy_secs.map_or(f64::NAN, |c| t / c);
-    match cases.iter_mut().find(|c| c.name == case.name) {
-        Some(c) => {
-            c.runs.push(t);
-            c.ratios.push(ratio);
-            let mut ok_runs: Vec<f64> = c.runs.iter().copied().filter(|x| x.is_finite()).collect();
-            c.secs = (!ok_runs.is_empty()).then(|| median(&mut ok_runs));
-            c.rss_mib = match (c.rss_mib, case.rss_mib) {
-                (Some(x), Some(y)) => Some(x.max(y)),
-                (x, y) => x.or(y),
-            };
-            if c.ok && !case.ok {
-                c.note = case.note;
-            }
-            c.ok &= case.ok;
+    if let Some(c) = cases.iter_mut().find(|c| c.name == case.name) {
+        c.runs.push(t);
+        c.ratios.push(ratio);
+        let mut ok_runs: Vec<f64> = c.runs.iter().copied().filter(|x| x.is_finite()).collect();
+        c.secs = (!ok_runs.is_empty()).then(|| median(&mut ok_runs));
+        c.rss_mib = match (c.rss_mib, case.rss_mib) {
+            (Some(x), Some(y)) => Some(x.max(y)),
+            (x, y) => x.or(y),
+        };
+        if c.ok && !case.ok {
+            c.note = case.note;
         }
-        None => {
-            case.runs = vec![t];
-            case.ratios = vec![ratio];
-            cases.push(case);
-        }
+        c.ok &= case.ok;
+    } else {
+        case.runs = vec![t];
+        case.ratios = vec![ratio];
+        cases.push(case);
     }
 }
 

@@ -48,7 +48,7 @@ pub fn gather_env(a: &Args, pg_bin: &Path) -> Env {
     Env {
         date: sh("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
         git,
-        nproc: std::thread::available_parallelism().map_or(0, |n| n.get()),
+        nproc: std::thread::available_parallelism().map_or(0, std::num::NonZero::get),
         cpu,
         mem_gib: mem_kib / 1024.0 / 1024.0,
         kernel: sh("uname", &["-r"]),

@@ -145,8 +145,8 @@ pub async fn run_cache_invalidation(app: App, stop: CancellationToken) {
                 Ok(None) | Err(RecvError::Lagged(_)) => true,
                 Err(RecvError::Closed) => return,
             },
-            _ = poll => true,
-            _ = stop.cancelled() => return,
+            () = poll => true,
+            () = stop.cancelled() => return,
         };
         if !catch_up {
             continue;

@@ -134,7 +134,7 @@ async fn show(pool: &PgPool, name: &str) -> Result<(Vec<cl::TenantRow>, Vec<cl::
     match &view.lease {
         Some(l) if l.held() => println!("  Leader:   {} (epoch {}, lease valid)", l.leader_id, l.epoch),
         Some(l) if !l.expired => {
-            println!("  Leader:   none (last {} at epoch {}, its lease session is gone)", l.leader_id, l.epoch)
+            println!("  Leader:   none (last {} at epoch {}, its lease session is gone)", l.leader_id, l.epoch);
         }
         Some(l) => println!("  Leader:   none (last {} at epoch {}, lease expired)", l.leader_id, l.epoch),
         None => println!("  Leader:   none (no lease row)"),
@@ -186,27 +186,52 @@ async fn deregister(a: DeregisterArgs) -> Result<ExitCode, CliError> {
     }
     let enabled: Vec<&cl::TenantRow> = tenants.iter().filter(|t| t.enabled && !t.deleted).collect();
     if !enabled.is_empty() {
-        eprintln!(
-            "error: refusing to deregister cluster {name}: {} tenant(s) still have sync enabled; nothing was changed",
-            enabled.len()
-        );
-        for t in &enabled {
-            let phase = if t.phase.is_empty() { "Pending" } else { t.phase.as_str() };
-            eprintln!("  clientsync/{} (phase {phase}, mirror schema {})", t.name, t.schema);
-        }
-        eprintln!("Ways out, for each of them:");
-        eprintln!(
-            "  1. disable it: set spec.enabled: false in its manifest, then `owsyncctl apply -f FILE --cluster {name}`"
-        );
-        eprintln!(
-            "  2. move it to another cluster: `owsyncctl move NAME --to-cluster OTHER --cluster {name} --admin-url-file F`"
-        );
-        eprintln!(
-            "  3. decommission it: `owsyncctl delete client NAME --force --cluster {name}` (its mirror schema is kept)"
-        );
-        eprintln!("then run `owsyncctl cluster deregister {name}` again.");
+        refuse_enabled(name, &enabled);
         return Ok(ExitCode::from(1));
     }
+    warn_before_deregister(&tenants, &hosts);
+    if !a.yes && !confirmed(name) {
+        return Ok(ExitCode::from(1));
+    }
+    let d = cl::deregister(&pool, name).await.map_err(cerr)?;
+    match d.epoch {
+        Some((old, new)) => {
+            println!("lease/{name} released: epoch {old} -> {new} (fenced writes of a still-running leader fail)");
+        }
+        None => println!("lease/{name}: none to release"),
+    }
+    for c in d.removed.iter().filter(|c| c.rows > 0) {
+        println!("sync_metadata.{}: {} row(s) deleted", c.table, c.rows);
+    }
+    println!("cluster/{name} retired: its replicas can no longer register, heartbeat or lead");
+    verify_deregistered(&pool, name, &tenants).await
+}
+
+/// Explains why a cluster with sync-enabled tenants is not deregistered, and the ways out.
+fn refuse_enabled(name: &str, enabled: &[&cl::TenantRow]) {
+    eprintln!(
+        "error: refusing to deregister cluster {name}: {} tenant(s) still have sync enabled; nothing was changed",
+        enabled.len()
+    );
+    for t in enabled {
+        let phase = if t.phase.is_empty() { "Pending" } else { t.phase.as_str() };
+        eprintln!("  clientsync/{} (phase {phase}, mirror schema {})", t.name, t.schema);
+    }
+    eprintln!("Ways out, for each of them:");
+    eprintln!(
+        "  1. disable it: set spec.enabled: false in its manifest, then `owsyncctl apply -f FILE --cluster {name}`"
+    );
+    eprintln!(
+        "  2. move it to another cluster: `owsyncctl move NAME --to-cluster OTHER --cluster {name} --admin-url-file F`"
+    );
+    eprintln!(
+        "  3. decommission it: `owsyncctl delete client NAME --force --cluster {name}` (its mirror schema is kept)"
+    );
+    eprintln!("then run `owsyncctl cluster deregister {name}` again.");
+}
+
+/// Warns about what deregistering removes (tenants without sync) and replicas that look alive.
+fn warn_before_deregister(tenants: &[cl::TenantRow], hosts: &[cl::HostRow]) {
     let others: Vec<&cl::TenantRow> = tenants.iter().collect();
     if !others.is_empty() {
         println!(
@@ -223,32 +248,27 @@ async fn deregister(a: DeregisterArgs) -> Result<ExitCode, CliError> {
             h.node_id, h.age_secs
         );
     }
-    if !a.yes {
-        if !std::io::stdin().is_terminal() {
-            eprintln!("error: stdin is not a terminal, so there is no one to confirm: pass --yes to deregister {name}");
-            return Ok(ExitCode::from(1));
-        }
-        print!("Deregister cluster {name} and delete the rows above? Type the cluster name to confirm: ");
-        let _ = std::io::stdout().flush();
-        let mut answer = String::new();
-        let _ = std::io::stdin().lock().read_line(&mut answer);
-        if answer.trim() != name {
-            eprintln!("error: not confirmed; nothing was changed");
-            return Ok(ExitCode::from(1));
-        }
+}
+
+/// Asks on the terminal for the cluster's name; false (with the reason printed) unless typed.
+fn confirmed(name: &str) -> bool {
+    if !std::io::stdin().is_terminal() {
+        eprintln!("error: stdin is not a terminal, so there is no one to confirm: pass --yes to deregister {name}");
+        return false;
     }
-    let d = cl::deregister(&pool, name).await.map_err(cerr)?;
-    match d.epoch {
-        Some((old, new)) => {
-            println!("lease/{name} released: epoch {old} -> {new} (fenced writes of a still-running leader fail)")
-        }
-        None => println!("lease/{name}: none to release"),
+    print!("Deregister cluster {name} and delete the rows above? Type the cluster name to confirm: ");
+    let _ = std::io::stdout().flush();
+    let mut answer = String::new();
+    let _ = std::io::stdin().lock().read_line(&mut answer);
+    if answer.trim() != name {
+        eprintln!("error: not confirmed; nothing was changed");
+        return false;
     }
-    for c in d.removed.iter().filter(|c| c.rows > 0) {
-        println!("sync_metadata.{}: {} row(s) deleted", c.table, c.rows);
-    }
-    println!("cluster/{name} retired: its replicas can no longer register, heartbeat or lead");
-    // Verification, from a fresh connection after the commit.
+    true
+}
+
+/// Counts, from a fresh connection after the commit, what is left of the cluster; fails if anything is.
+async fn verify_deregistered(pool: &PgPool, name: &str, tenants: &[cl::TenantRow]) -> Result<ExitCode, CliError> {
     let mut conn = pool.acquire().await.map_err(|e| CliError::msg(format!("connect: {e}")))?;
     let census = cl::census(&mut conn, name).await.map_err(cerr)?;
     let left: Vec<&cl::TableCount> = census.iter().filter(|c| c.rows > 0).collect();

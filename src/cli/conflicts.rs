@@ -122,8 +122,7 @@ async fn who(pool: &sqlx::PgPool) -> String {
         None => sqlx::query_scalar::<_, String>("SELECT current_user::text")
             .fetch_one(pool)
             .await
-            .map(|r| format!("role {r}"))
-            .unwrap_or_else(|_| "unknown".into()),
+            .map_or_else(|_| "unknown".into(), |r| format!("role {r}")),
     };
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_default();
     if host.is_empty() { format!("{user} (owsyncctl)") } else { format!("{user}@{host} (owsyncctl)") }

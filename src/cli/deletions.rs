@@ -47,7 +47,7 @@ async fn approve(g: &Global, a: ApproveArgs) -> Result<ExitCode, CliError> {
                 "clientsync/{}: approved ({}): the next sync takes the new source as it is",
                 a.name,
                 p.reason.as_str()
-            )
+            );
         }
         Some(p) => {
             let tables: Vec<String> =

@@ -102,9 +102,9 @@ pub async fn evacuate(_g: &Global, a: EvacuateArgs) -> Result<ExitCode, CliError
             d.bytes as f64 / 1e6
         );
         if bar.is_hidden() {
-            eprintln!("{line}")
+            eprintln!("{line}");
         } else {
-            bar.println(line)
+            bar.println(line);
         }
         done.push(d);
     }

@@ -114,7 +114,7 @@ pub async fn get(g: &Global, a: GetArgs) -> Result<ExitCode, CliError> {
                         s.name.clone(),
                         s.spec.enabled.to_string(),
                         st.phase.as_str().to_string(),
-                        st.last_sync_time.map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string()).unwrap_or("-".into()),
+                        st.last_sync_time.map_or("-".into(), |t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string()),
                         ago(st.last_sync_time, now),
                         pending.get(&s.name).copied().unwrap_or(0).to_string(),
                         ago(Some(s.created_at), now),
@@ -145,9 +145,8 @@ fn describe_status(out: &mut String, st: &ClientSyncStatus) {
     let _ = writeln!(out, "Status:");
     let _ = writeln!(out, "  Phase:                {}", st.phase.as_str());
     let _ = writeln!(out, "  Observed Generation:  {}", st.observed_generation);
-    let fmt_t = |t: Option<DateTime<Utc>>| {
-        t.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)).unwrap_or("-".into())
-    };
+    let fmt_t =
+        |t: Option<DateTime<Utc>>| t.map_or("-".into(), |t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
     let _ = writeln!(out, "  Last Sync Time:       {}", fmt_t(st.last_sync_time));
     let _ = writeln!(out, "  Next Sync Time:       {}", fmt_t(st.next_sync_time));
     let _ = writeln!(out, "  Last Sync Duration:   {}", st.last_sync_duration.clone().unwrap_or("-".into()));

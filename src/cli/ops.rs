@@ -12,8 +12,7 @@ use crate::spec;
 use crate::spec::interval_of;
 use crate::sql::redact_url;
 use crate::store::{self, lease, migrate as mig, specs, status};
-use crate::sync::progress::with_progress;
-use crate::sync::{SyncError, SyncJob, SyncReport, sync_tenant_with};
+use crate::sync::{SyncError, SyncJob, SyncOptions, SyncReport, sync_tenant};
 
 #[derive(Debug, Args)]
 pub struct MigrateArgs {
@@ -75,16 +74,9 @@ pub struct SyncArgs {
 pub async fn sync(g: &Global, a: SyncArgs) -> Result<ExitCode, CliError> {
     let pool = g.pool().await?;
     let s = specs::get(&pool, &g.cluster, &a.name).await?;
-    if let Some(l) = lease::current(&pool, &g.cluster).await?
-        && !l.expired
-        && !a.force
-    {
-        return Err(CliError::msg(format!(
-            "owsyncd {} leads cluster {} (epoch {}); it syncs {} on its own. Pass --force to sync from here anyway",
-            l.leader_id, g.cluster, l.epoch, a.name
-        )));
-    }
-    let job = SyncJob { pool: &pool, cluster: &g.cluster, client: &a.name, spec: &s.spec, fence: None };
+    refuse_while_led(&pool, g, &a).await?;
+    let options = SyncOptions { full: a.full, ..SyncOptions::default() };
+    let job = SyncJob { pool: &pool, cluster: &g.cluster, client: &a.name, spec: &s.spec, fence: None, options };
     // Recorded as a leader's reconcile records its runs (status, sync_jobs, events), so
     // `get clients` shows the result; unfenced, as this process holds no lease.
     let node = format!("owsyncctl@{}", hostname());
@@ -93,7 +85,7 @@ pub async fn sync(g: &Global, a: SyncArgs) -> Result<ExitCode, CliError> {
     let mut schedule = Schedule::new(interval_of(&s.spec), st.consecutive_failures.max(0) as u32);
     let job_id = rec.start(&mut st, "once").await.unwrap_or(None);
     let started = std::time::Instant::now();
-    let result = run_sync(&job, &s.spec, &a).await?;
+    let result = run_sync(job, &s.spec, &a).await?;
     let run = Finished {
         job_id,
         result: &result,
@@ -118,6 +110,28 @@ pub async fn sync(g: &Global, a: SyncArgs) -> Result<ExitCode, CliError> {
         );
         return Ok(ExitCode::SUCCESS);
     }
+    print_report(&a.name, &report);
+    Ok(if report.failed.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+/// Refuses (unless `--force`) while an owsyncd leader holds the cluster's lease: two
+/// writers of one tenant.
+async fn refuse_while_led(pool: &sqlx::PgPool, g: &Global, a: &SyncArgs) -> Result<(), CliError> {
+    if let Some(l) = lease::current(pool, &g.cluster).await?
+        && !l.expired
+        && !a.force
+    {
+        return Err(CliError::msg(format!(
+            "owsyncd {} leads cluster {} (epoch {}); it syncs {} on its own. Pass --force to sync from here anyway",
+            l.leader_id, g.cluster, l.epoch, a.name
+        )));
+    }
+    Ok(())
+}
+
+/// Prints a sync's tables (rows, how each was captured, pages read), failed tables,
+/// conflicts and the summary line.
+fn print_report(name: &str, report: &SyncReport) {
     let rows: Vec<Vec<String>> = report
         .tables
         .iter()
@@ -147,36 +161,34 @@ pub async fn sync(g: &Global, a: SyncArgs) -> Result<ExitCode, CliError> {
     let kept: u64 = report.tables.values().map(|t| t.kept_target).sum();
     if conflicts > 0 || kept > 0 {
         println!(
-            "{conflicts} conflicts resolved by the tables' strategies ({pending} left for review: owsyncctl conflicts list {}); \
-             {kept} rows changed only in PostgreSQL kept",
-            a.name
+            "{conflicts} conflicts resolved by the tables' strategies ({pending} left for review: owsyncctl conflicts list {name}); \
+             {kept} rows changed only in PostgreSQL kept"
         );
     }
     println!(
-        "clientsync/{} synced: {} tables, {} rows written in {}",
-        a.name,
+        "clientsync/{name} synced: {} tables, {} rows written in {}",
         report.tables.len(),
         report.rows_written,
         humantime::format_duration(std::time::Duration::from_millis(report.duration.as_millis() as u64))
     );
-    Ok(if report.failed.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
 /// Runs the sync, with progress unless quiet. `Err` only when the progress display failed.
 async fn run_sync(
-    job: &SyncJob<'_>,
+    mut job: SyncJob<'_>,
     spec: &spec::ClientSyncSpec,
     a: &SyncArgs,
 ) -> Result<Result<SyncReport, SyncError>, CliError> {
     Ok(match super::progress::Mode::detect(a.quiet) {
-        None => sync_tenant_with(job, a.full).await,
+        None => sync_tenant(&job).await,
         Some(mode) => {
             let spec = spec.clone();
             let shown = tokio::task::spawn_blocking(move || super::progress::CliProgress::new(mode, &spec))
                 .await
                 .map_err(|e| CliError::msg(format!("progress: {e}")))?;
             let shown = std::sync::Arc::new(shown);
-            let r = with_progress(shown.clone(), sync_tenant_with(job, a.full)).await;
+            job.options.progress = Some(shown.clone() as std::sync::Arc<dyn crate::sync::progress::Progress>);
+            let r = sync_tenant(&job).await;
             shown.finish();
             r
         }
@@ -185,9 +197,7 @@ async fn run_sync(
 
 /// This host's name, for the runs this process records.
 fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_else(|_| "unknown".into())
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map_or_else(|_| "unknown".into(), |h| h.trim().to_string())
 }
 
 #[derive(Debug, Args)]

@@ -56,8 +56,7 @@ fn selected_tables(spec: &ClientSyncSpec) -> usize {
     let path = Path::new(&spec.source.path);
     crate::source::Source::open(path)
         .and_then(|s| crate::source::discover(&s))
-        .map(|ts| ts.iter().filter(|t| table_selected(&spec.tables, &t.name)).count())
-        .unwrap_or(0)
+        .map_or(0, |ts| ts.iter().filter(|t| table_selected(&spec.tables, &t.name)).count())
 }
 
 impl CliProgress {

@@ -10,7 +10,7 @@ use clap::Args;
 use super::common::{CliError, Global, Output};
 use crate::restore::{RestoreOptions, RestoreReport};
 use crate::store::specs;
-use crate::sync::{SyncJob, sync_tenant_with};
+use crate::sync::{SyncJob, SyncOptions, sync_tenant};
 
 #[derive(Debug, Args)]
 pub struct RestoreArgs {
@@ -56,12 +56,11 @@ pub async fn restore(g: &Global, a: RestoreArgs) -> Result<ExitCode, CliError> {
     let schema = s.spec.mirror_schema(&a.name);
     let started = std::time::Instant::now();
     let source = PathBuf::from(&s.spec.source.path);
-    let to = match &a.to {
-        Some(p) => p.clone(),
-        None => {
-            super::in_use::refuse_if_open(&source)?;
-            aside_name(&source, "restored")
-        }
+    let to = if let Some(p) = &a.to {
+        p.clone()
+    } else {
+        super::in_use::refuse_if_open(&source)?;
+        aside_name(&source, "restored")
     };
     let opts = RestoreOptions { force: a.force, include_deleted_since: since };
     let r = crate::restore::restore(&pool, &g.cluster, &a.name, &schema, &to, &opts)
@@ -101,8 +100,9 @@ pub(super) async fn adopt(
 ) -> Result<crate::sync::SyncReport, CliError> {
     let mut spec = spec.clone();
     spec.source.path = path.display().to_string();
-    let job = SyncJob { pool, cluster, client: name, spec: &spec, fence: None };
-    let report = sync_tenant_with(&job, true).await?;
+    let options = SyncOptions { full: true, ..SyncOptions::default() };
+    let job = SyncJob { pool, cluster, client: name, spec: &spec, fence: None, options };
+    let report = sync_tenant(&job).await?;
     if !report.failed.is_empty() {
         let failed: Vec<String> = report.failed.iter().map(|(t, e)| format!("{t}: {e}")).collect();
         return Err(CliError::msg(format!(

@@ -35,18 +35,31 @@ pub fn syncing(st: &mut ClientSyncStatus, generation: i64, now: DateTime<Utc>) {
     st.set_condition("Reconciling", true, "Syncing", &msg, generation, now);
 }
 
-/// Records `outcome`. `failures` counts consecutive failures including this one (0 after
-/// a success), `delay` is when the next sync comes, `stall_after` the failures after
-/// which the tenant is `Stalled`.
-pub fn record(
-    st: &mut ClientSyncStatus,
-    outcome: &Outcome,
-    generation: i64,
-    now: DateTime<Utc>,
-    failures: u32,
-    stall_after: i32,
-    delay: Duration,
-) {
+/// A run that ended, as its conditions are computed from it.
+#[derive(Debug, Clone)]
+pub struct Ended<'a> {
+    pub outcome: &'a Outcome,
+    pub generation: i64,
+    pub now: DateTime<Utc>,
+    /// Consecutive failures including this run (0 after a success or a hold).
+    pub failures: u32,
+    /// The failures after which the tenant is `Stalled`.
+    pub stall_after: i32,
+    /// When the next sync comes.
+    pub delay: Duration,
+}
+
+/// A disabled tenant (`spec.enabled: false`): phase `Suspended`, `Ready` False, no next sync.
+pub fn suspended(st: &mut ClientSyncStatus, generation: i64, now: DateTime<Utc>) {
+    st.phase = Phase::Suspended;
+    st.observed_generation = generation;
+    st.next_sync_time = None;
+    st.set_condition("Ready", false, "Suspended", "spec.enabled is false", generation, now);
+}
+
+/// Records how a run ended.
+pub fn record(st: &mut ClientSyncStatus, run: &Ended<'_>) {
+    let &Ended { outcome, generation, now, failures, stall_after, delay } = run;
     st.observed_generation = generation;
     st.consecutive_failures = failures.min(i32::MAX as u32) as i32;
     let (error, reason) = match outcome {
@@ -133,7 +146,7 @@ pub fn conflicts_pending(st: &mut ClientSyncStatus, client: &str, pending: i64, 
 }
 
 /// The `SchemaDrift=True` reason and message for `drifts` (not empty).
-pub fn drift_summary(schema: &str, drifts: &[Drift]) -> (&'static str, String) {
+fn drift_summary(schema: &str, drifts: &[Drift]) -> (&'static str, String) {
     let reason = match drifts.first().map(Drift::reason) {
         Some(r) if drifts.iter().all(|d| d.reason() == r) => r,
         _ => "SchemaChanged",
@@ -206,7 +219,9 @@ mod tests {
                 Outcome::Succeeded { .. } => sched.succeeded(),
                 _ => sched.failed(0.0),
             };
-            record(st, o, 3, t(now), sched.failures(), 5, delay);
+            let run =
+                Ended { outcome: o, generation: 3, now: t(now), failures: sched.failures(), stall_after: 5, delay };
+            record(st, &run);
         };
 
         syncing(&mut st, 3, t(0));
@@ -270,6 +285,28 @@ mod tests {
         apply(&mut st, &failed, 1300);
         assert_eq!(st.next_sync_time, Some(t(1305)));
         assert_eq!(cond(&st, "Stalled"), ("False", "Retrying", t(1000)));
+    }
+
+    #[test]
+    fn a_disabled_tenant_is_suspended_with_no_next_sync() {
+        let mut st = ClientSyncStatus::default();
+        let ok = Outcome::Succeeded { tables: 3, elapsed: Duration::from_secs(1) };
+        let run = Ended {
+            outcome: &ok,
+            generation: 1,
+            now: t(0),
+            failures: 0,
+            stall_after: 5,
+            delay: Duration::from_secs(60),
+        };
+        record(&mut st, &run);
+        assert_eq!(st.next_sync_time, Some(t(60)));
+        suspended(&mut st, 2, t(10));
+        assert_eq!(st.phase, Phase::Suspended);
+        assert_eq!(st.observed_generation, 2);
+        assert_eq!(st.next_sync_time, None);
+        assert_eq!(cond(&st, "Ready"), ("False", "Suspended", t(10)));
+        assert_eq!(st.last_sync_time, Some(t(0)), "the last sync stays shown");
     }
 
     #[test]

@@ -44,7 +44,7 @@ pub(super) fn spawn(path: &Path, token: &CancellationToken) -> Guard {
         let mut seen = None;
         loop {
             tokio::select! {
-                _ = s.cancelled() => return,
+                () = s.cancelled() => return,
                 _ = tick.tick() => {}
             }
             let now = std::fs::metadata(&wal).ok().map(|m| (m.ino(), m.len(), m.mtime(), m.mtime_nsec()));
@@ -54,7 +54,7 @@ pub(super) fn spawn(path: &Path, token: &CancellationToken) -> Guard {
             seen = now;
             let h = handle.clone();
             let polled = tokio::task::spawn_blocking(move || {
-                let mut f = h.lock().unwrap_or_else(|e| e.into_inner());
+                let mut f = h.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
                 f.follower.poll()
             })
             .await;

@@ -5,14 +5,16 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{Mutex, Notify, Semaphore};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::reconciler::{Reconciler, mark_suspended};
+use super::reconcile::Context;
+use super::runner::{Gate, Runner};
 use super::{AbortOnDrop, Shared};
 use crate::spec::interval_of;
-use crate::store::{observed, requests, specs};
+use crate::store::specs::{self, StoredSpec};
+use crate::store::{observed, requests};
 use crate::sync::Fence;
 
 struct Running {
@@ -33,145 +35,187 @@ const POLL_WHILE_LISTENING: Duration = Duration::from_secs(300);
 /// finish: spec changes and shutdown), or until the task is aborted (lost lease: every
 /// reconciler is aborted with it).
 pub(super) async fn run_leader(shared: Arc<Shared>, epoch: i64, token: CancellationToken) {
-    let cluster = shared.config.cluster.clone();
-    let fence = Fence { who: shared.candidate.clone(), epoch };
-    let slots = Arc::new(Semaphore::new(shared.config.max_concurrency.max(1)));
-    let connections = Arc::new(Semaphore::new(shared.config.sync_connections.max(1)));
-    let mut locks: HashMap<String, Arc<Mutex<()>>> = HashMap::new();
-    let mut fleet = Fleet { epoch, running: HashMap::new(), stopping: Vec::new(), drained: false };
-    let Fleet { running, stopping, .. } = &mut fleet;
-    let mut suspended: HashMap<String, i64> = HashMap::new();
     // The lag gauges show only the tenants this term runs a reconciler for.
     shared.metrics.untrack_all();
     let _retention = shared
         .config
         .history_retention
         .map(|keep| AbortOnDrop(tokio::spawn(super::retention::run(shared.clone(), epoch, keep, token.child_token()))));
-
+    let mut leader = Leader::new(shared, epoch, token.clone());
     while !token.is_cancelled() {
-        // Something is left to do on a later round (a Suspended status waiting for an
-        // in-flight sync, a failed read): come back within spec_poll even while listening.
-        let mut again_soon = false;
-        if !shared.lease_valid(epoch) {
+        if !leader.ctx.lease_valid() {
             // The election aborts this task in a moment; start nothing new meanwhile.
             tokio::select! {
-                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
-                _ = token.cancelled() => {}
+                () = tokio::time::sleep(Duration::from_millis(100)) => {}
+                () = token.cancelled() => {}
             }
             continue;
         }
-        match specs::list(&shared.pool, &cluster).await {
-            Ok(list) => {
-                let wanted: HashMap<&str, &specs::StoredSpec> =
-                    list.iter().filter(|s| s.spec.enabled).map(|s| (s.name.as_str(), s)).collect();
-                let stale: Vec<String> = running
-                    .iter()
-                    .filter(|(name, r)| wanted.get(name.as_str()).is_none_or(|s| s.generation != r.generation))
-                    .map(|(n, _)| n.clone())
-                    .collect();
-                for name in stale {
-                    if let Some(r) = running.remove(&name) {
-                        info!(client = %name, "stopping reconciler (spec changed, disabled or deleted)");
-                        shared.metrics.untrack(&name);
-                        r.token.cancel();
-                        stopping.push(r.task);
-                    }
-                }
-                let new = wanted.keys().any(|n| !running.contains_key(*n));
-                let last_syncs = if new { observed::last_syncs(&shared.pool, &cluster).await.ok() } else { None };
-                for (name, spec) in &wanted {
-                    if running.contains_key(*name) {
-                        continue;
-                    }
-                    let last = last_syncs.as_ref().and_then(|m| m.get(*name).copied());
-                    shared.metrics.track(name, interval_of(&spec.spec), last);
-                    let lock = locks.entry(name.to_string()).or_default().clone();
-                    let child = token.child_token();
-                    let wake = Arc::new(Notify::new());
-                    let rec = Reconciler {
-                        shared: shared.clone(),
-                        spec: (*spec).clone(),
-                        fence: fence.clone(),
-                        slots: slots.clone(),
-                        connections: connections.clone(),
-                        lock,
-                        wake: wake.clone(),
-                        token: child.clone(),
-                    };
-                    info!(client = %name, generation = spec.generation, "starting reconciler");
-                    let task = AbortOnDrop(tokio::spawn(rec.run()));
-                    running.insert(name.to_string(), Running { generation: spec.generation, wake, token: child, task });
-                }
-                for s in list.iter().filter(|s| !s.spec.enabled) {
-                    if suspended.get(&s.name) != Some(&s.generation) {
-                        // A stopped reconciler may still be finishing a sync that records its
-                        // own outcome; it holds the tenant's lock until then. Write Suspended
-                        // after it (a later round, at most spec_poll away), never before.
-                        let lock = locks.entry(s.name.clone()).or_default().clone();
-                        let Ok(_after_in_flight_sync) = lock.try_lock() else {
-                            again_soon = true;
-                            continue;
-                        };
-                        match mark_suspended(&shared, &fence, s).await {
-                            Ok(()) => {
-                                suspended.insert(s.name.clone(), s.generation);
-                            }
-                            Err(e) => {
-                                again_soon = true;
-                                warn!(client = %s.name, error = %e, "cannot record Suspended status")
-                            }
-                        }
-                    }
-                }
-            }
+        // Something is left to do on a later round (a Suspended status waiting for an
+        // in-flight sync, a failed read): come back within spec_poll even while listening.
+        let mut again_soon = leader.follow_specs().await;
+        again_soon |= leader.claim_requests().await;
+        leader.fleet.stopping.retain(|t| !t.0.is_finished());
+        leader.pause(again_soon).await;
+    }
+    leader.fleet.drain().await;
+}
+
+/// A term's leader: its reconcilers, and what they share.
+struct Leader {
+    ctx: Arc<Context>,
+    gate: Arc<Gate>,
+    fleet: Fleet,
+    /// The generation each disabled tenant was recorded `Suspended` at.
+    suspended: HashMap<String, i64>,
+    token: CancellationToken,
+}
+
+impl Leader {
+    fn new(shared: Arc<Shared>, epoch: i64, token: CancellationToken) -> Leader {
+        let fence = Fence { who: shared.candidate.clone(), epoch };
+        let gate = Gate::new(&shared.config);
+        let fleet = Fleet { epoch, running: HashMap::new(), stopping: Vec::new(), drained: false };
+        Leader { ctx: Arc::new(Context { shared, fence }), gate, fleet, suspended: HashMap::new(), token }
+    }
+
+    /// Reads the specs and has the fleet follow them: reconcilers stopped for specs
+    /// changed, disabled or deleted, started for new ones, and disabled tenants recorded
+    /// `Suspended`. True when something is left for a later round.
+    async fn follow_specs(&mut self) -> bool {
+        let sh = &self.ctx.shared;
+        let list = match specs::list(&sh.pool, &sh.config.cluster).await {
+            Ok(list) => list,
             Err(e) => {
-                again_soon = true;
-                warn!(error = %e, "cannot read specs; keeping current reconcilers")
+                warn!(error = %e, "cannot read specs; keeping current reconcilers");
+                return true;
             }
-        }
-        let claimed = match shared.lease_valid(epoch) {
-            true => requests::claim(&shared.pool, &shared.candidate, epoch).await,
-            false => Ok(Vec::new()),
         };
-        match claimed {
-            Ok(claimed) => {
-                for (id, name) in claimed {
-                    match running.get(&name) {
-                        Some(r) => {
-                            info!(client = %name, request = %id, "sync requested");
-                            r.wake.notify_one();
-                        }
-                        None => warn!(client = %name, request = %id, "sync requested for a tenant that is not enabled"),
-                    }
-                }
-            }
-            Err(e) => {
-                again_soon = true;
-                warn!(error = %e, "cannot read sync requests")
+        let wanted: HashMap<&str, &StoredSpec> =
+            list.iter().filter(|s| s.spec.enabled).map(|s| (s.name.as_str(), s)).collect();
+        self.stop_stale(&wanted);
+        self.start_new(&wanted).await;
+        self.suspend_disabled(&list).await
+    }
+
+    /// Stops the reconcilers whose spec changed, was disabled or deleted.
+    fn stop_stale(&mut self, wanted: &HashMap<&str, &StoredSpec>) {
+        let running = &mut self.fleet.running;
+        let stale: Vec<String> = running
+            .iter()
+            .filter(|(name, r)| wanted.get(name.as_str()).is_none_or(|s| s.generation != r.generation))
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in stale {
+            if let Some(r) = running.remove(&name) {
+                info!(client = %name, "stopping reconciler (spec changed, disabled or deleted)");
+                self.ctx.shared.metrics.untrack(&name);
+                r.token.cancel();
+                self.fleet.stopping.push(r.task);
             }
         }
-        stopping.retain(|t| !t.0.is_finished());
-        let poll = match shared.listening() && !again_soon {
-            true => POLL_WHILE_LISTENING.max(shared.config.spec_poll),
-            false => shared.config.spec_poll,
+    }
+
+    /// Starts a reconciler for each wanted spec that has none.
+    async fn start_new(&mut self, wanted: &HashMap<&str, &StoredSpec>) {
+        let sh = &self.ctx.shared;
+        let new = wanted.keys().any(|n| !self.fleet.running.contains_key(*n));
+        let last_syncs = if new { observed::last_syncs(&sh.pool, &sh.config.cluster).await.ok() } else { None };
+        for (name, spec) in wanted {
+            if self.fleet.running.contains_key(*name) {
+                continue;
+            }
+            let last = last_syncs.as_ref().and_then(|m| m.get(*name).copied());
+            sh.metrics.track(name, interval_of(&spec.spec), last);
+            let token = self.token.child_token();
+            let wake = Arc::new(Notify::new());
+            let runner = Runner {
+                ctx: self.ctx.clone(),
+                spec: (*spec).clone(),
+                gate: self.gate.clone(),
+                wake: wake.clone(),
+                token: token.clone(),
+            };
+            info!(client = %name, generation = spec.generation, "starting reconciler");
+            let task = AbortOnDrop(tokio::spawn(runner.run()));
+            self.fleet.running.insert(name.to_string(), Running { generation: spec.generation, wake, token, task });
+        }
+    }
+
+    /// Records each disabled tenant `Suspended`, once per generation. True when one must
+    /// wait for a later round.
+    async fn suspend_disabled(&mut self, list: &[StoredSpec]) -> bool {
+        let mut again_soon = false;
+        for s in list.iter().filter(|s| !s.spec.enabled) {
+            if self.suspended.get(&s.name) == Some(&s.generation) {
+                continue;
+            }
+            // A stopped reconciler may still be finishing a sync that records its own
+            // outcome; it holds the tenant's lock until then. Write Suspended after it (a
+            // later round, at most spec_poll away), never before.
+            let lock = self.gate.lock(&s.name);
+            let Ok(_after_in_flight_sync) = lock.try_lock() else {
+                again_soon = true;
+                continue;
+            };
+            let lease_valid = || self.ctx.lease_valid();
+            match self.ctx.recorder(s, &lease_valid).suspended().await {
+                Ok(()) => {
+                    self.suspended.insert(s.name.clone(), s.generation);
+                }
+                Err(e) => {
+                    again_soon = true;
+                    warn!(client = %s.name, error = %e, "cannot record Suspended status");
+                }
+            }
+        }
+        again_soon
+    }
+
+    /// Claims the sync requests and wakes their reconcilers. True when they could not be
+    /// read.
+    async fn claim_requests(&self) -> bool {
+        let sh = &self.ctx.shared;
+        let claimed = if self.ctx.lease_valid() {
+            requests::claim(&sh.pool, &sh.candidate, self.ctx.fence.epoch).await
+        } else {
+            Ok(Vec::new())
+        };
+        let claimed = match claimed {
+            Ok(claimed) => claimed,
+            Err(e) => {
+                warn!(error = %e, "cannot read sync requests");
+                return true;
+            }
+        };
+        for (id, name) in claimed {
+            if let Some(r) = self.fleet.running.get(&name) {
+                info!(client = %name, request = %id, "sync requested");
+                r.wake.notify_one();
+            } else {
+                warn!(client = %name, request = %id, "sync requested for a tenant that is not enabled");
+            }
+        }
+        false
+    }
+
+    /// Waits for a notification (specs, requests), the poll period or the end.
+    async fn pause(&self, again_soon: bool) {
+        let sh = &self.ctx.shared;
+        let poll = if sh.listening() && !again_soon {
+            POLL_WHILE_LISTENING.max(sh.config.spec_poll)
+        } else {
+            sh.config.spec_poll
         };
         tokio::select! {
-            _ = shared.spec_wake.notified() => {
+            () = sh.spec_wake.notified() => {
                 // Let a burst of notifications (a fleet apply) settle.
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            _ = tokio::time::sleep(poll) => {}
-            _ = token.cancelled() => {}
+            () = tokio::time::sleep(poll) => {}
+            () = self.token.cancelled() => {}
         }
     }
-    for (_, r) in running.drain() {
-        r.token.cancel();
-        stopping.push(r.task);
-    }
-    for t in stopping.iter_mut() {
-        let _ = (&mut t.0).await;
-    }
-    fleet.drained = true;
 }
 
 /// The leader's reconcilers. Dropped without having been drained (the leader task was
@@ -182,6 +226,20 @@ struct Fleet {
     /// Stopped (spec changed, disabled, deleted), finishing an in-flight sync.
     stopping: Vec<AbortOnDrop>,
     drained: bool,
+}
+
+impl Fleet {
+    /// Stops every reconciler and waits for their in-flight syncs to finish.
+    async fn drain(&mut self) {
+        for (_, r) in self.running.drain() {
+            r.token.cancel();
+            self.stopping.push(r.task);
+        }
+        for t in &mut self.stopping {
+            let _ = (&mut t.0).await;
+        }
+        self.drained = true;
+    }
 }
 
 impl Drop for Fleet {

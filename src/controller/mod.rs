@@ -1,6 +1,11 @@
 //! The controller: leader election, and on the leader one reconciler per enabled
 //! ClientSync of its cluster, each syncing its tenant, writing status and requeueing
 //! itself (interval on success, resetting exponential backoff on failure).
+//!
+//! Shaped like kube-runtime's: `election` -> `leader` (one runner per tenant) ->
+//! `runner` (its turn, the lease-lost cancellation, the wait) -> `reconcile` (the sync,
+//! nothing about scheduling) -> `policy` (the requeue, pure) -> `record` (the status,
+//! its conditions applied by pure functions in `conditions`, in one fenced transaction).
 
 mod backoff;
 pub mod budget;
@@ -9,9 +14,11 @@ mod control;
 mod election;
 mod follow;
 mod leader;
-mod reconciler;
+pub mod policy;
+mod reconcile;
 pub mod record;
 mod retention;
+mod runner;
 pub mod schedule;
 
 pub use backoff::backoff_delay;
@@ -64,6 +71,9 @@ pub struct ControllerConfig {
     /// Pool connections the running syncs may hold together ([`budget::Budget`]): a sync
     /// takes at least one and up to `--table-connections` of them, waiting for the first.
     pub sync_connections: usize,
+    /// Tables one sync copies at once at most (`--table-connections`), each on one of
+    /// those connections: a sync gets what is free of them, at least one.
+    pub table_connections: usize,
     /// Consecutive failures after which a tenant is `Stalled`.
     pub stall_after: i32,
     /// The leader deletes finished sync runs and events older than this (`None`: keeps them).
@@ -214,9 +224,8 @@ impl Future for LeaseLost<'_> {
             if self.sleep.deadline() != term.valid_until {
                 self.sleep.as_mut().reset(term.valid_until);
             }
-            match self.sleep.as_mut().poll(cx) {
-                Poll::Ready(()) => continue,
-                Poll::Pending => return Poll::Pending,
+            if self.sleep.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
             }
         }
     }
@@ -246,6 +255,7 @@ mod tests {
             spec_poll: Duration::from_secs(2),
             max_concurrency: 1,
             sync_connections: 1,
+            table_connections: 1,
             stall_after: 5,
             history_retention: None,
         };
@@ -274,8 +284,8 @@ mod tests {
         let work = std::future::pending::<()>();
         tokio::select! {
             biased;
-            _ = sh.lease_lost(7) => {}
-            _ = work => unreachable!(),
+            () = sh.lease_lost(7) => {}
+            () = work => unreachable!(),
         }
         assert_eq!(t0.elapsed(), Duration::from_secs(14));
         assert!(!sh.lease_valid(7));

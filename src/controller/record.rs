@@ -12,6 +12,7 @@ use tracing::warn;
 use uuid::Uuid;
 
 use super::conditions::{self, Outcome};
+use super::policy;
 use super::schedule::Schedule;
 use crate::spec::{ClientSyncStatus, Phase, TableStatus};
 use crate::store::{self, Fence, FencedTx, jobs, specs::StoredSpec, status};
@@ -61,6 +62,7 @@ pub struct Finished<'a> {
 }
 
 /// What a run's result comes to, for its `sync_jobs` row and the status.
+#[derive(Debug)]
 struct Summary {
     job_status: &'static str,
     rows: i64,
@@ -122,36 +124,42 @@ impl Recorder<'_> {
     }
 
     /// After a sync: applies its result to `st` (tables, conditions, schema drift,
-    /// pending conflicts) and records status, the run's end and its events. Returns the
-    /// delay before the next sync, and whether the record was written.
+    /// pending conflicts) and records status, the run's end and its events, the requeue
+    /// decided by the policy from the result. Returns the delay before the next sync, and
+    /// whether the record was written.
     pub async fn finish(
         &self,
         st: &mut ClientSyncStatus,
         schedule: &mut Schedule,
         run: &Finished<'_>,
     ) -> (Duration, Result<(), RecordError>) {
-        let (name, generation, now) = (&self.spec.name, self.spec.generation, run.now);
-        let summary = summarize(st, run);
+        let requeue = policy::requeue(run.result, schedule.failures(), super::backoff::random_jitter());
+        let Some(delay) = schedule.apply(requeue) else { return (Duration::ZERO, Err(RecordError::OwnershipLost)) };
+        (delay, self.finish_with(st, run, Next { failures: schedule.failures(), delay }).await)
+    }
+
+    /// After a sync whose requeue is decided (`next`): applies its result to `st`
+    /// (`apply`), with the quarantined values and the pending conflicts counted, and
+    /// records status, the run's end and its events.
+    pub async fn finish_with(
+        &self,
+        st: &mut ClientSyncStatus,
+        run: &Finished<'_>,
+        next: Next,
+    ) -> Result<(), RecordError> {
+        let name = &self.spec.name;
+        let applied = apply(st, self.spec, run, next);
         store::observed::with_quarantined(self.pool, &self.spec.cluster, name, &mut st.tables).await;
-        let ok = matches!(run.result, Ok(r) if r.failed.is_empty());
-        // A hold is not a failure: it is checked again every interval, without backoff.
-        let held = matches!(summary.outcome, Outcome::Held { .. });
-        let delay = if ok || held { schedule.succeeded() } else { schedule.failed(super::backoff::random_jitter()) };
-        let held_before = st.condition("DeletionsHeld").filter(|c| c.status == "True").map(|c| c.reason.clone());
-        conditions::record(st, &summary.outcome, generation, now, schedule.failures(), run.stall_after, delay);
-        let schema = self.spec.spec.mirror_schema(name);
-        let drift = run.result.as_ref().ok().and_then(|r| r.drift.as_deref());
-        let drift_changed = drift.and_then(|d| conditions::drift(st, &schema, d, generation, now));
         // Counted only when it can have changed: an unchanged cycle stays a few round trips.
         let pending_before = st.condition("ConflictsPending").is_some_and(|c| c.status == "True");
         let pending_now = matches!(run.result, Ok(r) if r.tables.values().any(|t| t.pending_conflicts > 0));
         if pending_before || pending_now {
             match self.pending_conflicts().await {
-                Ok(n) => conditions::conflicts_pending(st, name, n, generation, now),
+                Ok(n) => conditions::conflicts_pending(st, name, n, self.spec.generation, run.now),
                 Err(e) => warn!(client = %name, error = %e, "cannot count pending conflicts"),
             }
         }
-        (delay, self.record(st, run, &summary, (drift_changed, held_before)).await)
+        self.record(st, run, &applied).await
     }
 
     async fn pending_conflicts(&self) -> Result<i64, store::StoreError> {
@@ -162,14 +170,9 @@ impl Recorder<'_> {
     }
 
     /// Status, the run's end and its events, in one transaction.
-    async fn record(
-        &self,
-        st: &ClientSyncStatus,
-        run: &Finished<'_>,
-        s: &Summary,
-        (drift_changed, held_before): (Option<bool>, Option<String>),
-    ) -> Result<(), RecordError> {
+    async fn record(&self, st: &ClientSyncStatus, run: &Finished<'_>, a: &Applied) -> Result<(), RecordError> {
         let (cluster, name, node) = (&self.spec.cluster, &self.spec.name, Some(self.node));
+        let s = &a.summary;
         let mut tx = self.begin().await?;
         status::write(&mut tx, cluster, name, st, Some(run.elapsed.as_millis() as i64)).await?;
         if let Some(id) = run.job_id {
@@ -181,7 +184,7 @@ impl Recorder<'_> {
         }
         if let Outcome::Held { reason, message } = &s.outcome {
             // One event when a hold starts (or its reason changes), not one per interval.
-            if held_before.as_deref() != Some(*reason) {
+            if a.held_before.as_deref() != Some(*reason) {
                 jobs::event(&mut tx, cluster, Some(name), true, "DeletionsHeld", message, node).await?;
             }
         } else if let Some(err) = &s.error {
@@ -193,7 +196,7 @@ impl Recorder<'_> {
             };
             jobs::event(&mut tx, cluster, Some(name), false, "Synced", &msg, node).await?;
         }
-        if let Some(now_drifting) = drift_changed {
+        if let Some(now_drifting) = a.drift_changed {
             let (reason, msg) = match (now_drifting, st.condition("SchemaDrift")) {
                 (true, Some(c)) => ("SchemaDrift", c.message.as_str()),
                 _ => ("SchemaDriftResolved", "the mirror follows the source's schema again"),
@@ -202,6 +205,55 @@ impl Recorder<'_> {
         }
         self.commit(tx).await
     }
+
+    /// Records that a disabled tenant is `Suspended` (fenced: a replica that lost the
+    /// lease records nothing and says so).
+    pub async fn suspended(&self) -> Result<(), RecordError> {
+        let spec = self.spec;
+        let mut st = status::get(self.pool, &spec.cluster, &spec.name).await?.unwrap_or_default();
+        conditions::suspended(&mut st, spec.generation, Utc::now());
+        let mut tx = self.begin().await?;
+        status::write(&mut tx, &spec.cluster, &spec.name, &st, None).await?;
+        self.commit(tx).await
+    }
+}
+
+/// The requeue a run's status shows: consecutive failures including this run (0 after a
+/// success or a hold) and the delay before the next sync.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Next {
+    pub failures: u32,
+    pub delay: Duration,
+}
+
+/// What applying a run to the status came to: what its record writes besides the status.
+#[derive(Debug)]
+struct Applied {
+    summary: Summary,
+    /// `SchemaDrift` turned True (`Some(true)`) or back to False (`Some(false)`): an event.
+    drift_changed: Option<bool>,
+    /// The `DeletionsHeld` reason before this run, while one was held.
+    held_before: Option<String>,
+}
+
+/// Applies a finished run to `st`: its tables, the conditions ([`conditions::record`]) with
+/// the requeue `next`, and the schema drift it found. Pure.
+fn apply(st: &mut ClientSyncStatus, spec: &StoredSpec, run: &Finished<'_>, next: Next) -> Applied {
+    let summary = summarize(st, run);
+    let held_before = st.condition("DeletionsHeld").filter(|c| c.status == "True").map(|c| c.reason.clone());
+    let ended = conditions::Ended {
+        outcome: &summary.outcome,
+        generation: spec.generation,
+        now: run.now,
+        failures: next.failures,
+        stall_after: run.stall_after,
+        delay: next.delay,
+    };
+    conditions::record(st, &ended);
+    let schema = spec.spec.mirror_schema(&spec.name);
+    let drift = run.result.as_ref().ok().and_then(|r| r.drift.as_deref());
+    let drift_changed = drift.and_then(|d| conditions::drift(st, &schema, d, spec.generation, run.now));
+    Applied { summary, drift_changed, held_before }
 }
 
 /// Applies a run's tables to `st` and says what the run came to.
@@ -240,4 +292,93 @@ fn summarize(st: &mut ClientSyncStatus, run: &Finished<'_>) -> Summary {
 fn describe_failed(r: &SyncReport) -> String {
     let parts: Vec<String> = r.failed.iter().map(|(t, e)| format!("{t}: {e}")).collect();
     format!("{} of {} tables failed: {}", r.failed.len(), r.failed.len() + r.tables.len(), parts.join("; "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sync::TableReport;
+    use crate::sync::drift::Drift;
+    use crate::sync::guard::{Plan, Reason};
+
+    fn spec() -> StoredSpec {
+        let spec = serde_json::from_value(serde_json::json!({"source": {"path": "/data/acme/webui.db"}})).unwrap();
+        let t = DateTime::from_timestamp(1_700_000_000, 0).unwrap();
+        StoredSpec {
+            cluster: "host-a".into(),
+            name: "acme".into(),
+            generation: 2,
+            spec,
+            labels: Default::default(),
+            annotations: Default::default(),
+            created_at: t,
+            updated_at: t,
+        }
+    }
+
+    fn finished(result: &Result<SyncReport, SyncError>, s: i64) -> Finished<'_> {
+        let now = DateTime::from_timestamp(1_700_000_000 + s, 0).unwrap();
+        Finished { job_id: None, result, elapsed: Duration::from_secs(1), now, stall_after: 5 }
+    }
+
+    const NEXT: Next = Next { failures: 0, delay: Duration::from_secs(300) };
+
+    fn synced(tables: &[(&str, i64)], drift: Option<Vec<Drift>>) -> SyncReport {
+        let tables = tables.iter().map(|(t, rows)| (t.to_string(), TableReport { rows: *rows, ..Default::default() }));
+        SyncReport { tables: tables.collect(), rows_written: 7, drift, ..Default::default() }
+    }
+
+    #[test]
+    fn a_run_applies_its_tables_conditions_and_drift_with_the_requeue() {
+        let (spec, mut st) = (spec(), ClientSyncStatus::default());
+        st.tables.insert("gone".into(), TableStatus { rows: 1, quarantined: 0, watermark: None, conflicts: 0 });
+        let run = Ok(synced(&[("chat", 10), ("tag", 3)], Some(vec![])));
+        let a = apply(&mut st, &spec, &finished(&run, 0), NEXT);
+        assert_eq!((a.summary.job_status, a.summary.rows, a.summary.error.as_deref()), ("succeeded", 7, None));
+        assert_eq!(st.tables.keys().collect::<Vec<_>>(), ["chat", "tag"], "a table no longer synced goes");
+        assert_eq!((st.phase, st.observed_generation, st.consecutive_failures), (Phase::Synced, 2, 0));
+        assert_eq!(st.next_sync_time, Some(finished(&run, 300).now));
+        assert_eq!((a.drift_changed, a.held_before), (None, None), "in sync from the start: no event");
+
+        // Drift found: an event once, then none while it stays.
+        let dropped = Drift::ColumnDropped { table: "chat".into(), column: "summary".into() };
+        let run = Ok(synced(&[("chat", 10), ("tag", 3)], Some(vec![dropped])));
+        assert_eq!(apply(&mut st, &spec, &finished(&run, 10), NEXT).drift_changed, Some(true));
+        let msg = &st.condition("SchemaDrift").unwrap().message;
+        assert!(msg.contains("ALTER TABLE \"client_acme\".\"chat\" DROP COLUMN"), "{msg}");
+        assert_eq!(apply(&mut st, &spec, &finished(&run, 20), NEXT).drift_changed, None);
+        // An unchanged source's sync that did not check the drift leaves it as it was.
+        assert_eq!(apply(&mut st, &spec, &finished(&Ok(synced(&[("chat", 10)], None)), 30), NEXT).drift_changed, None);
+        assert_eq!(st.condition("SchemaDrift").unwrap().status, "True");
+        let fixed = Ok(synced(&[("chat", 10)], Some(vec![])));
+        assert_eq!(apply(&mut st, &spec, &finished(&fixed, 40), NEXT).drift_changed, Some(false));
+    }
+
+    #[test]
+    fn failures_and_holds_are_summarized_for_the_record() {
+        let (spec, mut st) = (spec(), ClientSyncStatus::default());
+        let mut degraded = synced(&[("chat", 10)], None);
+        degraded.failed.insert("tag".into(), "NUL in text".into());
+        let backoff = Next { failures: 1, delay: Duration::from_secs(5) };
+        let a = apply(&mut st, &spec, &finished(&Ok(degraded), 0), backoff);
+        assert_eq!(a.summary.job_status, "degraded");
+        assert_eq!(a.summary.error.as_deref(), Some("1 of 2 tables failed: tag: NUL in text"));
+        assert_eq!((st.phase, st.consecutive_failures), (Phase::Degraded, 1));
+        assert_eq!(st.tables.keys().collect::<Vec<_>>(), ["chat"]);
+
+        let plan = Plan { reason: Reason::MassDeletion, tables: vec![], foreign: vec![], anchored: 0 };
+        let held =
+            || SyncError::DeletionsHeld { client: "acme".into(), plan: Box::new(plan.clone()), message: "held".into() };
+        let a = apply(&mut st, &spec, &finished(&Err(held()), 10), NEXT);
+        assert_eq!((a.summary.job_status, a.held_before), ("held", None), "a hold starts: an event");
+        assert_eq!((st.phase, st.consecutive_failures), (Phase::Held, 0));
+        assert_eq!(st.tables.keys().collect::<Vec<_>>(), ["chat"], "a held run keeps the tables");
+        let a = apply(&mut st, &spec, &finished(&Err(held()), 20), NEXT);
+        assert_eq!(a.held_before.as_deref(), Some("MassDeletion"), "the same hold: no second event");
+
+        let failed = Err(SyncError::Reader { client: "acme".into(), message: "gone".into() });
+        let a = apply(&mut st, &spec, &finished(&failed, 30), backoff);
+        assert_eq!((a.summary.job_status, st.phase), ("failed", Phase::Failed));
+        assert!(matches!(&a.summary.outcome, Outcome::Failed { message } if message.contains("gone")));
+    }
 }

@@ -20,8 +20,8 @@ pub(super) async fn run(shared: Arc<Shared>, epoch: i64, keep: Duration, token: 
     let mut wait = FIRST_AFTER;
     loop {
         tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
-            _ = token.cancelled() => return,
+            () = tokio::time::sleep(wait) => {}
+            () = token.cancelled() => return,
         }
         wait = EVERY;
         if !shared.lease_valid(epoch) {
@@ -30,7 +30,7 @@ pub(super) async fn run(shared: Arc<Shared>, epoch: i64, keep: Duration, token: 
         match jobs::expire_history(&shared.pool, &cluster, keep, BATCH).await {
             Ok((0, 0)) => debug!(retention = %humantime::format_duration(keep), "no history to expire"),
             Ok((runs, events)) => {
-                info!(runs, events, retention = %humantime::format_duration(keep), "expired old sync runs and events")
+                info!(runs, events, retention = %humantime::format_duration(keep), "expired old sync runs and events");
             }
             Err(e) => warn!(error = %e, "cannot expire old sync runs and events; retrying in 10 minutes"),
         }

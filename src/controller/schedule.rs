@@ -11,6 +11,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
 use super::backoff::backoff_delay;
+use super::policy::Requeue;
 
 /// The requeue delay of one tenant: `interval` after a success; after the n-th
 /// consecutive failure 5 s doubling to 5 min (+/-20% jitter); reset by a success.
@@ -44,6 +45,18 @@ impl Schedule {
     pub fn failed(&mut self, jitter: f64) -> Duration {
         self.failures = self.failures.saturating_add(1);
         backoff_delay(self.failures, jitter)
+    }
+
+    /// Takes the policy's decision: the delay before the next reconcile (`None`: stop).
+    pub fn apply(&mut self, requeue: Requeue) -> Option<Duration> {
+        match requeue {
+            Requeue::Interval => Some(self.succeeded()),
+            Requeue::Backoff { attempt, delay } => {
+                self.failures = attempt;
+                Some(delay)
+            }
+            Requeue::Stop => None,
+        }
     }
 }
 
@@ -87,10 +100,10 @@ pub async fn next_wake(
     };
     tokio::select! {
         biased;
-        _ = stop.cancelled() => Wake::Stop,
-        _ = requested.notified() => Wake::Requested,
-        _ = changed => Wake::Changed,
-        _ = tokio::time::sleep(delay) => Wake::Due,
+        () = stop.cancelled() => Wake::Stop,
+        () = requested.notified() => Wake::Requested,
+        () = changed => Wake::Changed,
+        () = tokio::time::sleep(delay) => Wake::Due,
     }
 }
 
@@ -256,6 +269,14 @@ mod tests {
         // A restarted controller continues from the recorded failures.
         let mut s = Schedule::new(Duration::from_secs(60), 4);
         assert_eq!(s.failed(0.0), Duration::from_secs(80));
+        // The policy's decisions, applied.
+        let backoff = Requeue::Backoff { attempt: 6, delay: Duration::from_secs(160) };
+        assert_eq!(s.apply(backoff), Some(Duration::from_secs(160)));
+        assert_eq!(s.failures(), 6);
+        assert_eq!(s.apply(Requeue::Stop), None);
+        assert_eq!(s.failures(), 6, "stopping changes nothing");
+        assert_eq!(s.apply(Requeue::Interval), Some(Duration::from_secs(60)));
+        assert!(!s.backing_off());
     }
 
     /// A reconciler's loop on paused time: each outcome, then when it wakes.
@@ -402,7 +423,7 @@ mod tests {
             w.mark_synced();
         }
         for pair in syncs.windows(2) {
-            assert!(pair[1] - pair[0] >= Duration::from_secs(1), "{syncs:?}");
+            assert!(pair[1].checked_sub(pair[0]).unwrap() >= Duration::from_secs(1), "{syncs:?}");
         }
         // A change made during a sync (after mark_synced) fires again; a change that was
         // undone does not.

@@ -136,11 +136,12 @@ pub fn find_bin_dir() -> Result<PathBuf> {
     let has_bins = |d: &Path| d.join("initdb").is_file() && d.join("pg_ctl").is_file();
     if let Some(dir) = std::env::var_os("OWSYNC_PG_BIN") {
         let dir = PathBuf::from(dir);
-        return match has_bins(&dir) {
-            true => Ok(dir),
-            false => Err(DevPgError::BinariesNotFound {
+        return if has_bins(&dir) {
+            Ok(dir)
+        } else {
+            Err(DevPgError::BinariesNotFound {
                 detail: format!("OWSYNC_PG_BIN={} has no initdb and pg_ctl", dir.display()),
-            }),
+            })
         };
     }
     let mut best: Option<(Vec<u64>, PathBuf)> = None;
@@ -515,11 +516,10 @@ fn run(what: &str, mut cmd: Command) -> Result<String> {
         .map_err(io_err(format!("run {what} ({})", cmd.get_program().to_string_lossy())))?;
     let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
     text.push_str(&String::from_utf8_lossy(&out.stderr));
-    match out.status.success() {
-        true => Ok(text),
-        false => {
-            Err(DevPgError::Command { what: what.to_string(), status: out.status, output: text.trim().to_string() })
-        }
+    if out.status.success() {
+        Ok(text)
+    } else {
+        Err(DevPgError::Command { what: what.to_string(), status: out.status, output: text.trim().to_string() })
     }
 }
 
@@ -539,7 +539,7 @@ fn lookup_user(name: &str) -> Option<(u32, u32)> {
     let mut result: *mut libc::passwd = std::ptr::null_mut();
     // SAFETY: every pointer is valid for the call, `buf.len()` is its size;
     // we only read the integer fields, which do not point into `buf`.
-    let rc = unsafe { libc::getpwnam_r(cname.as_ptr(), &mut pwd, buf.as_mut_ptr(), buf.len(), &mut result) };
+    let rc = unsafe { libc::getpwnam_r(cname.as_ptr(), &raw mut pwd, buf.as_mut_ptr(), buf.len(), &raw mut result) };
     (rc == 0 && !result.is_null()).then_some((pwd.pw_uid, pwd.pw_gid))
 }
 

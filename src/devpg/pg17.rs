@@ -44,10 +44,11 @@ pub fn find_pg17_bin_dir() -> Result<PathBuf> {
     cmd.arg("--version");
     let version = run("postgres --version", cmd)?;
     // `postgres (PostgreSQL) 17.10`
-    match version.split_whitespace().nth(2).is_some_and(|v| v.starts_with("17.")) {
-        true => Ok(dir),
-        false => Err(DevPgError::Pg17NotFound {
+    if version.split_whitespace().nth(2).is_some_and(|v| v.starts_with("17.")) {
+        Ok(dir)
+    } else {
+        Err(DevPgError::Pg17NotFound {
             detail: format!("{from}{} holds {}, not PostgreSQL 17", dir.display(), version.trim()),
-        }),
+        })
     }
 }

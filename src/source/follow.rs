@@ -39,7 +39,7 @@ fn registry() -> &'static Mutex<HashMap<PathBuf, Weak<Mutex<Followed>>>> {
 /// The follower of the database at `path`, made if there is none yet (it reads the WAL at
 /// its first `poll`). It lasts while someone holds a handle (owsyncd's follower task).
 pub fn register(path: &Path) -> Handle {
-    let mut r = registry().lock().unwrap_or_else(|e| e.into_inner());
+    let mut r = registry().lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     r.retain(|_, w| w.strong_count() > 0);
     if let Some(h) = r.get(path).and_then(Weak::upgrade) {
         return h;
@@ -51,12 +51,12 @@ pub fn register(path: &Path) -> Handle {
 
 /// Stops finding the follower of `path` (syncs then walk every leaf).
 pub fn unregister(path: &Path) {
-    registry().lock().unwrap_or_else(|e| e.into_inner()).remove(path);
+    registry().lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(path);
 }
 
 /// The follower registered for `path`, if any.
 pub fn lookup(path: &Path) -> Option<Handle> {
-    registry().lock().unwrap_or_else(|e| e.into_inner()).get(path).and_then(Weak::upgrade)
+    registry().lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(path).and_then(Weak::upgrade)
 }
 
 /// What a table's walk may follow on from, taken inside its read transaction.
@@ -72,7 +72,7 @@ pub struct Start {
 /// and takes `table`'s memo.
 pub fn start(handle: Handle, conn: &rusqlite::Connection, table: &str) -> Start {
     let pos = snapshot_pos(conn);
-    let mut f = handle.lock().unwrap_or_else(|e| e.into_inner());
+    let mut f = handle.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     if let Err(e) = f.follower.poll() {
         tracing::debug!(error = %e, "WAL follower: read failed");
     }
@@ -86,7 +86,7 @@ pub fn start(handle: Handle, conn: &rusqlite::Connection, table: &str) -> Start 
 
 /// Keeps what `table`'s walk left, for the next sync to follow on from.
 pub fn finish(handle: &Handle, table: &str, memo: TableMemo) {
-    let mut f = handle.lock().unwrap_or_else(|e| e.into_inner());
+    let mut f = handle.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     f.tables.insert(table.to_string(), memo);
     // No sync will ask about a mark older than the oldest a table keeps.
     if let Some(oldest) = f.tables.values().map(|m| m.mark).min() {

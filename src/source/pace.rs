@@ -39,8 +39,7 @@ pub(crate) struct Hold {
 
 /// How long one slice of a rollback-journal read may hold SQLite's read lock (a writer's
 /// COMMIT waits for it). Short, so that the reader is rarely preempted while it holds
-/// the lock: measured on a shared 2-core box at load 5-8, 2 ms slices held it longer than
-/// 5 ms (descheduled meanwhile) 12-44 times per sync of 30k rows, 0.5 ms slices 0-8 times.
+/// the lock (BENCHMARKS.md, "Measurements behind the code").
 pub const ROLLBACK_SLICE: Duration = Duration::from_micros(500);
 
 thread_local! {
@@ -64,7 +63,7 @@ pub(crate) fn busy_handler(n: i32) -> bool {
 }
 
 fn waited() -> Duration {
-    WAITED.with(|w| w.get())
+    WAITED.with(std::cell::Cell::get)
 }
 
 #[derive(Default)]
@@ -122,7 +121,7 @@ impl super::Source {
             }
             let Some(check) = (*(*file).pMethods).xCheckReservedLock else { return false };
             let mut reserved = 0;
-            check(file, &mut reserved) == ffi::SQLITE_OK && reserved != 0
+            check(file, &raw mut reserved) == ffi::SQLITE_OK && reserved != 0
         }
     }
 
@@ -181,7 +180,7 @@ impl Pace {
 fn thread_cpu() -> Duration {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: `ts` is a valid, writable timespec; CLOCK_THREAD_CPUTIME_ID needs nothing else.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &raw mut ts) };
     if rc != 0 {
         return Duration::ZERO;
     }

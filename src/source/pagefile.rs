@@ -153,24 +153,21 @@ impl PageFile {
         let Some(size) = db.size() else { return };
         let Ok(file_pages) = u32::try_from(size / page_size as u64) else { return };
         self.file_pages = file_pages;
-        match VfsFile::of(conn, ffi::SQLITE_FCNTL_JOURNAL_POINTER) {
+        if let Some(wal) = VfsFile::of(conn, ffi::SQLITE_FCNTL_JOURNAL_POINTER) {
             // A WAL is open: SQLite reads through it.
-            Some(wal) => {
-                if !self.wal.refresh(wal, page_size) {
-                    tracing::debug!(path = %path.display(), "WAL not understood; pages read through SQLite");
-                    return;
-                }
+            if !self.wal.refresh(wal, page_size) {
+                tracing::debug!(path = %path.display(), "WAL not understood; pages read through SQLite");
+                return;
             }
-            None => {
-                // No journal open: rollback-journal mode (a reader never opens its journal),
-                // unless a WAL file is there that SQLite did not open: then trust nothing.
-                let mut wal_path = path.as_os_str().to_owned();
-                wal_path.push("-wal");
-                if std::fs::metadata(&wal_path).is_ok_and(|m| m.len() > 0) {
-                    return;
-                }
-                self.wal.reset(None);
+        } else {
+            // No journal open: rollback-journal mode (a reader never opens its journal),
+            // unless a WAL file is there that SQLite did not open: then trust nothing.
+            let mut wal_path = path.as_os_str().to_owned();
+            wal_path.push("-wal");
+            if std::fs::metadata(&wal_path).is_ok_and(|m| m.len() > 0) {
+                return;
             }
+            self.wal.reset(None);
         }
         self.enabled = true;
     }
@@ -227,7 +224,7 @@ impl VfsFile {
     fn size(self) -> Option<u64> {
         let mut size: ffi::sqlite3_int64 = 0;
         // SAFETY: `self.0` is an open sqlite3_file with a method table (`of`).
-        let rc = unsafe { (*(*self.0).pMethods).xFileSize.map(|f| f(self.0, &mut size)) };
+        let rc = unsafe { (*(*self.0).pMethods).xFileSize.map(|f| f(self.0, &raw mut size)) };
         (rc == Some(ffi::SQLITE_OK)).then(|| u64::try_from(size).ok()).flatten()
     }
 

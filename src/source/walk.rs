@@ -61,7 +61,7 @@ pub fn walk_noting(src: &Source, table: &str, in_txn: bool, mut memo: Option<&mu
                 tracing::debug!(table, why, "page walk not possible; full pass");
                 return Ok(None);
             }
-            Attempt::Moved => continue,
+            Attempt::Moved => {}
         }
     }
     Ok(None)

@@ -18,7 +18,7 @@ pub struct Document {
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum LoadError {
-    #[error("{}", fmt_yaml(.file, *.line, *.column, .path, .message, .value))]
+    #[error("{}", fmt_yaml(.file, *.line, *.column, .path.as_ref(), .message, .value.as_ref()))]
     Yaml {
         file: String,
         line: usize,
@@ -58,9 +58,9 @@ fn fmt_yaml(
     source: &str,
     line: usize,
     column: usize,
-    path: &Option<String>,
+    path: Option<&String>,
     message: &str,
-    value: &Option<String>,
+    value: Option<&String>,
 ) -> String {
     let mut s = format!("{source}:{line}:{column}: ");
     if let Some(p) = path {

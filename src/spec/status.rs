@@ -135,6 +135,7 @@ impl ClientSyncStatus {
     }
 }
 
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde's skip_serializing_if passes a reference
 fn is_zero(n: &i64) -> bool {
     *n == 0
 }

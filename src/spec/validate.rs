@@ -1,9 +1,12 @@
 //! Validation and normalisation of `ClientSync` documents (pure, no I/O).
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
-use super::types::*;
+use super::types::{
+    API_VERSION, ClientSync, ClientSyncSpec, ConflictPolicy, DeletionGuard, KIND, Strategy, TableSelector,
+};
 
 pub const MIN_INTERVAL: Duration = Duration::from_secs(10);
 pub const MAX_INTERVAL: Duration = Duration::from_secs(60 * 60);
@@ -77,13 +80,42 @@ pub fn normalize(doc: &ClientSync, default_cluster: &str) -> Result<ClientSync, 
     out.metadata.generation = None;
     out.metadata.creation_timestamp = None;
 
+    check_type(doc, &mut errors);
+    let name = &doc.metadata.name;
+    check_name(name, &mut errors);
+    out.metadata.cluster = Some(normalize_cluster(doc.metadata.cluster.as_deref(), default_cluster, &mut errors));
+    check_labels(&doc.metadata.labels, &mut errors);
+
+    let spec = &doc.spec;
+    if spec.source.path.is_empty() || !spec.source.path.starts_with('/') {
+        errors.push(err("spec.source.path", &spec.source.path, "must be an absolute path"));
+    }
+    let schema = spec.mirror_schema(name);
+    if !is_tenant_schema(&schema) {
+        errors.push(err("spec.target.schema", &schema, "must match client_[a-z0-9_]+ and be at most 63 characters"));
+    }
+    out.spec.target.schema = Some(schema);
+    if let Some(interval) = normalize_interval(&spec.interval, &mut errors) {
+        out.spec.interval = interval;
+    }
+    check_table_patterns(&spec.tables, &mut errors);
+    check_deletion_guard(&spec.deletion_guard, &mut errors);
+    check_conflicts(&spec.conflicts, &mut errors);
+    if errors.is_empty() { Ok(out) } else { Err(errors) }
+}
+
+/// `apiVersion` and `kind`: only this build's resource type is accepted.
+fn check_type(doc: &ClientSync, errors: &mut Vec<FieldError>) {
     if doc.api_version != API_VERSION {
         errors.push(err("apiVersion", &doc.api_version, format!("is not supported (want {API_VERSION})")));
     }
     if doc.kind != KIND {
         errors.push(err("kind", &doc.kind, format!("is not supported (want {KIND})")));
     }
-    let name = &doc.metadata.name;
+}
+
+/// `metadata.name`: a DNS-1123 label, since it names the schema and the resource.
+fn check_name(name: &str, errors: &mut Vec<FieldError>) {
     if !is_dns_label(name) {
         errors.push(err(
             "metadata.name",
@@ -91,14 +123,22 @@ pub fn normalize(doc: &ClientSync, default_cluster: &str) -> Result<ClientSync, 
             "is not a DNS-1123 label (lower-case letters, digits and '-', at most 63 characters)",
         ));
     }
-    let cluster = doc.metadata.cluster.clone().unwrap_or_else(|| default_cluster.to_string());
+}
+
+/// `metadata.cluster`, defaulted from `--cluster` / `OWSYNC_CLUSTER`: returns the value to store.
+fn normalize_cluster(cluster: Option<&str>, default_cluster: &str, errors: &mut Vec<FieldError>) -> String {
+    let cluster = cluster.map_or_else(|| default_cluster.to_string(), str::to_string);
     if cluster.is_empty() {
         errors.push(err("metadata.cluster", "", "is empty and no --cluster / OWSYNC_CLUSTER is set"));
     } else if !is_dns_label(&cluster) {
         errors.push(err("metadata.cluster", &cluster, "is not a DNS-1123 label"));
     }
-    out.metadata.cluster = Some(cluster);
-    for (k, v) in &doc.metadata.labels {
+    cluster
+}
+
+/// `metadata.labels`: keys and values of at most 63 safe characters (keys not empty).
+fn check_labels(labels: &BTreeMap<String, String>, errors: &mut Vec<FieldError>) {
+    for (k, v) in labels {
         let ok = |s: &str, allow_empty: bool| {
             (allow_empty || !s.is_empty())
                 && s.len() <= 63
@@ -111,38 +151,44 @@ pub fn normalize(doc: &ClientSync, default_cluster: &str) -> Result<ClientSync, 
             errors.push(err(format!("metadata.labels.{k}"), v, "is not a valid label value"));
         }
     }
+}
 
-    let spec = &doc.spec;
-    if spec.source.path.is_empty() || !spec.source.path.starts_with('/') {
-        errors.push(err("spec.source.path", &spec.source.path, "must be an absolute path"));
-    }
-    let schema = spec.mirror_schema(name);
-    if !is_tenant_schema(&schema) {
-        errors.push(err("spec.target.schema", &schema, "must match client_[a-z0-9_]+ and be at most 63 characters"));
-    }
-    out.spec.target.schema = Some(schema);
-    match parse_interval(&spec.interval) {
-        Err(_) => errors.push(err("spec.interval", &spec.interval, "is not a duration (e.g. 30s, 5m, 1h)")),
+/// `spec.interval`: a duration within bounds; returns its canonical form when valid.
+fn normalize_interval(interval: &str, errors: &mut Vec<FieldError>) -> Option<String> {
+    match parse_interval(interval) {
+        Err(_) => errors.push(err("spec.interval", interval, "is not a duration (e.g. 30s, 5m, 1h)")),
         Ok(d) if d < MIN_INTERVAL || d > MAX_INTERVAL => {
-            errors.push(err("spec.interval", &spec.interval, "must be between 10s and 60m"))
+            errors.push(err("spec.interval", interval, "must be between 10s and 60m"));
         }
-        Ok(d) => out.spec.interval = humantime::format_duration(d).to_string(),
+        Ok(d) => return Some(humantime::format_duration(d).to_string()),
     }
-    for (field, pats) in [("include", &spec.tables.include), ("exclude", &spec.tables.exclude)] {
+    None
+}
+
+/// `spec.tables`: no empty include/exclude pattern (it would match nothing, or everything).
+fn check_table_patterns(tables: &TableSelector, errors: &mut Vec<FieldError>) {
+    for (field, pats) in [("include", &tables.include), ("exclude", &tables.exclude)] {
         for (i, p) in pats.iter().enumerate() {
             if p.trim().is_empty() {
                 errors.push(err(format!("spec.tables.{field}[{i}]"), p, "is an empty pattern"));
             }
         }
     }
-    let g = &spec.deletion_guard;
+}
+
+/// `spec.deletionGuard`: a share in (0, 1] and a positive row floor.
+fn check_deletion_guard(g: &DeletionGuard, errors: &mut Vec<FieldError>) {
     if !(g.max_share > 0.0 && g.max_share <= 1.0) {
         errors.push(err("spec.deletionGuard.maxShare", g.max_share.to_string(), "must be over 0 and at most 1"));
     }
     if g.min_rows < 1 {
         errors.push(err("spec.deletionGuard.minRows", g.min_rows.to_string(), "must be at least 1"));
     }
-    for (table, tc) in &spec.conflicts.tables {
+}
+
+/// `spec.conflicts.tables`: each table's options fit its strategy.
+fn check_conflicts(conflicts: &ConflictPolicy, errors: &mut Vec<FieldError>) {
+    for (table, tc) in &conflicts.tables {
         let base = format!("spec.conflicts.tables.{table}");
         if table.is_empty() {
             errors.push(err(&base, table, "is an empty table name"));
@@ -168,7 +214,6 @@ pub fn normalize(doc: &ClientSync, default_cluster: &str) -> Result<ClientSync, 
             ));
         }
     }
-    if errors.is_empty() { Ok(out) } else { Err(errors) }
 }
 
 impl ClientSyncSpec {

@@ -1,12 +1,14 @@
 //! Versioned, embedded migrations of `sync_metadata`, and the `sync_service` role.
 //! Run as an admin role; idempotent: a second run applies nothing.
 
+use std::collections::BTreeMap;
+
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use hmac::{Hmac, KeyInit, Mac};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
-use sqlx::{PgPool, Row};
+use sqlx::{PgConnection, PgPool, Row};
 
 use super::{Context, Result, StoreError};
 
@@ -94,10 +96,25 @@ pub async fn run(pool: &PgPool, sync_password: Option<&str>) -> Result<Report> {
         .execute(&mut *tx)
         .await
         .ctx(|| "take the migration lock".into())?;
+    ensure_migrations_table(&mut tx).await?;
+    report.role_created = ensure_sync_role(&mut tx).await?;
+    if let Some(pw) = sync_password {
+        set_sync_password(&mut tx, pw).await?;
+        report.password_set = true;
+    }
+    let have = applied_migrations(&mut tx).await?;
+    report.applied = apply_pending(&mut tx, &have).await?;
+    tx.commit().await.ctx(|| "commit migration".into())?;
+    report.version = latest();
+    Ok(report)
+}
+
+/// Creates `sync_metadata.schema_migrations` (and the schema) on a fresh database.
+async fn ensure_migrations_table(conn: &mut PgConnection) -> Result<()> {
     let exists: bool = sqlx::query_scalar(
         "SELECT EXISTS (SELECT 1 FROM pg_tables WHERE schemaname = 'sync_metadata' AND tablename = 'schema_migrations')",
     )
-    .fetch_one(&mut *tx)
+    .fetch_one(&mut *conn)
     .await
     .ctx(|| "look for sync_metadata.schema_migrations".into())?;
     if !exists {
@@ -107,39 +124,48 @@ pub async fn run(pool: &PgPool, sync_password: Option<&str>) -> Result<Report> {
                  version bigint PRIMARY KEY, name text NOT NULL, checksum text NOT NULL,
                  applied_at timestamptz NOT NULL DEFAULT now());",
         )
-        .execute(&mut *tx)
+        .execute(&mut *conn)
         .await
         .ctx(|| "create sync_metadata.schema_migrations (does this role have CREATE on the database?)".into())?;
     }
+    Ok(())
+}
 
+/// Creates the `sync_service` login role unless it exists; returns whether it created it.
+async fn ensure_sync_role(conn: &mut PgConnection) -> Result<bool> {
     let role_exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)")
         .bind(SYNC_ROLE)
-        .fetch_one(&mut *tx)
+        .fetch_one(&mut *conn)
         .await
         .ctx(|| "look up role sync_service".into())?;
     if !role_exists {
         sqlx::raw_sql("CREATE ROLE sync_service LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOBYPASSRLS")
-            .execute(&mut *tx)
+            .execute(&mut *conn)
             .await
             .ctx(|| "create role sync_service (the admin role needs CREATEROLE)".into())?;
-        report.role_created = true;
     }
-    if let Some(pw) = sync_password {
-        let verifier = scram_verifier(pw);
-        // The verifier is base64 plus `$:`; nothing in it needs escaping.
-        debug_assert!(verifier.bytes().all(|c| c.is_ascii_alphanumeric() || b"+/=$:-".contains(&c)));
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("ALTER ROLE sync_service PASSWORD '{verifier}'")))
-            .execute(&mut *tx)
-            .await
-            .ctx(|| "set the password of sync_service".into())?;
-        report.password_set = true;
-    }
+    Ok(!role_exists)
+}
 
+/// Sets `sync_service`'s password as a SCRAM verifier, so the password never reaches the server.
+async fn set_sync_password(conn: &mut PgConnection, pw: &str) -> Result<()> {
+    let verifier = scram_verifier(pw);
+    // The verifier is base64 plus `$:`; nothing in it needs escaping.
+    debug_assert!(verifier.bytes().all(|c| c.is_ascii_alphanumeric() || b"+/=$:-".contains(&c)));
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("ALTER ROLE sync_service PASSWORD '{verifier}'")))
+        .execute(&mut *conn)
+        .await
+        .ctx(|| "set the password of sync_service".into())?;
+    Ok(())
+}
+
+/// The applied migrations' checksums by version; refuses a database newer than this build.
+async fn applied_migrations(conn: &mut PgConnection) -> Result<BTreeMap<i64, String>> {
     let applied = sqlx::query("SELECT version, checksum FROM sync_metadata.schema_migrations ORDER BY version")
-        .fetch_all(&mut *tx)
+        .fetch_all(&mut *conn)
         .await
         .ctx(|| "read applied migrations".into())?;
-    let mut have = std::collections::BTreeMap::new();
+    let mut have = BTreeMap::new();
     for row in applied {
         have.insert(row.get::<i64, _>(0), row.get::<String, _>(1));
     }
@@ -151,6 +177,13 @@ pub async fn run(pool: &PgPool, sync_password: Option<&str>) -> Result<Report> {
             latest()
         )));
     }
+    Ok(have)
+}
+
+/// Applies and records, in order, each migration not in `have`; refuses one applied
+/// with different contents. Returns what it applied.
+async fn apply_pending(conn: &mut PgConnection, have: &BTreeMap<i64, String>) -> Result<Vec<(i64, &'static str)>> {
+    let mut applied = Vec::new();
     for m in MIGRATIONS {
         let sum = checksum(m.sql);
         match have.get(&m.version) {
@@ -163,19 +196,17 @@ pub async fn run(pool: &PgPool, sync_password: Option<&str>) -> Result<Report> {
             }
             None => {}
         }
-        sqlx::raw_sql(m.sql).execute(&mut *tx).await.ctx(|| format!("apply migration {} ({})", m.version, m.name))?;
+        sqlx::raw_sql(m.sql).execute(&mut *conn).await.ctx(|| format!("apply migration {} ({})", m.version, m.name))?;
         sqlx::query("INSERT INTO sync_metadata.schema_migrations (version, name, checksum) VALUES ($1, $2, $3)")
             .bind(m.version)
             .bind(m.name)
             .bind(&sum)
-            .execute(&mut *tx)
+            .execute(&mut *conn)
             .await
             .ctx(|| format!("record migration {}", m.version))?;
-        report.applied.push((m.version, m.name));
+        applied.push((m.version, m.name));
     }
-    tx.commit().await.ctx(|| "commit migration".into())?;
-    report.version = latest();
-    Ok(report)
+    Ok(applied)
 }
 
 /// The schema version of the database (0 when `sync_metadata` is missing).

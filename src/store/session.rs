@@ -58,9 +58,7 @@ fn peer_port(fd: i32) -> Option<u16> {
     let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
     // SAFETY: fd is a plain integer (a closed or non-socket fd only yields an error), and
     // the out-pointers point to locals of the sizes passed.
-    let ok = unsafe {
-        libc::getsockopt(fd, libc::SOL_SOCKET, libc::SO_TYPE, (&mut ty as *mut libc::c_int).cast(), &mut len)
-    };
+    let ok = unsafe { libc::getsockopt(fd, libc::SOL_SOCKET, libc::SO_TYPE, (&raw mut ty).cast(), &raw mut len) };
     if ok != 0 || ty != libc::SOCK_STREAM {
         return None;
     }
@@ -68,15 +66,15 @@ fn peer_port(fd: i32) -> Option<u16> {
     let mut addr: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
     let mut alen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
     // SAFETY: addr/alen describe a writable sockaddr_storage.
-    let ok = unsafe { libc::getpeername(fd, (&mut addr as *mut libc::sockaddr_storage).cast(), &mut alen) };
+    let ok = unsafe { libc::getpeername(fd, (&raw mut addr).cast(), &raw mut alen) };
     if ok != 0 {
         return None;
     }
     let port_be = match i32::from(addr.ss_family) {
         // SAFETY: the family says which sockaddr the storage holds.
-        libc::AF_INET => unsafe { (*(&addr as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>()).sin_port },
+        libc::AF_INET => unsafe { (*(&raw const addr).cast::<libc::sockaddr_in>()).sin_port },
         // SAFETY: as above.
-        libc::AF_INET6 => unsafe { (*(&addr as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>()).sin6_port },
+        libc::AF_INET6 => unsafe { (*(&raw const addr).cast::<libc::sockaddr_in6>()).sin6_port },
         _ => return None,
     };
     Some(u16::from_be(port_be))
@@ -91,7 +89,7 @@ fn set_nodelay(fd: i32) -> bool {
             fd,
             libc::IPPROTO_TCP,
             libc::TCP_NODELAY,
-            (&one as *const libc::c_int).cast(),
+            (&raw const one).cast(),
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
         ) == 0
     }
@@ -104,9 +102,8 @@ mod tests {
     fn nodelay(fd: i32) -> bool {
         let mut v: libc::c_int = 0;
         let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-        let ok = unsafe {
-            libc::getsockopt(fd, libc::IPPROTO_TCP, libc::TCP_NODELAY, (&mut v as *mut libc::c_int).cast(), &mut len)
-        };
+        let ok =
+            unsafe { libc::getsockopt(fd, libc::IPPROTO_TCP, libc::TCP_NODELAY, (&raw mut v).cast(), &raw mut len) };
         ok == 0 && v != 0
     }
 

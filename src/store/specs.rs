@@ -108,18 +108,6 @@ pub async fn apply(conn: &mut PgConnection, doc: &ClientSync) -> Result<ApplyOut
     let name = &doc.metadata.name;
     set_cluster(conn, cluster).await?;
     let spec_json = serde_json::to_value(&doc.spec).map_err(|e| StoreError::Migration(e.to_string()))?;
-    let what = || format!("apply clientsync/{name} in cluster {cluster}");
-    // Row-level security hides other clusters' specs; the unique index still sees them.
-    let schema_taken = |source: sqlx::Error| match &source {
-        sqlx::Error::Database(d) if d.constraint() == Some("client_specs_target_schema") => {
-            StoreError::Invalid(format!(
-                "spec.target.schema: {:?} is already the mirror of another ClientSync (of this or another cluster); \
-             give this one a schema of its own",
-                doc.spec.target.schema.as_deref().unwrap_or_default()
-            ))
-        }
-        _ => StoreError::Db { context: what(), source },
-    };
     let existing = sqlx::query(
         "SELECT spec, labels, annotations, deleted_at IS NOT NULL AS deleted
          FROM sync_metadata.client_specs WHERE cluster_name = $1 AND name = $2 FOR UPDATE",
@@ -128,23 +116,9 @@ pub async fn apply(conn: &mut PgConnection, doc: &ClientSync) -> Result<ApplyOut
     .bind(name)
     .fetch_optional(&mut *conn)
     .await
-    .ctx(what)?;
-    let labels = Json(&doc.metadata.labels);
-    let annotations = Json(&doc.metadata.annotations);
+    .ctx(|| apply_context(doc))?;
     let Some(row) = existing else {
-        sqlx::query(
-            "INSERT INTO sync_metadata.client_specs (cluster_name, name, generation, spec, labels, annotations, enabled)
-             VALUES ($1, $2, 1, $3, $4, $5, $6)",
-        )
-        .bind(cluster)
-        .bind(name)
-        .bind(Json(&spec_json))
-        .bind(labels)
-        .bind(annotations)
-        .bind(doc.spec.enabled)
-        .execute(&mut *conn)
-        .await
-        .map_err(schema_taken)?;
+        insert_spec(conn, doc, &spec_json).await?;
         notify(conn, cluster).await?;
         return Ok(ApplyOutcome::Created);
     };
@@ -156,37 +130,92 @@ pub async fn apply(conn: &mut PgConnection, doc: &ClientSync) -> Result<ApplyOut
     if !spec_changed && old_labels == doc.metadata.labels && old_ann == doc.metadata.annotations {
         return Ok(ApplyOutcome::Unchanged);
     }
+    update_spec(conn, doc, &spec_json, spec_changed).await?;
+    notify(conn, cluster).await?;
+    if deleted {
+        reset_status(conn, doc).await?;
+    }
+    Ok(if deleted { ApplyOutcome::Created } else { ApplyOutcome::Configured })
+}
+
+/// The context of [`apply`]'s database errors: which spec, in which cluster.
+fn apply_context(doc: &ClientSync) -> String {
+    let cluster = doc.metadata.cluster.as_deref().unwrap_or_default();
+    format!("apply clientsync/{} in cluster {cluster}", doc.metadata.name)
+}
+
+/// Maps a write's error: a taken mirror schema becomes a field error naming it (row-level
+/// security hides other clusters' specs; the unique index still sees them).
+fn schema_taken(doc: &ClientSync, source: sqlx::Error) -> StoreError {
+    match &source {
+        sqlx::Error::Database(d) if d.constraint() == Some("client_specs_target_schema") => {
+            StoreError::Invalid(format!(
+                "spec.target.schema: {:?} is already the mirror of another ClientSync (of this or another cluster); \
+             give this one a schema of its own",
+                doc.spec.target.schema.as_deref().unwrap_or_default()
+            ))
+        }
+        _ => StoreError::Db { context: apply_context(doc), source },
+    }
+}
+
+/// Inserts a new spec at generation 1.
+async fn insert_spec(conn: &mut PgConnection, doc: &ClientSync, spec_json: &serde_json::Value) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO sync_metadata.client_specs (cluster_name, name, generation, spec, labels, annotations, enabled)
+         VALUES ($1, $2, 1, $3, $4, $5, $6)",
+    )
+    .bind(doc.metadata.cluster.as_deref().unwrap_or_default())
+    .bind(&doc.metadata.name)
+    .bind(Json(spec_json))
+    .bind(Json(&doc.metadata.labels))
+    .bind(Json(&doc.metadata.annotations))
+    .bind(doc.spec.enabled)
+    .execute(&mut *conn)
+    .await
+    .map_err(|e| schema_taken(doc, e))?;
+    Ok(())
+}
+
+/// Overwrites an existing (or deleted) spec; the generation grows only if `spec_changed`.
+async fn update_spec(
+    conn: &mut PgConnection,
+    doc: &ClientSync,
+    spec_json: &serde_json::Value,
+    spec_changed: bool,
+) -> Result<()> {
     sqlx::query(
         "UPDATE sync_metadata.client_specs
          SET spec = $3, labels = $4, annotations = $5, enabled = $6, updated_at = now(), deleted_at = NULL,
              generation = generation + CASE WHEN $7 THEN 1 ELSE 0 END
          WHERE cluster_name = $1 AND name = $2",
     )
-    .bind(cluster)
-    .bind(name)
-    .bind(Json(&spec_json))
-    .bind(labels)
-    .bind(annotations)
+    .bind(doc.metadata.cluster.as_deref().unwrap_or_default())
+    .bind(&doc.metadata.name)
+    .bind(Json(spec_json))
+    .bind(Json(&doc.metadata.labels))
+    .bind(Json(&doc.metadata.annotations))
     .bind(doc.spec.enabled)
     .bind(spec_changed)
     .execute(&mut *conn)
     .await
-    .map_err(schema_taken)?;
-    notify(conn, cluster).await?;
-    if deleted {
-        // A re-created tenant starts from Pending, not from its old life's status.
-        sqlx::query(
-            "UPDATE sync_metadata.client_status SET phase = 'Pending', conditions = '[]', observed_generation = 0,
-                 consecutive_failures = 0, last_error = NULL, next_sync_time = NULL, updated_at = now()
-             WHERE cluster_name = $1 AND name = $2",
-        )
-        .bind(cluster)
-        .bind(name)
-        .execute(&mut *conn)
-        .await
-        .ctx(what)?;
-    }
-    Ok(if deleted { ApplyOutcome::Created } else { ApplyOutcome::Configured })
+    .map_err(|e| schema_taken(doc, e))?;
+    Ok(())
+}
+
+/// A re-created tenant starts from Pending, not from its old life's status.
+async fn reset_status(conn: &mut PgConnection, doc: &ClientSync) -> Result<()> {
+    sqlx::query(
+        "UPDATE sync_metadata.client_status SET phase = 'Pending', conditions = '[]', observed_generation = 0,
+             consecutive_failures = 0, last_error = NULL, next_sync_time = NULL, updated_at = now()
+         WHERE cluster_name = $1 AND name = $2",
+    )
+    .bind(doc.metadata.cluster.as_deref().unwrap_or_default())
+    .bind(&doc.metadata.name)
+    .execute(&mut *conn)
+    .await
+    .ctx(|| apply_context(doc))?;
+    Ok(())
 }
 
 /// Wakes the cluster's controllers (LISTEN owsync_specs); polling is the fallback.

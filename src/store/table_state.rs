@@ -97,7 +97,7 @@ pub async fn record_fingerprint(
 
 /// One table's recorded state, as a sync starts from it.
 #[derive(Debug)]
-pub struct Recorded {
+pub struct RecordedTable {
     pub table: String,
     pub source_ddl: String,
     /// The base page state, and a delta against it (`source::pages::delta`).
@@ -110,7 +110,7 @@ pub struct Recorded {
 
 /// The recorded state of `client`'s tables whose mirror table in `schema` is still the
 /// one the state was recorded with (same oid).
-pub async fn recorded(pool: &PgPool, cluster: &str, client: &str, schema: &str) -> Result<Vec<Recorded>> {
+pub async fn recorded(pool: &PgPool, cluster: &str, client: &str, schema: &str) -> Result<Vec<RecordedTable>> {
     let mut tx = super::begin(pool, cluster).await?;
     let rows = sqlx::query(
         "SELECT table_name, coalesce(source_ddl, ''), pages, watermark->>'shape',
@@ -132,7 +132,7 @@ pub async fn recorded(pool: &PgPool, cluster: &str, client: &str, schema: &str) 
     let _ = tx.commit().await;
     Ok(rows
         .into_iter()
-        .map(|r| Recorded {
+        .map(|r| RecordedTable {
             table: r.get(0),
             source_ddl: r.get(1),
             pages: r.get(2),

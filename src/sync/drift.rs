@@ -8,6 +8,8 @@
 //! `SchemaDrift` condition) with what to do, and it clears once the mirror is fixed.
 //!
 //! [`compare`] is pure; [`check`] reads the source's schema and the mirror's catalog.
+//! While a tenant drifts, [`sync_rechecking`] decides from the digest of the drift last
+//! reported ([`Reported`]) whether an unchanged source's sync must sync every table.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -149,6 +151,75 @@ pub fn compare(
     out
 }
 
+/// A digest of a drift list (all of it, in the order [`compare`] finds it): what a sync
+/// reported, handed back to the next one so that it can tell whether the drift changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Digest(u128);
+
+impl Digest {
+    pub fn of(drifts: &[Drift]) -> Digest {
+        Digest(xxhash_rust::xxh3::xxh3_128(&serde_json::to_vec(drifts).unwrap_or_default()))
+    }
+}
+
+/// What was last reported of a tenant's schema drift, the input of a sync that decides
+/// whether to check it again ([`sync_rechecking`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Reported {
+    /// No drift, or none reported yet: a sync of an unchanged source checks nothing.
+    #[default]
+    InSync,
+    /// Drifting, as the digest says.
+    Drifting(Digest),
+    /// Drifting, as reported before this process knew what (the status it starts from).
+    DriftingUnseen,
+}
+
+impl Reported {
+    /// What a sync's result reports: its drift when it checked it, else what was before.
+    pub fn after(self, result: &Result<super::SyncReport, SyncError>) -> Reported {
+        match result.as_ref().ok().and_then(|r| r.drift.as_deref()) {
+            Some([]) => Reported::InSync,
+            Some(d) => Reported::Drifting(Digest::of(d)),
+            None => self,
+        }
+    }
+
+    /// Whether `now`, the drift found again with the source unchanged, calls for syncing
+    /// every table: it is gone or changed (an operator fixed the mirror, or some of it).
+    /// A drift reported unseen counts as changed: nothing says the mirror is as it was.
+    pub fn resync(&self, now: &[Drift]) -> bool {
+        match self {
+            Reported::InSync => false,
+            Reported::Drifting(d) => now.is_empty() || Digest::of(now) != *d,
+            Reported::DriftingUnseen => true,
+        }
+    }
+}
+
+/// Runs one sync of a tenant whose drift was last reported as `last`. While it drifts
+/// and its source is unchanged (the sync skipped it), checks the drift again: if it
+/// changed ([`Reported::resync`]), syncs every table at once, so the fix takes effect
+/// without waiting for a source change; else reports it. A tenant that does not drift
+/// costs no more than [`super::sync_tenant`].
+pub async fn sync_rechecking(job: &SyncJob<'_>, last: &Reported) -> Result<super::SyncReport, SyncError> {
+    let mut result = super::sync_tenant(job).await;
+    if let Ok(r) = &mut result
+        && r.unchanged
+        && *last != Reported::InSync
+    {
+        match check(job).await {
+            Ok(d) if last.resync(&d) => {
+                tracing::info!(client = %job.client, "schema drift changed: syncing every table");
+                return super::sync_tenant(&job.full()).await;
+            }
+            Ok(d) => r.drift = Some(d),
+            Err(e) => tracing::warn!(client = %job.client, error = %e, "cannot check schema drift"),
+        }
+    }
+    result
+}
+
 /// Reads the source's schema and the mirror's catalog and compares them.
 pub async fn check(job: &SyncJob<'_>) -> Result<Vec<Drift>, SyncError> {
     let client = job.client.to_string();
@@ -231,7 +302,7 @@ mod tests {
             key: if key.is_empty() {
                 RowKey::Rowid
             } else {
-                RowKey::Primary(key.iter().map(|k| k.to_string()).collect())
+                RowKey::Primary(key.iter().map(std::string::ToString::to_string).collect())
             },
             without_rowid: false,
             extra_ddl: vec![],
@@ -242,7 +313,7 @@ mod tests {
         let mut columns: BTreeMap<String, String> = cols.iter().map(|(n, t)| (n.to_string(), t.to_string())).collect();
         columns.insert("_owsync_deleted".into(), "boolean".into());
         columns.insert("_owsync_synced_at".into(), "timestamp with time zone".into());
-        MirrorShape { columns, key: key.iter().map(|k| k.to_string()).collect() }
+        MirrorShape { columns, key: key.iter().map(std::string::ToString::to_string).collect() }
     }
 
     fn all(_: &str) -> bool {
@@ -299,6 +370,25 @@ mod tests {
         assert!(m.contains("DROP COLUMN \"summary\""), "{m}");
         assert!(d[2].message("client_a").contains("(id, user_id)"));
         assert_eq!(d.iter().map(Drift::reason).collect::<Vec<_>>()[3], "TableDropped");
+    }
+
+    #[test]
+    fn a_drift_found_again_resyncs_only_when_it_changed() {
+        let dropped = Drift::ColumnDropped { table: "chat".into(), column: "summary".into() };
+        let gone = Drift::TableDropped { table: "old".into() };
+        let found = |drift: Option<Vec<Drift>>| super::super::SyncReport { drift, ..Default::default() };
+        let last = Reported::InSync.after(&Ok(found(Some(vec![dropped.clone()]))));
+        assert_eq!(last, Reported::Drifting(Digest::of(std::slice::from_ref(&dropped))));
+        assert!(!last.resync(std::slice::from_ref(&dropped)), "the same drift: reported, no re-sync");
+        assert!(last.resync(&[]), "fixed: every table synced");
+        assert!(last.resync(&[dropped.clone(), gone.clone()]), "changed");
+        assert!(last.resync(std::slice::from_ref(&gone)), "partly fixed, other drift");
+        // A sync that did not check the drift (unchanged source, or the check failed) keeps it.
+        assert_eq!(last.after(&Ok(found(None))), last);
+        assert_eq!(last.after(&Err(SyncError::Reader { client: "a".into(), message: "gone".into() })), last);
+        assert_eq!(last.after(&Ok(found(Some(vec![])))), Reported::InSync);
+        assert!(!Reported::InSync.resync(std::slice::from_ref(&dropped)), "not drifting: never checked again");
+        assert!(Reported::DriftingUnseen.resync(&[dropped]), "unseen: nothing says it is unchanged");
     }
 
     #[test]

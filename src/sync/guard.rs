@@ -251,9 +251,9 @@ fn sample(src: &Source, t: &TableInfo) -> Result<Vec<Vec<Json>>, SourceError> {
         format!("SELECT {} FROM {} WHERE rowid >= ?1 ORDER BY rowid LIMIT 1", cols.join(", "), quote_ident(&t.name));
     let mut stmt = src.statement(&t.name, &sql)?;
     let mut out: Vec<Vec<Json>> = Vec::new();
-    let span = (hi as i128 - lo as i128).max(0);
+    let span = (i128::from(hi) - i128::from(lo)).max(0);
     for i in 0..ANCHORS_PER_TABLE {
-        let at = lo as i128 + span * i as i128 / (ANCHORS_PER_TABLE - 1) as i128;
+        let at = i128::from(lo) + span * i128::from(i) / i128::from(ANCHORS_PER_TABLE - 1);
         let at = i64::try_from(at).unwrap_or(hi);
         let row: Option<Vec<Json>> = stmt
             .query_row([at], |r| (0..cols.len()).map(|c| r.get_ref(c).map(json_of)).collect::<Result<Vec<_>, _>>())

@@ -5,6 +5,7 @@
 
 pub mod drift;
 pub mod guard;
+mod options;
 pub mod progress;
 mod provision;
 mod queue;
@@ -12,7 +13,7 @@ mod reader;
 mod skip;
 mod table;
 
-pub use queue::{DEFAULT_TABLE_CONNECTIONS, set_table_connections, table_connections, with_table_connections};
+pub use options::{DEFAULT_TABLE_CONNECTIONS, SyncOptions};
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -123,23 +124,26 @@ pub struct SyncReport {
     pub drift: Option<Vec<drift::Drift>>,
 }
 
-/// What to sync and as whom.
+/// What to sync, as whom, and how.
 pub struct SyncJob<'a> {
     pub pool: &'a PgPool,
     pub cluster: &'a str,
     pub client: &'a str,
     pub spec: &'a ClientSyncSpec,
     pub fence: Option<&'a Fence>,
+    pub options: SyncOptions,
+}
+
+impl<'a> SyncJob<'a> {
+    /// This job reading every table, even if the source is unchanged ([`SyncOptions::full`]).
+    pub fn full(&self) -> SyncJob<'a> {
+        SyncJob { options: SyncOptions { full: true, ..self.options.clone() }, ..*self }
+    }
 }
 
 /// Runs one sync of a tenant; does nothing when the source is unchanged since the last
-/// complete sync.
+/// complete sync, unless the job's options say `full`.
 pub async fn sync_tenant(job: &SyncJob<'_>) -> Result<SyncReport, SyncError> {
-    sync_tenant_with(job, false).await
-}
-
-/// Runs one sync of a tenant; `full` reads every table even if the source is unchanged.
-pub async fn sync_tenant_with(job: &SyncJob<'_>, full: bool) -> Result<SyncReport, SyncError> {
     let started = Instant::now();
     let client = job.client.to_string();
     let store_err = |source| SyncError::store(&client, source);
@@ -150,12 +154,12 @@ pub async fn sync_tenant_with(job: &SyncJob<'_>, full: bool) -> Result<SyncRepor
         .map_err(|source| SyncError::Source { client: client.clone(), source })?;
     let fp = format!("{fp}:{}", skip::spec_digest(job.spec));
     let (previous, rows) = skip::previous(job).await.map_err(store_err)?;
-    if !full && previous.as_deref() == Some(fp.as_str()) {
+    if !job.options.full && previous.as_deref() == Some(fp.as_str()) {
         let tables = rows.into_iter().map(|(t, rows)| (t, TableReport { rows, ..Default::default() })).collect();
         return Ok(SyncReport { tables, unchanged: true, duration: started.elapsed(), ..Default::default() });
     }
     let passed = guard::check(job, &rows).await?;
-    let (mut report, discovered) = match sync_all(job, full, &passed.limits).await {
+    let (mut report, discovered) = match sync_all(job, &passed.limits).await {
         // A table's transaction would have tombstoned beyond the guard (and rolled back).
         Err(SyncError::DeletionsHeld { plan, .. }) => return Err(guard::hold(job, *plan).await),
         r => r?,
@@ -166,49 +170,46 @@ pub async fn sync_tenant_with(job: &SyncJob<'_>, full: bool) -> Result<SyncRepor
         .ok();
     if report.failed.is_empty() {
         skip::record(job, &fp).await.map_err(store_err)?;
-    }
-    if report.failed.is_empty() {
         guard::settle(job, passed).await?;
     }
     report.duration = started.elapsed();
     Ok(report)
 }
 
+/// Syncs every selected table: the largest first, `table_connections` at once.
 async fn sync_all(
     job: &SyncJob<'_>,
-    full: bool,
     limits: &BTreeMap<String, (u64, i64)>,
 ) -> Result<(SyncReport, Vec<source::TableInfo>), SyncError> {
     let started = Instant::now();
-    let client = job.client.to_string();
+    let (client, full) = (job.client, job.options.full);
     let schema = job.spec.mirror_schema(job.client);
-    let skip::Recorded { pages: previous, shapes } =
-        skip::recorded(job, &schema).await.map_err(|source| SyncError::store(&client, source))?;
-    let path = PathBuf::from(&job.spec.source.path);
-    let spec = job.spec.clone();
-    let (queue, discovered) = tokio::task::spawn_blocking(move || queue::tables(&path, &spec))
-        .await
-        .map_err(|e| SyncError::Reader { client: client.clone(), message: e.to_string() })?
-        .map_err(|source| SyncError::Source { client: client.clone(), source })?;
+    let skip::Baseline { pages: previous, shapes } =
+        skip::baseline(job, &schema).await.map_err(|source| SyncError::store(client, source))?;
+    let (queue, discovered) = discover(job).await?;
     let infos: Vec<source::TableInfo> = queue.lock().map(|q| q.iter().cloned().collect()).unwrap_or_default();
     // Tables are synced by `n` workers at once, each with its own SQLite reader and its
     // own PostgreSQL transaction per table (so the second core compresses and writes too).
-    let n = queue::table_connections().min(job.pool.options().get_max_connections().max(1) as usize);
+    let n = job.options.table_connections.max(1).min(job.pool.options().get_max_connections().max(1) as usize);
     // The first `n` tables (the largest) are provisioned before the workers start; the
     // rest meanwhile, on one more connection, while the big tables copy.
     let (early, late) = infos.split_at(n.min(infos.len()));
     let unprovisioned = provision::provision_tables(job, &schema, early, &shapes, full).await?;
-    let mut report = SyncReport::default();
-    if !unprovisioned.is_empty() {
-        if let Ok(mut q) = queue.lock() {
-            q.retain(|t| !unprovisioned.contains_key(&t.name));
-        }
-        for (name, msg) in unprovisioned {
-            warn!(client = %client, table = %name, error = %msg, "table not synced");
-            progress::report(|p| p.table_started(&name));
-            progress::report(|p| p.table_done(&name, 0, Some(&msg)));
-            report.failed.insert(name, msg);
-        }
+    let (late_tx, late_rx) = tokio::sync::watch::channel(false);
+    let run = SyncRun {
+        queue,
+        stop: AtomicBool::new(false),
+        report: Mutex::new(SyncReport::default()),
+        late: late.iter().map(|t| t.name.clone()).collect(),
+        late_failed: Mutex::new(BTreeMap::new()),
+        late_done: late_rx,
+        limits,
+    };
+    if let Ok(mut q) = run.queue.lock() {
+        q.retain(|t| !unprovisioned.contains_key(&t.name));
+    }
+    for (name, msg) in unprovisioned {
+        run.never_started(job, &name, msg);
     }
     let rj = Arc::new(ReaderJob {
         path: PathBuf::from(&job.spec.source.path),
@@ -216,38 +217,28 @@ async fn sync_all(
         previous: Mutex::new(previous),
         full,
     });
-    let (late_tx, late_rx) = tokio::sync::watch::channel(false);
-    let shared = Shared {
-        queue,
-        stop: AtomicBool::new(false),
-        report: Mutex::new(report),
-        late: late.iter().map(|t| t.name.clone()).collect(),
-        late_failed: Mutex::new(BTreeMap::new()),
-        late_done: late_rx,
-        limits,
-    };
     let provisioner = async {
         let r = provision::provision_tables(job, &schema, late, &shapes, full).await;
         match &r {
             Ok(failed) => {
-                if let Ok(mut f) = shared.late_failed.lock() {
+                if let Ok(mut f) = run.late_failed.lock() {
                     f.clone_from(failed);
                 }
             }
-            Err(_) => shared.stop(),
+            Err(_) => run.stop(),
         }
         let _ = late_tx.send(true);
         r.map(|_| ())
     };
     let workers = (0..n).map(|_| {
         let (tx, rx) = mpsc::channel::<Msg>(1);
-        let reader = reader::spawn_reader(rj.clone(), shared.queue.clone(), tx);
-        worker(job, &schema, &shared, rx, reader)
+        let reader = reader::spawn_reader(rj.clone(), run.queue.clone(), tx);
+        worker(job, &schema, &run, rx, reader)
     });
     let (provisioned, results) = tokio::join!(provisioner, futures_util::future::join_all(workers));
     provisioned?;
     results.into_iter().collect::<Result<Vec<()>, SyncError>>()?;
-    let mut report = shared.report.into_inner().unwrap_or_else(|e| e.into_inner());
+    let mut report = run.report.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner);
     provision::forget_failed(job, &report.failed.keys().cloned().collect::<Vec<_>>()).await?;
     report.duration = started.elapsed();
     let followed = report.tables.values().filter(|t| t.capture == "followed").count();
@@ -257,8 +248,20 @@ async fn sync_all(
     Ok((report, discovered))
 }
 
-/// What a sync's workers share.
-struct Shared<'a> {
+/// The source's selected tables in the order the readers take them (`queue`), and every
+/// table discovered.
+async fn discover(job: &SyncJob<'_>) -> Result<(reader::Queue, Vec<source::TableInfo>), SyncError> {
+    let client = job.client.to_string();
+    let path = PathBuf::from(&job.spec.source.path);
+    let spec = job.spec.clone();
+    tokio::task::spawn_blocking(move || queue::tables(&path, &spec))
+        .await
+        .map_err(|e| SyncError::Reader { client: client.clone(), message: e.to_string() })?
+        .map_err(|source| SyncError::Source { client, source })
+}
+
+/// One sync's state, shared by its workers.
+struct SyncRun<'a> {
     queue: reader::Queue,
     /// A worker met a fatal error: the others stop after their current table.
     stop: AtomicBool,
@@ -272,11 +275,64 @@ struct Shared<'a> {
     limits: &'a BTreeMap<String, (u64, i64)>,
 }
 
-impl Shared<'_> {
+/// Whether a worker may sync a table it was handed.
+enum Ready {
+    Go,
+    /// The sync stops.
+    Stop,
+    /// The table could not be provisioned, for this reason.
+    Failed(String),
+}
+
+impl SyncRun<'_> {
     fn stop(&self) {
         self.stop.store(true, Ordering::Relaxed);
         if let Ok(mut q) = self.queue.lock() {
             q.clear();
+        }
+    }
+
+    fn stopped(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+
+    /// For a table provisioned late, waits until that provisioning is over.
+    async fn ready(&self, table: &str) -> Ready {
+        if !self.late.contains(table) {
+            return Ready::Go;
+        }
+        let mut done = self.late_done.clone();
+        let _ = done.wait_for(|d| *d).await;
+        if self.stopped() {
+            return Ready::Stop;
+        }
+        match self.late_failed.lock().ok().and_then(|f| f.get(table).cloned()) {
+            Some(msg) => Ready::Failed(msg),
+            None => Ready::Go,
+        }
+    }
+
+    /// A table that failed before its copy started (it could not be provisioned).
+    fn never_started(&self, job: &SyncJob<'_>, table: &str, msg: String) {
+        job.options.report(|p| p.table_started(table));
+        self.not_synced(job, table, msg);
+    }
+
+    /// A table that was not synced, with why; the others go on.
+    fn not_synced(&self, job: &SyncJob<'_>, table: &str, msg: String) {
+        warn!(client = %job.client, table = %table, error = %msg, "table not synced");
+        job.options.report(|p| p.table_done(table, 0, Some(&msg)));
+        if let Ok(mut report) = self.report.lock() {
+            report.failed.insert(table.to_string(), msg);
+        }
+    }
+
+    /// A table that was synced.
+    fn synced(&self, job: &SyncJob<'_>, table: &str, tr: TableReport) {
+        job.options.report(|p| p.table_done(table, tr.rows, None));
+        if let Ok(mut report) = self.report.lock() {
+            report.rows_written += tr.upserted + tr.tombstoned;
+            report.tables.insert(table.to_string(), tr);
         }
     }
 }
@@ -286,7 +342,7 @@ impl Shared<'_> {
 async fn worker(
     job: &SyncJob<'_>,
     schema: &str,
-    shared: &Shared<'_>,
+    run: &SyncRun<'_>,
     mut rx: mpsc::Receiver<Msg>,
     reader: tokio::task::JoinHandle<Result<(), source::SourceError>>,
 ) -> Result<(), SyncError> {
@@ -294,55 +350,31 @@ async fn worker(
     let mut fatal = None;
     while let Some(msg) = rx.recv().await {
         let Msg::Table(plan) = msg else { continue };
-        if shared.stop.load(Ordering::Relaxed) {
+        if run.stopped() {
             break;
         }
-        let info = &plan.info;
-        if shared.late.contains(&info.name) {
-            let mut done = shared.late_done.clone();
-            let _ = done.wait_for(|d| *d).await;
-            if shared.stop.load(Ordering::Relaxed) {
-                break;
-            }
-            let failed = shared.late_failed.lock().ok().and_then(|f| f.get(&info.name).cloned());
-            if let Some(msg) = failed {
-                warn!(client = %client, table = %info.name, error = %msg, "table not synced");
-                progress::report(|p| p.table_started(&info.name));
-                progress::report(|p| p.table_done(&info.name, 0, Some(&msg)));
-                if let Ok(mut report) = shared.report.lock() {
-                    report.failed.insert(info.name.clone(), msg);
-                }
+        let name = &plan.info.name;
+        match run.ready(name).await {
+            Ready::Go => {}
+            Ready::Stop => break,
+            Ready::Failed(msg) => {
+                run.never_started(job, name, msg);
                 skip_rest(&mut rx).await;
                 continue;
             }
         }
-        let table = MirrorTable::from_source(schema, info);
-        let span = info_span!("table", client = %client, table = %info.name);
-        progress::report(|p| p.table_started(&info.name));
-        let limit = shared.limits.get(&info.name).copied();
-        let done = sync_table(job, &plan, &table, &mut rx, limit).instrument(span).await;
-        progress::report(|p| match &done {
-            Ok(tr) => p.table_done(&info.name, tr.rows, None),
-            Err(TableFailure::Table(m)) => p.table_done(&info.name, 0, Some(m)),
-            Err(TableFailure::Fatal(e)) => p.table_done(&info.name, 0, Some(&e.to_string())),
-        });
-        match done {
-            Ok(tr) => {
-                if let Ok(mut report) = shared.report.lock() {
-                    report.rows_written += tr.upserted + tr.tombstoned;
-                    report.tables.insert(info.name.clone(), tr);
-                }
-            }
+        let table = MirrorTable::from_source(schema, &plan.info);
+        let span = info_span!("table", client = %client, table = %name);
+        job.options.report(|p| p.table_started(name));
+        let limit = run.limits.get(name).copied();
+        match sync_table(job, &plan, &table, &mut rx, limit).instrument(span).await {
+            Ok(tr) => run.synced(job, name, tr),
+            Err(TableFailure::Table(msg)) => run.not_synced(job, name, msg),
             Err(TableFailure::Fatal(e)) => {
-                shared.stop();
+                job.options.report(|p| p.table_done(name, 0, Some(&e.to_string())));
+                run.stop();
                 fatal = Some(e);
                 break;
-            }
-            Err(TableFailure::Table(msg)) => {
-                warn!(client = %client, table = %info.name, error = %msg, "table not synced");
-                if let Ok(mut report) = shared.report.lock() {
-                    report.failed.insert(info.name.clone(), msg);
-                }
             }
         }
     }
@@ -354,11 +386,11 @@ async fn worker(
     match read {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => {
-            shared.stop();
+            run.stop();
             Err(SyncError::Source { client, source: e })
         }
         Err(e) => {
-            shared.stop();
+            run.stop();
             Err(SyncError::Reader { client, message: e.to_string() })
         }
     }
@@ -379,7 +411,7 @@ fn table_failure(client: &str, e: target::TargetError) -> TableFailure {
         target::TargetError::Db { source, .. } if is_connection_error(source) => {
             TableFailure::Fatal(SyncError::Target { client: client.to_string(), source: e })
         }
-        _ => TableFailure::Table(e.to_string()),
+        target::TargetError::Db { .. } => TableFailure::Table(e.to_string()),
     }
 }
 

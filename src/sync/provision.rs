@@ -19,7 +19,7 @@ use crate::target::{self, MirrorTable};
 
 /// Provisions what needs it; returns the tables that could not be provisioned, with why.
 /// `recorded`: the shape digests of the tables whose mirror is the recorded one
-/// (`skip::recorded`); `all`: provision every table whatever its recorded shape
+/// (`skip::baseline`); `all`: provision every table whatever its recorded shape
 /// (`owsyncctl sync --full`).
 pub(super) async fn provision_tables(
     job: &SyncJob<'_>,

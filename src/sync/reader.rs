@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use tokio::sync::mpsc;
 
 use crate::source::follow;
-use crate::source::pages::{self, Capture, StateWrite, Stored};
+use crate::source::pages::{self, Capture, StateWrite, Stored, Walked};
 use crate::source::{self, Slice, SliceReader, Source, TableInfo};
 
 pub(super) enum Msg {
@@ -99,7 +99,7 @@ pub(super) fn spawn_reader(
     })
 }
 
-/// One table; `false` when the receiver is gone.
+/// One table: walk, plan, rows, end; `false` when the receiver is gone.
 fn table_pass(
     src: &Source,
     t: TableInfo,
@@ -112,23 +112,56 @@ fn table_pass(
     let started = std::time::Instant::now();
     let cap = match Capture::begin(src, &t, old, target, in_txn, start) {
         Ok(c) => c,
-        Err(e) => {
-            let plan = TablePlan { info: t, ranges: None, capture: "full", pages_read: 0 };
-            return tx.blocking_send(Msg::Table(Box::new(plan))).is_ok()
-                && tx.blocking_send(Msg::Failed(e.to_string())).is_ok()
-                && tx.blocking_send(Msg::End(TableEnd::default())).is_ok();
-        }
+        Err(e) => return walk_failed(t, &e, tx),
     };
-    let (ranges, walked) = (cap.ranges.clone(), &cap.walked);
     let walk_ms = started.elapsed().as_secs_f64() * 1e3;
-    let capture = cap.how();
-    let plan = TablePlan { info: t.clone(), ranges: ranges.clone(), capture, pages_read: cap.pages_read };
+    let plan =
+        TablePlan { info: t.clone(), ranges: cap.ranges.clone(), capture: cap.how(), pages_read: cap.pages_read };
     if tx.blocking_send(Msg::Table(Box::new(plan))).is_err() {
         return false;
     }
+    let Some(rows) = send_rows(src, &t, cap.ranges.clone(), cap.walked.as_ref(), in_txn, tx) else {
+        return false;
+    };
+    tracing::debug!(table = %t.name, walk_ms, read_ms = started.elapsed().as_secs_f64() * 1e3 - walk_ms,
+                    leaves = cap.walked.as_ref().map_or(0, |w| w.state.leaf_count()), "table read");
+    let end = match cap.finish(&rows.suspect, rows.read_any, target) {
+        Some(s) => TableEnd { pages: Some(s.pages), rows: Some(s.rows), unchanged: s.unchanged },
+        None => TableEnd::default(),
+    };
+    tx.blocking_send(Msg::End(end)).is_ok()
+}
+
+/// What a table's rows were, once all sent.
+struct RowsSent {
+    /// Rowid intervals read after a writer's commit (rollback journal): re-read next time.
+    suspect: Vec<(i64, i64)>,
+    /// Any row at all was read.
+    read_any: bool,
+}
+
+/// The walk failed: the table is read in full and fails at once; `false` when the
+/// receiver is gone.
+fn walk_failed(t: TableInfo, e: &source::SourceError, tx: &mpsc::Sender<Msg>) -> bool {
+    let plan = TablePlan { info: t, ranges: None, capture: "full", pages_read: 0 };
+    tx.blocking_send(Msg::Table(Box::new(plan))).is_ok()
+        && tx.blocking_send(Msg::Failed(e.to_string())).is_ok()
+        && tx.blocking_send(Msg::End(TableEnd::default())).is_ok()
+}
+
+/// Sends `t`'s rows (those in `ranges`, or all) slice by slice; `None` when the receiver
+/// is gone. A read error is sent as `Failed` and ends the rows.
+fn send_rows(
+    src: &Source,
+    t: &TableInfo,
+    ranges: Option<Vec<(i64, i64)>>,
+    walked: Option<&Walked>,
+    in_txn: bool,
+    tx: &mpsc::Sender<Msg>,
+) -> Option<RowsSent> {
     let mut reader = match ranges {
-        Some(r) => SliceReader::with_ranges(src, &t, r),
-        None => SliceReader::new(src, &t),
+        Some(r) => SliceReader::with_ranges(src, t, r),
+        None => SliceReader::new(src, t),
     };
     if !in_txn {
         // Rollback journal: the writer's COMMIT waits for each slice's read lock. A busy
@@ -136,8 +169,7 @@ fn table_pass(
         reader.max_time = source::ROLLBACK_SLICE;
         reader.yield_to_writers = true;
     }
-    let mut suspect = Vec::new();
-    let mut read_any = false;
+    let mut sent = RowsSent { suspect: Vec::new(), read_any: false };
     loop {
         if !in_txn {
             // Let a writer's transaction finish first, then start on a fresh scheduler time
@@ -150,7 +182,7 @@ fn table_pass(
                 if pages::data_version(src)? != w.data_version
                     && let Some(iv) = s.scanned
                 {
-                    suspect.push(iv);
+                    sent.suspect.push(iv);
                 }
                 Ok(Some(s))
             }
@@ -158,10 +190,8 @@ fn table_pass(
         });
         match slice {
             Ok(Some(s)) => {
-                read_any |= !s.rows.is_empty();
-                if tx.blocking_send(Msg::Slice(s)).is_err() {
-                    return false;
-                }
+                sent.read_any |= !s.rows.is_empty();
+                tx.blocking_send(Msg::Slice(s)).ok()?;
             }
             Ok(None) => break,
             Err(e) => {
@@ -170,11 +200,5 @@ fn table_pass(
             }
         }
     }
-    tracing::debug!(table = %t.name, walk_ms, read_ms = started.elapsed().as_secs_f64() * 1e3 - walk_ms,
-                    leaves = walked.as_ref().map_or(0, |w| w.state.leaf_count()), "table read");
-    let end = match cap.finish(&suspect, read_any, target) {
-        Some(s) => TableEnd { pages: Some(s.pages), rows: Some(s.rows), unchanged: s.unchanged },
-        None => TableEnd::default(),
-    };
-    tx.blocking_send(Msg::End(end)).is_ok()
+    Some(sent)
 }

@@ -39,7 +39,7 @@ pub async fn record(job: &SyncJob<'_>, fingerprint: &str) -> Result<(), StoreErr
 /// recorded with (same oid: a mirror table dropped and re-created since, by an operator
 /// or a restore, gets provisioned again and a full pass, not an incremental one that
 /// would leave it empty), read once for the whole sync.
-pub struct Recorded {
+pub struct Baseline {
     /// `(source_ddl, page state)` of the tables that have one.
     pub pages: super::reader::Previous,
     /// The mirror shape digest provisioning recorded, for tables that have one, while the
@@ -48,11 +48,11 @@ pub struct Recorded {
     pub shapes: HashMap<String, String>,
 }
 
-pub async fn recorded(job: &SyncJob<'_>, schema: &str) -> Result<Recorded, StoreError> {
+pub async fn baseline(job: &SyncJob<'_>, schema: &str) -> Result<Baseline, StoreError> {
     let started = std::time::Instant::now();
     let rows = table_state::recorded(job.pool, job.cluster, job.client, schema).await?;
     tracing::debug!(ms = started.elapsed().as_secs_f64() * 1e3, tables = rows.len(), "recorded table state read");
-    let mut out = Recorded { pages: Default::default(), shapes: HashMap::new() };
+    let mut out = Baseline { pages: Default::default(), shapes: HashMap::new() };
     for r in rows {
         if let Some(shape) = r.shape {
             out.shapes.insert(r.table.clone(), shape);

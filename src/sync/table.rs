@@ -9,7 +9,7 @@ use tokio::sync::mpsc;
 use tracing::warn;
 
 use super::reader::{Msg, TableEnd, TablePlan};
-use super::{SyncError, SyncJob, TableReport, progress, store_table_failure, table_failure};
+use super::{SyncError, SyncJob, TableReport, store_table_failure, table_failure};
 use crate::source::pages::StateWrite;
 use crate::spec::DeletePolicy;
 use crate::store::{self, Durability, FencedTx, quarantine, table_state};
@@ -69,13 +69,13 @@ struct Read {
 /// `End`; the rows the COPY wrote. On failure the COPY is abandoned (the caller rolls back).
 async fn copy_rows(
     conn: &mut PgConnection,
-    table: &MirrorTable,
+    step: &Step<'_, '_>,
     dest: target::copy::Dest,
     mut first: Option<Msg>,
     rx: &mut mpsc::Receiver<Msg>,
     read: &mut Read,
-    client: &str,
 ) -> Result<u64, TableFailure> {
+    let (table, client) = (step.table, step.job.client);
     let mut copy = target::copy::TableCopy::new(conn, table, dest);
     // Where the COPY's time goes (debug log): waiting for the reader, encoding and sending.
     let (mut waited, mut sent, mut slices) = (Duration::ZERO, Duration::ZERO, 0u32);
@@ -101,7 +101,7 @@ async fn copy_rows(
                     sent += t.elapsed();
                     slices += 1;
                 }
-                progress::report(|p| p.slice(&table.name, s.rows.len() as u64, s.bytes as u64));
+                step.job.options.report(|p| p.slice(&table.name, s.rows.len() as u64, s.bytes as u64));
             }
             Some(Msg::Failed(m)) => {
                 copy.abort().await;
@@ -152,6 +152,44 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
+/// What the steps of a table's sync share.
+struct Step<'s, 'a> {
+    job: &'s SyncJob<'a>,
+    plan: &'s TablePlan,
+    table: &'s MirrorTable,
+    /// The most rows this table may tombstone, and its rows at the last sync (`guard::limits`).
+    limit: Option<(u64, i64)>,
+}
+
+impl Step<'_, '_> {
+    fn target_err(&self) -> impl Fn(target::TargetError) -> TableFailure + '_ {
+        move |e| table_failure(self.job.client, e)
+    }
+
+    /// Every row is read (no rowid ranges): the mirror's rows the source lacks are gone.
+    fn full_pass(&self) -> bool {
+        self.plan.ranges.is_none()
+    }
+
+    fn conflicts(&self) -> ConflictCtx<'_> {
+        ConflictCtx { cluster: self.job.cluster, client: self.job.client, policy: &self.job.spec.conflicts }
+    }
+
+    fn quarantine(&self) -> quarantine::Of<'_> {
+        quarantine::Of { cluster: self.job.cluster, client: self.job.client, table: &self.plan.info.name }
+    }
+}
+
+/// What a table's transaction wrote to the mirror.
+struct Written {
+    counts: target::RowCounts,
+    conflicts: ConflictCounts,
+    /// Copied straight into the empty mirror.
+    direct: bool,
+}
+
+/// Syncs one table in its own transaction on its own connection: its rows (`write_rows`),
+/// then its table_state, committed only if this replica still holds the lease.
 pub(super) async fn sync_table(
     job: &SyncJob<'_>,
     plan: &TablePlan,
@@ -160,26 +198,17 @@ pub(super) async fn sync_table(
     // The most rows this table may tombstone, and its rows at the last sync (`guard::limits`).
     limit: Option<(u64, i64)>,
 ) -> Result<TableReport, TableFailure> {
-    let client = job.client.to_string();
-    // An incremental pass with no changed leaf: when the walk matches the recorded state
-    // exactly, the mirror is already right and the table costs no transaction at all.
-    let mut first: Option<Msg> = None;
-    if plan.ranges.as_ref().is_some_and(|r| r.is_empty()) {
-        match rx.recv().await {
-            Some(Msg::End(e)) if e.unchanged => {
-                let rows = e.rows.unwrap_or_default();
-                let (capture, pages_read) = (plan.capture, plan.pages_read);
-                return Ok(TableReport { rows, incremental: true, capture, pages_read, ..Default::default() });
-            }
-            m => first = m,
-        }
-    }
-    let fatal_store = |e: store::StoreError| TableFailure::Fatal(SyncError::store(&client, e));
-    let db_err = |context: &str, e: sqlx::Error| {
-        fatal_store(store::StoreError::Db { context: format!("{context} for table {}", plan.info.name), source: e })
+    let first = match unchanged(plan, rx).await {
+        Ok(report) => return Ok(report),
+        Err(first) => first,
     };
-    let mut guarded =
-        Guarded { conn: job.pool.acquire().await.map_err(|e| db_err("acquire a connection", e))?, armed: true };
+    let info = &plan.info;
+    let fatal_store = |e: store::StoreError| TableFailure::Fatal(SyncError::store(job.client, e));
+    let conn = job.pool.acquire().await.map_err(|e| {
+        let context = format!("acquire a connection for table {}", info.name);
+        fatal_store(store::StoreError::Db { context, source: e })
+    })?;
+    let mut guarded = Guarded { conn, armed: true };
     // Marked as `store::begin` marks a transaction, and this transaction's COMMIT does not
     // wait for its WAL flush (`Durability::Relaxed`). Safe: the table's rows and its
     // table_state commit together, so a commit lost in a crash loses both, and the next
@@ -190,65 +219,11 @@ pub(super) async fn sync_table(
     let mut tx = FencedTx::begin_on(&mut guarded.conn, job.cluster, job.fence, Durability::Relaxed)
         .await
         .map_err(fatal_store)?;
-    let target_err = |e: target::TargetError| table_failure(&client, e);
-    let quarantine_err = |e: store::StoreError| store_table_failure(&client, e);
-    let of = quarantine::Of { cluster: job.cluster, client: job.client, table: &plan.info.name };
-    let info = &plan.info;
+    let step = Step { job, plan, table, limit };
     let mut read = Read { rows: 0, end: TableEnd::default(), quarantined: Vec::new(), reread: None };
-    let mut direct = false;
     let mut phases = Phases::new();
-    let result: Result<(target::MergeCounts, ConflictCounts), TableFailure> = async {
-        let cctx = ConflictCtx { cluster: job.cluster, client: job.client, policy: &job.spec.conflicts };
-        let tombstones = job.spec.deletes == DeletePolicy::Tombstone;
-        let full_pass = plan.ranges.is_none();
-        let (empty, synced_at) = target::copy::mirror_is_empty(&mut tx, table).await.map_err(target_err)?;
-        direct = empty;
-        let (counts, conflicts) = if empty {
-            // Straight into the empty mirror (a first sync, a new table, a re-created
-            // mirror): every row is new, so there is no conflict to resolve, nothing to
-            // upsert over and nothing to tombstone.
-            let dest = target::copy::Dest::Mirror { synced_at };
-            let copied = copy_rows(&mut tx, table, dest, first.take(), rx, &mut read, &client).await?;
-            // Only now the conflict tracking of a new table: a BEFORE INSERT trigger makes
-            // COPY insert row by row instead of in batches. resolve_stage only provisions
-            // it here: it looks at the stage only when a mirror row is stamped, and the
-            // rows just copied, written by owsync, are not.
-            let conflicts = conflict::resolve_stage(&mut tx, table, &cctx).await.map_err(target_err)?;
-            (target::MergeCounts { upserted: copied, tombstoned: 0 }, conflicts)
-        } else {
-            target::begin_stage(&mut tx, table).await.map_err(target_err)?;
-            phases.mark("stage");
-            if !full_pass && quarantine::has_open(&mut tx, of).await.map_err(quarantine_err)? {
-                read.reread = Some(Vec::new());
-            }
-            copy_rows(&mut tx, table, target::copy::Dest::Stage, first.take(), rx, &mut read, &client).await?;
-            phases.mark("copy");
-            let conflicts = conflict::resolve_stage(&mut tx, table, &cctx).await.map_err(target_err)?;
-            phases.mark("conflicts");
-            let mut counts = target::merge_stage(&mut tx, table, tombstones && full_pass).await.map_err(target_err)?;
-            phases.mark("merge");
-            if let (Some(ranges), true) = (&plan.ranges, tombstones) {
-                counts.tombstoned +=
-                    target::ranges::tombstone_in_ranges(&mut tx, table, ranges).await.map_err(target_err)?;
-            }
-            phases.mark("tombstones");
-            if let Some((max, live)) = limit
-                && counts.tombstoned > max
-            {
-                let plan = Box::new(super::guard::exceeded(&info.name, live, counts.tombstoned));
-                let message = String::new();
-                return Err(TableFailure::Fatal(SyncError::DeletionsHeld { client: client.clone(), plan, message }));
-            }
-            (counts, conflicts)
-        };
-        quarantine::record(&mut tx, of, &read.quarantined, full_pass, read.reread.as_deref())
-            .await
-            .map_err(quarantine_err)?;
-        Ok((counts, conflicts))
-    }
-    .await;
-    let (counts, conflicts) = match result {
-        Ok(c) => c,
+    let written = match write_rows(&mut tx, &step, first, rx, &mut read, &mut phases).await {
+        Ok(w) => w,
         Err(e) => {
             skip_rest(rx).await;
             if tx.rollback().await.is_ok() {
@@ -275,21 +250,129 @@ pub(super) async fn sync_table(
         warn!(client = %job.client, table = %info.name, values = quarantined.len(),
               "values the mirror cannot hold were quarantined (see sync_metadata.quarantine)");
     }
-    Ok(TableReport {
-        rows,
-        rows_read,
-        incremental: plan.ranges.is_some(),
-        capture: plan.capture,
-        pages_read: plan.pages_read,
-        direct,
-        quarantined: quarantined.len() as u64,
-        upserted: counts.upserted,
-        tombstoned: counts.tombstoned,
-        conflicts: conflicts.conflicts,
-        pending_conflicts: conflicts.pending,
-        kept_target: conflicts.kept_target,
-        conflict_strategy: conflicts.strategy,
-    })
+    Ok(step.report(rows, rows_read, quarantined.len() as u64, written))
+}
+
+/// An incremental pass with no changed leaf: when the walk matches the recorded state
+/// exactly, the mirror is already right and the table costs no transaction at all (its
+/// report). Otherwise the reader's first message, not yet handled.
+async fn unchanged(plan: &TablePlan, rx: &mut mpsc::Receiver<Msg>) -> Result<TableReport, Option<Msg>> {
+    if !plan.ranges.as_ref().is_some_and(std::vec::Vec::is_empty) {
+        return Err(None);
+    }
+    match rx.recv().await {
+        Some(Msg::End(e)) if e.unchanged => {
+            let rows = e.rows.unwrap_or_default();
+            let (capture, pages_read) = (plan.capture, plan.pages_read);
+            Ok(TableReport { rows, incremental: true, capture, pages_read, ..Default::default() })
+        }
+        m => Err(m),
+    }
+}
+
+/// Writes the table's rows, then records its quarantined values: straight into an empty
+/// mirror, else through the stage.
+async fn write_rows(
+    tx: &mut PgConnection,
+    s: &Step<'_, '_>,
+    first: Option<Msg>,
+    rx: &mut mpsc::Receiver<Msg>,
+    read: &mut Read,
+    phases: &mut Phases,
+) -> Result<Written, TableFailure> {
+    let (empty, synced_at) = target::copy::mirror_is_empty(tx, s.table).await.map_err(s.target_err())?;
+    let (counts, conflicts) = if empty {
+        copy_direct(tx, s, synced_at, first, rx, read).await?
+    } else {
+        stage_and_merge(tx, s, first, rx, read, phases).await?
+    };
+    quarantine::record(tx, s.quarantine(), &read.quarantined, s.full_pass(), read.reread.as_deref())
+        .await
+        .map_err(|e| store_table_failure(s.job.client, e))?;
+    Ok(Written { counts, conflicts, direct: empty })
+}
+
+/// Straight into the empty mirror (a first sync, a new table, a re-created mirror): every
+/// row is new, so there is no conflict to resolve, nothing to upsert over and nothing to
+/// tombstone.
+async fn copy_direct(
+    tx: &mut PgConnection,
+    s: &Step<'_, '_>,
+    synced_at: target::copy::SyncedAt,
+    first: Option<Msg>,
+    rx: &mut mpsc::Receiver<Msg>,
+    read: &mut Read,
+) -> Result<(target::RowCounts, ConflictCounts), TableFailure> {
+    let dest = target::copy::Dest::Mirror { synced_at };
+    let copied = copy_rows(tx, s, dest, first, rx, read).await?;
+    // Only now the conflict tracking of a new table: a BEFORE INSERT trigger makes COPY
+    // insert row by row instead of in batches. resolve_stage only provisions it here: it
+    // looks at the stage only when a mirror row is stamped, and the rows just copied,
+    // written by owsync, are not.
+    let conflicts = conflict::resolve_stage(tx, s.table, &s.conflicts()).await.map_err(s.target_err())?;
+    Ok((target::RowCounts { upserted: copied, tombstoned: 0 }, conflicts))
+}
+
+/// A mirror with rows: the slices are copied into the stage, which is resolved against
+/// conflicts and upserted into the mirror; the mirror's rows the source no longer has are
+/// tombstoned (all of them in a full pass, those in the re-read ranges in an incremental
+/// one), unless that goes beyond the deletion guard's limit: then the whole sync is held.
+async fn stage_and_merge(
+    tx: &mut PgConnection,
+    s: &Step<'_, '_>,
+    first: Option<Msg>,
+    rx: &mut mpsc::Receiver<Msg>,
+    read: &mut Read,
+    phases: &mut Phases,
+) -> Result<(target::RowCounts, ConflictCounts), TableFailure> {
+    let tombstones = s.job.spec.deletes == DeletePolicy::Tombstone;
+    target::stage::create(tx, s.table).await.map_err(s.target_err())?;
+    phases.mark("stage");
+    if !s.full_pass()
+        && quarantine::has_open(tx, s.quarantine()).await.map_err(|e| store_table_failure(s.job.client, e))?
+    {
+        read.reread = Some(Vec::new());
+    }
+    copy_rows(tx, s, target::copy::Dest::Stage, first, rx, read).await?;
+    phases.mark("copy");
+    let conflicts = conflict::resolve_stage(tx, s.table, &s.conflicts()).await.map_err(s.target_err())?;
+    phases.mark("conflicts");
+    let mut counts = target::stage::upsert(tx, s.table, tombstones && s.full_pass()).await.map_err(s.target_err())?;
+    phases.mark("merge");
+    if let (Some(ranges), true) = (&s.plan.ranges, tombstones) {
+        counts.tombstoned += target::ranges::tombstone_in_ranges(tx, s.table, ranges).await.map_err(s.target_err())?;
+    }
+    phases.mark("tombstones");
+    if let Some((max, live)) = s.limit
+        && counts.tombstoned > max
+    {
+        let plan = Box::new(super::guard::exceeded(&s.plan.info.name, live, counts.tombstoned));
+        let (client, message) = (s.job.client.to_string(), String::new());
+        return Err(TableFailure::Fatal(SyncError::DeletionsHeld { client, plan, message }));
+    }
+    Ok((counts, conflicts))
+}
+
+impl Step<'_, '_> {
+    /// The table's report, once its transaction committed.
+    fn report(&self, rows: i64, rows_read: u64, quarantined: u64, w: Written) -> TableReport {
+        let plan = self.plan;
+        TableReport {
+            rows,
+            rows_read,
+            incremental: plan.ranges.is_some(),
+            capture: plan.capture,
+            pages_read: plan.pages_read,
+            direct: w.direct,
+            quarantined,
+            upserted: w.counts.upserted,
+            tombstoned: w.counts.tombstoned,
+            conflicts: w.conflicts.conflicts,
+            pending_conflicts: w.conflicts.pending,
+            kept_target: w.conflicts.kept_target,
+            conflict_strategy: w.conflicts.strategy,
+        }
+    }
 }
 
 /// Records the table's state in its own transaction (`store::table_state`).

@@ -19,7 +19,7 @@ use sqlx::types::Json;
 use sqlx::{PgConnection, Row};
 use tracing::warn;
 
-use super::merge::{self, Outcome, Rules};
+use super::merge::{self, Resolution, Rules};
 use super::{COL_DELETED, COL_ROWID, COL_SYNCED_AT, MirrorTable, Result, TargetError};
 use crate::spec::ConflictPolicy;
 use crate::sql::quote_ident;
@@ -103,11 +103,11 @@ pub async fn resolve_stage(conn: &mut PgConnection, t: &MirrorTable, ctx: &Confl
         let target = data_of(row.get::<Json<Value>, _>(2).0);
         let key: Map<String, Value> =
             t.key.iter().map(|k| (k.clone(), source.get(k).cloned().unwrap_or(Value::Null))).collect();
-        let outcome = merge::decide(&rules, &source, &target);
-        apply(conn, t, &key, &outcome, &source_hash).await?;
-        log(conn, t, ctx, &rules, &key, &source, &target, &outcome, &source_hash).await?;
+        let resolution = merge::decide(&rules, &source, &target);
+        apply(conn, t, &key, &resolution, &source_hash).await?;
+        log(conn, t, ctx, &rules, &key, &source, &target, &resolution, &source_hash).await?;
         counts.conflicts += 1;
-        if outcome == Outcome::Pending {
+        if resolution == Resolution::Pending {
             counts.pending += 1;
         }
     }
@@ -118,32 +118,32 @@ pub async fn resolve_stage(conn: &mut PgConnection, t: &MirrorTable, ctx: &Confl
     Ok(counts)
 }
 
-/// Writes one conflict's outcome to the mirror row. `Source` clears the stamp, so the
-/// upsert writes the staged version; every other outcome leaves the row stamped, so the
+/// Writes one conflict's resolution to the mirror row. `Source` clears the stamp, so the
+/// upsert writes the staged version; every other resolution leaves the row stamped, so the
 /// upsert skips it (it stays in the stage: the source has the row, no tombstone).
 async fn apply(
     conn: &mut PgConnection,
     t: &MirrorTable,
     key: &Map<String, Value>,
-    outcome: &Outcome,
+    resolution: &Resolution,
     source_hash: &str,
 ) -> Result<()> {
     let tbl = t.qualified();
     let (stamp, hash) = (quote_ident(COL_TARGET_CHANGED), quote_ident(COL_SOURCE_HASH));
     let join = t.key_join("t", "r");
-    let (sql, row) = match outcome {
+    let (sql, row) = match resolution {
         // Back to normal: the upsert writes the source's version.
-        Outcome::Source => (
+        Resolution::Source => (
             format!(
                 "UPDATE {tbl} t SET {stamp} = NULL, {hash} = NULL FROM jsonb_populate_record(NULL::{tbl}, $1) r WHERE {join}"
             ),
             Value::Object(key.clone()),
         ),
-        Outcome::Target | Outcome::Pending => (
+        Resolution::Target | Resolution::Pending => (
             format!("UPDATE {tbl} t SET {hash} = $2 FROM jsonb_populate_record(NULL::{tbl}, $1) r WHERE {join}"),
             Value::Object(key.clone()),
         ),
-        Outcome::Merged(m) => {
+        Resolution::Merged(m) => {
             let sets: Vec<String> = t
                 .data_columns()
                 .iter()
@@ -163,7 +163,7 @@ async fn apply(
         }
     };
     let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(Json(&row));
-    if *outcome != Outcome::Source {
+    if *resolution != Resolution::Source {
         q = q.bind(source_hash);
     }
     q.execute(&mut *conn).await.map_err(t.db_err("write a conflict's resolution"))?;
@@ -179,10 +179,10 @@ async fn log(
     key: &Map<String, Value>,
     source: &Map<String, Value>,
     target: &Map<String, Value>,
-    outcome: &Outcome,
+    resolution: &Resolution,
     source_hash: &str,
 ) -> Result<()> {
-    let pending = *outcome == Outcome::Pending;
+    let pending = *resolution == Resolution::Pending;
     let strategy = merge::strategy_name(rules.strategy);
     sqlx::query(
         "INSERT INTO sync_metadata.conflict_log (cluster_name, client_name, table_name, row_key, strategy,
@@ -200,7 +200,7 @@ async fn log(
     .bind(strategy)
     .bind(Json(source))
     .bind(Json(target))
-    .bind(outcome.resolution())
+    .bind(resolution.as_str())
     .bind(pending)
     .bind(source_hash)
     .execute(&mut *conn)
@@ -211,7 +211,7 @@ async fn log(
             "table {}, row {}: changed in the source and in PostgreSQL; {strategy}: {}",
             t.name,
             Value::Object(key.clone()),
-            outcome.resolution()
+            resolution.as_str()
         );
         sqlx::query(
             "INSERT INTO sync_metadata.events (cluster_name, client_name, type, reason, message)

@@ -19,7 +19,7 @@ use crate::sql::quote_ident;
 /// Where a table's COPY writes.
 #[derive(Debug, Clone)]
 pub enum Dest {
-    /// The transaction's stage (`begin_stage`), merged into the mirror afterwards.
+    /// The transaction's stage (`stage::create`), upserted into the mirror afterwards (`stage::upsert`).
     Stage,
     /// The mirror itself, which must be empty (see [`mirror_is_empty`]): every row is new,
     /// so there is nothing to merge, resolve or tombstone. The COPY writes the bookkeeping

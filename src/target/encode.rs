@@ -244,7 +244,7 @@ mod tests {
 
     fn enc(ty: PgType, v: Value) -> Result<String, Unfit> {
         let mut out = Vec::new();
-        encode_field(&mut out, ty, &v).map(|_| String::from_utf8(out).unwrap())
+        encode_field(&mut out, ty, &v).map(|()| String::from_utf8(out).unwrap())
     }
 
     #[test]
@@ -267,7 +267,7 @@ mod tests {
 
     fn bin(ty: PgType, v: Value) -> Result<Vec<u8>, Unfit> {
         let mut out = Vec::new();
-        fit(ty, &v).map(|f| write_binary(&mut out, f)).map(|_| out)
+        fit(ty, &v).map(|f| write_binary(&mut out, f)).map(|()| out)
     }
 
     fn field(bytes: &[u8]) -> Vec<u8> {

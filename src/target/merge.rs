@@ -54,7 +54,7 @@ pub enum Side {
 
 /// A conflict's resolution.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Outcome {
+pub enum Resolution {
     /// The mirror row becomes the source's version.
     Source,
     /// The mirror row stays as it is.
@@ -65,35 +65,36 @@ pub enum Outcome {
     Pending,
 }
 
-impl Outcome {
-    pub fn resolution(&self) -> &'static str {
+impl Resolution {
+    /// As `sync_metadata.conflict_log.resolution` records it.
+    pub fn as_str(&self) -> &'static str {
         match self {
-            Outcome::Source => "source",
-            Outcome::Target => "target",
-            Outcome::Merged(_) => "merged",
-            Outcome::Pending => "pending",
+            Resolution::Source => "source",
+            Resolution::Target => "target",
+            Resolution::Merged(_) => "merged",
+            Resolution::Pending => "pending",
         }
     }
 }
 
 /// Applies `rules` to one row's two versions.
-pub fn decide(rules: &Rules, source: &Map<String, Value>, target: &Map<String, Value>) -> Outcome {
+pub fn decide(rules: &Rules, source: &Map<String, Value>, target: &Map<String, Value>) -> Resolution {
     match rules.strategy {
-        Strategy::SourceWins => Outcome::Source,
-        Strategy::TargetWins => Outcome::Target,
-        Strategy::Manual => Outcome::Pending,
+        Strategy::SourceWins => Resolution::Source,
+        Strategy::TargetWins => Resolution::Target,
+        Strategy::Manual => Resolution::Pending,
         Strategy::NewestWins => match newest(&rules.compare_field, source, target) {
-            Side::Source => Outcome::Source,
-            Side::Target => Outcome::Target,
+            Side::Source => Resolution::Source,
+            Side::Target => Resolution::Target,
         },
         Strategy::Merge => {
             let merged = merge_row(rules, source, target);
             if &merged == source {
-                Outcome::Source
+                Resolution::Source
             } else if &merged == target {
-                Outcome::Target
+                Resolution::Target
             } else {
-                Outcome::Merged(merged)
+                Resolution::Merged(merged)
             }
         }
     }
@@ -252,15 +253,15 @@ mod tests {
     fn strategies_decide() {
         let s = obj(json!({"id": "a", "v": "src", "updated_at": 1}));
         let t = obj(json!({"id": "a", "v": "tgt", "updated_at": 2}));
-        assert_eq!(decide(&rules(Strategy::SourceWins, &[]), &s, &t), Outcome::Source);
-        assert_eq!(decide(&rules(Strategy::TargetWins, &[]), &s, &t), Outcome::Target);
-        assert_eq!(decide(&rules(Strategy::NewestWins, &[]), &s, &t), Outcome::Target);
-        assert_eq!(decide(&rules(Strategy::Manual, &[]), &s, &t), Outcome::Pending);
+        assert_eq!(decide(&rules(Strategy::SourceWins, &[]), &s, &t), Resolution::Source);
+        assert_eq!(decide(&rules(Strategy::TargetWins, &[]), &s, &t), Resolution::Target);
+        assert_eq!(decide(&rules(Strategy::NewestWins, &[]), &s, &t), Resolution::Target);
+        assert_eq!(decide(&rules(Strategy::Manual, &[]), &s, &t), Resolution::Pending);
         // merge without rules follows the source.
-        assert_eq!(decide(&rules(Strategy::Merge, &[]), &s, &t), Outcome::Source);
+        assert_eq!(decide(&rules(Strategy::Merge, &[]), &s, &t), Resolution::Source);
         assert_eq!(
             decide(&rules(Strategy::Merge, &[("v", MergeRule::TargetWins)]), &s, &t),
-            Outcome::Merged(obj(json!({"id": "a", "v": "tgt", "updated_at": 1})))
+            Resolution::Merged(obj(json!({"id": "a", "v": "tgt", "updated_at": 1})))
         );
         assert_eq!(
             decide(
@@ -268,7 +269,7 @@ mod tests {
                 &s,
                 &t
             ),
-            Outcome::Target
+            Resolution::Target
         );
     }
 

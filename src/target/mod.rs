@@ -6,6 +6,7 @@ pub mod copy;
 mod encode;
 pub mod merge;
 pub mod ranges;
+pub mod stage;
 mod types;
 
 pub use encode::{Unfit, encode_field, fmt_f64};
@@ -91,13 +92,13 @@ impl MirrorTable {
             .join(" AND ")
     }
 
-    /// `x::text` for json (which has no equality operator), `x` otherwise.
     /// Whether this table's rows go through COPY's binary format: every column type has
     /// a binary form here but `numeric` (`encode::write_binary`).
     pub fn copy_binary(&self) -> bool {
         !self.columns.iter().any(|(_, ty)| *ty == PgType::Numeric)
     }
 
+    /// `x::text` for json (which has no equality operator), `x` otherwise.
     fn comparable(prefix: &str, col: &str, ty: PgType) -> String {
         let c = format!("{prefix}{}", quote_ident(col));
         if ty == PgType::Json { format!("{c}::text") } else { c }
@@ -137,13 +138,6 @@ pub async fn provision(conn: &mut PgConnection, t: &MirrorTable) -> Result<()> {
         .execute(&mut *conn)
         .await
         .map_err(t.db_err("provision the mirror table"))?;
-    Ok(())
-}
-
-/// Creates this transaction's stage table for `t`.
-pub async fn begin_stage(conn: &mut PgConnection, t: &MirrorTable) -> Result<()> {
-    let sql = format!("CREATE TEMP TABLE owsync_stage (LIKE {}) ON COMMIT DROP", t.qualified());
-    sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(conn).await.map_err(t.db_err("create the stage table"))?;
     Ok(())
 }
 
@@ -197,61 +191,11 @@ fn raw_of(v: &Value) -> (&'static str, Option<Vec<u8>>) {
     }
 }
 
+/// What a table's write did to the mirror's rows.
 #[derive(Debug, Default, Clone, Copy, serde::Serialize)]
-pub struct MergeCounts {
+pub struct RowCounts {
     /// Rows inserted or changed.
     pub upserted: u64,
     /// Rows newly marked deleted.
     pub tombstoned: u64,
-}
-
-/// Upserts the stage into the mirror (rows whose values did not change are left
-/// alone) and, for a full pass, tombstones mirror rows the source no longer has.
-pub async fn merge_stage(conn: &mut PgConnection, t: &MirrorTable, tombstone_missing: bool) -> Result<MergeCounts> {
-    let cols = t.data_columns();
-    let list = cols.iter().map(|(n, _)| quote_ident(n)).collect::<Vec<_>>().join(", ");
-    let keys = t.key.iter().map(|k| quote_ident(k)).collect::<Vec<_>>().join(", ");
-    let non_key: Vec<&(String, PgType)> = cols.iter().filter(|(n, _)| !t.key.contains(n)).collect();
-    let mut sets: Vec<String> = non_key.iter().map(|(n, _)| format!("{0} = EXCLUDED.{0}", quote_ident(n))).collect();
-    sets.push(format!("{} = false", quote_ident(COL_DELETED)));
-    sets.push(format!("{} = now()", quote_ident(COL_SYNCED_AT)));
-    let mut changed = vec![format!("t.{} IS DISTINCT FROM false", quote_ident(COL_DELETED))];
-    if !non_key.is_empty() {
-        let old: Vec<String> = non_key.iter().map(|(n, ty)| MirrorTable::comparable("t.", n, *ty)).collect();
-        let new: Vec<String> = non_key.iter().map(|(n, ty)| MirrorTable::comparable("EXCLUDED.", n, *ty)).collect();
-        changed.push(format!("ROW({}) IS DISTINCT FROM ROW({})", old.join(", "), new.join(", ")));
-    }
-    let upsert = format!(
-        "INSERT INTO {tbl} AS t ({list}, {del}, {at}) SELECT {list}, false, now() FROM owsync_stage
-         ON CONFLICT ({keys}) DO UPDATE SET {sets} WHERE ({changed}) AND t.{stamp} IS NULL",
-        tbl = t.qualified(),
-        del = quote_ident(COL_DELETED),
-        at = quote_ident(COL_SYNCED_AT),
-        sets = sets.join(", "),
-        changed = changed.join(" OR "),
-        // A row changed in PostgreSQL meanwhile is the next sync's conflict, never overwritten.
-        stamp = quote_ident(conflict::COL_TARGET_CHANGED),
-    );
-    let upserted = sqlx::query(sqlx::AssertSqlSafe(upsert))
-        .execute(&mut *conn)
-        .await
-        .map_err(t.db_err("upsert rows"))?
-        .rows_affected();
-    let mut tombstoned = 0;
-    if tombstone_missing {
-        let join = t.key_join("s", "t");
-        let sql = format!(
-            "UPDATE {tbl} AS t SET {del} = true, {at} = now()
-             WHERE t.{del} IS NOT TRUE AND NOT EXISTS (SELECT 1 FROM owsync_stage s WHERE {join})",
-            tbl = t.qualified(),
-            del = quote_ident(COL_DELETED),
-            at = quote_ident(COL_SYNCED_AT),
-        );
-        tombstoned = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .execute(&mut *conn)
-            .await
-            .map_err(t.db_err("mark deleted rows"))?
-            .rows_affected();
-    }
-    Ok(MergeCounts { upserted, tombstoned })
 }

@@ -16,8 +16,8 @@ pub async fn tombstone_in_ranges(conn: &mut PgConnection, t: &MirrorTable, range
     // The candidates are found range by range through the rowid index (`OFFSET 0` keeps
     // each range's subquery apart, so it is planned with its bounds as parameters), then
     // updated through that index with `= ANY`. Written as one join, the planner, which
-    // cannot know how few rows a range holds, scanned the whole mirror: 211-383 ms for
-    // 41 ranges of a 66k-row chat_message mirror, 10 ms this way. The outer conditions
+    // cannot know how few rows a range holds, scanned the whole mirror (BENCHMARKS.md,
+    // "Measurements behind the code"). The outer conditions
     // are checked again on the row being updated, so a row changed concurrently is
     // judged on its newest version.
     let sql = format!(

@@ -38,10 +38,10 @@ pub fn mirror(ty: PgType, text: Option<&str>) -> Option<Vec<u8>> {
             "Infinity" => float(f64::INFINITY),
             "-Infinity" => float(f64::NEG_INFINITY),
             "NaN" => float(f64::NAN),
-            _ => t.parse::<f64>().map(float).unwrap_or_else(|_| t.as_bytes().to_vec()),
+            _ => t.parse::<f64>().map_or_else(|_| t.as_bytes().to_vec(), float),
         },
         PgType::Numeric if t.contains(['.', 'e', 'E']) => {
-            t.parse::<f64>().map(float).unwrap_or_else(|_| t.as_bytes().to_vec())
+            t.parse::<f64>().map_or_else(|_| t.as_bytes().to_vec(), float)
         }
         PgType::Boolean => match t {
             "true" | "t" => b"t".to_vec(),

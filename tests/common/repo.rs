@@ -29,7 +29,7 @@ pub fn clientsync_sources(dir: &Path) -> Vec<(String, String)> {
                 let docs = owsync::spec::parse_documents(&p.display().to_string(), &text).unwrap();
                 for d in docs {
                     let n = owsync::spec::normalize(&d.doc, "default").unwrap_or_else(|e| panic!("{e:?}"));
-                    out.push((n.metadata.name.clone(), n.spec.source.path.to_string()));
+                    out.push((n.metadata.name.clone(), n.spec.source.path.clone()));
                 }
             }
         }

@@ -122,7 +122,7 @@ pub async fn resolve(r: &mut Report, opts: &PgConnectOptions, timeout: Duration)
             Err(_) => tried.push(format!("{a}: no answer within {timeout:?}")),
         }
     }
-    let v6_only = addrs.iter().all(|a| a.is_ipv6());
+    let v6_only = addrs.iter().all(std::net::SocketAddr::is_ipv6);
     let hint = if v6_only {
         " (the host has only IPv6 addresses: this machine needs an IPv6 route; for Supabase's direct connection, \
          or use the session pooler on port 5432, which has IPv4)"
@@ -225,10 +225,10 @@ pub async fn server(r: &mut Report, c: &mut PgConnection, opts: &PgConnectOption
     let via = if pooled { " (as the server sees it: this is the pooler's link to PostgreSQL)" } else { "" };
     match (get(2).as_deref(), get(3), get(4)) {
         (Some("true"), v, cipher) => {
-            r.ok("tls", format!("on: {} {}{via}", v.unwrap_or_default(), cipher.unwrap_or_default()))
+            r.ok("tls", format!("on: {} {}{via}", v.unwrap_or_default(), cipher.unwrap_or_default()));
         }
         _ if is_unix_socket(opts) || is_local(opts.get_host()) => {
-            r.ok("tls", "off (a local connection: nothing crosses the network)")
+            r.ok("tls", "off (a local connection: nothing crosses the network)");
         }
         _ => r.warn(
             "tls",

@@ -98,7 +98,37 @@ const READ_ONLY: &[&str] = &["schema_migrations", "retired_clusters"];
 /// and which ClientSync owns each mirror schema.
 const ADMIN_ONLY: &[&str] = &["cluster_roles", "mirror_owners"];
 
+/// Checks the connected role against what owsyncd needs: its attributes, its binding to
+/// the cluster, its grants on `sync_metadata`, excess privileges, the lease function and
+/// row-level security.
 pub async fn privileges(r: &mut Report, c: &mut PgConnection, cluster: &str) {
+    let Some(role) = attributes(r, c).await else { return };
+    binding(r, c, cluster, &role.name).await;
+    schema_rights(r, &role);
+    let Some(rels) = relations(r, c).await else { return };
+    let tables: Vec<&Rel> = rels.iter().filter(|t| t.kind != "S" && !ADMIN_ONLY.contains(&t.name.as_str())).collect();
+    let working: Vec<&Rel> = tables.iter().copied().filter(|t| !READ_ONLY.contains(&t.name.as_str())).collect();
+    grants(r, &role.name, &rels, &tables, working.len());
+    excess(r, &role.name, &rels, &tables);
+    function(r, c, &role.name).await;
+    let bypasses = role.superuser || role.bypassrls || working.iter().any(|t| t.owns);
+    rls(r, c, cluster, &working, bypasses).await;
+}
+
+/// The connected role's name, the attributes that bypass what owsync relies on, and its
+/// rights on `sync_metadata` and the database.
+struct RoleAttributes {
+    name: String,
+    superuser: bool,
+    bypassrls: bool,
+    schema_usage: bool,
+    schema_create: bool,
+    database_create: bool,
+}
+
+/// Reads and reports the connected role's attributes; `None` when they cannot be read
+/// (reported).
+async fn attributes(r: &mut Report, c: &mut PgConnection) -> Option<RoleAttributes> {
     let role = match sqlx::query(
         "SELECT rolname::text, rolsuper, rolbypassrls, rolcreaterole, rolcreatedb,
                 has_schema_privilege('sync_metadata', 'USAGE'), has_schema_privilege('sync_metadata', 'CREATE'),
@@ -111,7 +141,7 @@ pub async fn privileges(r: &mut Report, c: &mut PgConnection, cluster: &str) {
         Ok(row) => row,
         Err(e) => {
             r.fail("role", format!("cannot read the role's attributes: {e}"));
-            return;
+            return None;
         }
     };
     let name: String = role.get(0);
@@ -132,23 +162,39 @@ pub async fn privileges(r: &mut Report, c: &mut PgConnection, cluster: &str) {
             ),
         );
     }
-    let (superuser, bypass) = (flag(1), flag(2));
-    binding(r, c, cluster, &name).await;
-    if !flag(5) {
+    Some(RoleAttributes {
+        name,
+        superuser: flag(1),
+        bypassrls: flag(2),
+        schema_usage: flag(5),
+        schema_create: flag(6),
+        database_create: flag(7),
+    })
+}
+
+/// Reports the role's USAGE (needed) and CREATE (not needed) on `sync_metadata`, and
+/// CREATE on the database (not needed).
+fn schema_rights(r: &mut Report, role: &RoleAttributes) {
+    let name = &role.name;
+    if !role.schema_usage {
         r.fail(
             "schema usage",
             format!("{name} lacks USAGE on schema sync_metadata: GRANT USAGE ON SCHEMA sync_metadata TO {name}"),
         );
-    } else if flag(6) {
+    } else if role.schema_create {
         r.warn("schema usage", format!("{name} may CREATE in schema sync_metadata (owsyncd needs USAGE only)"));
     } else {
         r.ok("schema usage", "USAGE on sync_metadata, no CREATE");
     }
-    if flag(7) && !superuser {
+    if role.database_create && !role.superuser {
         r.warn("database", format!("{name} may CREATE schemas in this database (owsyncd needs no CREATE)"));
     }
+}
 
-    let rels = match sqlx::query(
+/// The role's privileges on every table and sequence of `sync_metadata`; `None` when
+/// they cannot be read (reported).
+async fn relations(r: &mut Report, c: &mut PgConnection) -> Option<Vec<Rel>> {
+    match sqlx::query(
         "SELECT k.relname::text, k.relkind::text,
                 has_table_privilege(k.oid, 'SELECT'), has_table_privilege(k.oid, 'INSERT'),
                 has_table_privilege(k.oid, 'UPDATE'), has_table_privilege(k.oid, 'DELETE'),
@@ -164,31 +210,34 @@ pub async fn privileges(r: &mut Report, c: &mut PgConnection, cluster: &str) {
     .fetch_all(&mut *c)
     .await
     {
-        Ok(rows) => rows
-            .iter()
-            .map(|row| Rel {
-                name: row.get(0),
-                kind: row.get(1),
-                select: row.get(2),
-                insert: row.get(3),
-                update: row.get(4),
-                delete: row.get(5),
-                truncate: row.get(6),
-                usage: row.get(7),
-                owns: row.get(8),
-                rls: row.get(9),
-            })
-            .collect::<Vec<_>>(),
+        Ok(rows) => Some(
+            rows.iter()
+                .map(|row| Rel {
+                    name: row.get(0),
+                    kind: row.get(1),
+                    select: row.get(2),
+                    insert: row.get(3),
+                    update: row.get(4),
+                    delete: row.get(5),
+                    truncate: row.get(6),
+                    usage: row.get(7),
+                    owns: row.get(8),
+                    rls: row.get(9),
+                })
+                .collect(),
+        ),
         Err(e) => {
             r.fail("tables", format!("cannot read the privileges on sync_metadata: {e}"));
-            return;
+            None
         }
-    };
-    let tables: Vec<&Rel> = rels.iter().filter(|t| t.kind != "S" && !ADMIN_ONLY.contains(&t.name.as_str())).collect();
-    let working: Vec<&Rel> = tables.iter().copied().filter(|t| !READ_ONLY.contains(&t.name.as_str())).collect();
-    // Grouped by what is lacking: "INSERT/UPDATE on client_specs, events, ...".
+    }
+}
+
+/// Reports what the role lacks of SELECT/INSERT/UPDATE on the tables (grouped by what
+/// is lacking: "INSERT/UPDATE on client_specs, events, ...") and USAGE on sequences.
+fn grants(r: &mut Report, name: &str, rels: &[Rel], tables: &[&Rel], working: usize) {
     let mut lacking: Vec<(String, Vec<&str>)> = Vec::new();
-    for t in &tables {
+    for t in tables {
         let need: &[(&str, bool)] = if READ_ONLY.contains(&t.name.as_str()) {
             &[("SELECT", t.select)]
         } else {
@@ -210,7 +259,7 @@ pub async fn privileges(r: &mut Report, c: &mut PgConnection, cluster: &str) {
         missing.push(format!("USAGE on sequence sync_metadata.{}", s.name));
     }
     if missing.is_empty() {
-        r.ok("tables", format!("SELECT, INSERT, UPDATE on the {} metadata tables", working.len()));
+        r.ok("tables", format!("SELECT, INSERT, UPDATE on the {working} metadata tables"));
     } else {
         r.fail(
             "tables",
@@ -220,6 +269,10 @@ pub async fn privileges(r: &mut Report, c: &mut PgConnection, cluster: &str) {
             ),
         );
     }
+}
+
+/// Warns about privileges owsyncd never needs: DELETE, TRUNCATE, ownership.
+fn excess(r: &mut Report, name: &str, rels: &[Rel], tables: &[&Rel]) {
     let deletes: Vec<&Rel> = tables.iter().copied().filter(|t| t.delete).collect();
     let truncates: Vec<&Rel> = tables.iter().copied().filter(|t| t.truncate).collect();
     let owned: Vec<&Rel> = rels.iter().filter(|t| t.owns).collect();
@@ -238,9 +291,6 @@ pub async fn privileges(r: &mut Report, c: &mut PgConnection, cluster: &str) {
             ),
         );
     }
-    function(r, c, &name).await;
-    let bypasses = superuser || bypass || working.iter().any(|t| t.owns);
-    rls(r, c, cluster, &working, bypasses).await;
 }
 
 /// Which cluster the login role is bound to (`owsyncctl cluster add-role`): the shared
@@ -276,7 +326,7 @@ async fn binding(r: &mut Report, c: &mut PgConnection, cluster: &str, name: &str
             format!("{name} is bound to cluster {b}, not {cluster}: it sees none of {cluster}'s rows (--cluster / OWSYNC_CLUSTER)"),
         ),
         None if member => {
-            r.fail("cluster role", format!("{name} is an owsync cluster role bound to no cluster: {add_role}"))
+            r.fail("cluster role", format!("{name} is an owsync cluster role bound to no cluster: {add_role}"));
         }
         None if name == crate::store::migrate::SYNC_ROLE => r.warn(
             "cluster role",

@@ -61,7 +61,9 @@ pub fn between(base: &[u8], new: &[u8], target: &str) -> Option<Vec<u8>> {
     out.extend_from_slice(&base_hash(base).to_be_bytes());
     out.extend_from_slice(&(base.len() as u64).to_be_bytes());
     out.extend_from_slice(&u32::try_from(removed.len()).ok()?.to_be_bytes());
-    removed.iter().for_each(|p| out.extend_from_slice(&p.to_be_bytes()));
+    for p in &removed {
+        out.extend_from_slice(&p.to_be_bytes());
+    }
     out.extend_from_slice(&records);
     Some(out)
 }

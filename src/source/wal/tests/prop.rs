@@ -42,19 +42,19 @@ pub(super) fn step(rng: &mut ChaCha8Rng, c: &mut Connection, p: &Path) {
             let spill = if rng.random_bool(0.5) { 2 } else { -2000 };
             c.execute_batch(&format!("PRAGMA cache_size={spill}; BEGIN")).unwrap();
             c.execute("INSERT OR REPLACE INTO t (id, k, body) SELECT id + 1000, NULL, body FROM t", []).unwrap();
-            c.execute_batch("ROLLBACK; PRAGMA cache_size=-2000").map(|_| 0)
+            c.execute_batch("ROLLBACK; PRAGMA cache_size=-2000").map(|()| 0)
         }
         13 => {
             let mode = ["PASSIVE", "FULL", "RESTART", "TRUNCATE"][rng.random_range(0..4)];
             c.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |_| Ok(0))
         }
-        14 => {
-            c.execute_batch(&format!("PRAGMA wal_autocheckpoint={}", [0, 3, 10, 40][rng.random_range(0..4)])).map(|_| 0)
-        }
+        14 => c
+            .execute_batch(&format!("PRAGMA wal_autocheckpoint={}", [0, 3, 10, 40][rng.random_range(0..4)]))
+            .map(|()| 0),
         15 => c
             .execute_batch(&format!("PRAGMA journal_size_limit={}", [-1, 0, 5000, 60000][rng.random_range(0..4)]))
-            .map(|_| 0),
-        16 => c.execute_batch("VACUUM").map(|_| 0),
+            .map(|()| 0),
+        16 => c.execute_batch("VACUUM").map(|()| 0),
         17 => {
             *c = writer(p);
             Ok(0)
