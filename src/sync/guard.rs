@@ -242,7 +242,9 @@ fn sample(src: &Source, t: &TableInfo) -> Result<Vec<Vec<Json>>, SourceError> {
     if keys.is_empty() || t.without_rowid {
         return Ok(Vec::new());
     }
-    let bounds = format!("SELECT min(rowid), max(rowid) FROM {}", quote_ident(&t.name));
+    // Two subqueries: SQLite answers a lone min() or max() with one b-tree descent, but
+    // both in one query with a scan of every row.
+    let bounds = format!("SELECT (SELECT min(rowid) FROM {0}), (SELECT max(rowid) FROM {0})", quote_ident(&t.name));
     let (lo, hi): (Option<i64>, Option<i64>) =
         src.statement(&t.name, &bounds)?.query_row([], |r| Ok((r.get(0)?, r.get(1)?))).map_err(src.err(&t.name))?;
     let (Some(lo), Some(hi)) = (lo, hi) else { return Ok(Vec::new()) };
