@@ -26,7 +26,7 @@ pub fn cpu_secs() -> f64 {
     // SAFETY: getrusage only fills the struct it is given.
     let mut u: libc::rusage = unsafe { std::mem::zeroed() };
     // SAFETY: as above.
-    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &raw mut u) };
     let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
     tv(u.ru_utime) + tv(u.ru_stime)
 }
@@ -51,7 +51,7 @@ pub fn follow_child(argv: &[String]) -> Result<()> {
             std::thread::spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
                     std::thread::sleep(POLL);
-                    let _ = h.lock().unwrap_or_else(|e| e.into_inner()).follower.poll();
+                    let _ = h.lock().unwrap_or_else(std::sync::PoisonError::into_inner).follower.poll();
                 }
             })
         };
@@ -60,7 +60,7 @@ pub fn follow_child(argv: &[String]) -> Result<()> {
         for line in std::io::stdin().lock().lines() {
             let answer = match line?.trim() {
                 "poll" => {
-                    let mut f = handle.lock().unwrap_or_else(|e| e.into_inner());
+                    let mut f = handle.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
                     let polled = f.follower.poll();
                     json!({"ok": polled.is_ok(), "losses": f.follower.losses})
                 }
@@ -69,7 +69,7 @@ pub fn follow_child(argv: &[String]) -> Result<()> {
                     let (t0, c0) = (Instant::now(), cpu_secs());
                     let r = sync_tenant(&job).await?;
                     let (secs, cpu) = (t0.elapsed().as_secs_f64(), cpu_secs() - c0);
-                    let losses = handle.lock().unwrap_or_else(|e| e.into_inner()).follower.losses;
+                    let losses = handle.lock().unwrap_or_else(std::sync::PoisonError::into_inner).follower.losses;
                     json!({"secs": secs, "cpu_secs": cpu, "hwm_kib": vm_kib("VmHWM:"), "losses": losses, "report": r})
                 }
                 _ => break,

@@ -150,19 +150,16 @@ async fn prime(s: &mut Setup<'_>, child: &mut FollowChild, seed: u64) -> Result<
 /// and upserted bare into the COPY ceiling's tables; both verified against the source.
 async fn one_round(s: &mut Setup<'_>, child: Option<&mut FollowChild>, want: usize, seed: u64) -> Result<FollowedRun> {
     let followed = child.is_some();
-    let (r, losses, ops, changes) = match child {
-        Some(child) => {
-            let before = child.poll()?;
-            let (changes, ops) = mutate_bursts(s.db, want, seed, &mut || child.poll().map(|_| ()))?;
-            checkpoint(&s.c.pg)?;
-            let (r, after) = child.sync()?;
-            (r, after - before, ops, changes)
-        }
-        None => {
-            let (changes, ops) = mutate_bursts(s.db, want, seed, &mut || Ok(()))?;
-            checkpoint(&s.c.pg)?;
-            (run_child(&s.c.sync_url)?, 0, ops, changes)
-        }
+    let (r, losses, ops, changes) = if let Some(child) = child {
+        let before = child.poll()?;
+        let (changes, ops) = mutate_bursts(s.db, want, seed, &mut || child.poll().map(|_| ()))?;
+        checkpoint(&s.c.pg)?;
+        let (r, after) = child.sync()?;
+        (r, after - before, ops, changes)
+    } else {
+        let (changes, ops) = mutate_bursts(s.db, want, seed, &mut || Ok(()))?;
+        checkpoint(&s.c.pg)?;
+        (run_child(&s.c.sync_url)?, 0, ops, changes)
     };
     let (deltas, _, delta_bytes) = read_delta(s.db, s.tables, &changes)?;
     checkpoint(&s.pg_a)?;

@@ -102,7 +102,7 @@ pub fn finish(handle: &Handle, table: &str, memo: TableMemo) {
 pub fn vouched_rows(src: &Source, table: &str) -> Option<i64> {
     let handle = lookup(src.path())?;
     let pos = snapshot_pos(&src.conn)?;
-    let mut f = handle.lock().unwrap_or_else(|e| e.into_inner());
+    let mut f = handle.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     if let Err(e) = f.follower.poll() {
         tracing::debug!(error = %e, "WAL follower: read failed");
     }
