@@ -164,6 +164,7 @@ mod tests {
             (e.lease, e.renew_deadline, e.retry)
         );
         assert_eq!((c.max_concurrency, c.sync_connections), (budget.max_concurrency, budget.sync_connections));
+        assert_eq!(c.table_connections, budget.table_connections, "each sync's table connections are capped");
         assert_eq!((c.stall_after, c.spec_poll), (5, Duration::from_secs(2)));
         assert_eq!(c.history_retention, Some(Duration::from_secs(7 * 86400)));
         assert_eq!(

@@ -7,7 +7,8 @@
 //! ClientSync YAML --cli::apply--> spec (types, validation; no I/O) --> store::specs (a row)
 //!        owsyncd: controller::election (lease, epoch) --> controller::leader (one runner
 //!        per tenant) --> controller::runner (slots, per-tenant lock, lease-lost stop)
-//!        --> controller::reconcile --> sync::sync_tenant; controller::policy (requeue)
+//!        --> controller::reconcile --> sync::drift::sync_rechecking --> sync::sync_tenant;
+//!        controller::policy (requeue)
 //!            sync: guard (hold?) --> source (walk pages, read slices) --> target (COPY,
 //!                  upsert, tombstones) --> store (table_state, quarantine) per table, fenced
 //!        controller::record --> store::status, store::jobs (status, runs, events)

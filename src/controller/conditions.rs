@@ -192,7 +192,6 @@ mod tests {
         (c.status.as_str(), c.reason.as_str(), c.last_transition_time)
     }
 
-    /// The status through a run of outcomes, as the reconciler records them.
     #[test]
     fn conflicts_pending_names_the_count_and_the_commands() {
         let mut st = ClientSyncStatus::default();
@@ -207,6 +206,7 @@ mod tests {
         assert_eq!(cond(&st, "ConflictsPending"), ("False", "NonePending", t(9)));
     }
 
+    /// The status through a run of outcomes, as the runner records them.
     #[test]
     fn conditions_follow_outcomes_and_transition_times_move_only_on_status_changes() {
         let mut st = ClientSyncStatus::default();

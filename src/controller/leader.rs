@@ -9,7 +9,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::reconcile::Context;
+use super::reconcile::ReconcileContext;
 use super::runner::{Gate, Runner};
 use super::{AbortOnDrop, Shared};
 use crate::spec::interval_of;
@@ -63,7 +63,7 @@ pub(super) async fn run_leader(shared: Arc<Shared>, epoch: i64, token: Cancellat
 
 /// A term's leader: its reconcilers, and what they share.
 struct Leader {
-    ctx: Arc<Context>,
+    ctx: Arc<ReconcileContext>,
     gate: Arc<Gate>,
     fleet: Fleet,
     /// The generation each disabled tenant was recorded `Suspended` at.
@@ -76,7 +76,7 @@ impl Leader {
         let fence = Fence { who: shared.candidate.clone(), epoch };
         let gate = Gate::new(&shared.config);
         let fleet = Fleet { epoch, running: HashMap::new(), stopping: Vec::new(), drained: false };
-        Leader { ctx: Arc::new(Context { shared, fence }), gate, fleet, suspended: HashMap::new(), token }
+        Leader { ctx: Arc::new(ReconcileContext { shared, fence }), gate, fleet, suspended: HashMap::new(), token }
     }
 
     /// Reads the specs and has the fleet follow them: reconcilers stopped for specs

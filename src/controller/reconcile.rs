@@ -13,19 +13,19 @@ use crate::sync::{Fence, SyncError, SyncJob, SyncOptions, SyncReport, drift};
 
 /// What every reconcile of a term shares (kube's context): the controller's state and
 /// the lease the term holds.
-pub(super) struct Context {
+pub(super) struct ReconcileContext {
     pub shared: Arc<Shared>,
     pub fence: Fence,
 }
 
-impl Context {
+impl ReconcileContext {
     /// Whether this replica may still act on the term's lease (by its own clock).
     pub fn lease_valid(&self) -> bool {
         self.shared.lease_valid(self.fence.epoch)
     }
 
     /// How `spec`'s runs are recorded: fenced with the term's lease, as this node;
-    /// `lease_valid` is [`Context::lease_valid`], borrowed for as long.
+    /// `lease_valid` is [`ReconcileContext::lease_valid`], borrowed for as long.
     pub fn recorder<'a>(&'a self, spec: &'a StoredSpec, lease_valid: &'a (dyn Fn() -> bool + Sync)) -> Recorder<'a> {
         Recorder { pool: &self.shared.pool, spec, fence: Some(&self.fence), node: &self.fence.who.node_id, lease_valid }
     }
@@ -36,7 +36,7 @@ impl Context {
 /// copying `tables` tables at once (the runner's grant). A lost lease is
 /// [`SyncError::OwnershipLost`].
 pub(super) async fn reconcile(
-    ctx: &Context,
+    ctx: &ReconcileContext,
     spec: &StoredSpec,
     drift: &drift::Reported,
     tables: usize,

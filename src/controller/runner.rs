@@ -21,7 +21,7 @@ use tracing::{Instrument, info, info_span, warn};
 
 use super::backoff::random_jitter;
 use super::policy::{self, Requeue};
-use super::reconcile::{Context, reconcile};
+use super::reconcile::{ReconcileContext, reconcile};
 use super::record::{Finished, Next, RecordError};
 use super::schedule::{FileWatch, Schedule, Wake, next_wake};
 use super::{ControllerConfig, Shared};
@@ -127,7 +127,7 @@ impl Tenant {
 }
 
 pub(super) struct Runner {
-    pub ctx: Arc<Context>,
+    pub ctx: Arc<ReconcileContext>,
     pub spec: StoredSpec,
     pub gate: Arc<Gate>,
     /// Notified when a reconcile of this tenant is requested now.

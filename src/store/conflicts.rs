@@ -72,6 +72,48 @@ fn from_row(r: &sqlx::postgres::PgRow) -> Conflict {
     }
 }
 
+/// A conflict a sync found in one row, and how the table's strategy resolved it
+/// (`pending`: left for review).
+pub struct Detected<'a> {
+    pub cluster: &'a str,
+    pub client: &'a str,
+    pub table: &'a str,
+    pub key: &'a serde_json::Map<String, Value>,
+    pub strategy: &'a str,
+    pub source: &'a serde_json::Map<String, Value>,
+    pub target: &'a serde_json::Map<String, Value>,
+    pub resolution: &'a str,
+    pub source_hash: &'a str,
+}
+
+/// Records `c` in `conflict_log`, in the caller's (the table's, fenced) transaction; a
+/// row already pending review is updated with the newest versions instead.
+pub async fn record(conn: &mut PgConnection, c: &Detected<'_>) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO sync_metadata.conflict_log (cluster_name, client_name, table_name, row_key, strategy,
+             source_row, target_row, resolution, resolved_at, resolved_by, source_hash)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, CASE WHEN $9 THEN NULL ELSE now() END,
+                 CASE WHEN $9 THEN NULL ELSE 'owsync (' || $5 || ')' END, $10)
+         ON CONFLICT (cluster_name, client_name, table_name, row_key) WHERE resolution = 'pending'
+         DO UPDATE SET source_row = EXCLUDED.source_row, target_row = EXCLUDED.target_row,
+             source_hash = EXCLUDED.source_hash, detected_at = now()",
+    )
+    .bind(c.cluster)
+    .bind(c.client)
+    .bind(c.table)
+    .bind(Json(c.key))
+    .bind(c.strategy)
+    .bind(Json(c.source))
+    .bind(Json(c.target))
+    .bind(c.resolution)
+    .bind(c.resolution == "pending")
+    .bind(c.source_hash)
+    .execute(conn)
+    .await
+    .ctx(|| format!("table {}: record a conflict in sync_metadata.conflict_log", c.table))?;
+    Ok(())
+}
+
 /// The cluster's conflicts (of one tenant if `client` is given): pending ones first,
 /// then the newest; resolved ones only with `all`.
 pub async fn list(pool: &PgPool, cluster: &str, client: Option<&str>, all: bool) -> Result<Vec<Conflict>, StoreError> {

@@ -408,10 +408,13 @@ fn store_table_failure(client: &str, e: store::StoreError) -> TableFailure {
 /// A target error fails the whole sync when the connection is gone, else only the table.
 fn table_failure(client: &str, e: target::TargetError) -> TableFailure {
     match &e {
-        target::TargetError::Db { source, .. } if is_connection_error(source) => {
+        target::TargetError::Db { source, .. }
+        | target::TargetError::Store { source: store::StoreError::Db { source, .. }, .. }
+            if is_connection_error(source) =>
+        {
             TableFailure::Fatal(SyncError::Target { client: client.to_string(), source: e })
         }
-        target::TargetError::Db { .. } => TableFailure::Table(e.to_string()),
+        target::TargetError::Db { .. } | target::TargetError::Store { .. } => TableFailure::Table(e.to_string()),
     }
 }
 

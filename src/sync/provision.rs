@@ -20,7 +20,7 @@ use crate::target::{self, MirrorTable};
 /// Provisions what needs it; returns the tables that could not be provisioned, with why.
 /// `recorded`: the shape digests of the tables whose mirror is the recorded one
 /// (`skip::baseline`); `all`: provision every table whatever its recorded shape
-/// (`owsyncctl sync --full`).
+/// (a full sync: `owsyncctl sync --full`, `restore --adopt`, the drift re-sync).
 pub(super) async fn provision_tables(
     job: &SyncJob<'_>,
     schema: &str,

@@ -375,7 +375,7 @@ impl Step<'_, '_> {
     }
 }
 
-/// Records the table's state in its own transaction (`store::table_state`).
+/// Records the table's state in the table's transaction, committed with its rows (`store::table_state`).
 async fn record_table_state(
     conn: &mut PgConnection,
     job: &SyncJob<'_>,

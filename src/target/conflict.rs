@@ -23,6 +23,7 @@ use super::merge::{self, Resolution, Rules};
 use super::{COL_DELETED, COL_ROWID, COL_SYNCED_AT, MirrorTable, Result, TargetError};
 use crate::spec::ConflictPolicy;
 use crate::sql::quote_ident;
+use crate::store;
 
 /// When something other than owsync last wrote the row (NULL: owsync did).
 pub const COL_TARGET_CHANGED: &str = "_owsync_target_changed_at";
@@ -182,30 +183,20 @@ async fn log(
     resolution: &Resolution,
     source_hash: &str,
 ) -> Result<()> {
-    let pending = *resolution == Resolution::Pending;
     let strategy = merge::strategy_name(rules.strategy);
-    sqlx::query(
-        "INSERT INTO sync_metadata.conflict_log (cluster_name, client_name, table_name, row_key, strategy,
-             source_row, target_row, resolution, resolved_at, resolved_by, source_hash)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, CASE WHEN $9 THEN NULL ELSE now() END,
-                 CASE WHEN $9 THEN NULL ELSE 'owsync (' || $5 || ')' END, $10)
-         ON CONFLICT (cluster_name, client_name, table_name, row_key) WHERE resolution = 'pending'
-         DO UPDATE SET source_row = EXCLUDED.source_row, target_row = EXCLUDED.target_row,
-             source_hash = EXCLUDED.source_hash, detected_at = now()",
-    )
-    .bind(ctx.cluster)
-    .bind(ctx.client)
-    .bind(&t.name)
-    .bind(Json(key))
-    .bind(strategy)
-    .bind(Json(source))
-    .bind(Json(target))
-    .bind(resolution.as_str())
-    .bind(pending)
-    .bind(source_hash)
-    .execute(&mut *conn)
-    .await
-    .map_err(t.db_err("record a conflict in sync_metadata.conflict_log"))?;
+    let detected = store::conflicts::Detected {
+        cluster: ctx.cluster,
+        client: ctx.client,
+        table: &t.name,
+        key,
+        strategy,
+        source,
+        target,
+        resolution: resolution.as_str(),
+        source_hash,
+    };
+    let in_store = |source| TargetError::Store { table: t.name.clone(), source };
+    store::conflicts::record(conn, &detected).await.map_err(in_store)?;
     if rules.notify {
         let msg = format!(
             "table {}, row {}: changed in the source and in PostgreSQL; {strategy}: {}",
@@ -213,20 +204,9 @@ async fn log(
             Value::Object(key.clone()),
             resolution.as_str()
         );
-        sqlx::query(
-            "INSERT INTO sync_metadata.events (cluster_name, client_name, type, reason, message)
-             VALUES ($1, $2, 'Warning', 'Conflict', $3)",
-        )
-        .bind(ctx.cluster)
-        .bind(ctx.client)
-        .bind(msg)
-        .execute(&mut *conn)
-        .await
-        .map_err(|source| TargetError::Db {
-            table: t.name.clone(),
-            context: "record a conflict event".into(),
-            source,
-        })?;
+        store::jobs::event(conn, ctx.cluster, Some(ctx.client), true, "Conflict", &msg, None)
+            .await
+            .map_err(in_store)?;
     }
     Ok(())
 }

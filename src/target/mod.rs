@@ -25,6 +25,9 @@ use crate::sql::{qualified, quote_ident};
 pub enum TargetError {
     #[error("table {table}: {context}: {source}")]
     Db { table: String, context: String, source: sqlx::Error },
+    /// A write of `store`'s (conflict log, events) in the table's transaction failed.
+    #[error("table {table}: {source}")]
+    Store { table: String, source: crate::store::StoreError },
 }
 
 pub type Result<T, E = TargetError> = std::result::Result<T, E>;
