@@ -10,6 +10,7 @@ use serde::Serialize;
 use serde_json::{Value as J, json};
 use sqlx::{AssertSqlSafe, PgConnection};
 
+use crate::follow_child::cpu_secs;
 use crate::util::exec;
 use crate::{CLIENT, CLUSTER, MIRROR_SCHEMA};
 
@@ -42,12 +43,12 @@ pub fn child(argv: &[String]) -> Result<()> {
         sqlx::query("SELECT 1").execute(&pool).await?;
         let hwm_before = vm_kib("VmHWM:");
         let job = SyncJob { pool: &pool, cluster, client, spec: &spec, fence: None, options };
-        let t0 = Instant::now();
+        let (t0, c0) = (Instant::now(), cpu_secs());
         let r = sync_tenant(&job).await?;
-        let secs = t0.elapsed().as_secs_f64();
+        let (secs, cpu) = (t0.elapsed().as_secs_f64(), cpu_secs() - c0);
         let hwm = vm_kib("VmHWM:");
         pool.close().await;
-        anyhow::Ok(json!({"secs": secs, "hwm_kib": hwm, "hwm_before_kib": hwm_before, "report": r}))
+        anyhow::Ok(json!({"secs": secs, "cpu_secs": cpu, "hwm_kib": hwm, "hwm_before_kib": hwm_before, "report": r}))
     })?;
     println!("{out}");
     Ok(())
@@ -56,6 +57,8 @@ pub fn child(argv: &[String]) -> Result<()> {
 #[derive(Debug, Clone, Serialize)]
 pub struct ChildRun {
     pub secs: f64,
+    /// The child's CPU time (user + system) over the sync.
+    pub cpu_secs: f64,
     pub hwm_kib: u64,
     pub hwm_before_kib: u64,
     pub rows_written: u64,
@@ -63,6 +66,8 @@ pub struct ChildRun {
     pub failed: BTreeMap<String, String>,
     /// table -> (rows read, rows upserted, rows tombstoned)
     pub tables: BTreeMap<String, (i64, u64, u64)>,
+    /// table -> (how its changes were captured, pages its walk read)
+    pub captures: BTreeMap<String, (String, u64)>,
 }
 
 pub fn child_command(sync_url: &str) -> Result<Command> {
@@ -104,29 +109,31 @@ pub fn parse_child(out: &std::process::Output) -> Result<ChildRun> {
         bail!("the owsync child failed ({}): {text}", out.status);
     }
     let v: J = serde_json::from_str(text.lines().last().unwrap_or_default()).context("child output")?;
+    Ok(parse_report(&v))
+}
+
+/// A child's answer: the timed sync and its report.
+pub fn parse_report(v: &J) -> ChildRun {
     let r = &v["report"];
-    let tables = r["tables"]
-        .as_object()
-        .map(|m| {
-            m.iter()
-                .map(|(k, t)| {
-                    let g = |f: &str| t[f].as_i64().unwrap_or(0);
-                    // Rows the sync read (all of them in a full pass, those of changed pages
-                    // in an incremental one); older reports only have `rows`.
-                    let read = t["rows_read"].as_i64().unwrap_or_else(|| g("rows"));
-                    (k.clone(), (read, g("upserted") as u64, g("tombstoned") as u64))
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    let failed = serde_json::from_value(r["failed"].clone()).unwrap_or_default();
-    Ok(ChildRun {
+    let (mut tables, mut captures) = (BTreeMap::new(), BTreeMap::new());
+    for (k, t) in r["tables"].as_object().into_iter().flatten() {
+        let g = |f: &str| t[f].as_i64().unwrap_or(0);
+        // Rows the sync read (all of them in a full pass, those of changed pages in an
+        // incremental one); older reports only have `rows`.
+        let read = t["rows_read"].as_i64().unwrap_or_else(|| g("rows"));
+        tables.insert(k.clone(), (read, g("upserted") as u64, g("tombstoned") as u64));
+        let capture = t["capture"].as_str().unwrap_or("").to_string();
+        captures.insert(k.clone(), (capture, g("pages_read") as u64));
+    }
+    ChildRun {
         secs: v["secs"].as_f64().unwrap_or(f64::NAN),
+        cpu_secs: v["cpu_secs"].as_f64().unwrap_or(f64::NAN),
         hwm_kib: v["hwm_kib"].as_u64().unwrap_or(0),
         hwm_before_kib: v["hwm_before_kib"].as_u64().unwrap_or(0),
         rows_written: r["rows_written"].as_u64().unwrap_or(0),
         unchanged: r["unchanged"].as_bool().unwrap_or(false),
-        failed,
+        failed: serde_json::from_value(r["failed"].clone()).unwrap_or_default(),
         tables,
-    })
+        captures,
+    }
 }

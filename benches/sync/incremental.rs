@@ -160,6 +160,29 @@ pub async fn bare_upsert(conn: &mut PgConnection, deltas: &[TableDelta]) -> Resu
 const CHAT_DIGEST: &str = "md5(string_agg(id || ':' || coalesce(title, '') || ':' || coalesce(updated_at::text, '') \
      || ':' || coalesce(md5(chat::text), '') || ':' || coalesce(meta::text, ''), ',' ORDER BY id))";
 
+/// Whether owsync's mirror (`admin_c`) and the upserted baseline (`conn_a`) both equal the
+/// source by row counts and have the same chats (a digest), and how they differ if not.
+pub async fn same_as_baseline(
+    admin_c: &mut PgConnection,
+    conn_a: &mut PgConnection,
+    tables: &[(TableInfo, MirrorTable)],
+    db: &Path,
+) -> Result<(bool, String)> {
+    let bad_c = mirror_counts_ok(admin_c, tables, db).await?;
+    let bad_a = plain_counts_ok_live(conn_a, tables, db).await?;
+    let dig_a = count_text(conn_a, format!("SELECT {CHAT_DIGEST} FROM public.chat")).await?;
+    let dig_c = count_text(
+        admin_c,
+        format!("SELECT {CHAT_DIGEST} FROM {MIRROR_SCHEMA}.chat WHERE {} IS NOT TRUE", quote_ident(COL_DELETED)),
+    )
+    .await?;
+    Ok(if bad_c.is_empty() && bad_a.is_empty() && dig_a == dig_c {
+        (true, "mirror = source (counts), chat digest equal to the upserted baseline".into())
+    } else {
+        (false, format!("mirror counts: {bad_c}; baseline counts: {bad_a}; chat digest equal: {}", dig_a == dig_c))
+    })
+}
+
 /// The incremental rounds into `res`: the same changes synced by owsync into its mirror
 /// and upserted bare into the COPY ceiling's tables, both verified against the source.
 pub async fn rounds(
@@ -182,15 +205,8 @@ pub async fn rounds(
         }
         checkpoint(pg_a)?;
         let up = bare_upsert(conn_a, &deltas).await?;
-        let bad_c = mirror_counts_ok(admin_c, tables, db).await?;
-        let bad_a = plain_counts_ok_live(conn_a, tables, db).await?;
-        let dig_a = count_text(conn_a, format!("SELECT {CHAT_DIGEST} FROM public.chat")).await?;
-        let dig_c = count_text(
-            admin_c,
-            format!("SELECT {CHAT_DIGEST} FROM {MIRROR_SCHEMA}.chat WHERE {} IS NOT TRUE", quote_ident(COL_DELETED)),
-        )
-        .await?;
-        let ok = bad_c.is_empty() && bad_a.is_empty() && dig_a == dig_c && r.failed.is_empty() && !r.unchanged;
+        let (same, note) = same_as_baseline(admin_c, conn_a, tables, db).await?;
+        let ok = same && r.failed.is_empty() && !r.unchanged;
         let round_res = IncRound {
             ops,
             changed_chats,
@@ -207,11 +223,7 @@ pub async fn rounds(
             mirror_read_stall_ms: stall_ms,
             mirror_reads: probes,
             ok,
-            note: if ok {
-                "mirror = source (counts), chat digest equal to the upserted baseline".into()
-            } else {
-                format!("mirror counts: {bad_c}; baseline counts: {bad_a}; chat digest equal: {}", dig_a == dig_c)
-            },
+            note,
         };
         eprintln!(
             "bench: incremental round {}: {} chats ({} rows in {:?}); owsync {:.2} s, bare upsert {:.3} s (+ read {:.3} s)",

@@ -28,9 +28,12 @@ mod child;
 mod costs;
 mod csv;
 mod first_sync;
+mod follow_child;
+mod followed;
 mod incremental;
 mod peers;
 mod report;
+mod report_followed;
 mod restore;
 mod results;
 mod setup;
@@ -97,6 +100,11 @@ cargo bench --bench sync -- [options]
                        first sync (default 3; 0 skips them)
   --restore-only       one first sync, then only the restore runs (writes only the restore
                        region; works on the cached source without copying it)
+  --followed           one first sync, then --inc-rounds incremental rounds of --changed chats
+                       with the tenant's WAL followed (a long-lived child that follows it as
+                       owsyncd does) and as many with none (the walk of every leaf), alternately,
+                       each against the bare upsert of the same rows; then single changed chats
+                       and the unchanged cycle (writes only the followed region)
   OWSYNC_BENCH_RESTORE_BASELINE=PATH  also run the owsyncctl at PATH in every restore run
                        (to compare two builds of the restore in one run)";
 
@@ -118,6 +126,7 @@ struct Args {
     lz4: bool,
     restore_runs: usize,
     restore_only: bool,
+    followed: bool,
     /// Fail when any verification fails (the smoke run under `cargo test`).
     strict: bool,
     /// The options given, to print the command that reruns this.
@@ -145,6 +154,7 @@ fn parse_args(argv: &[String]) -> Result<Args> {
         lz4: true,
         restore_runs: 3,
         restore_only: false,
+        followed: false,
         strict: false,
         given: Vec::new(),
     };
@@ -174,6 +184,7 @@ fn parse_args(argv: &[String]) -> Result<Args> {
             "--no-lz4" => a.lz4 = false,
             "--restore-runs" => a.restore_runs = val()?.parse()?,
             "--restore-only" => a.restore_only = true,
+            "--followed" => a.followed = true,
             "-h" | "--help" => {
                 println!("{USAGE}");
                 std::process::exit(0);
@@ -187,8 +198,10 @@ fn parse_args(argv: &[String]) -> Result<Args> {
         let mut it = argv.iter().filter(|x| *x != "--bench");
         while let Some(x) = it.next() {
             g.push(x.clone());
-            if !matches!(x.as_str(), "--no-write" | "--pg-unsafe" | "--no-pgloader" | "--no-lz4" | "--restore-only")
-                && let Some(v) = it.next()
+            if !matches!(
+                x.as_str(),
+                "--no-write" | "--pg-unsafe" | "--no-pgloader" | "--no-lz4" | "--restore-only" | "--followed"
+            ) && let Some(v) = it.next()
             {
                 g.push(v.clone());
             }
@@ -211,6 +224,9 @@ fn main() -> Result<()> {
     let argv: Vec<String> = std::env::args().skip(1).collect();
     if argv.first().map(String::as_str) == Some("--child") {
         return child(&argv[1..]);
+    }
+    if argv.first().map(String::as_str) == Some("--follow-child") {
+        return follow_child::follow_child(&argv[1..]);
     }
     // `cargo bench` passes --bench. Without it the binary runs under `cargo test
     // --all-targets` (CI): then it runs a small smoke pass of every case (no pgloader, no
@@ -249,6 +265,8 @@ async fn run(a: Args) -> Result<()> {
     let tables = tables_of(&db)?;
     if a.restore_only {
         restore_only(&a, &db, &tables, &pg_bin, &mut res).await?;
+    } else if a.followed {
+        followed::cases(&a, &db, &tables, &mut res).await?;
     } else {
         sync_cases(&a, &db, &tables, &pg_bin, &mut res).await?;
     }
@@ -356,7 +374,13 @@ fn restore_cases(
 fn finish(a: &Args, res: &mut Results, total_secs: f64) -> Result<()> {
     res.env.load_end = loadavg();
     let msgs = (a.msgs != DEFAULT_MSGS).then_some(a.msgs);
-    if !a.restore_only {
+    if let Some(x) = &res.followed {
+        let report = report_followed::render(a, res, x, total_secs);
+        println!("\n{report}");
+        if let Some(out) = &a.out {
+            write_region(out, "followed", a.chats, msgs, &report)?;
+        }
+    } else if !a.restore_only {
         let report = render(a, res, total_secs);
         println!("\n{report}");
         if let Some(out) = &a.out {
@@ -370,7 +394,13 @@ fn finish(a: &Args, res: &mut Results, total_secs: f64) -> Result<()> {
             write_region(out, "restore", a.chats, msgs, &report)?;
         }
     }
-    let name = if a.restore_only { format!("restore-{}", a.chats) } else { a.chats.to_string() };
+    let name = if a.restore_only {
+        format!("restore-{}", a.chats)
+    } else if a.followed {
+        report_followed::json_name(a.chats, a.msgs)
+    } else {
+        a.chats.to_string()
+    };
     let json_path = a.work.join(format!("results-{name}.json"));
     std::fs::write(&json_path, serde_json::to_string_pretty(&res)?)?;
     eprintln!("bench: raw results in {}", json_path.display());

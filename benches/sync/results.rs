@@ -131,6 +131,7 @@ pub struct Results {
     pub incremental: Vec<IncRound>,
     pub unchanged: Option<Unchanged>,
     pub restore: Option<RestoreCases>,
+    pub followed: Option<FollowedCases>,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -169,4 +170,39 @@ pub struct RestoreCases {
     pub psql: String,
     /// The first sync that filled the mirror (`--restore-only`: its only run).
     pub first_sync_secs: Option<f64>,
+}
+
+/// One sync of the `--followed` cases, against the bare upsert of the same rows.
+#[derive(Debug, Default, Serialize)]
+pub struct FollowedRun {
+    /// With the tenant's WAL followed (else a fresh child: the walk of every leaf).
+    pub followed: bool,
+    pub ops: u32,
+    pub changed_chats: usize,
+    /// Rows upserted or deleted by the bare upsert.
+    pub changed_rows: usize,
+    pub changed_tables: Vec<String>,
+    pub delta_bytes: usize,
+    pub upsert_secs: f64,
+    pub owsync_secs: f64,
+    pub owsync_cpu_secs: f64,
+    pub rss_mib: f64,
+    pub pages_read: u64,
+    /// table -> (capture, pages read)
+    pub captures: BTreeMap<String, (String, u64)>,
+    /// Times the follower lost track during the round (each makes the next sync walk).
+    pub losses: u64,
+    pub ok: bool,
+    pub note: String,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct FollowedCases {
+    pub burst: usize,
+    pub first_sync_secs: f64,
+    /// `--changed` chats per round, followed and walked alternately.
+    pub rounds: Vec<FollowedRun>,
+    /// One changed chat per sync: the followed runs, then the walked ones.
+    pub single: Vec<FollowedRun>,
+    pub unchanged: Option<Unchanged>,
 }

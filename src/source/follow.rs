@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
 
+use super::Source;
 use super::pages::Memo;
 use super::wal::{Mark, WalFollower, snapshot_pos};
 
@@ -18,6 +19,8 @@ pub struct TableMemo {
     pub mark: Mark,
     pub digest: u128,
     pub memo: Memo,
+    /// Rows in the table at the walk.
+    pub rows: i64,
 }
 
 /// A follower and the memos of the tables of its database.
@@ -89,4 +92,26 @@ pub fn finish(handle: &Handle, table: &str, memo: TableMemo) {
     if let Some(oldest) = f.tables.values().map(|m| m.mark).min() {
         f.follower.forget_until(oldest);
     }
+}
+
+/// The row count of `table` at the snapshot of `src`'s open read transaction (it must have
+/// read something), when the follower of `src`'s file can tell it without a count: from the
+/// table's last walk, unchanged when no commit since wrote a page of its b-tree that walk
+/// noted (adding, moving or removing a row writes a leaf, or the interior page above a new
+/// one), else reading only the pages written (`walk::rows_followed`). `None`: count them.
+pub fn vouched_rows(src: &Source, table: &str) -> Option<i64> {
+    let handle = lookup(src.path())?;
+    let pos = snapshot_pos(&src.conn)?;
+    let mut f = handle.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Err(e) = f.follower.poll() {
+        tracing::debug!(error = %e, "WAL follower: read failed");
+    }
+    // Placed: the follower has read every commit up to this snapshot.
+    f.follower.mark_at(&pos)?;
+    let m = f.tables.get(table).filter(|m| m.instance == f.follower.instance())?;
+    let changed = f.follower.changed_since(m.mark)?;
+    if !changed.iter().any(|p| m.memo.notes(*p)) {
+        return Some(m.rows);
+    }
+    super::walk::rows_followed(src, table, &changed, &m.memo).ok().flatten()
 }

@@ -43,13 +43,47 @@ pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// SQLite's page cache of a source handle, in KiB (negative: a size, not a page count).
 const CACHE_KIB: i64 = -2048;
 
-/// A read-only handle on a tenant's `webui.db`.
+/// A read-only handle on a tenant's `webui.db`. Its connection stays inside `source`: other
+/// modules read through a `ReadTxn`, `SliceReader`, the walk and the statements here.
 pub struct Source {
-    pub(crate) conn: Connection,
-    pub(crate) path: PathBuf,
-    pub(crate) pace: pace::Pace,
+    conn: Connection,
+    path: PathBuf,
+    pace: pace::Pace,
     /// Direct page reads for the page walk.
-    pub(crate) pagefile: std::cell::RefCell<pagefile::PageFile>,
+    pagefile: std::cell::RefCell<pagefile::PageFile>,
+}
+
+/// A read transaction on a `Source`: from its first read until `end` (or drop) the handle
+/// reads one snapshot of the database. In WAL mode a reader never blocks the writer; in
+/// rollback-journal mode it holds the read lock, so it lasts one short slice.
+pub struct ReadTxn<'a> {
+    src: &'a Source,
+    table: String,
+    open: bool,
+}
+
+impl ReadTxn<'_> {
+    /// Starts the snapshot (it begins with the transaction's first read), places it for
+    /// the WAL follower `handle` and takes `table`'s memo (`follow::start`).
+    pub fn follow(&self, handle: follow::Handle, table: &str) -> Result<follow::Start> {
+        let src = self.src;
+        src.conn.query_row("SELECT count(*) FROM sqlite_schema", [], |_| Ok(())).map_err(src.err(table))?;
+        Ok(follow::start(handle, &src.conn, table))
+    }
+
+    /// Ends the transaction (COMMIT: it wrote nothing).
+    pub fn end(mut self) -> Result<()> {
+        self.open = false;
+        self.src.conn.execute_batch("COMMIT").map_err(self.src.err(&self.table))
+    }
+}
+
+impl Drop for ReadTxn<'_> {
+    fn drop(&mut self) {
+        if self.open {
+            let _ = self.src.conn.execute_batch("COMMIT");
+        }
+    }
 }
 
 impl Source {
@@ -75,6 +109,42 @@ impl Source {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Begins a read transaction (`table`: named in its errors).
+    pub fn read_txn(&self, table: &str) -> Result<ReadTxn<'_>> {
+        self.conn.execute_batch("BEGIN").map_err(self.err(table))?;
+        Ok(ReadTxn { src: self, table: table.to_string(), open: true })
+    }
+
+    /// The highest rowid of `table`: one b-tree descent, a cheap estimate of its size. 0 when
+    /// it cannot tell (empty, WITHOUT ROWID, a column named `rowid` holding text...).
+    pub fn max_rowid(&self, table: &str) -> i64 {
+        let sql = format!("SELECT max(rowid) FROM {}", crate::sql::quote_ident(table));
+        self.conn.query_row(&sql, [], |r| r.get::<_, Option<i64>>(0)).ok().flatten().unwrap_or(0)
+    }
+
+    /// The number of rows of `table`: the count the WAL follower vouches for, when it can
+    /// (`follow::vouched_rows`), else `count(*)`.
+    pub fn row_count(&self, table: &str) -> Result<i64> {
+        let sql = format!("SELECT count(*) FROM {}", crate::sql::quote_ident(table));
+        if follow::lookup(&self.path).is_none() {
+            return self.conn.query_row(&sql, [], |r| r.get(0)).map_err(self.err(table));
+        }
+        // One snapshot for the follower's answer and, failing it, the count.
+        let txn = self.read_txn(table)?;
+        self.conn.query_row("SELECT count(*) FROM sqlite_schema", [], |_| Ok(())).map_err(self.err(table))?;
+        let n = match follow::vouched_rows(self, table) {
+            Some(n) => n,
+            None => self.conn.query_row(&sql, [], |r| r.get(0)).map_err(self.err(table))?,
+        };
+        txn.end()?;
+        Ok(n)
+    }
+
+    /// A statement on this handle's read-only connection (`table`: named in its errors).
+    pub(crate) fn statement(&self, table: &str, sql: &str) -> Result<rusqlite::Statement<'_>> {
+        self.conn.prepare(sql).map_err(self.err(table))
     }
 
     /// How long this handle's slices held SQLite's read lock so far.

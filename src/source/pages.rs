@@ -13,6 +13,9 @@
 pub use super::walk::{Memo, Walked, data_version, is_wal, walk, walk_followed, walk_noting};
 
 pub mod delta;
+mod policy;
+
+pub use policy::{Capture, Settled, StateWrite, Stored};
 
 /// One leaf of a table b-tree as of a walk. `min > max` for a leaf without cells.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -133,6 +136,11 @@ impl PageState {
             buf
         });
         self.push_rows(pgno, hash, min, max, rows);
+    }
+
+    /// Adds a leaf of a recorded state as it is (a leaf a followed walk did not read).
+    pub fn push_recorded(&mut self, l: &Leaf<'_>) {
+        self.push(l.pgno, l.hash, l.min, l.max, l.big_rows.0.chunks_exact(ROW));
     }
 
     fn push<'r>(&mut self, pgno: u32, hash: [u8; 16], min: i64, max: i64, rows: impl Iterator<Item = &'r [u8]>) {

@@ -51,7 +51,12 @@ pub fn walk_noting(src: &Source, table: &str, in_txn: bool, mut memo: Option<&mu
             *m = Memo::default();
         }
         match walk_once(src, table, root, in_txn, memo.as_deref_mut())? {
-            Attempt::Done(w) => return Ok(Some(w)),
+            Attempt::Done(w) => {
+                if let Some(m) = memo {
+                    (m.root, m.rows) = (root, w.rows);
+                }
+                return Ok(Some(w));
+            }
             Attempt::Unparsable(why) => {
                 tracing::debug!(table, why, "page walk not possible; full pass");
                 return Ok(None);
@@ -73,11 +78,27 @@ pub(super) fn root_of(src: &Source, table: &str) -> Result<Option<u32>> {
 }
 
 /// What a walk learned beyond the page state, for the next followed walk: which leaf each
-/// overflow page belonged to, and how many rows each leaf held.
+/// overflow page belonged to, how many rows each leaf held, and the children of each
+/// interior page it visited (only those: a page the walk did not reach may have been
+/// rewritten unseen while out of the tree).
 #[derive(Debug, Default, Clone)]
 pub struct Memo {
     pub(super) owners: std::collections::HashMap<u32, u32>,
     pub(super) cells: std::collections::HashMap<u32, u32>,
+    pub(super) interior: std::collections::HashMap<u32, Vec<u32>>,
+    /// The interior page above each page of the tree (all but the root).
+    pub(super) parent: std::collections::HashMap<u32, u32>,
+    pub(super) root: u32,
+    /// Rows in the table (the leaves' cells).
+    pub(super) rows: i64,
+}
+
+impl Memo {
+    /// Whether page `pgno` is one of the table's the walk noted (a leaf, an overflow page
+    /// of its rows, an interior page).
+    pub(super) fn notes(&self, pgno: u32) -> bool {
+        self.cells.contains_key(&pgno) || self.owners.contains_key(&pgno) || self.interior.contains_key(&pgno)
+    }
 }
 
 /// The usable page size (page size less the reserved bytes) from page 1's file header
@@ -127,69 +148,94 @@ fn with_page_sqlite<T>(src: &Source, table: &str, pgno: u32, f: impl FnOnce(&[u8
 /// once. Not cryptographic: it only has to tell a page's versions apart.
 type LeafHasher = xxhash_rust::xxh3::Xxh3;
 
-fn walk_once(src: &Source, table: &str, root: u32, in_txn: bool, mut memo: Option<&mut Memo>) -> Result<Attempt> {
-    let mut stack = vec![root];
-    let mut state = PageState::default();
-    let mut rows = 0i64;
-    let mut version: Option<(i64, usize)> = None;
-    let max_pages = u64::from(u32::MAX);
-    let mut visited = 0u64;
-    while !stack.is_empty() {
-        // One slice: its own read transaction unless the caller holds one.
-        let hold = (!in_txn).then(|| {
-            src.before_slice();
-            src.pace.begin()
-        });
-        if hold.is_some() {
-            src.conn.execute_batch("BEGIN").map_err(src.err(table))?;
-        }
-        let slice = (|| -> Result<Option<Attempt>> {
-            // Reading page 1 takes the read lock, so data_version is this snapshot's; its
-            // header gives the page geometry the tree is parsed with.
-            let geometry = with_page_sqlite(src, table, 1, |p| usable_size(p).map(|u| (u, p.len())))?.flatten();
-            let Some((usable, page_size)) = geometry else {
-                return Ok(Some(Attempt::Unparsable("page 1 header: unusable page size".into())));
-            };
-            let dv = data_version(src)?;
-            if *version.get_or_insert((dv, usable)) != (dv, usable) {
-                return Ok(Some(Attempt::Moved));
-            }
-            src.pagefile.borrow_mut().begin(&src.conn, &src.path, page_size);
-            let started = Instant::now();
-            while let Some(pgno) = stack.pop() {
-                visited += 1;
-                if visited > max_pages {
-                    return Ok(Some(Attempt::Unparsable("b-tree loop".into())));
-                }
-                match visit(src, table, pgno, usable, &mut state, &mut rows, memo.as_deref_mut())? {
-                    Visit::Interior(children) => stack.extend(children.into_iter().rev()),
-                    Visit::Leaf => {}
-                    Visit::Unparsable(why) => return Ok(Some(Attempt::Unparsable(why))),
-                }
-                if !in_txn && src.slice_over(started, super::ROLLBACK_SLICE) {
-                    break;
-                }
-            }
-            Ok(None)
-        })();
-        if let Some(hold) = hold {
-            src.conn.execute_batch("COMMIT").map_err(src.err(table))?;
-            src.pace.end(hold);
-        }
-        if let Some(a) = slice? {
+mod followed;
+pub use followed::{rows_followed, walk_followed};
+
+/// A walk in progress: the pages still to visit and what the visited ones gave.
+struct Progress<'m> {
+    stack: Vec<u32>,
+    state: PageState,
+    rows: i64,
+    /// `PRAGMA data_version` and usable page size of the first slice's snapshot: a later
+    /// slice that sees others means a commit landed in between.
+    version: Option<(i64, usize)>,
+    visited: u64,
+    memo: Option<&'m mut Memo>,
+}
+
+/// More pages than a database can have: the tree has a loop.
+const MAX_PAGES: u64 = u32::MAX as u64;
+
+fn walk_once(src: &Source, table: &str, root: u32, in_txn: bool, memo: Option<&mut Memo>) -> Result<Attempt> {
+    let mut w = Progress { stack: vec![root], state: PageState::default(), rows: 0, version: None, visited: 0, memo };
+    while !w.stack.is_empty() {
+        if let Some(a) = one_slice(src, table, in_txn, &mut w)? {
             return Ok(a);
         }
     }
-    state.sort();
-    Ok(Attempt::Done(Walked {
-        state,
-        rows,
-        data_version: version.map(|v| v.0).ok_or_else(|| SourceError::Read {
-            path: src.path.clone(),
-            table: table.to_string(),
-            source: rusqlite::Error::QueryReturnedNoRows,
-        })?,
-    }))
+    w.state.sort();
+    let data_version = w.version.map(|v| v.0).ok_or_else(|| SourceError::Read {
+        path: src.path.clone(),
+        table: table.to_string(),
+        source: rusqlite::Error::QueryReturnedNoRows,
+    })?;
+    Ok(Attempt::Done(Walked { state: w.state, rows: w.rows, data_version }))
+}
+
+/// One slice of a walk: in the caller's read transaction (`in_txn`), else in its own short
+/// one, paced like the rollback-journal reads. `Some`: the walk ends here.
+fn one_slice(src: &Source, table: &str, in_txn: bool, w: &mut Progress<'_>) -> Result<Option<Attempt>> {
+    if in_txn {
+        return walk_slice(src, table, false, w);
+    }
+    src.before_slice();
+    let hold = src.pace.begin();
+    let txn = src.read_txn(table)?;
+    let walked = walk_slice(src, table, true, w);
+    txn.end()?;
+    src.pace.end(hold);
+    walked
+}
+
+/// The usable and the whole page size, from page 1's header as this snapshot has it
+/// (reading page 1 takes the read lock, so a `data_version` read next is this snapshot's).
+fn geometry(src: &Source, table: &str) -> Result<Option<(usize, usize)>> {
+    Ok(with_page_sqlite(src, table, 1, |p| usable_size(p).map(|u| (u, p.len())))?.flatten())
+}
+
+/// Visits pages of `w` in the current snapshot until none is left or, when `sliced`, the
+/// slice's time is up or a writer waits.
+fn walk_slice(src: &Source, table: &str, sliced: bool, w: &mut Progress<'_>) -> Result<Option<Attempt>> {
+    let Some((usable, page_size)) = geometry(src, table)? else {
+        return Ok(Some(Attempt::Unparsable("page 1 header: unusable page size".into())));
+    };
+    let dv = data_version(src)?;
+    if *w.version.get_or_insert((dv, usable)) != (dv, usable) {
+        return Ok(Some(Attempt::Moved));
+    }
+    src.pagefile.borrow_mut().begin(&src.conn, &src.path, page_size);
+    let started = Instant::now();
+    while let Some(pgno) = w.stack.pop() {
+        w.visited += 1;
+        if w.visited > MAX_PAGES {
+            return Ok(Some(Attempt::Unparsable("b-tree loop".into())));
+        }
+        match visit(src, table, pgno, usable, &mut w.state, &mut w.rows, w.memo.as_deref_mut())? {
+            Visit::Interior(children) => {
+                w.stack.extend(children.iter().rev());
+                if let Some(m) = w.memo.as_deref_mut() {
+                    m.parent.extend(children.iter().map(|c| (*c, pgno)));
+                    m.interior.insert(pgno, children);
+                }
+            }
+            Visit::Leaf => {}
+            Visit::Unparsable(why) => return Ok(Some(Attempt::Unparsable(why))),
+        }
+        if sliced && src.slice_over(started, super::ROLLBACK_SLICE) {
+            break;
+        }
+    }
+    Ok(None)
 }
 
 /// What visiting one page of a table's b-tree found.
@@ -211,7 +257,6 @@ pub(super) fn visit(
     rows: &mut i64,
     mut memo: Option<&mut Memo>,
 ) -> Result<Visit> {
-    let max_pages = u64::from(u32::MAX);
     let mut h = LeafHasher::new();
     // One hasher per big row, started with the row's bytes on the leaf.
     let mut big: Vec<LeafHasher> = Vec::new();
@@ -247,7 +292,7 @@ pub(super) fn visit(
                 btree::u32_at(ov, 0)
             })?;
             match found {
-                Some(n) if hops < max_pages => next = n,
+                Some(n) if hops < MAX_PAGES => next = n,
                 _ => return Ok(Visit::Unparsable(format!("overflow page {p} missing"))),
             }
         }
@@ -267,60 +312,4 @@ pub(super) fn visit(
     }
     state.push_leaf(pgno, hash, min, max, &big_rows);
     Ok(Visit::Leaf)
-}
-
-/// A walk that reads only what changed, given the recorded state of the last walk
-/// (`old`, with the `memo` that walk noted) and the pages committed since its snapshot
-/// (`changed`, sorted; from the WAL follower, `wal.rs`). Every interior page is read, to
-/// place leaves new to the table; a leaf is copied from `old` unread when it was a leaf
-/// there and neither it nor an overflow page of its rows is in `changed` (a page no commit
-/// wrote holds the same bytes). Call inside the read transaction whose snapshot `changed`
-/// reaches (WAL mode). `Ok(None)`: not possible (suspect ranges recorded, a leaf the memo
-/// does not know, a page not understood): walk in full. Returns the walk and the pages read.
-pub fn walk_followed(
-    src: &Source,
-    table: &str,
-    old: &super::pages::Recorded<'_>,
-    changed: &[u32],
-    memo: &mut Memo,
-) -> Result<Option<(Walked, u64)>> {
-    let Some(root) = root_of(src, table)? else { return Ok(None) };
-    let geometry = with_page_sqlite(src, table, 1, |p| usable_size(p).map(|u| (u, p.len())))?.flatten();
-    let Some((usable, page_size)) = geometry else { return Ok(None) };
-    let data_version = data_version(src)?;
-    src.pagefile.borrow_mut().begin(&src.conn, &src.path, page_size);
-    let old: Vec<super::pages::Leaf<'_>> = old.leaves().collect();
-    if old.first().is_some_and(|l| l.pgno == super::pages::SUSPECT_PGNO) {
-        return Ok(None);
-    }
-    let mut dirty: std::collections::HashSet<u32> = changed.iter().copied().collect();
-    dirty.extend(changed.iter().filter_map(|p| memo.owners.get(p)));
-    let read_before = { src.pagefile.borrow().direct + src.pagefile.borrow().via_sqlite };
-    let (mut state, mut rows, mut stack, mut visited) = (PageState::default(), 0i64, vec![root], 0u64);
-    while let Some(pgno) = stack.pop() {
-        visited += 1;
-        if visited > u64::from(u32::MAX) {
-            return Ok(None);
-        }
-        if !dirty.contains(&pgno)
-            && let Ok(i) = old.binary_search_by_key(&pgno, |l| l.pgno)
-        {
-            let Some(cells) = memo.cells.get(&pgno) else { return Ok(None) };
-            let l = old[i];
-            state.push_leaf(pgno, l.hash, l.min, l.max, &l.big_rows.iter().collect::<Vec<_>>());
-            rows += i64::from(*cells);
-            continue;
-        }
-        match visit(src, table, pgno, usable, &mut state, &mut rows, Some(memo))? {
-            Visit::Interior(children) => stack.extend(children.into_iter().rev()),
-            Visit::Leaf => {}
-            Visit::Unparsable(why) => {
-                tracing::debug!(table, why, "followed walk not possible; full walk");
-                return Ok(None);
-            }
-        }
-    }
-    state.sort();
-    let read = { src.pagefile.borrow().direct + src.pagefile.borrow().via_sqlite } - read_before;
-    Ok(Some((Walked { state, rows, data_version }, read)))
 }

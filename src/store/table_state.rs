@@ -142,7 +142,7 @@ pub async fn recorded(pool: &PgPool, cluster: &str, client: &str, schema: &str) 
         .collect())
 }
 
-/// A page state to record with a table's row (see `sync::reader::StateWrite`).
+/// A page state to record with a table's row (see `source::pages::StateWrite`).
 #[derive(Debug)]
 pub enum Pages {
     /// No page state (WITHOUT ROWID tables, or none could be taken).

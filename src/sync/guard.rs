@@ -211,7 +211,7 @@ pub fn observe(
             continue;
         }
         let remaining = match infos.get(table) {
-            Some(_) => Some(count(&src, table)?),
+            Some(_) => Some(src.row_count(table)?),
             None => None,
         };
         seen.tables.push(Counted { table: table.clone(), live: *live, remaining });
@@ -235,11 +235,6 @@ pub fn observe(
     Ok(seen)
 }
 
-fn count(src: &Source, table: &str) -> Result<i64, SourceError> {
-    let sql = format!("SELECT count(*) FROM {}", quote_ident(table));
-    src.conn.query_row(&sql, [], |r| r.get(0)).map_err(src.err(table))
-}
-
 /// Up to `ANCHORS_PER_TABLE` keys spread evenly over the table's rowids. Tables keyed by
 /// rowid or WITHOUT ROWID have none (a rowid says nothing of which database it is in).
 fn sample(src: &Source, t: &TableInfo) -> Result<Vec<Vec<Json>>, SourceError> {
@@ -247,14 +242,16 @@ fn sample(src: &Source, t: &TableInfo) -> Result<Vec<Vec<Json>>, SourceError> {
     if keys.is_empty() || t.without_rowid {
         return Ok(Vec::new());
     }
-    let bounds = format!("SELECT min(rowid), max(rowid) FROM {}", quote_ident(&t.name));
+    // Two subqueries: SQLite answers a lone min() or max() with one b-tree descent, but
+    // both in one query with a scan of every row.
+    let bounds = format!("SELECT (SELECT min(rowid) FROM {0}), (SELECT max(rowid) FROM {0})", quote_ident(&t.name));
     let (lo, hi): (Option<i64>, Option<i64>) =
-        src.conn.query_row(&bounds, [], |r| Ok((r.get(0)?, r.get(1)?))).map_err(src.err(&t.name))?;
+        src.statement(&t.name, &bounds)?.query_row([], |r| Ok((r.get(0)?, r.get(1)?))).map_err(src.err(&t.name))?;
     let (Some(lo), Some(hi)) = (lo, hi) else { return Ok(Vec::new()) };
     let cols: Vec<String> = keys.iter().map(|k| quote_ident(k)).collect();
     let sql =
         format!("SELECT {} FROM {} WHERE rowid >= ?1 ORDER BY rowid LIMIT 1", cols.join(", "), quote_ident(&t.name));
-    let mut stmt = src.conn.prepare(&sql).map_err(src.err(&t.name))?;
+    let mut stmt = src.statement(&t.name, &sql)?;
     let mut out: Vec<Vec<Json>> = Vec::new();
     let span = (i128::from(hi) - i128::from(lo)).max(0);
     for i in 0..ANCHORS_PER_TABLE {
@@ -294,7 +291,7 @@ fn any_present(src: &Source, t: &TableInfo, keys: &[Vec<Json>]) -> Result<bool, 
     }
     let cond: Vec<String> = cols.iter().enumerate().map(|(i, c)| format!("{} = ?{}", quote_ident(c), i + 1)).collect();
     let sql = format!("SELECT 1 FROM {} WHERE {} LIMIT 1", quote_ident(&t.name), cond.join(" AND "));
-    let mut stmt = src.conn.prepare(&sql).map_err(src.err(&t.name))?;
+    let mut stmt = src.statement(&t.name, &sql)?;
     for key in keys.iter().filter(|k| k.len() == cols.len()) {
         let params: Vec<rusqlite::types::Value> = key.iter().map(sqlite_of).collect();
         if stmt.exists(rusqlite::params_from_iter(params)).map_err(src.err(&t.name))? {

@@ -9,7 +9,6 @@ use std::sync::{Arc, Mutex};
 use super::reader::Queue;
 use crate::source::{self, Source, SourceError, TableInfo};
 use crate::spec::{ClientSyncSpec, table_selected};
-use crate::sql::quote_ident;
 
 /// The selected tables of the source, largest (by highest rowid, a cheap estimate of
 /// the row count: one b-tree descent) first; WITHOUT ROWID tables count as small. Ties
@@ -20,13 +19,7 @@ pub(super) fn tables(path: &Path, spec: &ClientSyncSpec) -> Result<(Queue, Vec<T
     let discovered = source::discover(&src)?;
     let tables: Vec<TableInfo> = discovered.iter().filter(|t| table_selected(&spec.tables, &t.name)).cloned().collect();
     let mut sized: Vec<(i64, TableInfo)> =
-        tables.into_iter().map(|t| (if t.without_rowid { 0 } else { max_rowid(&src, &t.name) }, t)).collect();
+        tables.into_iter().map(|t| (if t.without_rowid { 0 } else { src.max_rowid(&t.name) }, t)).collect();
     sized.sort_by_key(|(size, _)| std::cmp::Reverse(*size));
     Ok((Arc::new(Mutex::new(sized.into_iter().map(|(_, t)| t).collect::<VecDeque<_>>())), discovered))
-}
-
-/// Only an ordering hint: 0 when it cannot tell (a column named `rowid` holding text...).
-fn max_rowid(src: &Source, table: &str) -> i64 {
-    let sql = format!("SELECT max(rowid) FROM {}", quote_ident(table));
-    src.conn.query_row(&sql, [], |r| r.get::<_, Option<i64>>(0)).ok().flatten().unwrap_or(0)
 }

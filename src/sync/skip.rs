@@ -58,7 +58,7 @@ pub async fn baseline(job: &SyncJob<'_>, schema: &str) -> Result<Baseline, Store
             out.shapes.insert(r.table.clone(), shape);
         }
         if let Some(base) = r.pages {
-            out.pages.insert(r.table, (r.source_ddl, super::reader::Stored { base, delta: r.pages_delta }));
+            out.pages.insert(r.table, (r.source_ddl, crate::source::pages::Stored { base, delta: r.pages_delta }));
         }
     }
     Ok(out)

@@ -8,8 +8,9 @@ use sqlx::PgConnection;
 use tokio::sync::mpsc;
 use tracing::warn;
 
-use super::reader::{Msg, StateWrite, TableEnd, TablePlan};
+use super::reader::{Msg, TableEnd, TablePlan};
 use super::{SyncError, SyncJob, TableReport, store_table_failure, table_failure};
+use crate::source::pages::StateWrite;
 use crate::spec::DeletePolicy;
 use crate::store::{self, Durability, FencedTx, quarantine, table_state};
 use crate::target::conflict::{self, ConflictCounts, ConflictCtx};
@@ -385,7 +386,7 @@ async fn record_table_state(
     pages: Option<StateWrite>,
 ) -> Result<(), store::StoreError> {
     let info = &plan.info;
-    // A delta keeps the recorded base (`reader::StateWrite`); a whole state replaces both.
+    // A delta keeps the recorded base (`source::pages::StateWrite`); a whole state replaces both.
     let pages = match pages {
         Some(StateWrite::Full(b)) => table_state::Pages::Base(b),
         Some(StateWrite::Delta(d)) => table_state::Pages::Delta(d),

@@ -7,6 +7,7 @@ use rusqlite::{Connection, OpenFlags};
 
 use super::{Lost, Mark, SnapshotPos, WalFollower, snapshot_pos};
 
+mod costs;
 mod followed;
 mod prop;
 

@@ -1,0 +1,167 @@
+//! The page-state policy of a table's pass, in one place: how its changes are found (the
+//! pages the WAL follower names, a walk of every leaf, or none: a full pass), whether its
+//! rows are read incrementally or in full, and how its new state is recorded (the whole
+//! state as a new base, or a delta against the recorded base).
+
+use std::borrow::Cow;
+
+use super::{Memo, Recorded, Walked, delta, diff_recorded, walk_followed, walk_noting};
+use crate::source::follow::{self, TableMemo};
+use crate::source::{Result, Source, TableInfo};
+
+/// A table's page state as `table_state` holds it: a base state (`pages`) and, when a sync
+/// wrote only what changed since, a delta against it (`pages_delta`, `pages::delta`).
+pub struct Stored {
+    pub base: Vec<u8>,
+    pub delta: Option<Vec<u8>>,
+}
+
+impl Stored {
+    /// The state as of the last sync; `None` when the delta does not fit the base (then
+    /// there is no usable state: a full pass).
+    fn state(&self, target: &str) -> Option<Cow<'_, [u8]>> {
+        match &self.delta {
+            None => Some(Cow::Borrowed(&self.base)),
+            Some(d) => delta::apply(&self.base, d, target).map(Cow::Owned),
+        }
+    }
+}
+
+/// How a sync records a table's new page state.
+pub enum StateWrite {
+    /// The whole state, as the new base (no delta).
+    Full(Vec<u8>),
+    /// Only what changed since the recorded base, which stays.
+    Delta(Vec<u8>),
+}
+
+impl StateWrite {
+    /// A delta when there is a base to make it against and it is at most a quarter of the
+    /// whole state; otherwise the whole state, which then becomes the base.
+    fn choose(base: Option<&[u8]>, new: Vec<u8>, target: &str) -> StateWrite {
+        match base.and_then(|b| delta::between(b, &new, target)) {
+            Some(d) if d.len() * 4 <= new.len() => StateWrite::Delta(d),
+            _ => StateWrite::Full(new),
+        }
+    }
+}
+
+/// One table's capture, from its walk to the state its sync records. Begun and finished
+/// inside the table's read transaction (WAL mode), so the state describes the rows read.
+pub struct Capture {
+    /// The walk; `None`: no usable walk (the pass is full and records no state).
+    pub walked: Option<Walked>,
+    /// The rowid ranges to re-read; `None`: read every row.
+    pub ranges: Option<Vec<(i64, i64)>>,
+    /// Pages the walk read.
+    pub pages_read: u64,
+    followed: bool,
+    table: String,
+    memo: Option<Memo>,
+    start: Option<follow::Start>,
+    old_digest: Option<u128>,
+    /// The recorded base the next state may be a delta against.
+    base: Option<Vec<u8>>,
+}
+
+/// The state to record once a table's rows are read.
+pub struct Settled {
+    pub pages: StateWrite,
+    /// Rows in the table at the walk.
+    pub rows: i64,
+    /// No leaf changed since the recorded state and nothing was read: the mirror and the
+    /// recorded state are already right, so the table needs no PostgreSQL transaction (and
+    /// `pages` is the whole state, not to be written).
+    pub unchanged: bool,
+}
+
+impl Capture {
+    /// Walks `t` (only what the WAL follower names when it can vouch for the interval since
+    /// the walk that made the recorded state `old`, else every leaf) and compares the walk
+    /// with `old`: an incremental pass when at most half the leaves changed.
+    pub fn begin(
+        src: &Source,
+        t: &TableInfo,
+        old: Option<Stored>,
+        target: &str,
+        in_txn: bool,
+        mut start: Option<follow::Start>,
+    ) -> Result<Capture> {
+        // The recorded state as stored (or as its delta makes it); its digest is kept, to
+        // tell an unchanged table at the end, and its base, to record the next state against.
+        let recorded = old.as_ref().and_then(|s| s.state(target));
+        let (walked, followed, pages_read, memo) = walk_table(src, t, recorded.as_deref(), target, in_txn, &mut start)?;
+        let old_digest = recorded.as_deref().map(xxhash_rust::xxh3::xxh3_128);
+        let ranges = match (&walked, recorded.as_deref().and_then(|b| Recorded::parse(b, target))) {
+            (Some(w), Some(o)) => {
+                let c = diff_recorded(&o, &w.state);
+                // Most leaves changed (a VACUUM, a bulk rewrite): a plain full pass is cheaper.
+                (c.changed_leaves * 2 <= c.total_leaves).then_some(c.ranges)
+            }
+            _ => None,
+        };
+        let usable = recorded.is_some();
+        // The recorded state is freed before any row is read.
+        drop(recorded);
+        let base = old.map(|s| s.base).filter(|_| usable);
+        Ok(Capture { walked, ranges, pages_read, followed, table: t.name.clone(), memo, start, old_digest, base })
+    }
+
+    /// How the changes were found: `followed` (the pages the WAL follower named),
+    /// `changed-pages` (a walk of every leaf), `full` (every row read).
+    pub fn how(&self) -> &'static str {
+        match (&self.ranges, self.followed) {
+            (None, _) => "full",
+            (Some(_), true) => "followed",
+            (Some(_), false) => "changed-pages",
+        }
+    }
+
+    /// The state to record, with the rowid ranges read while the source moved (`suspect`)
+    /// and whether any row was read; `None` with no usable walk. Leaves the follower what
+    /// the next sync follows on from, should this state be recorded.
+    pub fn finish(self, suspect: &[(i64, i64)], read_any: bool, target: &str) -> Option<Settled> {
+        let w = self.walked?;
+        let mut state = w.state;
+        state.add_suspect(suspect);
+        let pages = state.encode(target);
+        let digest = xxhash_rust::xxh3::xxh3_128(&pages);
+        let unchanged = !read_any && self.old_digest == Some(digest);
+        if let (Some(s), Some(memo)) = (&self.start, self.memo)
+            && let Some((instance, mark)) = s.mark
+        {
+            follow::finish(&s.handle, &self.table, TableMemo { instance, mark, digest, memo, rows: w.rows });
+        }
+        // An unchanged table records nothing: no delta to make.
+        let pages =
+            if unchanged { StateWrite::Full(pages) } else { StateWrite::choose(self.base.as_deref(), pages, target) };
+        Some(Settled { pages, rows: w.rows, unchanged })
+    }
+}
+
+/// Walks `t`: only what the WAL follower names when it can vouch for the interval since
+/// the walk that made the recorded state (`recorded`, same digest), else every leaf.
+/// Returns the walk, whether it was followed, the pages it read and its memo.
+fn walk_table(
+    src: &Source,
+    t: &TableInfo,
+    recorded: Option<&[u8]>,
+    target: &str,
+    in_txn: bool,
+    start: &mut Option<follow::Start>,
+) -> Result<(Option<Walked>, bool, u64, Option<Memo>)> {
+    if t.without_rowid {
+        return Ok((None, false, 0, None));
+    }
+    let before = src.pages_read();
+    if let Some((changed, mut tm)) = start.as_mut().and_then(|s| s.since.take())
+        && let Some(rec) = recorded.filter(|r| xxhash_rust::xxh3::xxh3_128(r) == tm.digest)
+        && let Some(old) = Recorded::parse(rec, target)
+        && let Some((w, read)) = walk_followed(src, &t.name, &old, &changed, &mut tm.memo)?
+    {
+        return Ok((Some(w), true, read, Some(tm.memo)));
+    }
+    let mut memo = start.is_some().then(Memo::default);
+    let walked = walk_noting(src, &t.name, in_txn, memo.as_mut())?;
+    Ok((walked, false, src.pages_read() - before, memo))
+}
