@@ -92,7 +92,6 @@ pub async fn cases(a: &Args, db: &Path, tables: &[(TableInfo, MirrorTable)], res
     if !bad.is_empty() || !first.failed.is_empty() {
         bail!("the first sync did not fill the mirror: counts {bad}; failed {:?}", first.failed);
     }
-    owsync::store::session::set_nodelay_towards(pg_a.port());
     // Open WebUI's connection, open throughout: the WAL stays between syncs (the last
     // connection to close would checkpoint and delete it).
     let writer = rusqlite::Connection::open(db)?;
