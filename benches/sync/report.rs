@@ -347,21 +347,27 @@ fn restore_row(s: &mut String, what: &str, runs: &[RestoreRun]) {
 }
 
 /// The restore region: owsync's restore against the naive pipeline, same run.
-pub fn render_restore(a: &Args, r: &Results, x: &RestoreCases, total_secs: f64) -> String {
+/// A region's heading (`what`, the tenant's size), the command and the run's machine.
+pub fn region_head(s: &mut String, what: &str, a: &Args, r: &Results, total_secs: f64) {
     let (d, e) = (&r.data, &r.env);
-    let mut s = String::new();
     let _ = writeln!(
         s,
-        "### Restore, {} chats: {} users x {} chats x {} messages\n",
+        "### {what}, {} chats: {} users x {} chats x {} messages\n",
         d.chats, d.users, a.chats_per_user, d.msgs
     );
     let _ = writeln!(s, "Command: `{}`  ", e.command);
     let _ = writeln!(
         s,
-        "Run: {}, owsync {}, whole bench {total_secs:.0} s. Machine: {} CPUs ({}), {:.1} GiB RAM; load average {} at the \
-         start, {} at the end.  ",
-        e.date, e.git, e.nproc, e.cpu, e.mem_gib, e.load_start, e.load_end
+        "Run: {}, owsync {}, whole bench {:.0} s. Machine: {} CPUs ({}), {:.1} GiB RAM, Linux {}; \
+         load average {} at the start, {} at the end.  ",
+        e.date, e.git, total_secs, e.nproc, e.cpu, e.mem_gib, e.kernel, e.load_start, e.load_end
     );
+}
+
+pub fn render_restore(a: &Args, r: &Results, x: &RestoreCases, total_secs: f64) -> String {
+    let (d, e) = (&r.data, &r.env);
+    let mut s = String::new();
+    region_head(&mut s, "Restore", a, r, total_secs);
     let _ = writeln!(s, "Software: {}; {}; sqlite3 CLI {}.  ", e.postgres, x.psql, x.sqlite3);
     let _ = writeln!(
         s,

@@ -19,18 +19,7 @@ const BASE_MSGS: u32 = 6;
 pub fn render(a: &Args, r: &Results, x: &FollowedCases, total_secs: f64) -> String {
     let (d, e) = (&r.data, &r.env);
     let mut s = String::new();
-    let _ = writeln!(
-        s,
-        "### Following the WAL, {} chats: {} users x {} chats x {} messages\n",
-        d.chats, d.users, a.chats_per_user, d.msgs
-    );
-    let _ = writeln!(s, "Command: `{}`  ", e.command);
-    let _ = writeln!(
-        s,
-        "Run: {}, owsync {}, whole bench {:.0} s. Machine: {} CPUs ({}), {:.1} GiB RAM, Linux {}; \
-         load average {} at the start, {} at the end.  ",
-        e.date, e.git, total_secs, e.nproc, e.cpu, e.mem_gib, e.kernel, e.load_start, e.load_end
-    );
+    crate::report::region_head(&mut s, "Following the WAL", a, r, total_secs);
     let _ = writeln!(s, "PostgreSQL: {}.  ", e.pg_settings);
     let _ = writeln!(
         s,

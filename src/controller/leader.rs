@@ -165,7 +165,7 @@ impl Leader {
                 }
                 Err(e) => {
                     again_soon = true;
-                    warn!(client = %s.name, error = %e, "cannot record Suspended status");
+                    warn!(client = %s.name, epoch = self.ctx.fence.epoch, error = %e, "cannot record Suspended status");
                 }
             }
         }
