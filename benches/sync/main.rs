@@ -250,7 +250,11 @@ fn main() -> Result<()> {
         a.work = smoke_dir.path().to_path_buf();
         a.strict = true;
         eprintln!("bench: no --bench flag (cargo test): smoke run; `cargo bench --bench sync` measures");
-        a
+        // Then the followed mode, on the same small tenant.
+        let followed = Args { followed: true, restore_runs: 0, ..a.clone() };
+        let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+        rt.block_on(run(a))?;
+        return rt.block_on(run(followed));
     };
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(run(args))
@@ -414,6 +418,9 @@ fn finish(a: &Args, res: &mut Results, total_secs: f64) -> Result<()> {
 }
 
 fn strict_checks(res: &Results) -> Result<()> {
+    if let Some(x) = &res.followed {
+        return strict_followed(x);
+    }
     let mut bad: Vec<String> = res
         .first
         .iter()
@@ -443,5 +450,27 @@ fn strict_checks(res: &Results) -> Result<()> {
         bail!("smoke run: verification failed: {}", bad.join("; "));
     }
     println!("smoke: 1 passed, 0 failed");
+    Ok(())
+}
+
+/// The smoke run's checks of the followed mode: every sync's mirror equals the source,
+/// the followed syncs were captured through the follower, unchanged cycles are skipped.
+fn strict_followed(x: &crate::results::FollowedCases) -> Result<()> {
+    let runs: Vec<_> = x.rounds.iter().chain(&x.single).collect();
+    let mut bad: Vec<String> = runs.iter().filter(|r| !r.ok).map(|r| format!("followed: {}", r.note)).collect();
+    let followed = runs.iter().filter(|r| r.followed);
+    if !followed.clone().any(|r| r.captures.values().any(|(c, _)| c == "followed")) {
+        bad.push("followed: no table of a followed sync was captured through the follower".into());
+    }
+    if followed.count() == 0 {
+        bad.push("followed: no followed sync ran".into());
+    }
+    if !x.unchanged.as_ref().is_some_and(|u| u.all_skipped) {
+        bad.push("followed: an unchanged cycle was not skipped".into());
+    }
+    if !bad.is_empty() {
+        bail!("smoke run (followed): verification failed: {}", bad.join("; "));
+    }
+    println!("smoke (followed): 1 passed, 0 failed");
     Ok(())
 }
