@@ -11,7 +11,7 @@ use sqlx::{PgPool, Row};
 use tokio::sync::mpsc;
 
 use crate::sql::quote_ident;
-use crate::store::{self, Context};
+use crate::store;
 use crate::target::{COL_DELETED, COL_ROWID, COL_SYNCED_AT};
 
 #[derive(Debug, thiserror::Error)]
@@ -68,18 +68,8 @@ pub struct RestoreOptions {
 }
 
 async fn tables(pool: &PgPool, cluster: &str, client: &str) -> Result<Vec<TableState>, RestoreError> {
-    let mut tx = store::begin(pool, cluster).await?;
-    let rows = sqlx::query(
-        "SELECT table_name, coalesce(source_ddl, ''), source_indexes FROM sync_metadata.table_state
-         WHERE cluster_name = $1 AND client_name = $2 AND source_ddl IS NOT NULL ORDER BY table_name",
-    )
-    .bind(cluster)
-    .bind(client)
-    .fetch_all(&mut *tx)
-    .await
-    .ctx(|| format!("read table state of {client}"))?;
-    let _ = tx.commit().await;
-    Ok(rows.iter().map(|r| TableState { name: r.get(0), ddl: r.get(1), extra: r.get(2) }).collect())
+    let schemas = store::table_state::source_schemas(pool, cluster, client).await?;
+    Ok(schemas.into_iter().map(|s| TableState { name: s.table, ddl: s.ddl, extra: s.extra }).collect())
 }
 
 /// Column name and PostgreSQL type of a mirror table, in order.

@@ -14,7 +14,7 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use common::{TestEnv, free_port, ok};
 use owsync::api::{ApiConfig, router};
-use owsync::controller::{ControllerConfig, ElectionConfig, Shared};
+use owsync::controller::{ControllerConfig, Shared};
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use tower::ServiceExt;
@@ -23,17 +23,7 @@ const TOKEN: &str = "api-token-in-process";
 
 /// The API of a replica of `cluster` on `pool` (no election runs: it is a standby).
 fn api(url: &str, pool: PgPool, cluster: &str, token: Option<&str>) -> Router {
-    let config = ControllerConfig {
-        cluster: cluster.into(),
-        node_id: "node-a".into(),
-        election: ElectionConfig::default(),
-        spec_poll: Duration::from_secs(2),
-        max_concurrency: 1,
-        sync_connections: 1,
-        table_connections: 1,
-        stall_after: 5,
-        history_retention: None,
-    };
+    let config = ControllerConfig::minimal(cluster, "node-a");
     let connect = owsync::store::connect_options(url, "test-api").expect("connect options");
     let shared = Shared::new(config, pool, connect);
     router(shared, ApiConfig { token: token.map(str::to_string), cache_ttl: Duration::from_secs(300) }).0

@@ -13,18 +13,7 @@ use common::{TestEnv, gen_db, ok};
 use owsync::fixtures::{JournalMode, MutateOptions, OpKind, SchemaFlavor, mutate};
 use owsync::sync::{SyncJob, SyncReport, sync_tenant};
 
-const CHAT_OPS: [OpKind; 10] = [
-    OpKind::AppendTurn,
-    OpKind::RenameChat,
-    OpKind::AutoTitle,
-    OpKind::TogglePin,
-    OpKind::ToggleArchive,
-    OpKind::SetTags,
-    OpKind::MarkRead,
-    OpKind::MoveToFolder,
-    OpKind::ShareChat,
-    OpKind::EditMessage,
-];
+const CHAT_OPS: [OpKind; 10] = owsync::fixtures::CHAT_CHANGING_OPS;
 
 fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)

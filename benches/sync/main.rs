@@ -67,18 +67,7 @@ const MIRROR_SCHEMA: &str = "client_bench";
 const SYNC_PASSWORD: &str = "bench-sync-pw-7c3f";
 const PGLOADER_OPTS: [&str; 4] = ["--with", "prefetch rows = 1000", "--with", "batch rows = 1000"];
 /// The mutate ops that change an existing chat (no new or deleted chats).
-const CHAT_OPS: [OpKind; 10] = [
-    OpKind::AppendTurn,
-    OpKind::RenameChat,
-    OpKind::AutoTitle,
-    OpKind::TogglePin,
-    OpKind::ToggleArchive,
-    OpKind::SetTags,
-    OpKind::MarkRead,
-    OpKind::MoveToFolder,
-    OpKind::ShareChat,
-    OpKind::EditMessage,
-];
+const CHAT_OPS: [OpKind; 10] = owsync::fixtures::CHAT_CHANGING_OPS;
 
 const USAGE: &str = "\
 cargo bench --bench sync -- [options]

@@ -18,7 +18,7 @@ pub struct Holder {
 
 /// The processes that have `db`, its -wal or its -shm open or locked (not this one).
 pub fn holders(db: &Path) -> Vec<Holder> {
-    let files: Vec<PathBuf> = ["", "-wal", "-shm"].iter().map(|s| super::restore::with_suffix(db, s)).collect();
+    let files: Vec<PathBuf> = ["", "-wal", "-shm"].iter().map(|s| crate::source::companion(db, s)).collect();
     let canon: Vec<PathBuf> = files.iter().filter_map(|f| std::fs::canonicalize(f).ok()).collect();
     let inodes: Vec<(u64, u64)> =
         files.iter().filter_map(|f| std::fs::metadata(f).ok()).map(|m| (m.dev(), m.ino())).collect();

@@ -47,7 +47,7 @@ pub struct CliProgress {
 /// The source's size (database file and WAL): the bar's length, a cheap estimate of what
 /// a full read covers.
 fn source_size(path: &Path) -> u64 {
-    let wal = path.with_file_name(format!("{}-wal", path.file_name().and_then(|n| n.to_str()).unwrap_or_default()));
+    let wal = crate::source::companion(path, "-wal");
     [path, wal.as_path()].iter().filter_map(|p| std::fs::metadata(p).ok()).map(|m| m.len()).sum()
 }
 

@@ -140,9 +140,7 @@ fn print_report(g: &Global, name: &str, to: &Path, r: &RestoreReport, took: std:
 /// `<path>.<what>-<UTC time>`, beside `path`.
 fn aside_name(path: &Path, what: &str) -> PathBuf {
     let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ");
-    let mut p = path.as_os_str().to_owned();
-    p.push(format!(".{what}-{stamp}"));
-    PathBuf::from(p)
+    crate::source::companion(path, &format!(".{what}-{stamp}"))
 }
 
 /// Puts `restored` at `source`: the file there (and its -wal, -shm) moves aside to
@@ -163,7 +161,7 @@ fn replace(source: &Path, restored: &Path) -> Result<PathBuf, CliError> {
     }
     let aside = aside_name(source, "replaced");
     for suffix in ["", "-wal", "-shm", "-journal"] {
-        let (from, to) = (with_suffix(source, suffix), with_suffix(&aside, suffix));
+        let (from, to) = (crate::source::companion(source, suffix), crate::source::companion(&aside, suffix));
         if from.exists() {
             std::fs::rename(&from, &to).map_err(io(format!("move {} aside to {}", from.display(), to.display())))?;
             eprintln!("{} kept as {}", from.display(), to.display());
@@ -171,10 +169,4 @@ fn replace(source: &Path, restored: &Path) -> Result<PathBuf, CliError> {
     }
     std::fs::rename(restored, source).map_err(io(format!("move {} to {}", restored.display(), source.display())))?;
     Ok(source.to_path_buf())
-}
-
-pub fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
-    let mut p = path.as_os_str().to_owned();
-    p.push(suffix);
-    PathBuf::from(p)
 }

@@ -5,7 +5,7 @@
 //! inode changed. Nothing here opens SQLite, takes a lock or checkpoints.
 
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
@@ -38,9 +38,7 @@ pub(super) fn spawn(path: &Path, token: &CancellationToken) -> Guard {
         let handle = h;
         let mut tick = tokio::time::interval(POLL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut wal = p.as_os_str().to_owned();
-        wal.push("-wal");
-        let wal = PathBuf::from(wal);
+        let wal = crate::source::companion(&p, "-wal");
         let mut seen = None;
         loop {
             tokio::select! {

@@ -80,6 +80,24 @@ pub struct ControllerConfig {
     pub history_retention: Option<Duration>,
 }
 
+impl ControllerConfig {
+    /// One sync at a time on one connection, the default election, history kept: a
+    /// replica for tests and embedding (owsyncd builds its own from its flags).
+    pub fn minimal(cluster: &str, node_id: &str) -> Self {
+        ControllerConfig {
+            cluster: cluster.into(),
+            node_id: node_id.into(),
+            election: ElectionConfig::default(),
+            spec_poll: Duration::from_secs(2),
+            max_concurrency: 1,
+            sync_connections: 1,
+            table_connections: 1,
+            stall_after: 5,
+            history_retention: None,
+        }
+    }
+}
+
 /// What the HTTP API shows about this replica.
 #[derive(Debug, Clone, Default)]
 pub struct NodeState {
@@ -248,18 +266,7 @@ mod tests {
     fn shared() -> Arc<Shared> {
         let connect: PgConnectOptions = "postgres://u@127.0.0.1:1/db".parse().unwrap();
         let pool = sqlx::postgres::PgPoolOptions::new().connect_lazy_with(connect.clone());
-        let config = ControllerConfig {
-            cluster: "c".into(),
-            node_id: "n".into(),
-            election: ElectionConfig::default(),
-            spec_poll: Duration::from_secs(2),
-            max_concurrency: 1,
-            sync_connections: 1,
-            table_connections: 1,
-            stall_after: 5,
-            history_retention: None,
-        };
-        Shared::new(config, pool, connect)
+        Shared::new(ControllerConfig::minimal("c", "n"), pool, connect)
     }
 
     #[tokio::test(start_paused = true)]

@@ -162,10 +162,8 @@ pub struct FileWatch {
 impl FileWatch {
     /// Watches `source` and its `-wal` file.
     pub fn new(source: &Path) -> FileWatch {
-        let mut wal = source.as_os_str().to_owned();
-        wal.push("-wal");
         FileWatch::with_stat(
-            vec![source.to_path_buf(), PathBuf::from(wal)],
+            vec![source.to_path_buf(), crate::source::companion(source, "-wal")],
             WatchTimings::default(),
             Box::new(stat_file),
         )

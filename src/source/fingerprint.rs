@@ -50,13 +50,8 @@ pub fn fingerprint(path: &Path) -> Result<String> {
     if !file_part(&mut h, path, 100).map_err(err)? {
         return Err(SourceError::Missing { path: path.to_path_buf() });
     }
-    let with = |suffix: &str| {
-        let mut p = path.as_os_str().to_owned();
-        p.push(suffix);
-        std::path::PathBuf::from(p)
-    };
-    file_part(&mut h, &with("-wal"), 32).map_err(err)?;
-    h.update([u8::from(with("-journal").exists())]);
+    file_part(&mut h, &super::companion(path, "-wal"), 32).map_err(err)?;
+    h.update([u8::from(super::companion(path, "-journal").exists())]);
     Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }
 

@@ -19,6 +19,14 @@ pub use pace::{HoldStats, ROLLBACK_SLICE};
 pub use read::{Slice, SliceReader, Value};
 
 use std::path::{Path, PathBuf};
+
+/// A SQLite database's companion file: `db` with `suffix` (`-wal`, `-shm`, `-journal`)
+/// appended to its name.
+pub fn companion(db: &Path, suffix: &str) -> PathBuf {
+    let mut p = db.as_os_str().to_owned();
+    p.push(suffix);
+    PathBuf::from(p)
+}
 use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags};

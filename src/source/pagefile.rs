@@ -162,9 +162,7 @@ impl PageFile {
         } else {
             // No journal open: rollback-journal mode (a reader never opens its journal),
             // unless a WAL file is there that SQLite did not open: then trust nothing.
-            let mut wal_path = path.as_os_str().to_owned();
-            wal_path.push("-wal");
-            if std::fs::metadata(&wal_path).is_ok_and(|m| m.len() > 0) {
+            if std::fs::metadata(super::companion(path, "-wal")).is_ok_and(|m| m.len() > 0) {
                 return;
             }
             self.wal.reset(None);

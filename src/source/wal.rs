@@ -135,13 +135,11 @@ impl WalFollower {
     /// A follower of the database at `db` (its WAL is `db` + `-wal`). It knows nothing yet:
     /// the first `poll` reads the WAL as it is, and no mark before that is vouched for.
     pub fn new(db: &Path) -> WalFollower {
-        let mut wal = db.as_os_str().to_owned();
-        wal.push("-wal");
         static INSTANCES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         WalFollower {
             instance: INSTANCES.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             db: db.to_path_buf(),
-            wal: PathBuf::from(wal),
+            wal: super::companion(db, "-wal"),
             db_id: None,
             wal_id: None,
             current: None,

@@ -114,3 +114,24 @@ pub async fn record(
     }
     Ok(())
 }
+
+/// The tenant's open quarantine entries: (table, row key, column) and the raw value kept.
+pub async fn open_values(
+    pool: &sqlx::PgPool,
+    cluster: &str,
+    client: &str,
+) -> Result<Vec<((String, String, String), Option<Vec<u8>>)>> {
+    use sqlx::Row;
+    let mut tx = super::begin(pool, cluster).await?;
+    let rows = sqlx::query(
+        "SELECT table_name, row_key, column_name, raw FROM sync_metadata.quarantine
+         WHERE cluster_name = $1 AND client_name = $2 AND resolved_at IS NULL",
+    )
+    .bind(cluster)
+    .bind(client)
+    .fetch_all(&mut *tx)
+    .await
+    .ctx(|| format!("read the open quarantine entries of {client}"))?;
+    let _ = tx.commit().await;
+    Ok(rows.iter().map(|r| ((r.get(0), r.get(1), r.get(2)), r.get(3))).collect())
+}

@@ -258,3 +258,27 @@ pub async fn forget_fingerprint(conn: &mut PgConnection, cluster: &str, client: 
     .ctx(|| format!("forget the source fingerprint of {client}"))?;
     Ok(())
 }
+
+/// A synced table's schema as its source had it: the table's DDL and its indexes' and
+/// triggers' (what a restore recreates).
+pub struct SourceSchema {
+    pub table: String,
+    pub ddl: String,
+    pub extra: Vec<String>,
+}
+
+/// The source schemas of the tenant's synced tables, by name.
+pub async fn source_schemas(pool: &PgPool, cluster: &str, client: &str) -> Result<Vec<SourceSchema>> {
+    let mut tx = super::begin(pool, cluster).await?;
+    let rows = sqlx::query(
+        "SELECT table_name, coalesce(source_ddl, ''), source_indexes FROM sync_metadata.table_state
+         WHERE cluster_name = $1 AND client_name = $2 AND source_ddl IS NOT NULL ORDER BY table_name",
+    )
+    .bind(cluster)
+    .bind(client)
+    .fetch_all(&mut *tx)
+    .await
+    .ctx(|| format!("read table state of {client}"))?;
+    let _ = tx.commit().await;
+    Ok(rows.iter().map(|r| SourceSchema { table: r.get(0), ddl: r.get(1), extra: r.get(2) }).collect())
+}

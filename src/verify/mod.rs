@@ -23,6 +23,8 @@ pub enum VerifyError {
     Mirror { client: String, table: String, source: sqlx::Error },
     #[error("tenant {client}: {message}")]
     Task { client: String, message: String },
+    #[error("tenant {client}: {source}")]
+    Store { client: String, source: crate::store::StoreError },
 }
 
 /// How many differing rows per table are described column by column.
@@ -70,21 +72,6 @@ struct SourceSide {
 
 /// Open quarantine entries: (table, row key, column) -> raw value.
 type Quarantine = HashMap<(String, String, String), Option<Vec<u8>>>;
-
-async fn quarantine(pool: &PgPool, cluster: &str, client: &str) -> Result<Quarantine, sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    sqlx::query("SELECT set_config('app.current_host_id', $1, true)").bind(cluster).execute(&mut *tx).await?;
-    let rows = sqlx::query(
-        "SELECT table_name, row_key, column_name, raw FROM sync_metadata.quarantine
-         WHERE cluster_name = $1 AND client_name = $2 AND resolved_at IS NULL",
-    )
-    .bind(cluster)
-    .bind(client)
-    .fetch_all(&mut *tx)
-    .await?;
-    let _ = tx.commit().await;
-    Ok(rows.iter().map(|r| ((r.get(0), r.get(1), r.get(2)), r.get(3))).collect())
-}
 
 /// The raw bytes the quarantine keeps of a value (as the sync stores them).
 fn raw(v: &Value) -> Option<Vec<u8>> {
@@ -166,11 +153,11 @@ pub async fn verify(
     spec: &ClientSyncSpec,
 ) -> Result<VerifyReport, VerifyError> {
     let schema = spec.mirror_schema(client);
-    let q = quarantine(pool, cluster, client).await.map_err(|source| VerifyError::Mirror {
-        client: client.into(),
-        table: "quarantine".into(),
-        source,
-    })?;
+    let q: Quarantine = crate::store::quarantine::open_values(pool, cluster, client)
+        .await
+        .map_err(|source| VerifyError::Store { client: client.into(), source })?
+        .into_iter()
+        .collect();
     let (path, sp, sc) = (PathBuf::from(&spec.source.path), spec.clone(), schema.clone());
     let sides = tokio::task::spawn_blocking(move || source_side(path, sp, sc, q))
         .await
