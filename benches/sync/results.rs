@@ -162,6 +162,8 @@ pub struct RestoreCases {
     /// In run order, interleaved with `naive`.
     pub owsync: Vec<RestoreRun>,
     pub naive: Vec<RestoreRun>,
+    /// The naive pipeline mended to give back every row (NULL through CSV as `\\N`).
+    pub naive_every_row: Vec<RestoreRun>,
     /// `OWSYNC_BENCH_RESTORE_BASELINE`'s runs, right after owsync's in each run.
     pub baseline: Vec<RestoreRun>,
     pub baseline_bin: Option<String>,

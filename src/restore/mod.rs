@@ -14,6 +14,8 @@ use crate::sql::quote_ident;
 use crate::store;
 use crate::target::{COL_DELETED, COL_ROWID, COL_SYNCED_AT};
 
+mod finish;
+
 #[derive(Debug, thiserror::Error)]
 pub enum RestoreError {
     #[error("{path} already exists; choose another --to or pass --force")]
@@ -450,13 +452,8 @@ fn write_db(path: &Path, tables: &[TableState], mut rx: mpsc::Receiver<Msg>) -> 
         }
     }
     txn.commit().map_err(err(""))?;
-    let started = std::time::Instant::now();
     tracing::info!(rows = counts.values().map(|c| c.rows).sum::<u64>(), "restore: rows written");
-    finish_db(&mut conn, tables, &err)?;
-    tracing::info!(ms = started.elapsed().as_millis(), "restore: indexes and triggers created");
-    let started = std::time::Instant::now();
-    let integrity: String = conn.query_row("PRAGMA integrity_check", [], |r| r.get(0)).map_err(err(""))?;
-    tracing::info!(ms = started.elapsed().as_millis(), %integrity, "restore: integrity checked");
+    let integrity = finish::finish_and_check(&mut conn, path, tables, &counts, &err)?;
     Ok((counts, integrity))
 }
 
@@ -464,25 +461,6 @@ fn write_db(path: &Path, tables: &[TableState], mut rx: mpsc::Receiver<Msg>) -> 
 fn is_unique_index(ddl: &str) -> bool {
     let words: Vec<String> = ddl.split_whitespace().take(3).map(str::to_ascii_uppercase).collect();
     words.get(1).map(String::as_str) == Some("UNIQUE") && words.get(2).map(String::as_str) == Some("INDEX")
-}
-
-/// The other indexes and the triggers after the rows: an index built from the rows
-/// costs less than one filled row by row (BENCHMARKS.md, "Restore"), and triggers must
-/// not fire on them. Then WAL mode, as Open WebUI runs it.
-fn finish_db<F, E>(conn: &mut Connection, tables: &[TableState], err: &F) -> Result<(), RestoreError>
-where
-    F: Fn(&str) -> E,
-    E: FnOnce(rusqlite::Error) -> RestoreError,
-{
-    let txn = conn.transaction().map_err(err(""))?;
-    for t in tables {
-        for ddl in t.extra.iter().filter(|d| !is_unique_index(d)) {
-            txn.execute_batch(ddl).map_err(err(&t.name))?;
-        }
-    }
-    txn.commit().map_err(err(""))?;
-    conn.execute_batch("PRAGMA journal_mode = WAL;").map_err(err(""))?;
-    Ok(())
 }
 
 #[cfg(test)]
