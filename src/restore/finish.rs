@@ -1,12 +1,15 @@
 //! The restore's last phase: the source's other indexes and its triggers, built after the
-//! rows, then the check of the file on two connections at once. `PRAGMA
-//! integrity_check(table)` of each table (its b-trees, and every row against each of its
-//! indexes: most of the check's time) and one `PRAGMA quick_check` of the whole file (the
-//! freelist, and that every page belongs to exactly one b-tree) are shared out between
-//! two threads; together they check all that `PRAGMA integrity_check` does.
+//! rows, and the check of the file, on two cores. `PRAGMA integrity_check(table)` of each
+//! table (its b-trees, and every row against each of its indexes: most of the check's
+//! time) and one `PRAGMA quick_check` of the whole file (the freelist, and that every page
+//! belongs to exactly one b-tree) together check what `PRAGMA integrity_check` does.
+//! The dearest table's indexes are built first; then the file goes to WAL mode and a
+//! second connection checks that table while the writer builds the others' indexes; the
+//! remaining parts of the check are shared out between the two once all are built.
 
 use std::path::Path;
 use std::sync::Mutex;
+use std::sync::mpsc::{Receiver, Sender, channel};
 
 use rusqlite::{Connection, OpenFlags};
 
@@ -16,9 +19,6 @@ use crate::sql::quote_ident;
 /// Each checker's page cache: the check reads each page about once, so a bigger cache
 /// gains nothing (BENCHMARKS.md, "Restore").
 const CHECK_CACHE: &str = "PRAGMA cache_size = -8192;";
-
-/// Connections that check at once: two cores' worth.
-const CHECKERS: usize = 2;
 
 /// One part of the check.
 #[derive(Debug, Clone, Copy)]
@@ -31,8 +31,8 @@ enum Part<'a> {
 
 /// Builds the other indexes and the triggers of `tables` (after the rows: an index built
 /// from the rows costs less than one filled row by row, and triggers must not fire on
-/// them), switches the file to WAL mode, as Open WebUI runs it, and checks it. Returns
-/// the check's result: "ok", or what it found.
+/// them), checks the file, and leaves it in WAL mode, as Open WebUI runs it, with its WAL
+/// checkpointed into it. Returns the check's result: "ok", or what it found.
 pub(super) fn finish_and_check<F, E>(
     conn: &mut Connection,
     path: &Path,
@@ -45,66 +45,123 @@ where
     E: FnOnce(rusqlite::Error) -> RestoreError,
 {
     let started = std::time::Instant::now();
-    let txn = conn.transaction().map_err(err(""))?;
-    for t in tables {
-        for ddl in t.extra.iter().filter(|d| !is_unique_index(d)) {
-            txn.execute_batch(ddl).map_err(err(&t.name))?;
-        }
+    let order = by_check_cost(tables, counts);
+    // The dearest table's indexes go into the file itself, before WAL mode: its check,
+    // the longest, then reads no page through the WAL.
+    if let Some(first) = order.first() {
+        build(conn, first, err)?;
     }
-    txn.commit().map_err(err(""))?;
-    // The writer's page cache is not needed any more: freed, it leaves room for the two
-    // checkers' under the restore's memory budget.
-    conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA shrink_memory;").map_err(err(""))?;
-    tracing::info!(ms = started.elapsed().as_millis(), "restore: indexes and triggers created");
-    let started = std::time::Instant::now();
-    let queue = Mutex::new(parts(tables, counts).into_iter());
-    let found: Vec<Result<Vec<String>, RestoreError>> = std::thread::scope(|s| {
-        let workers: Vec<_> = (0..CHECKERS).map(|_| s.spawn(|| check(path, &queue))).collect();
-        let joined = workers.into_iter().map(std::thread::ScopedJoinHandle::join);
-        joined.map(|r| r.unwrap_or_else(|_| Err(RestoreError::Other("a checking thread panicked".into())))).collect()
+    conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA wal_autocheckpoint = 0;").map_err(err(""))?;
+    let (tx, rx) = channel::<Part>();
+    let rx = Mutex::new(rx);
+    let (mine, other) = std::thread::scope(|s| {
+        let other = s.spawn(|| open_checker(path).and_then(|c| check(&c, path, &rx)));
+        let mine = build_rest(conn, &order, &tx, err);
+        tracing::info!(ms = started.elapsed().as_millis(), "restore: indexes and triggers created");
+        drop(tx);
+        // The writer's page cache is not needed any more: freed, it leaves room for the
+        // other checker's under the restore's memory budget.
+        let mine = mine
+            .and_then(|()| conn.execute_batch(&format!("PRAGMA shrink_memory; {CHECK_CACHE}")).map_err(err("")))
+            .and_then(|()| check(conn, path, &rx));
+        let other = other.join().unwrap_or_else(|_| Err(RestoreError::Other("the checking thread panicked".into())));
+        (mine, other)
     });
-    let mut problems = Vec::new();
-    for f in found {
-        problems.extend(f?);
-    }
+    let mut problems = mine?;
+    problems.extend(other?);
     let integrity = if problems.is_empty() { "ok".to_string() } else { problems.join("; ") };
     tracing::info!(ms = started.elapsed().as_millis(), %integrity, "restore: integrity checked");
+    checkpoint(conn).map_err(err(""))?;
     Ok(integrity)
 }
 
-/// The check's parts, the dearest first so that the longest starts soonest: the table
-/// whose rows times indexes (each row is looked up in each index) is largest, then the
-/// whole-file check, then the other tables by the same measure.
-fn parts<'a>(tables: &'a [TableState], counts: &Counts) -> Vec<Part<'a>> {
+/// The tables, the dearest to check first: its rows times its indexes (each row is
+/// looked up in each index), so that the check's longest part starts soonest.
+fn by_check_cost<'a>(tables: &'a [TableState], counts: &Counts) -> Vec<&'a TableState> {
     let cost = |t: &TableState| counts.get(&t.name).map_or(0, |c| c.rows) * (1 + t.extra.len() as u64);
     let mut order: Vec<&TableState> = tables.iter().collect();
     order.sort_by_key(|t| std::cmp::Reverse(cost(t)));
-    let mut parts: Vec<Part<'a>> = order.iter().map(|t| Part::Table(&t.name)).collect();
-    parts.insert(parts.len().min(1), Part::Whole);
-    parts
+    order
 }
 
-/// Runs parts of the check from `queue` on a read-only connection of its own until none
-/// is left: what they found, "ok" left out.
-fn check<'a>(path: &Path, queue: &Mutex<impl Iterator<Item = Part<'a>>>) -> Result<Vec<String>, RestoreError> {
-    let sqlite = |table: &str| {
-        let (path, table) = (path.to_path_buf(), table.to_string());
-        move |source| RestoreError::Sqlite { path, table, source }
-    };
-    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(sqlite(""))?;
-    conn.execute_batch(CHECK_CACHE).map_err(sqlite(""))?;
+/// Builds one table's other indexes and its triggers, in one transaction.
+fn build<F, E>(conn: &mut Connection, t: &TableState, err: &F) -> Result<(), RestoreError>
+where
+    F: Fn(&str) -> E,
+    E: FnOnce(rusqlite::Error) -> RestoreError,
+{
+    let txn = conn.transaction().map_err(err(&t.name))?;
+    for ddl in t.extra.iter().filter(|d| !is_unique_index(d)) {
+        txn.execute_batch(ddl).map_err(err(&t.name))?;
+    }
+    txn.commit().map_err(err(&t.name))
+}
+
+/// Hands the first table (built already) to the checkers, builds the others one by one,
+/// handing each over once committed, and last the whole-file check.
+fn build_rest<'a, F, E>(
+    conn: &mut Connection,
+    order: &[&'a TableState],
+    tx: &Sender<Part<'a>>,
+    err: &F,
+) -> Result<(), RestoreError>
+where
+    F: Fn(&str) -> E,
+    E: FnOnce(rusqlite::Error) -> RestoreError,
+{
+    for (i, t) in order.iter().enumerate() {
+        if i > 0 {
+            build(conn, t, err)?;
+        }
+        // The other checker gone means it failed: its error is the one reported.
+        let _ = tx.send(Part::Table(&t.name));
+    }
+    let _ = tx.send(Part::Whole);
+    Ok(())
+}
+
+/// A read-only connection of its own for the second checker.
+fn open_checker(path: &Path) -> Result<Connection, RestoreError> {
+    let sqlite = |source| RestoreError::Sqlite { path: path.to_path_buf(), table: String::new(), source };
+    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(sqlite)?;
+    conn.execute_batch(CHECK_CACHE).map_err(sqlite)?;
+    Ok(conn)
+}
+
+/// Runs the parts of the check received on `conn` until the writer is done and none is
+/// left: what they found, "ok" left out. Waiting for a part holds the lock, which the
+/// writer takes only once it has sent the last part.
+fn check(conn: &Connection, path: &Path, rx: &Mutex<Receiver<Part<'_>>>) -> Result<Vec<String>, RestoreError> {
     let mut problems = Vec::new();
     // A poisoned lock means the other checker panicked: its join reports it.
-    while let Some(part) = queue.lock().ok().and_then(|mut q| q.next()) {
+    while let Some(part) = rx.lock().ok().and_then(|r| r.recv().ok()) {
         let (sql, table) = match part {
             Part::Table(t) => (format!("PRAGMA integrity_check({})", quote_ident(t)), t),
             Part::Whole => ("PRAGMA quick_check".to_string(), ""),
         };
-        let found = messages(&conn, &sql).map_err(sqlite(table))?;
+        let found = messages(conn, &sql).map_err(|source| RestoreError::Sqlite {
+            path: path.to_path_buf(),
+            table: table.to_string(),
+            source,
+        })?;
         let prefix = if table.is_empty() { String::new() } else { format!("table {table}: ") };
         problems.extend(found.into_iter().map(|m| format!("{prefix}{m}")));
     }
     Ok(problems)
+}
+
+/// Copies the WAL into the file and empties it: the restored file is renamed into place
+/// alone, so nothing may be left in its WAL.
+fn checkpoint(conn: &Connection) -> rusqlite::Result<()> {
+    let (busy, log, done): (i64, i64, i64) =
+        conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+    if busy != 0 || log != done {
+        return Err(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_BUSY),
+            Some(format!("the WAL was not checkpointed ({done} of {log} frames)")),
+        ));
+    }
+    Ok(())
 }
 
 /// The rows of a check pragma other than a lone "ok".
@@ -140,7 +197,12 @@ mod tests {
     }
 
     fn run(path: &Path, parts: Vec<Part<'_>>) -> Vec<String> {
-        check(path, &Mutex::new(parts.into_iter())).unwrap()
+        let (tx, rx) = channel();
+        for p in parts {
+            tx.send(p).unwrap();
+        }
+        drop(tx);
+        check(&open_checker(path).unwrap(), path, &Mutex::new(rx)).unwrap()
     }
 
     #[test]
@@ -155,7 +217,7 @@ mod tests {
     }
 
     #[test]
-    fn parts_put_the_dearest_table_first_and_the_whole_file_second() {
+    fn the_dearest_table_to_check_comes_first() {
         let t = |name: &str, extra: usize| TableState {
             name: name.into(),
             ddl: String::new(),
@@ -166,13 +228,7 @@ mod tests {
         for (name, rows) in [("small", 10), ("many_rows", 1000), ("many_indexes", 300)] {
             counts.insert(name.into(), super::super::TableRestored { rows, ..Default::default() });
         }
-        let names: Vec<String> = parts(&tables, &counts)
-            .into_iter()
-            .map(|p| match p {
-                Part::Table(t) => t.to_string(),
-                Part::Whole => "*".into(),
-            })
-            .collect();
-        assert_eq!(names, ["many_indexes", "*", "many_rows", "small"]);
+        let names: Vec<&str> = by_check_cost(&tables, &counts).iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(names, ["many_indexes", "many_rows", "small"]);
     }
 }
