@@ -72,6 +72,7 @@ where
     let integrity = if problems.is_empty() { "ok".to_string() } else { problems.join("; ") };
     tracing::info!(ms = started.elapsed().as_millis(), %integrity, "restore: integrity checked");
     checkpoint(conn).map_err(err(""))?;
+    tracing::debug!(ms = started.elapsed().as_millis(), "restore: WAL checkpointed");
     Ok(integrity)
 }
 
@@ -111,7 +112,9 @@ where
 {
     for (i, t) in order.iter().enumerate() {
         if i > 0 {
+            let t0 = std::time::Instant::now();
             build(conn, t, err)?;
+            tracing::debug!(table = t.name, ms = t0.elapsed().as_secs_f64() * 1e3, "restore: indexes built");
         }
         // The other checker gone means it failed: its error is the one reported.
         let _ = tx.send(Part::Table(&t.name));
@@ -139,11 +142,13 @@ fn check(conn: &Connection, path: &Path, rx: &Mutex<Receiver<Part<'_>>>) -> Resu
             Part::Table(t) => (format!("PRAGMA integrity_check({})", quote_ident(t)), t),
             Part::Whole => ("PRAGMA quick_check".to_string(), ""),
         };
+        let t0 = std::time::Instant::now();
         let found = messages(conn, &sql).map_err(|source| RestoreError::Sqlite {
             path: path.to_path_buf(),
             table: table.to_string(),
             source,
         })?;
+        tracing::debug!(?part, ms = t0.elapsed().as_secs_f64() * 1e3, "restore: checked");
         let prefix = if table.is_empty() { String::new() } else { format!("table {table}: ") };
         problems.extend(found.into_iter().map(|m| format!("{prefix}{m}")));
     }
