@@ -141,11 +141,7 @@ pub async fn restore(
         return Err(RestoreError::NothingSynced { client: client.to_string() });
     }
     let tmp = to.with_extension("owsync-restore-tmp");
-    // A restore killed while the file was in WAL mode leaves its `-wal` beside it: SQLite
-    // would replay that onto the new file.
-    for suffix in ["", "-wal", "-shm", "-journal"] {
-        let _ = std::fs::remove_file(crate::source::companion(&tmp, suffix));
-    }
+    let _ = std::fs::remove_file(&tmp);
     let (tx, rx) = mpsc::channel::<Msg>(4);
     let writer = {
         let (tmp, tables) = (tmp.clone(), tables.clone());
