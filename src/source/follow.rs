@@ -110,7 +110,7 @@ pub fn vouched_rows(src: &Source, table: &str) -> Option<i64> {
     f.follower.mark_at(&pos)?;
     let m = f.tables.get(table).filter(|m| m.instance == f.follower.instance())?;
     let changed = f.follower.changed_since(m.mark)?;
-    if !changed.iter().any(|p| m.memo.notes(*p)) {
+    if m.memo.noted_of(&changed).is_empty() {
         return Some(m.rows);
     }
     super::walk::rows_followed(src, table, &changed, &m.memo).ok().flatten()

@@ -48,6 +48,7 @@ pub fn walk_followed(
     let data_version = data_version(src)?;
     src.pagefile.borrow_mut().begin(&src.conn, &src.path, page_size);
     let read_before = src.pages_read();
+    let changed = memo.noted_of(changed);
     let mut dirty: HashSet<u32> = changed.iter().copied().collect();
     dirty.extend(changed.iter().filter_map(|p| memo.owners.get(p)));
     let touched = above(&dirty, memo);
@@ -176,6 +177,7 @@ pub fn rows_followed(src: &Source, table: &str, changed: &[u32], memo: &Memo) ->
     let Some(root) = root_of(src, table)? else { return Ok(None) };
     let Some((usable, page_size)) = geometry(src, table)?.filter(|_| root == memo.root) else { return Ok(None) };
     src.pagefile.borrow_mut().begin(&src.conn, &src.path, page_size);
+    let changed = memo.noted_of(changed);
     let mut dirty: HashSet<u32> = changed.iter().copied().collect();
     dirty.extend(changed.iter().filter_map(|p| memo.owners.get(p)));
     let touched = above(&dirty, memo);
