@@ -108,18 +108,15 @@ impl Memo {
     /// pages, looked up once per table and sync.
     pub(super) fn noted_of(&self, changed: &[u32]) -> Vec<u32> {
         let noted = self.cells.len() + self.owners.len() + self.interior.len();
-        if noted < changed.len() && changed.is_sorted() {
+        let mut v: Vec<u32> = if noted < changed.len() && changed.is_sorted() {
             let keys = self.cells.keys().chain(self.owners.keys()).chain(self.interior.keys());
-            let mut v: Vec<u32> = keys.copied().filter(|p| changed.binary_search(p).is_ok()).collect();
-            v.sort_unstable();
-            v.dedup();
-            v
+            keys.copied().filter(|p| changed.binary_search(p).is_ok()).collect()
         } else {
-            let mut v: Vec<u32> = changed.iter().copied().filter(|p| self.notes(*p)).collect();
-            v.sort_unstable();
-            v.dedup();
-            v
-        }
+            changed.iter().copied().filter(|p| self.notes(*p)).collect()
+        };
+        v.sort_unstable();
+        v.dedup();
+        v
     }
 }
 
