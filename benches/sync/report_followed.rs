@@ -44,17 +44,7 @@ pub fn render(a: &Args, r: &Results, x: &FollowedCases, total_secs: f64) -> Stri
     rounds_table(&mut s, a, &x.rounds);
     single_table(&mut s, &x.single);
     if let Some(u) = &x.unchanged {
-        let _ = writeln!(
-            s,
-            "#### Unchanged source ({} runs of `sync_tenant`, in process, warm pool)\n\nmedian **{:.2} ms**, p99 \
-             {:.2} ms, min {:.2} ms, max {:.2} ms; every run skipped by the fingerprint: {}.\n",
-            u.runs,
-            u.median_ms,
-            u.p99_ms,
-            u.min_ms,
-            u.max_ms,
-            if u.all_skipped { "yes" } else { "**no**" }
-        );
+        crate::report::unchanged_paragraph(&mut s, u, "", "");
     }
     targets(&mut s, a, x);
     s

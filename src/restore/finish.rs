@@ -33,36 +33,32 @@ enum Part<'a> {
 /// from the rows costs less than one filled row by row, and triggers must not fire on
 /// them), checks the file, and leaves it in WAL mode, as Open WebUI runs it, with its WAL
 /// checkpointed into it. Returns the check's result: "ok", or what it found.
-pub(super) fn finish_and_check<F, E>(
+pub(super) fn finish_and_check(
     conn: &mut Connection,
     path: &Path,
     tables: &[TableState],
     counts: &Counts,
-    err: &F,
-) -> Result<String, RestoreError>
-where
-    F: Fn(&str) -> E,
-    E: FnOnce(rusqlite::Error) -> RestoreError,
-{
+) -> Result<String, RestoreError> {
+    let err = || RestoreError::sqlite(path, "");
     let started = std::time::Instant::now();
     let order = by_check_cost(tables, counts);
     // The dearest table's indexes go into the file itself, before WAL mode: its check,
     // the longest, then reads no page through the WAL.
     if let Some(first) = order.first() {
-        build(conn, first, err)?;
+        build(conn, path, first)?;
     }
-    conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA wal_autocheckpoint = 0;").map_err(err(""))?;
+    conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA wal_autocheckpoint = 0;").map_err(err())?;
     let (tx, rx) = channel::<Part>();
     let rx = Mutex::new(rx);
     let (mine, other) = std::thread::scope(|s| {
         let other = s.spawn(|| open_checker(path).and_then(|c| check(&c, path, &rx)));
-        let mine = build_rest(conn, &order, &tx, err);
+        let mine = build_rest(conn, path, &order, &tx);
         tracing::info!(ms = started.elapsed().as_millis(), "restore: indexes and triggers created");
         drop(tx);
         // The writer's page cache is not needed any more: freed, it leaves room for the
         // other checker's under the restore's memory budget.
         let mine = mine
-            .and_then(|()| conn.execute_batch(&format!("PRAGMA shrink_memory; {CHECK_CACHE}")).map_err(err("")))
+            .and_then(|()| conn.execute_batch(&format!("PRAGMA shrink_memory; {CHECK_CACHE}")).map_err(err()))
             .and_then(|()| check(conn, path, &rx));
         let other = other.join().unwrap_or_else(|_| Err(RestoreError::Other("the checking thread panicked".into())));
         (mine, other)
@@ -71,7 +67,7 @@ where
     problems.extend(other?);
     let integrity = if problems.is_empty() { "ok".to_string() } else { problems.join("; ") };
     tracing::info!(ms = started.elapsed().as_millis(), %integrity, "restore: integrity checked");
-    checkpoint(conn).map_err(err(""))?;
+    checkpoint(conn).map_err(err())?;
     tracing::debug!(ms = started.elapsed().as_millis(), "restore: WAL checkpointed");
     Ok(integrity)
 }
@@ -86,34 +82,27 @@ fn by_check_cost<'a>(tables: &'a [TableState], counts: &Counts) -> Vec<&'a Table
 }
 
 /// Builds one table's other indexes and its triggers, in one transaction.
-fn build<F, E>(conn: &mut Connection, t: &TableState, err: &F) -> Result<(), RestoreError>
-where
-    F: Fn(&str) -> E,
-    E: FnOnce(rusqlite::Error) -> RestoreError,
-{
-    let txn = conn.transaction().map_err(err(&t.name))?;
+fn build(conn: &mut Connection, path: &Path, t: &TableState) -> Result<(), RestoreError> {
+    let err = || RestoreError::sqlite(path, &t.name);
+    let txn = conn.transaction().map_err(err())?;
     for ddl in t.extra.iter().filter(|d| !is_unique_index(d)) {
-        txn.execute_batch(ddl).map_err(err(&t.name))?;
+        txn.execute_batch(ddl).map_err(err())?;
     }
-    txn.commit().map_err(err(&t.name))
+    txn.commit().map_err(err())
 }
 
 /// Hands the first table (built already) to the checkers, builds the others one by one,
 /// handing each over once committed, and last the whole-file check.
-fn build_rest<'a, F, E>(
+fn build_rest<'a>(
     conn: &mut Connection,
+    path: &Path,
     order: &[&'a TableState],
     tx: &Sender<Part<'a>>,
-    err: &F,
-) -> Result<(), RestoreError>
-where
-    F: Fn(&str) -> E,
-    E: FnOnce(rusqlite::Error) -> RestoreError,
-{
+) -> Result<(), RestoreError> {
     for (i, t) in order.iter().enumerate() {
         if i > 0 {
             let t0 = std::time::Instant::now();
-            build(conn, t, err)?;
+            build(conn, path, t)?;
             tracing::debug!(table = t.name, ms = t0.elapsed().as_secs_f64() * 1e3, "restore: indexes built");
         }
         // The other checker gone means it failed: its error is the one reported.
@@ -125,9 +114,9 @@ where
 
 /// A read-only connection of its own for the second checker.
 fn open_checker(path: &Path) -> Result<Connection, RestoreError> {
-    let sqlite = |source| RestoreError::Sqlite { path: path.to_path_buf(), table: String::new(), source };
-    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(sqlite)?;
-    conn.execute_batch(CHECK_CACHE).map_err(sqlite)?;
+    let conn =
+        Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(RestoreError::sqlite(path, ""))?;
+    conn.execute_batch(CHECK_CACHE).map_err(RestoreError::sqlite(path, ""))?;
     Ok(conn)
 }
 
@@ -143,11 +132,7 @@ fn check(conn: &Connection, path: &Path, rx: &Mutex<Receiver<Part<'_>>>) -> Resu
             Part::Whole => ("PRAGMA quick_check".to_string(), ""),
         };
         let t0 = std::time::Instant::now();
-        let found = messages(conn, &sql).map_err(|source| RestoreError::Sqlite {
-            path: path.to_path_buf(),
-            table: table.to_string(),
-            source,
-        })?;
+        let found = messages(conn, &sql).map_err(RestoreError::sqlite(path, table))?;
         tracing::debug!(?part, ms = t0.elapsed().as_secs_f64() * 1e3, "restore: checked");
         let prefix = if table.is_empty() { String::new() } else { format!("table {table}: ") };
         problems.extend(found.into_iter().map(|m| format!("{prefix}{m}")));

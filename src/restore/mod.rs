@@ -33,6 +33,14 @@ pub enum RestoreError {
     Other(String),
 }
 
+impl RestoreError {
+    /// A SQLite error writing or checking `path`, in `table` ("" for the whole file).
+    fn sqlite(path: &Path, table: &str) -> impl FnOnce(rusqlite::Error) -> RestoreError + use<> {
+        let (path, table) = (path.to_path_buf(), table.to_string());
+        move |source| RestoreError::Sqlite { path, table, source }
+    }
+}
+
 #[derive(Debug, Clone)]
 struct TableState {
     name: String,
@@ -56,7 +64,8 @@ pub struct RestoreReport {
     pub tables: Vec<TableRestored>,
     pub rows: u64,
     pub revived: u64,
-    /// `PRAGMA integrity_check` of the file written: "ok".
+    /// The check of the file written (what `PRAGMA integrity_check` checks, see
+    /// `finish.rs`): "ok", or what it found.
     pub integrity: String,
     pub bytes: u64,
 }
@@ -124,7 +133,7 @@ fn wire(ty: &str) -> (Wire, bool) {
 }
 
 /// Rebuilds `client`'s database at `to`: written to a temporary file beside it, checked
-/// (`PRAGMA integrity_check`), then renamed into place.
+/// as `PRAGMA integrity_check` checks (`finish.rs`), then renamed into place.
 pub async fn restore(
     pool: &PgPool,
     cluster: &str,
@@ -415,10 +424,7 @@ fn bind(stmt: &mut Statement<'_>, i: usize, w: Wire, v: &[u8]) -> Option<rusqlit
 /// Writes the database at `path` from the messages; the rows written per table and the
 /// result of `PRAGMA integrity_check`.
 fn write_db(path: &Path, tables: &[TableState], mut rx: mpsc::Receiver<Msg>) -> Result<(Counts, String), RestoreError> {
-    let err = |table: &str| {
-        let (path, table) = (path.to_path_buf(), table.to_string());
-        move |source| RestoreError::Sqlite { path, table, source }
-    };
+    let err = |table: &str| RestoreError::sqlite(path, table);
     let mut conn = Connection::open(path).map_err(err(""))?;
     // A 16 MiB page cache (SQLite's default is 2 MiB) for the primary-key indexes filled in
     // random key order; the sorter of each index built afterwards takes as much again.
@@ -464,7 +470,7 @@ fn write_db(path: &Path, tables: &[TableState], mut rx: mpsc::Receiver<Msg>) -> 
     }
     txn.commit().map_err(err(""))?;
     tracing::info!(rows = counts.values().map(|c| c.rows).sum::<u64>(), "restore: rows written");
-    let integrity = finish::finish_and_check(&mut conn, path, tables, &counts, &err)?;
+    let integrity = finish::finish_and_check(&mut conn, path, tables, &counts)?;
     Ok((counts, integrity))
 }
 

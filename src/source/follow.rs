@@ -109,9 +109,9 @@ pub fn vouched_rows(src: &Source, table: &str) -> Option<i64> {
     // Placed: the follower has read every commit up to this snapshot.
     f.follower.mark_at(&pos)?;
     let m = f.tables.get(table).filter(|m| m.instance == f.follower.instance())?;
-    let changed = f.follower.changed_since(m.mark)?;
-    if m.memo.noted_of(&changed).is_empty() {
+    let noted = m.memo.noted_of(&f.follower.changed_since(m.mark)?);
+    if noted.is_empty() {
         return Some(m.rows);
     }
-    super::walk::rows_followed(src, table, &changed, &m.memo).ok().flatten()
+    super::walk::rows_followed(src, table, &noted, &m.memo).ok().flatten()
 }
