@@ -92,9 +92,6 @@ fn human(d: &Duration) -> humantime::FormattedDuration {
 /// The least `--history-retention` but 0s (keep forever).
 pub const MIN_HISTORY_RETENTION: Duration = Duration::from_secs(3600);
 
-/// How often the leader re-reads specs (a fallback: spec changes also NOTIFY).
-pub const SPEC_POLL: Duration = Duration::from_secs(2);
-
 impl Args {
     /// Checks what the parser cannot: the cluster's name, the election's timings (a
     /// leader stops before its lease can pass on, and renews more often than that), the
@@ -132,7 +129,7 @@ impl Args {
                 renew_deadline: self.renew_deadline,
                 retry: self.retry_period,
             },
-            spec_poll: SPEC_POLL,
+            spec_poll: crate::controller::SPEC_POLL,
             max_concurrency: budget.max_concurrency,
             sync_connections: budget.sync_connections,
             table_connections: budget.table_connections,

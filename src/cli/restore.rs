@@ -10,7 +10,7 @@ use clap::Args;
 use super::common::{CliError, Global, Output};
 use crate::restore::{RestoreOptions, RestoreReport};
 use crate::store::specs;
-use crate::sync::{SyncJob, SyncOptions, sync_tenant};
+use crate::sync::{SyncJob, sync_tenant};
 
 #[derive(Debug, Args)]
 pub struct RestoreArgs {
@@ -100,9 +100,7 @@ pub(super) async fn adopt(
 ) -> Result<crate::sync::SyncReport, CliError> {
     let mut spec = spec.clone();
     spec.source.path = path.display().to_string();
-    let options = SyncOptions { full: true, ..SyncOptions::default() };
-    let job = SyncJob { pool, cluster, client: name, spec: &spec, fence: None, options };
-    let report = sync_tenant(&job).await?;
+    let report = sync_tenant(&SyncJob::unfenced(pool, cluster, name, &spec).full()).await?;
     if !report.failed.is_empty() {
         let failed: Vec<String> = report.failed.iter().map(|(t, e)| format!("{t}: {e}")).collect();
         return Err(CliError::msg(format!(

@@ -35,6 +35,7 @@ use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use sqlx::postgres::PgConnectOptions;
 
+use crate::controller::record::DEFAULT_STALL_AFTER;
 use crate::metrics::Metrics;
 use crate::store::lease::Candidate;
 
@@ -58,6 +59,9 @@ impl Default for ElectionConfig {
         }
     }
 }
+
+/// How often the leader re-reads specs (a fallback: spec changes also NOTIFY).
+pub const SPEC_POLL: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Clone)]
 pub struct ControllerConfig {
@@ -88,11 +92,11 @@ impl ControllerConfig {
             cluster: cluster.into(),
             node_id: node_id.into(),
             election: ElectionConfig::default(),
-            spec_poll: Duration::from_secs(2),
+            spec_poll: SPEC_POLL,
             max_concurrency: 1,
             sync_connections: 1,
             table_connections: 1,
-            stall_after: 5,
+            stall_after: DEFAULT_STALL_AFTER,
             history_retention: None,
         }
     }

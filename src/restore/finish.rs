@@ -75,7 +75,7 @@ pub(super) fn finish_and_check(
 /// The tables, the dearest to check first: its rows times its indexes (each row is
 /// looked up in each index), so that the check's longest part starts soonest.
 fn by_check_cost<'a>(tables: &'a [TableState], counts: &Counts) -> Vec<&'a TableState> {
-    let cost = |t: &TableState| counts.get(&t.name).map_or(0, |c| c.rows) * (1 + t.extra.len() as u64);
+    let cost = |t: &TableState| counts.get(&t.table).map_or(0, |c| c.rows) * (1 + t.extra.len() as u64);
     let mut order: Vec<&TableState> = tables.iter().collect();
     order.sort_by_key(|t| std::cmp::Reverse(cost(t)));
     order
@@ -83,7 +83,7 @@ fn by_check_cost<'a>(tables: &'a [TableState], counts: &Counts) -> Vec<&'a Table
 
 /// Builds one table's other indexes and its triggers, in one transaction.
 fn build(conn: &mut Connection, path: &Path, t: &TableState) -> Result<(), RestoreError> {
-    let err = || RestoreError::sqlite(path, &t.name);
+    let err = || RestoreError::sqlite(path, &t.table);
     let txn = conn.transaction().map_err(err())?;
     for ddl in t.extra.iter().filter(|d| !is_unique_index(d)) {
         txn.execute_batch(ddl).map_err(err())?;
@@ -103,10 +103,10 @@ fn build_rest<'a>(
         if i > 0 {
             let t0 = std::time::Instant::now();
             build(conn, path, t)?;
-            tracing::debug!(table = t.name, ms = t0.elapsed().as_secs_f64() * 1e3, "restore: indexes built");
+            tracing::debug!(table = t.table, ms = t0.elapsed().as_secs_f64() * 1e3, "restore: indexes built");
         }
         // The other checker gone means it failed: its error is the one reported.
-        let _ = tx.send(Part::Table(&t.name));
+        let _ = tx.send(Part::Table(&t.table));
     }
     let _ = tx.send(Part::Whole);
     Ok(())
@@ -209,7 +209,7 @@ mod tests {
     #[test]
     fn the_dearest_table_to_check_comes_first() {
         let t = |name: &str, extra: usize| TableState {
-            name: name.into(),
+            table: name.into(),
             ddl: String::new(),
             extra: vec![String::new(); extra],
         };
@@ -218,7 +218,7 @@ mod tests {
         for (name, rows) in [("small", 10), ("many_rows", 1000), ("many_indexes", 300)] {
             counts.insert(name.into(), super::super::TableRestored { rows, ..Default::default() });
         }
-        let names: Vec<&str> = by_check_cost(&tables, &counts).iter().map(|t| t.name.as_str()).collect();
+        let names: Vec<&str> = by_check_cost(&tables, &counts).iter().map(|t| t.table.as_str()).collect();
         assert_eq!(names, ["many_indexes", "many_rows", "small"]);
     }
 }

@@ -13,6 +13,7 @@ use tokio::sync::mpsc;
 
 use crate::sql::quote_ident;
 use crate::store;
+use crate::store::table_state::SourceSchema as TableState;
 use crate::target::{COL_DELETED, COL_ROWID, COL_SYNCED_AT};
 
 mod finish;
@@ -39,13 +40,6 @@ impl RestoreError {
         let (path, table) = (path.to_path_buf(), table.to_string());
         move |source| RestoreError::Sqlite { path, table, source }
     }
-}
-
-#[derive(Debug, Clone)]
-struct TableState {
-    name: String,
-    ddl: String,
-    extra: Vec<String>,
 }
 
 /// What a restore wrote, per table: the mirror's live rows, and the tombstoned rows
@@ -77,11 +71,6 @@ pub struct RestoreOptions {
     pub force: bool,
     /// Also bring back rows tombstoned at or after this time.
     pub include_deleted_since: Option<chrono::DateTime<chrono::Utc>>,
-}
-
-async fn tables(pool: &PgPool, cluster: &str, client: &str) -> Result<Vec<TableState>, RestoreError> {
-    let schemas = store::table_state::source_schemas(pool, cluster, client).await?;
-    Ok(schemas.into_iter().map(|s| TableState { name: s.table, ddl: s.ddl, extra: s.extra }).collect())
 }
 
 /// Column names and PostgreSQL types of every table of the mirror `schema`, each in
@@ -145,7 +134,7 @@ pub async fn restore(
     if to.exists() && !opts.force {
         return Err(RestoreError::Exists { path: to.to_path_buf() });
     }
-    let tables = tables(pool, cluster, client).await?;
+    let tables = store::table_state::source_schemas(pool, cluster, client).await?;
     if tables.is_empty() {
         return Err(RestoreError::NothingSynced { client: client.to_string() });
     }
@@ -163,8 +152,8 @@ pub async fn restore(
         source,
     })?;
     for t in &tables {
-        let mirror_err = |source| RestoreError::Mirror { client: client.into(), table: t.name.clone(), source };
-        let cols = columns.get(&t.name).map_or(&[][..], Vec::as_slice);
+        let mirror_err = |source| RestoreError::Mirror { client: client.into(), table: t.table.clone(), source };
+        let cols = columns.get(&t.table).map_or(&[][..], Vec::as_slice);
         sent = send_rows(pool, schema, t, cols, None, &tx).await.map_err(mirror_err);
         if let (Ok(true), Some(since)) = (&sent, opts.include_deleted_since) {
             sent = send_rows(pool, schema, t, cols, Some(since), &tx).await.map_err(mirror_err);
@@ -189,10 +178,10 @@ pub async fn restore(
     let mut report = RestoreReport { integrity, ..Default::default() };
     report.bytes = std::fs::metadata(to).map_or(0, |m| m.len());
     for t in &tables {
-        let c = counts.get(&t.name).cloned().unwrap_or_default();
+        let c = counts.get(&t.table).cloned().unwrap_or_default();
         report.rows += c.rows;
         report.revived += c.revived;
-        report.tables.push(TableRestored { table: t.name.clone(), ..c });
+        report.tables.push(TableRestored { table: t.table.clone(), ..c });
     }
     Ok(report)
 }
@@ -234,11 +223,11 @@ async fn send_rows(
         "COPY (SELECT {} FROM {}.{} WHERE {which}) TO STDOUT (FORMAT binary)",
         select.join(", "),
         quote_ident(schema),
-        quote_ident(&t.name)
+        quote_ident(&t.table)
     );
     let names: Vec<String> = data.iter().map(|(c, _)| c.clone()).collect();
     let (revived, fields) = (since.is_some(), wires.len());
-    if tx.send(Msg::Table { name: t.name.clone(), columns: names, wires, by_rowid, revived }).await.is_err() {
+    if tx.send(Msg::Table { name: t.table.clone(), columns: names, wires, by_rowid, revived }).await.is_err() {
         return Ok(false);
     }
     let mut conn = pool.acquire().await?;
@@ -437,9 +426,9 @@ fn write_db(path: &Path, tables: &[TableState], mut rx: mpsc::Receiver<Msg>) -> 
     // `--include-deleted-since` that collides with a live one is skipped (INSERT OR
     // IGNORE) instead of failing the index built afterwards.
     for t in tables {
-        conn.execute_batch(&t.ddl).map_err(err(&t.name))?;
+        conn.execute_batch(&t.ddl).map_err(err(&t.table))?;
         for ddl in t.extra.iter().filter(|d| is_unique_index(d)) {
-            conn.execute_batch(ddl).map_err(err(&t.name))?;
+            conn.execute_batch(ddl).map_err(err(&t.table))?;
         }
     }
     let mut counts = Counts::new();

@@ -18,9 +18,8 @@ pub struct TableMemo {
     pub instance: u64,
     pub mark: Mark,
     pub digest: u128,
+    /// The walk's memo (its `rows`: the table's rows at the walk).
     pub memo: Memo,
-    /// Rows in the table at the walk.
-    pub rows: i64,
 }
 
 /// A follower and the memos of the tables of its database.
@@ -111,7 +110,7 @@ pub fn vouched_rows(src: &Source, table: &str) -> Option<i64> {
     let m = f.tables.get(table).filter(|m| m.instance == f.follower.instance())?;
     let noted = m.memo.noted_of(&f.follower.changed_since(m.mark)?);
     if noted.is_empty() {
-        return Some(m.rows);
+        return Some(m.memo.rows);
     }
     super::walk::rows_followed(src, table, &noted, &m.memo).ok().flatten()
 }

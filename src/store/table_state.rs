@@ -261,6 +261,7 @@ pub async fn forget_fingerprint(conn: &mut PgConnection, cluster: &str, client: 
 
 /// A synced table's schema as its source had it: the table's DDL and its indexes' and
 /// triggers' (what a restore recreates).
+#[derive(Debug, Clone)]
 pub struct SourceSchema {
     pub table: String,
     pub ddl: String,

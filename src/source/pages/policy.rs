@@ -90,11 +90,12 @@ impl Capture {
         // The recorded state as stored (or as its delta makes it); its digest is kept, to
         // tell an unchanged table at the end, and its base, to record the next state against.
         let recorded = old.as_ref().and_then(|s| s.state(target));
-        let (walked, followed, pages_read, memo) = walk_table(src, t, recorded.as_deref(), target, in_txn, &mut start)?;
         let old_digest = recorded.as_deref().map(xxhash_rust::xxh3::xxh3_128);
-        let ranges = match (&walked, recorded.as_deref().and_then(|b| Recorded::parse(b, target))) {
+        let parsed = recorded.as_deref().and_then(|b| Recorded::parse(b, target));
+        let (walked, followed, pages_read, memo) = walk_table(src, t, parsed.as_ref(), old_digest, in_txn, &mut start)?;
+        let ranges = match (&walked, &parsed) {
             (Some(w), Some(o)) => {
-                let c = diff_recorded(&o, &w.state);
+                let c = diff_recorded(o, &w.state);
                 // Most leaves changed (a VACUUM, a bulk rewrite): a plain full pass is cheaper.
                 (c.changed_leaves * 2 <= c.total_leaves).then_some(c.ranges)
             }
@@ -130,7 +131,7 @@ impl Capture {
         if let (Some(s), Some(memo)) = (&self.start, self.memo)
             && let Some((instance, mark)) = s.mark
         {
-            follow::finish(&s.handle, &self.table, TableMemo { instance, mark, digest, memo, rows: w.rows });
+            follow::finish(&s.handle, &self.table, TableMemo { instance, mark, digest, memo });
         }
         // An unchanged table records nothing: no delta to make.
         let pages =
@@ -140,13 +141,14 @@ impl Capture {
 }
 
 /// Walks `t`: only what the WAL follower names when it can vouch for the interval since
-/// the walk that made the recorded state (`recorded`, same digest), else every leaf.
-/// Returns the walk, whether it was followed, the pages it read and its memo.
+/// the walk that made the recorded state (`recorded`, parsed, whose digest is `digest`),
+/// else every leaf. Returns the walk, whether it was followed, the pages it read and its
+/// memo.
 fn walk_table(
     src: &Source,
     t: &TableInfo,
-    recorded: Option<&[u8]>,
-    target: &str,
+    recorded: Option<&Recorded<'_>>,
+    digest: Option<u128>,
     in_txn: bool,
     start: &mut Option<follow::Start>,
 ) -> Result<(Option<Walked>, bool, u64, Option<Memo>)> {
@@ -155,9 +157,8 @@ fn walk_table(
     }
     let before = src.pages_read();
     if let Some((changed, mut tm)) = start.as_mut().and_then(|s| s.since.take())
-        && let Some(rec) = recorded.filter(|r| xxhash_rust::xxh3::xxh3_128(r) == tm.digest)
-        && let Some(old) = Recorded::parse(rec, target)
-        && let Some((w, read)) = walk_followed(src, &t.name, &old, &changed, &mut tm.memo)?
+        && let Some(old) = recorded.filter(|_| digest == Some(tm.digest))
+        && let Some((w, read)) = walk_followed(src, &t.name, old, &changed, &mut tm.memo)?
     {
         return Ok((Some(w), true, read, Some(tm.memo)));
     }

@@ -48,16 +48,24 @@ pub fn walk_followed(
     let data_version = data_version(src)?;
     src.pagefile.borrow_mut().begin(&src.conn, &src.path, page_size);
     let read_before = src.pages_read();
-    let changed = memo.noted_of(changed);
-    let mut dirty: HashSet<u32> = changed.iter().copied().collect();
-    dirty.extend(changed.iter().filter_map(|p| memo.owners.get(p)));
-    let touched = above(&dirty, memo);
+    let (dirty, touched) = dirty_and_touched(changed, memo);
     let Some(mut d) = descend(src, table, usable, root, &dirty, &touched, memo)? else { return Ok(None) };
     drop_let_go(&mut d, memo);
     let Some(state) = merge(old, &mut d) else { return Ok(None) };
     memo.rows += d.read_rows - d.dropped_rows;
     let read = src.pages_read() - read_before;
     Ok(Some((Walked { state, rows: memo.rows, data_version }, read)))
+}
+
+/// The pages to read again (the written pages the last walk noted, and the leaf owning
+/// each written overflow page) and those to descend through (those and every page above
+/// one in the last walk's tree).
+fn dirty_and_touched(changed: &[u32], memo: &Memo) -> (HashSet<u32>, HashSet<u32>) {
+    let changed = memo.noted_of(changed);
+    let mut dirty: HashSet<u32> = changed.iter().copied().collect();
+    dirty.extend(changed.iter().filter_map(|p| memo.owners.get(p)));
+    let touched = above(&dirty, memo);
+    (dirty, touched)
 }
 
 /// The written pages and every page above one in the last walk's tree.
@@ -177,10 +185,7 @@ pub fn rows_followed(src: &Source, table: &str, changed: &[u32], memo: &Memo) ->
     let Some(root) = root_of(src, table)? else { return Ok(None) };
     let Some((usable, page_size)) = geometry(src, table)?.filter(|_| root == memo.root) else { return Ok(None) };
     src.pagefile.borrow_mut().begin(&src.conn, &src.path, page_size);
-    let changed = memo.noted_of(changed);
-    let mut dirty: HashSet<u32> = changed.iter().copied().collect();
-    dirty.extend(changed.iter().filter_map(|p| memo.owners.get(p)));
-    let touched = above(&dirty, memo);
+    let (dirty, touched) = dirty_and_touched(changed, memo);
     let cells = |p: &u32| memo.cells.get(p).map_or(0, |n| i64::from(*n));
     let (mut rows, mut reached, mut let_go, mut stack) = (memo.rows, HashSet::new(), Vec::new(), vec![root]);
     while let Some(p) = stack.pop() {
