@@ -121,15 +121,14 @@ async fn metrics(State(app): State<App>) -> Response {
         .into_response()
 }
 
-/// Keeps every replica's state cache coherent: drops keys on NOTIFY owsync_state (the
-/// control session LISTENs and hands them on), and polls for changes when notifications
+/// Keeps every replica's state cache coherent: drops versions older than the one a NOTIFY
+/// owsync_state names (the control session LISTENs and hands them on), and polls for changes when notifications
 /// may have been missed: every few seconds while the control session is down, after it
 /// (re)opened, and every few minutes as a safety net.
 pub async fn run_cache_invalidation(app: App, stop: CancellationToken) {
     use tokio::sync::broadcast::error::RecvError;
     let sh = app.shared.clone();
     let cluster = sh.config.cluster.clone();
-    let prefix = format!("{cluster}/");
     let mut since = chrono::Utc::now();
     let mut notes = sh.state_notes();
     let mut last_poll = tokio::time::Instant::now();
@@ -138,10 +137,13 @@ pub async fn run_cache_invalidation(app: App, stop: CancellationToken) {
         let poll = tokio::time::sleep_until(last_poll + every);
         let catch_up = tokio::select! {
             n = notes.recv() => match n {
-                Ok(Some(key)) => {
-                    if let Some(key) = key.strip_prefix(&prefix) { app.cache.invalidate(key) }
-                    false
-                }
+                Ok(Some(payload)) => match crate::store::state::StateNote::parse(&payload) {
+                    Some(n) => {
+                        if n.cluster == cluster { app.cache.invalidate_if_older(&n.key, n.updated_at) }
+                        false
+                    }
+                    None => true,
+                },
                 Ok(None) | Err(RecvError::Lagged(_)) => true,
                 Err(RecvError::Closed) => return,
             },

@@ -27,8 +27,26 @@ pub async fn get(pool: &PgPool, cluster: &str, key: &str) -> Result<Option<State
     Ok(Some(StateEntry { key: key.to_string(), value, updated_at: r.get(1) }))
 }
 
-/// Writes a key, then tells every replica to drop it from its cache (NOTIFY owsync_state
-/// with `cluster/key`), in the same transaction.
+/// What a write tells every replica (the NOTIFY owsync_state payload, JSON): which key
+/// changed and the version written, so a replica that already fetched that version (the
+/// notification can arrive after its read) keeps it cached.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct StateNote {
+    pub cluster: String,
+    pub key: String,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl StateNote {
+    /// Reads a payload; `None` for one this version does not understand (the caller then
+    /// catches up by polling).
+    pub fn parse(payload: &str) -> Option<StateNote> {
+        serde_json::from_str(payload).ok()
+    }
+}
+
+/// Writes a key, then tells every replica to drop older versions of it from its cache
+/// (NOTIFY owsync_state with a [`StateNote`]), in the same transaction.
 pub async fn put(
     pool: &PgPool,
     cluster: &str,
@@ -50,8 +68,9 @@ pub async fn put(
     .fetch_one(&mut *tx)
     .await
     .ctx(|| format!("write state {key}"))?;
-    sqlx::query("SELECT pg_notify('owsync_state', $1)")
-        .bind(format!("{cluster}/{key}"))
+    let note = StateNote { cluster: cluster.to_string(), key: key.to_string(), updated_at: at };
+    sqlx::query("SELECT pg_notify('owsync_state', $1::jsonb::text)")
+        .bind(Json(&note))
         .execute(&mut *tx)
         .await
         .ctx(|| "notify owsync_state".into())?;
@@ -71,4 +90,20 @@ pub async fn changed_since(pool: &PgPool, cluster: &str, since: DateTime<Utc>) -
             .ctx(|| "poll state changes".into())?;
     tx.commit().await.ctx(|| "commit".into())?;
     Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_note_reads_back_and_an_unknown_payload_is_none() {
+        let note = StateNote { cluster: "host-a".into(), key: "a/b@c".into(), updated_at: Utc::now() };
+        let payload = serde_json::to_string(&note).expect("encode");
+        assert_eq!(StateNote::parse(&payload), Some(note));
+        // jsonb's text form (what PostgreSQL sends) has spaces and an offset.
+        let pg = r#"{"key": "k", "cluster": "c", "updated_at": "2026-12-07T22:32:29.99764+00:00"}"#;
+        assert_eq!(StateNote::parse(pg).map(|n| n.key), Some("k".to_string()));
+        assert_eq!(StateNote::parse("c/k"), None);
+    }
 }
