@@ -74,7 +74,10 @@ fn a_vouched_interval_names_every_changed_page() {
     match outcome {
         Ok((checks, vouched)) => {
             eprintln!("seed {seed}: {steps} steps, {checks} checks, {vouched} vouched");
-            assert!(vouched * 4 >= checks, "seed {seed}: the follower vouched for too few intervals");
+            // Guards against a follower that passes by vouching for nothing. Over 400 seeds it
+            // vouched for 20-62% of the intervals (median 41%, 5th percentile 26%; resets,
+            // VACUUM and restarts take the rest); a quarter failed 2% of seeds.
+            assert!(vouched * 10 >= checks, "seed {seed}: the follower vouched for too few intervals");
         }
         Err(e) => {
             eprintln!("WAL follower property failed with OWSYNC_WAL_SEED={seed} OWSYNC_WAL_STEPS={steps}");
