@@ -37,6 +37,15 @@ fn reset_hwm() {
 }
 
 pub fn follow_child(argv: &[String]) -> Result<()> {
+    // `OWSYNC_LOG=owsync=debug,sqlx=debug` shows where a sync's time goes (stderr, with
+    // each table span's time on close).
+    if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_env("OWSYNC_LOG") {
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_span_events(tracing_subscriber::fmt::format::FmtSpan::CLOSE)
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let url = std::env::var("OWSYNC_BENCH_URL").context("OWSYNC_BENCH_URL")?;
     let [cluster, client] = argv else { bail!("usage: --follow-child CLUSTER CLIENT") };
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;

@@ -22,10 +22,67 @@ pub struct TableMemo {
     pub memo: Memo,
 }
 
-/// A follower and the memos of the tables of its database.
+/// A follower, the memos of the tables of its database, and their recorded page states.
 pub struct Followed {
     pub follower: WalFollower,
     pub tables: HashMap<String, TableMemo>,
+    /// What this process's last sync of each table recorded, so that the next one need not
+    /// read it back from PostgreSQL (a 2 GB tenant's states are ~10 MB).
+    pub recorded: HashMap<String, RecordedState>,
+}
+
+/// A table's page state as a sync in this process recorded it: usable as the recorded
+/// state only while its `table_state` row is still the version that sync wrote
+/// (`store::table_state::recorded` compares them), whoever wrote to it since.
+#[derive(Clone)]
+pub struct RecordedState {
+    /// The `table_state` row's version (`store::table_state::recorded`).
+    pub version: String,
+    /// The state (`PageState::encode`) and its xxh3-128.
+    pub state: Arc<Vec<u8>>,
+    pub digest: u128,
+    /// The base the row holds (the state itself, or the base its delta is against).
+    pub base: Arc<Vec<u8>>,
+}
+
+/// A recorded state to keep once its row is written (`remember`), or as it is when the
+/// table needed no write.
+pub struct Keep {
+    handle: Handle,
+    table: String,
+    state: RecordedState,
+}
+
+impl Keep {
+    pub fn new(handle: Handle, table: &str, state: RecordedState) -> Keep {
+        Keep { handle, table: table.to_string(), state }
+    }
+
+    /// Keeps the state, as the row version `version` (the one written), or as the version
+    /// it was read at when `None` (nothing was written).
+    pub fn remember(self, version: Option<String>) {
+        let mut state = self.state;
+        if let Some(v) = version {
+            state.version = v;
+        }
+        let mut f = self.handle.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        f.recorded.insert(self.table, state);
+    }
+}
+
+/// The recorded states this process keeps for the database at `path` (shared, not copied).
+pub fn recorded_states(path: &Path) -> HashMap<String, RecordedState> {
+    let Some(h) = lookup(path) else { return HashMap::new() };
+    let f = h.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    f.recorded.clone()
+}
+
+/// Drops the recorded state kept for `table` of the database at `path` (its sync recorded
+/// none).
+pub fn forget_recorded(path: &Path, table: &str) {
+    if let Some(h) = lookup(path) {
+        h.lock().unwrap_or_else(std::sync::PoisonError::into_inner).recorded.remove(table);
+    }
 }
 
 pub type Handle = Arc<Mutex<Followed>>;
@@ -43,7 +100,11 @@ pub fn register(path: &Path) -> Handle {
     if let Some(h) = r.get(path).and_then(Weak::upgrade) {
         return h;
     }
-    let h = Arc::new(Mutex::new(Followed { follower: WalFollower::new(path), tables: HashMap::new() }));
+    let h = Arc::new(Mutex::new(Followed {
+        follower: WalFollower::new(path),
+        tables: HashMap::new(),
+        recorded: HashMap::new(),
+    }));
     r.insert(path.to_path_buf(), Arc::downgrade(&h));
     h
 }

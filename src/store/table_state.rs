@@ -95,35 +95,61 @@ pub async fn record_fingerprint(
     Ok(())
 }
 
+/// A `table_state` row's version: changes with every write of the row, by anyone (the
+/// writing transaction's id and the time it wrote the row). A macro, for `concat!`.
+macro_rules! version {
+    () => {
+        "xmin::text || ':' || (extract(epoch FROM updated_at) * 1000000)::bigint"
+    };
+}
+
 /// One table's recorded state, as a sync starts from it.
 #[derive(Debug)]
 pub struct RecordedTable {
     pub table: String,
     pub source_ddl: String,
-    /// The base page state, and a delta against it (`source::pages::delta`).
+    /// The base page state, and a delta against it (`source::pages::delta`); both `None`
+    /// when the caller already has this version of them (`fresh`).
     pub pages: Option<Vec<u8>>,
     pub pages_delta: Option<Vec<u8>>,
+    /// The row's version (`version!`).
+    pub version: String,
+    /// The row is the version the caller said it has: its page state was not read.
+    pub fresh: bool,
     /// The mirror shape digest provisioning recorded; `None` also while the ClientSync is
     /// deleted (provisioning then runs and lets `provision_table` refuse it).
     pub shape: Option<String>,
 }
 
 /// The recorded state of `client`'s tables whose mirror table in `schema` is still the
-/// one the state was recorded with (same oid).
-pub async fn recorded(pool: &PgPool, cluster: &str, client: &str, schema: &str) -> Result<Vec<RecordedTable>> {
+/// one the state was recorded with (same oid). `have`: the row versions whose page states
+/// the caller holds, by table: those are not read again.
+pub async fn recorded(
+    pool: &PgPool,
+    cluster: &str,
+    client: &str,
+    schema: &str,
+    have: &BTreeMap<String, String>,
+) -> Result<Vec<RecordedTable>> {
     let mut tx = super::begin(pool, cluster).await?;
-    let rows = sqlx::query(
-        "SELECT table_name, coalesce(source_ddl, ''), pages, watermark->>'shape',
+    let rows = sqlx::query(concat!(
+        "SELECT table_name, coalesce(source_ddl, ''), CASE WHEN fresh THEN NULL ELSE pages END, watermark->>'shape',
                 EXISTS (SELECT 1 FROM sync_metadata.client_specs s WHERE s.cluster_name = $1
                         AND s.spec #>> '{target,schema}' = $3 AND s.deleted_at IS NULL),
-                pages_delta
-         FROM sync_metadata.table_state
-         WHERE cluster_name = $1 AND client_name = $2
-           AND (watermark->>'mirror_oid')::bigint = to_regclass(format('%I.%I', $3::text, table_name))::oid::bigint",
-    )
+                CASE WHEN fresh THEN NULL ELSE pages_delta END, version, fresh
+         FROM (SELECT *, coalesce(version = ($4::jsonb ->> table_name), false) AS fresh
+               FROM (SELECT table_name, source_ddl, pages, pages_delta, watermark, ",
+        version!(),
+        " AS version
+                     FROM sync_metadata.table_state
+                     WHERE cluster_name = $1 AND client_name = $2
+                       AND (watermark->>'mirror_oid')::bigint
+                           = to_regclass(format('%I.%I', $3::text, table_name))::oid::bigint) v) f",
+    ))
     .bind(cluster)
     .bind(client)
     .bind(schema)
+    .bind(sqlx::types::Json(have))
     .fetch_all(&mut *tx)
     .await
     .ctx(|| format!("read the recorded table state of {client}"))?;
@@ -138,6 +164,8 @@ pub async fn recorded(pool: &PgPool, cluster: &str, client: &str, schema: &str) 
             pages: r.get(2),
             shape: r.get::<Option<String>, _>(3).filter(|_| r.get::<bool, _>(4)),
             pages_delta: r.get(5),
+            version: r.get(6),
+            fresh: r.get(7),
         })
         .collect())
 }
@@ -147,8 +175,9 @@ pub async fn recorded(pool: &PgPool, cluster: &str, client: &str, schema: &str) 
 pub enum Pages {
     /// No page state (WITHOUT ROWID tables, or none could be taken).
     None,
-    /// A whole state: the new base, with no delta.
-    Base(Vec<u8>),
+    /// A whole state: the new base, with no delta (shared with the sync's follower, which
+    /// keeps it as the recorded state).
+    Base(std::sync::Arc<Vec<u8>>),
     /// A delta against the recorded base, which is kept.
     Delta(Vec<u8>),
 }
@@ -174,14 +203,15 @@ pub struct TableState<'a> {
     pub pages: Pages,
 }
 
-/// Records a table's state, inside the transaction that wrote its rows.
-pub async fn record(conn: &mut PgConnection, s: TableState<'_>) -> Result<()> {
+/// Records a table's state, inside the transaction that wrote its rows; the row's new
+/// version (`version!`).
+pub async fn record(conn: &mut PgConnection, s: TableState<'_>) -> Result<String> {
     let (base, delta, keep_base) = match s.pages {
         Pages::Base(b) => (Some(b), None, false),
         Pages::Delta(d) => (None, Some(d), true),
         Pages::None => (None, None, false),
     };
-    sqlx::query(
+    sqlx::query_scalar(concat!(
         "INSERT INTO sync_metadata.table_state (cluster_name, client_name, table_name, source_ddl, key_columns, rows, watermark, epoch, updated_at, source_indexes, pages, pages_delta)
          VALUES ($1, $2, $3, $4, $5, $6,
                  jsonb_build_object('synced_at', now(), 'pass', $10::text, 'mirror_oid', to_regclass($11)::oid::bigint,
@@ -191,8 +221,10 @@ pub async fn record(conn: &mut PgConnection, s: TableState<'_>) -> Result<()> {
              source_indexes = EXCLUDED.source_indexes,
              key_columns = EXCLUDED.key_columns, rows = EXCLUDED.rows, watermark = EXCLUDED.watermark,
              epoch = EXCLUDED.epoch, updated_at = now(),
-             pages = CASE WHEN $14 THEN table_state.pages ELSE EXCLUDED.pages END, pages_delta = EXCLUDED.pages_delta",
-    )
+             pages = CASE WHEN $14 THEN table_state.pages ELSE EXCLUDED.pages END, pages_delta = EXCLUDED.pages_delta
+         RETURNING ",
+        version!()
+    ))
     .bind(s.cluster)
     .bind(s.client)
     .bind(s.table)
@@ -201,16 +233,15 @@ pub async fn record(conn: &mut PgConnection, s: TableState<'_>) -> Result<()> {
     .bind(s.rows)
     .bind(s.epoch)
     .bind(s.source_indexes)
-    .bind(base)
+    .bind(base.as_deref().map(Vec::as_slice))
     .bind(s.pass)
     .bind(s.mirror)
     .bind(s.shape)
     .bind(delta)
     .bind(keep_base)
-    .execute(conn)
+    .fetch_one(conn)
     .await
-    .ctx(|| format!("record state of table {}", s.table))?;
-    Ok(())
+    .ctx(|| format!("record state of table {}", s.table))
 }
 
 /// Forgets the recorded shape and page state of `tables`, so that the next sync

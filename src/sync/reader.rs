@@ -48,6 +48,8 @@ pub(super) struct TableEnd {
     /// No leaf changed since the recorded state and nothing was read: the mirror and the
     /// recorded state are already right, so the table needs no PostgreSQL transaction.
     pub unchanged: bool,
+    /// The state for the follower to keep once recorded (`follow::Keep`).
+    pub keep: Option<follow::Keep>,
 }
 
 /// Recorded `(source_ddl, page state)` of each table by name.
@@ -126,7 +128,7 @@ fn table_pass(
     tracing::debug!(table = %t.name, walk_ms, read_ms = started.elapsed().as_secs_f64() * 1e3 - walk_ms,
                     leaves = cap.walked.as_ref().map_or(0, |w| w.state.leaf_count()), "table read");
     let end = match cap.finish(&rows.suspect, rows.read_any, target) {
-        Some(s) => TableEnd { pages: Some(s.pages), rows: Some(s.rows), unchanged: s.unchanged },
+        Some(s) => TableEnd { pages: Some(s.pages), rows: Some(s.rows), unchanged: s.unchanged, keep: s.keep },
         None => TableEnd::default(),
     };
     tx.blocking_send(Msg::End(end)).is_ok()

@@ -3,8 +3,11 @@
 //! the next sync with the same fingerprint does nothing.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use super::SyncJob;
+use crate::source::follow;
+use crate::source::pages::Stored;
 use crate::spec::ClientSyncSpec;
 use crate::store::{FencedTx, StoreError, table_state};
 
@@ -48,17 +51,34 @@ pub struct Baseline {
     pub shapes: HashMap<String, String>,
 }
 
+/// Reads the page states this process does not keep already (`follow::recorded_states`:
+/// the ones its last syncs recorded, while their rows are still those versions).
 pub async fn baseline(job: &SyncJob<'_>, schema: &str) -> Result<Baseline, StoreError> {
     let started = std::time::Instant::now();
-    let rows = table_state::recorded(job.pool, job.cluster, job.client, schema).await?;
-    tracing::debug!(ms = started.elapsed().as_secs_f64() * 1e3, tables = rows.len(), "recorded table state read");
+    let mut kept = follow::recorded_states(std::path::Path::new(&job.spec.source.path));
+    let have = kept.iter().map(|(t, k)| (t.clone(), k.version.clone())).collect();
+    let rows = table_state::recorded(job.pool, job.cluster, job.client, schema, &have).await?;
+    let fresh = rows.iter().filter(|r| r.fresh).count();
+    tracing::debug!(
+        ms = started.elapsed().as_secs_f64() * 1e3,
+        tables = rows.len(),
+        fresh,
+        "recorded table state read"
+    );
     let mut out = Baseline { pages: Default::default(), shapes: HashMap::new() };
     for r in rows {
         if let Some(shape) = r.shape {
             out.shapes.insert(r.table.clone(), shape);
         }
-        if let Some(base) = r.pages {
-            out.pages.insert(r.table, (r.source_ddl, crate::source::pages::Stored { base, delta: r.pages_delta }));
+        let stored = match (r.fresh, r.pages) {
+            (true, _) => kept.remove(&r.table).map(Stored::kept),
+            (false, Some(base)) => {
+                Some(Stored { base: Arc::new(base), delta: r.pages_delta, made: None, version: r.version })
+            }
+            (false, None) => None,
+        };
+        if let Some(stored) = stored {
+            out.pages.insert(r.table, (r.source_ddl, stored));
         }
     }
     Ok(out)

@@ -236,11 +236,15 @@ pub(super) async fn sync_table(
     let rows_read = rows as u64;
     let rows = if plan.ranges.is_some() { end.rows.unwrap_or(rows) } else { rows };
     phases.mark("quarantine");
-    record_table_state(&mut tx, job, plan, table, rows, end.pages).await.map_err(fatal_store)?;
+    let version = record_table_state(&mut tx, job, plan, table, rows, end.pages).await.map_err(fatal_store)?;
     phases.mark("state");
     // The last statement before commit: does this replica still hold the lease?
     tx.commit().await.map_err(fatal_store)?;
     phases.mark("commit");
+    match end.keep {
+        Some(k) => k.remember(Some(version)),
+        None => crate::source::follow::forget_recorded(std::path::Path::new(&job.spec.source.path), &info.name),
+    }
     tracing::debug!(table = %info.name, phases = %phases, "table written");
     guarded.armed = false;
     // A page state (~6 MB at 100k chats) grew this connection's write buffer: back to the
@@ -262,6 +266,9 @@ async fn unchanged(plan: &TablePlan, rx: &mut mpsc::Receiver<Msg>) -> Result<Tab
     }
     match rx.recv().await {
         Some(Msg::End(e)) if e.unchanged => {
+            if let Some(k) = e.keep {
+                k.remember(None);
+            }
             let rows = e.rows.unwrap_or_default();
             let (capture, pages_read) = (plan.capture, plan.pages_read);
             Ok(TableReport { rows, incremental: true, capture, pages_read, ..Default::default() })
@@ -384,7 +391,7 @@ async fn record_table_state(
     rows: i64,
     // Owned: sqlx copies it into its arguments at `bind`, where it is freed at once.
     pages: Option<StateWrite>,
-) -> Result<(), store::StoreError> {
+) -> Result<String, store::StoreError> {
     let info = &plan.info;
     // A delta keeps the recorded base (`source::pages::StateWrite`); a whole state replaces both.
     let pages = match pages {

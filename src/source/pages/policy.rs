@@ -4,25 +4,37 @@
 //! state as a new base, or a delta against the recorded base).
 
 use std::borrow::Cow;
+use std::sync::Arc;
 
 use super::{Memo, Recorded, Walked, delta, diff_recorded, walk_followed, walk_noting};
-use crate::source::follow::{self, TableMemo};
+use crate::source::follow::{self, Keep, RecordedState, TableMemo};
 use crate::source::{Result, Source, TableInfo};
 
 /// A table's page state as `table_state` holds it: a base state (`pages`) and, when a sync
 /// wrote only what changed since, a delta against it (`pages_delta`, `pages::delta`).
 pub struct Stored {
-    pub base: Vec<u8>,
+    pub base: Arc<Vec<u8>>,
     pub delta: Option<Vec<u8>>,
+    /// The state base and delta make, with its xxh3-128, when this process already has it
+    /// (`follow::RecordedState`): neither made nor hashed again.
+    pub made: Option<(Arc<Vec<u8>>, u128)>,
+    /// The `table_state` row's version it was read at.
+    pub version: String,
 }
 
 impl Stored {
+    /// What this process kept of the row at `version`.
+    pub fn kept(k: RecordedState) -> Stored {
+        Stored { base: k.base, delta: None, made: Some((k.state, k.digest)), version: k.version }
+    }
+
     /// The state as of the last sync; `None` when the delta does not fit the base (then
     /// there is no usable state: a full pass).
     fn state(&self, target: &str) -> Option<Cow<'_, [u8]>> {
-        match &self.delta {
-            None => Some(Cow::Borrowed(&self.base)),
-            Some(d) => delta::apply(&self.base, d, target).map(Cow::Owned),
+        match (&self.made, &self.delta) {
+            (Some((made, _)), _) => Some(Cow::Borrowed(made.as_slice())),
+            (None, None) => Some(Cow::Borrowed(self.base.as_slice())),
+            (None, Some(d)) => delta::apply(&self.base, d, target).map(Cow::Owned),
         }
     }
 }
@@ -30,7 +42,7 @@ impl Stored {
 /// How a sync records a table's new page state.
 pub enum StateWrite {
     /// The whole state, as the new base (no delta).
-    Full(Vec<u8>),
+    Full(Arc<Vec<u8>>),
     /// Only what changed since the recorded base, which stays.
     Delta(Vec<u8>),
 }
@@ -38,10 +50,10 @@ pub enum StateWrite {
 impl StateWrite {
     /// A delta when there is a base to make it against and it is at most a quarter of the
     /// whole state; otherwise the whole state, which then becomes the base.
-    fn choose(base: Option<&[u8]>, new: Vec<u8>, target: &str) -> StateWrite {
-        match base.and_then(|b| delta::between(b, &new, target)) {
+    fn choose(base: Option<&[u8]>, new: &Arc<Vec<u8>>, target: &str) -> StateWrite {
+        match base.and_then(|b| delta::between(b, new, target)) {
             Some(d) if d.len() * 4 <= new.len() => StateWrite::Delta(d),
-            _ => StateWrite::Full(new),
+            _ => StateWrite::Full(new.clone()),
         }
     }
 }
@@ -61,7 +73,9 @@ pub struct Capture {
     start: Option<follow::Start>,
     old_digest: Option<u128>,
     /// The recorded base the next state may be a delta against.
-    base: Option<Vec<u8>>,
+    base: Option<Arc<Vec<u8>>>,
+    /// The version of the `table_state` row the recorded state was read at.
+    version: Option<String>,
 }
 
 /// The state to record once a table's rows are read.
@@ -73,6 +87,8 @@ pub struct Settled {
     /// recorded state are already right, so the table needs no PostgreSQL transaction (and
     /// `pages` is the whole state, not to be written).
     pub unchanged: bool,
+    /// The state for the sync's follower to keep once recorded (with a follower only).
+    pub keep: Option<Keep>,
 }
 
 impl Capture {
@@ -90,7 +106,8 @@ impl Capture {
         // The recorded state as stored (or as its delta makes it); its digest is kept, to
         // tell an unchanged table at the end, and its base, to record the next state against.
         let recorded = old.as_ref().and_then(|s| s.state(target));
-        let old_digest = recorded.as_deref().map(xxhash_rust::xxh3::xxh3_128);
+        let known = old.as_ref().and_then(|s| s.made.as_ref()).map(|m| m.1);
+        let old_digest = recorded.as_deref().map(|r| known.unwrap_or_else(|| xxhash_rust::xxh3::xxh3_128(r)));
         let parsed = recorded.as_deref().and_then(|b| Recorded::parse(b, target));
         let (walked, followed, pages_read, memo) = walk_table(src, t, parsed.as_ref(), old_digest, in_txn, &mut start)?;
         let ranges = match (&walked, &parsed) {
@@ -104,8 +121,9 @@ impl Capture {
         let usable = recorded.is_some();
         // The recorded state is freed before any row is read.
         drop(recorded);
-        let base = old.map(|s| s.base).filter(|_| usable);
-        Ok(Capture { walked, ranges, pages_read, followed, table: t.name.clone(), memo, start, old_digest, base })
+        let (base, version) = old.map(|s| (s.base, s.version)).filter(|_| usable).unzip();
+        let table = t.name.clone();
+        Ok(Capture { walked, ranges, pages_read, followed, table, memo, start, old_digest, base, version })
     }
 
     /// How the changes were found: `followed` (the pages the WAL follower named),
@@ -125,7 +143,7 @@ impl Capture {
         let w = self.walked?;
         let mut state = w.state;
         state.add_suspect(suspect);
-        let pages = state.encode(target);
+        let pages = Arc::new(state.encode(target));
         let digest = xxhash_rust::xxh3::xxh3_128(&pages);
         let unchanged = !read_any && self.old_digest == Some(digest);
         if let (Some(s), Some(memo)) = (&self.start, self.memo)
@@ -134,9 +152,22 @@ impl Capture {
             follow::finish(&s.handle, &self.table, TableMemo { instance, mark, digest, memo });
         }
         // An unchanged table records nothing: no delta to make.
-        let pages =
-            if unchanged { StateWrite::Full(pages) } else { StateWrite::choose(self.base.as_deref(), pages, target) };
-        Some(Settled { pages, rows: w.rows, unchanged })
+        let write = match (&self.base, unchanged) {
+            (Some(base), false) => StateWrite::choose(Some(base), &pages, target),
+            _ => StateWrite::Full(pages.clone()),
+        };
+        let keep = self.start.map(|s| {
+            // The base the row holds afterwards: the recorded one when nothing is written or
+            // only a delta against it.
+            let base = match (&write, self.base) {
+                (StateWrite::Delta(_), Some(base)) => base,
+                (_, Some(base)) if unchanged => base,
+                _ => pages.clone(),
+            };
+            let version = self.version.unwrap_or_default();
+            Keep::new(s.handle, &self.table, RecordedState { version, state: pages, digest, base })
+        });
+        Some(Settled { pages: write, rows: w.rows, unchanged, keep })
     }
 }
 
