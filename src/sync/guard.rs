@@ -204,13 +204,25 @@ pub fn observe(
     previous: &Anchors,
 ) -> Result<Observed, SourceError> {
     let src = Source::open(path)?;
-    let infos: BTreeMap<String, TableInfo> = source::discover(&src)?.into_iter().map(|t| (t.name.clone(), t)).collect();
+    let discovered = source::discover(&src)?;
+    observe_in(&src, &discovered, selection, recorded, previous)
+}
+
+/// [`observe`] on an open source whose tables were just discovered (`discovered`).
+pub fn observe_in(
+    src: &Source,
+    discovered: &[TableInfo],
+    selection: &crate::spec::TableSelector,
+    recorded: &BTreeMap<String, i64>,
+    previous: &Anchors,
+) -> Result<Observed, SourceError> {
+    let infos: BTreeMap<&str, &TableInfo> = discovered.iter().map(|t| (t.name.as_str(), t)).collect();
     let mut seen = Observed::default();
     for (table, live) in recorded {
         if !table_selected(selection, table) {
             continue;
         }
-        let remaining = match infos.get(table) {
+        let remaining = match infos.get(table.as_str()) {
             Some(_) => Some(src.row_count(table)?),
             None => None,
         };
@@ -218,8 +230,8 @@ pub fn observe(
     }
     for (table, keys) in previous.iter().filter(|(t, k)| !k.is_empty() && table_selected(selection, t)) {
         seen.anchored.push(table.clone());
-        let found = match infos.get(table) {
-            Some(info) => any_present(&src, info, keys)?,
+        let found = match infos.get(table.as_str()) {
+            Some(info) => any_present(src, info, keys)?,
             None => false,
         };
         if !found {
@@ -227,7 +239,7 @@ pub fn observe(
         }
     }
     for info in infos.values().filter(|t| table_selected(selection, &t.name)) {
-        let keys = sample(&src, info)?;
+        let keys = sample(src, info)?;
         if !keys.is_empty() {
             seen.anchors.insert(info.name.clone(), keys);
         }
@@ -327,24 +339,30 @@ fn parse<T: serde::de::DeserializeOwned>(v: Option<serde_json::Value>) -> Option
     v.and_then(|v| serde_json::from_value(v).ok())
 }
 
-/// Runs the guard before a sync writes anything. `recorded`: table -> rows of the last
-/// sync. `Err(DeletionsHeld)` after recording the hold (fenced): nothing else is written.
-pub(super) async fn check(
-    job: &super::SyncJob<'_>,
-    recorded: &BTreeMap<String, i64>,
-) -> Result<Passed, super::SyncError> {
-    use crate::store::guard as stored;
-    let client = job.client.to_string();
-    let store_err = |source| super::SyncError::store(&client, source);
+/// What the guard recorded of the tenant: the anchors of the last complete sync and any
+/// approval, read before the source is observed ([`observe_in`]).
+pub(super) async fn load(job: &super::SyncJob<'_>) -> Result<crate::store::guard::GuardRow, super::SyncError> {
+    let store_err = |source| super::SyncError::store(job.client, source);
     let mut tx = crate::store::begin(job.pool, job.cluster).await.map_err(store_err)?;
-    let row = stored::load(&mut tx, job.cluster, job.client).await.map_err(store_err)?;
+    let row = crate::store::guard::load(&mut tx, job.cluster, job.client).await.map_err(store_err)?;
     let _ = tx.commit().await;
-    let previous: Anchors = parse(row.anchors).unwrap_or_default();
-    let (path, sel, rec) = (std::path::PathBuf::from(&job.spec.source.path), job.spec.tables.clone(), recorded.clone());
-    let seen = tokio::task::spawn_blocking(move || observe(&path, &sel, &rec, &previous))
-        .await
-        .map_err(|e| super::SyncError::Reader { client: client.clone(), message: e.to_string() })?
-        .map_err(|source| super::SyncError::Source { client: client.clone(), source })?;
+    Ok(row)
+}
+
+/// The anchors a loaded guard row recorded (none when it has none or they do not parse).
+pub(super) fn previous(row: &crate::store::guard::GuardRow) -> Anchors {
+    parse(row.anchors.clone()).unwrap_or_default()
+}
+
+/// Decides, before a sync writes anything, on what the source showed (`seen`, observed
+/// with the anchors of `row`). `Err(DeletionsHeld)` after recording the hold (fenced):
+/// nothing else is written.
+pub(super) async fn pass(
+    job: &super::SyncJob<'_>,
+    row: crate::store::guard::GuardRow,
+    seen: Observed,
+) -> Result<Passed, super::SyncError> {
+    let client = job.client;
     // With `deletes: ignore` nothing is tombstoned: nothing to hold, no limit.
     let tombstones = job.spec.deletes == crate::spec::DeletePolicy::Tombstone;
     let plan = if tombstones { decide(&job.spec.deletion_guard, &seen) } else { None };

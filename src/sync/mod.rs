@@ -164,16 +164,18 @@ pub async fn sync_tenant(job: &SyncJob<'_>) -> Result<SyncReport, SyncError> {
         let tables = rows.into_iter().map(|(t, rows)| (t, TableReport { rows, ..Default::default() })).collect();
         return Ok(SyncReport { tables, unchanged: true, duration: started.elapsed(), ..Default::default() });
     }
-    let passed = guard::check(job, &rows).await?;
-    let (mut report, discovered) = match sync_all(job, &passed.limits).await {
+    // The guard's row, then the source (the guard's counts and anchors, the tables) while
+    // the recorded table state is read.
+    let row = guard::load(job).await?;
+    let schema = job.spec.mirror_schema(job.client);
+    let (look, baseline) = tokio::join!(look(job, &rows, guard::previous(&row)), skip::baseline(job, &schema));
+    let (look, baseline) = (look?, baseline.map_err(store_err)?);
+    let passed = guard::pass(job, row, look.seen).await?;
+    let mut report = match sync_all(job, &passed.limits, baseline, look.queue, &look.discovered).await {
         // A table's transaction would have tombstoned beyond the guard (and rolled back).
         Err(SyncError::DeletionsHeld { plan, .. }) => return Err(guard::hold(job, *plan).await),
         r => r?,
     };
-    report.drift = drift::check_against(job, &discovered)
-        .await
-        .inspect_err(|e| warn!(error = %e, "cannot check schema drift"))
-        .ok();
     if report.failed.is_empty() {
         skip::record(job, &fp).await.map_err(store_err)?;
         guard::settle(job, passed).await?;
@@ -182,17 +184,51 @@ pub async fn sync_tenant(job: &SyncJob<'_>) -> Result<SyncReport, SyncError> {
     Ok(report)
 }
 
-/// Syncs every selected table: the largest first, `table_connections` at once.
+/// What a sync reads of the source before it writes anything, on one connection.
+struct Look {
+    /// The selected tables in the order the readers take them (`queue::order`).
+    queue: reader::Queue,
+    /// Every table discovered, selected or not (for the drift check).
+    discovered: Vec<source::TableInfo>,
+    /// What the deletion guard needs (`guard::observe_in`).
+    seen: guard::Observed,
+}
+
+/// Opens the source once for the guard and the readers' queue (`recorded`: the rows of
+/// each table at the last sync; `previous`: the guard's anchors).
+async fn look(
+    job: &SyncJob<'_>,
+    recorded: &BTreeMap<String, i64>,
+    previous: guard::Anchors,
+) -> Result<Look, SyncError> {
+    let client = job.client.to_string();
+    let (path, spec, recorded) = (PathBuf::from(&job.spec.source.path), job.spec.clone(), recorded.clone());
+    tokio::task::spawn_blocking(move || {
+        let src = source::Source::open(&path)?;
+        let discovered = source::discover(&src)?;
+        let seen = guard::observe_in(&src, &discovered, &spec.tables, &recorded, &previous)?;
+        let queue = queue::order(&src, &discovered, &spec);
+        Ok(Look { queue, discovered, seen })
+    })
+    .await
+    .map_err(|e| SyncError::Reader { client: client.clone(), message: e.to_string() })?
+    .map_err(|source| SyncError::Source { client, source })
+}
+
+/// Syncs the selected tables (`queue`, of the `discovered` ones): the largest first,
+/// `table_connections` at once; the schema drift is checked once every table is
+/// provisioned, while the tables copy.
 async fn sync_all(
     job: &SyncJob<'_>,
     limits: &BTreeMap<String, (u64, i64)>,
-) -> Result<(SyncReport, Vec<source::TableInfo>), SyncError> {
+    baseline: skip::Baseline,
+    queue: reader::Queue,
+    discovered: &[source::TableInfo],
+) -> Result<SyncReport, SyncError> {
     let started = Instant::now();
     let (client, full) = (job.client, job.options.full);
     let schema = job.spec.mirror_schema(job.client);
-    let skip::Baseline { pages: previous, shapes } =
-        skip::baseline(job, &schema).await.map_err(|source| SyncError::store(client, source))?;
-    let (queue, discovered) = discover(job).await?;
+    let skip::Baseline { pages: previous, shapes } = baseline;
     let infos: Vec<source::TableInfo> = queue.lock().map(|q| q.iter().cloned().collect()).unwrap_or_default();
     // Tables are synced by `n` workers at once, each with its own SQLite reader and its
     // own PostgreSQL transaction per table (so the second core compresses and writes too).
@@ -234,36 +270,27 @@ async fn sync_all(
             Err(_) => run.stop(),
         }
         let _ = late_tx.send(true);
-        r.map(|_| ())
+        r?;
+        let drift = drift::check_against(job, discovered).await;
+        Ok::<_, SyncError>(drift.inspect_err(|e| warn!(error = %e, "cannot check schema drift")).ok())
     };
     let workers = (0..n).map(|_| {
         let (tx, rx) = mpsc::channel::<Msg>(1);
         let reader = reader::spawn_reader(rj.clone(), run.queue.clone(), tx);
         worker(job, &schema, &run, rx, reader)
     });
-    let (provisioned, results) = tokio::join!(provisioner, futures_util::future::join_all(workers));
-    provisioned?;
+    let (drift, results) = tokio::join!(provisioner, futures_util::future::join_all(workers));
+    let drift = drift?;
     results.into_iter().collect::<Result<Vec<()>, SyncError>>()?;
     let mut report = run.report.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner);
     provision::forget_failed(job, &report.failed.keys().cloned().collect::<Vec<_>>()).await?;
     report.duration = started.elapsed();
+    report.drift = drift;
     let followed = report.tables.values().filter(|t| t.capture == "followed").count();
     let pages_read: u64 = report.tables.values().map(|t| t.pages_read).sum();
     info!(client = %client, rows = report.rows_written, tables = report.tables.len(), failed = report.failed.len(),
           followed, pages_read, ms = report.duration.as_millis() as u64, "sync finished");
-    Ok((report, discovered))
-}
-
-/// The source's selected tables in the order the readers take them (`queue`), and every
-/// table discovered.
-async fn discover(job: &SyncJob<'_>) -> Result<(reader::Queue, Vec<source::TableInfo>), SyncError> {
-    let client = job.client.to_string();
-    let path = PathBuf::from(&job.spec.source.path);
-    let spec = job.spec.clone();
-    tokio::task::spawn_blocking(move || queue::tables(&path, &spec))
-        .await
-        .map_err(|e| SyncError::Reader { client: client.clone(), message: e.to_string() })?
-        .map_err(|source| SyncError::Source { client, source })
+    Ok(report)
 }
 
 /// One sync's state, shared by its workers.

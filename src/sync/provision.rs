@@ -30,14 +30,19 @@ pub(super) async fn provision_tables(
 ) -> Result<BTreeMap<String, String>, SyncError> {
     let client = job.client.to_string();
     let store_err = |source| SyncError::store(&client, source);
-    let mut tx = FencedTx::begin(job.pool, job.cluster, job.fence).await.map_err(store_err)?;
+    let todo: Vec<(&TableInfo, MirrorTable)> = tables
+        .iter()
+        .map(|info| (info, MirrorTable::from_source(schema, info)))
+        .filter(|(info, t)| all || recorded.get(&info.name) != Some(&target::shape_digest(t)))
+        .collect();
     let mut failed = BTreeMap::new();
+    // Nothing changed shape: no transaction at all.
+    if todo.is_empty() {
+        return Ok(failed);
+    }
+    let mut tx = FencedTx::begin(job.pool, job.cluster, job.fence).await.map_err(store_err)?;
     let mut provisioned = 0;
-    for info in tables {
-        let t = MirrorTable::from_source(schema, info);
-        if !all && recorded.get(&info.name) == Some(&target::shape_digest(&t)) {
-            continue;
-        }
+    for (info, t) in todo {
         let mut sp = (*tx).begin().await.ctx(|| "savepoint".into()).map_err(store_err)?;
         match target::provision(&mut sp, &t).await {
             Ok(()) => {
