@@ -83,7 +83,11 @@ pub(super) fn root_of(src: &Source, table: &str) -> Result<Option<u32>> {
 /// rewritten unseen while out of the tree).
 #[derive(Debug, Default, Clone)]
 pub struct Memo {
+    /// The first page of the overflow chain each overflow page is in (see `chains`).
     pub(super) owners: std::collections::HashMap<u32, u32>,
+    /// Big rows' overflow chains, by their first pages: only chains none of whose pages
+    /// was written since they were read (`forget_chains`).
+    pub(super) chains: std::collections::HashMap<u32, Chain>,
     pub(super) cells: std::collections::HashMap<u32, u32>,
     pub(super) interior: std::collections::HashMap<u32, Vec<u32>>,
     /// The interior page above each page of the tree (all but the root).
@@ -93,7 +97,38 @@ pub struct Memo {
     pub(super) rows: i64,
 }
 
+/// A big row's overflow chain as a walk read it: the leaf whose cell points to it, and
+/// the xxh3-64 of the cell's bytes on the leaf and of the whole row. A followed walk that
+/// finds a cell with the same bytes on a leaf it reads again takes the row's hash from
+/// here, unread: no page of the chain was written since it was read (`Memo::forget_chains`
+/// drops a chain at its first written page), and a page no commit wrote holds the same
+/// bytes, so the row does too. A changed leaf of `chat` holds
+/// several chats, each with an overflow chain of its JSON; only the changed ones are read.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Chain {
+    pub(super) leaf: u32,
+    local: u64,
+    row: u64,
+}
+
 impl Memo {
+    /// Drops the chains a page of which is in `changed` (written since the last walk), before
+    /// a followed walk reads anything: a chain is known only while none of its pages was
+    /// written since it was read, whether or not a cell still points to it (a freed chain's
+    /// pages can come back in another chain, or as the same first page of another row).
+    pub(super) fn forget_chains(&mut self, changed: &[u32]) {
+        for p in changed {
+            if let Some(f) = self.owners.get(p) {
+                self.chains.remove(f);
+            }
+        }
+    }
+
+    /// The leaf whose row spills to overflow page `pgno`, when the walk noted it.
+    pub(super) fn leaf_of_overflow(&self, pgno: u32) -> Option<u32> {
+        self.owners.get(&pgno).and_then(|h| self.chains.get(h)).map(|c| c.leaf)
+    }
+
     /// Whether page `pgno` is one of the table's the walk noted (a leaf, an overflow page
     /// of its rows, an interior page).
     pub(super) fn notes(&self, pgno: u32) -> bool {
@@ -277,16 +312,17 @@ pub(super) fn visit(
     mut memo: Option<&mut Memo>,
 ) -> Result<Visit> {
     let mut h = LeafHasher::new();
-    // One hasher per big row, started with the row's bytes on the leaf.
-    let mut big: Vec<LeafHasher> = Vec::new();
+    // One hasher per big row, started with the row's bytes on the leaf, and those bytes' hash.
+    let mut big: Vec<(LeafHasher, u64)> = Vec::new();
     let parsed = with_page(src, table, pgno, |data| {
         let p = btree::parse_table_page(pgno, data, usable);
         if let Ok(TablePage::Leaf { cells }) = &p {
             h.update(data);
             for c in cells.iter().filter(|c| c.overflow.is_some()) {
                 let mut ch = LeafHasher::new();
-                ch.update(&data[c.bytes.clone()]);
-                big.push(ch);
+                let local = &data[c.bytes.clone()];
+                ch.update(local);
+                big.push((ch, xxhash_rust::xxh3::xxh3_64(local)));
             }
         }
         p
@@ -298,24 +334,10 @@ pub(super) fn visit(
         Err(e) => return Ok(Visit::Unparsable(e.to_string())),
     };
     let mut big_rows = Vec::with_capacity(big.len());
-    for (c, mut ch) in cells.iter().filter(|c| c.overflow.is_some()).zip(big) {
-        let mut next = c.overflow;
-        let mut hops = 0u64;
-        while let Some(p) = next.filter(|p| *p != 0) {
-            hops += 1;
-            if let Some(m) = memo.as_deref_mut() {
-                m.owners.insert(p, pgno);
-            }
-            let found = with_page(src, table, p, |ov| {
-                ch.update(ov);
-                btree::u32_at(ov, 0)
-            })?;
-            match found {
-                Some(n) if hops < MAX_PAGES => next = n,
-                _ => return Ok(Visit::Unparsable(format!("overflow page {p} missing"))),
-            }
-        }
-        let digest = ch.digest();
+    for (c, (ch, local)) in cells.iter().filter(|c| c.overflow.is_some()).zip(big) {
+        let Some(digest) = row_hash(src, table, pgno, c.overflow, ch, local, memo.as_deref_mut())? else {
+            return Ok(Visit::Unparsable(format!("an overflow page of a row on page {pgno} missing")));
+        };
         // The leaf's hash covers its big rows through their hashes.
         h.update(&digest.to_be_bytes());
         big_rows.push((c.rowid, digest));
@@ -331,6 +353,49 @@ pub(super) fn visit(
     }
     state.push_leaf(pgno, hash, min, max, &big_rows);
     Ok(Visit::Leaf)
+}
+
+/// The hash of a big row on leaf `leaf` whose overflow chain starts at `head` (`ch`: a
+/// hasher that took the cell's bytes on the leaf, whose hash is `local`): from the memo's
+/// chain when the same cell points to a chain no commit wrote since, else reading the chain
+/// (and noting it). `None`: a page of the chain is missing.
+fn row_hash(
+    src: &Source,
+    table: &str,
+    leaf: u32,
+    head: Option<u32>,
+    mut ch: LeafHasher,
+    local: u64,
+    mut memo: Option<&mut Memo>,
+) -> Result<Option<u64>> {
+    let first = head.filter(|p| *p != 0);
+    if let (Some(m), Some(f)) = (memo.as_deref_mut(), first)
+        && let Some(c) = m.chains.get_mut(&f).filter(|c| c.local == local)
+    {
+        c.leaf = leaf;
+        return Ok(Some(c.row));
+    }
+    let mut next = first;
+    let mut hops = 0u64;
+    while let Some(p) = next.filter(|p| *p != 0) {
+        hops += 1;
+        if let (Some(m), Some(f)) = (memo.as_deref_mut(), first) {
+            m.owners.insert(p, f);
+        }
+        let found = with_page(src, table, p, |ov| {
+            ch.update(ov);
+            btree::u32_at(ov, 0)
+        })?;
+        match found {
+            Some(n) if hops < MAX_PAGES => next = n,
+            _ => return Ok(None),
+        }
+    }
+    let row = ch.digest();
+    if let (Some(m), Some(f)) = (memo, first) {
+        m.chains.insert(f, Chain { leaf, local, row });
+    }
+    Ok(Some(row))
 }
 
 #[cfg(test)]

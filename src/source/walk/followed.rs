@@ -49,6 +49,7 @@ pub fn walk_followed(
     src.pagefile.borrow_mut().begin(&src.conn, &src.path, page_size);
     let read_before = src.pages_read();
     let (dirty, touched) = dirty_and_touched(changed, memo);
+    memo.forget_chains(changed);
     let Some(mut d) = descend(src, table, usable, root, &dirty, &touched, memo)? else { return Ok(None) };
     drop_let_go(&mut d, memo);
     let Some(state) = merge(old, &mut d) else { return Ok(None) };
@@ -63,7 +64,7 @@ pub fn walk_followed(
 fn dirty_and_touched(changed: &[u32], memo: &Memo) -> (HashSet<u32>, HashSet<u32>) {
     let changed = memo.noted_of(changed);
     let mut dirty: HashSet<u32> = changed.iter().copied().collect();
-    dirty.extend(changed.iter().filter_map(|p| memo.owners.get(p)));
+    dirty.extend(changed.iter().filter_map(|p| memo.leaf_of_overflow(*p)));
     let touched = above(&dirty, memo);
     (dirty, touched)
 }
