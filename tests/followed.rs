@@ -44,6 +44,33 @@ fn disturb(rng: &mut rand_chacha::ChaCha8Rng, writer: &mut Option<rusqlite::Conn
     c.query_row(sql, [], |_| Ok(())).or_else(|_| c.execute_batch(sql)).expect(sql);
 }
 
+/// Every recorded page state of the tenant `fol` (base and delta) is what a full walk of
+/// the source makes now (nothing writes while it is checked).
+async fn recorded_states_are_full_walks(admin: &sqlx::PgPool, db: &std::path::Path, at: &str) {
+    use owsync::source::pages;
+    use sqlx::Row;
+    let rows = sqlx::query(
+        "SELECT table_name, pages, pages_delta FROM sync_metadata.table_state
+         WHERE client_name = 'fol' AND pages IS NOT NULL",
+    )
+    .fetch_all(admin)
+    .await
+    .unwrap();
+    let src = owsync::source::Source::open(db).unwrap();
+    for r in rows {
+        let (table, base, delta): (String, Vec<u8>, Option<Vec<u8>>) = (r.get(0), r.get(1), r.get(2));
+        let target = owsync::sql::qualified("client_fol", &table);
+        let recorded = match delta {
+            Some(d) => pages::delta::apply(&base, &d, &target).unwrap_or_else(|| panic!("{at}: {table}'s delta")),
+            None => base,
+        };
+        let mut walked =
+            pages::walk(&src, &table, false).unwrap().unwrap_or_else(|| panic!("{at}: walk {table}")).state;
+        walked.sort();
+        assert!(recorded == walked.encode(&target), "{at}: {table}'s recorded page state is not a full walk's");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn followed_syncs_keep_the_mirror_equal_to_the_source() {
     let seed = env_u64("OWSYNC_FOLLOW_SEED").unwrap_or_else(|| rand::rng().random());
@@ -109,6 +136,7 @@ async fn followed_syncs_keep_the_mirror_equal_to_the_source() {
         }
         let (diffs, _) = mirror_diff(&pool, "client_fol", &db).await;
         assert!(diffs.is_empty(), "seed {seed}, round {round}: {diffs:#?}");
+        recorded_states_are_full_walks(&admin, &db, &format!("seed {seed}, round {round}")).await;
         let chat = &r.tables["chat"];
         if chat.capture == "followed" {
             followed += 1;

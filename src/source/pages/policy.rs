@@ -76,6 +76,9 @@ pub struct Capture {
     base: Option<Arc<Vec<u8>>>,
     /// The version of the `table_state` row the recorded state was read at.
     version: Option<String>,
+    /// The recorded state and the table's rows, when the follower vouched that no page of
+    /// the table was written since the walk that made it: nothing was walked.
+    same: Option<(Arc<Vec<u8>>, i64)>,
 }
 
 /// The state to record once a table's rows are read.
@@ -108,6 +111,25 @@ impl Capture {
         let recorded = old.as_ref().and_then(|s| s.state(target));
         let known = old.as_ref().and_then(|s| s.made.as_ref()).map(|m| m.1);
         let old_digest = recorded.as_deref().map(|r| known.unwrap_or_else(|| xxhash_rust::xxh3::xxh3_128(r)));
+        if let (Some(old), Some(r)) = (&old, &recorded)
+            && let Some((memo, rows)) = untouched(src, &mut start, old_digest, t)?
+        {
+            let state = old.made.as_ref().map_or_else(|| Arc::new(r.to_vec()), |m| m.0.clone());
+            let (base, version) = (Some(old.base.clone()), Some(old.version.clone()));
+            return Ok(Capture {
+                walked: None,
+                ranges: Some(Vec::new()),
+                pages_read: 0,
+                followed: true,
+                table: t.name.clone(),
+                memo: Some(memo),
+                start,
+                old_digest,
+                base,
+                version,
+                same: Some((state, rows)),
+            });
+        }
         let parsed = recorded.as_deref().and_then(|b| Recorded::parse(b, target));
         let (walked, followed, pages_read, memo) = walk_table(src, t, parsed.as_ref(), old_digest, in_txn, &mut start)?;
         let ranges = match (&walked, &parsed) {
@@ -123,7 +145,7 @@ impl Capture {
         drop(recorded);
         let (base, version) = old.map(|s| (s.base, s.version)).filter(|_| usable).unzip();
         let table = t.name.clone();
-        Ok(Capture { walked, ranges, pages_read, followed, table, memo, start, old_digest, base, version })
+        Ok(Capture { walked, ranges, pages_read, followed, table, memo, start, old_digest, base, version, same: None })
     }
 
     /// How the changes were found: `followed` (the pages the WAL follower named),
@@ -140,6 +162,9 @@ impl Capture {
     /// and whether any row was read; `None` with no usable walk. Leaves the follower what
     /// the next sync follows on from, should this state be recorded.
     pub fn finish(self, suspect: &[(i64, i64)], read_any: bool, target: &str) -> Option<Settled> {
+        if self.same.is_some() {
+            return self.finish_same(read_any);
+        }
         let w = self.walked?;
         let mut state = w.state;
         state.add_suspect(suspect);
@@ -169,6 +194,49 @@ impl Capture {
         });
         Some(Settled { pages: write, rows: w.rows, unchanged, keep })
     }
+}
+
+impl Capture {
+    /// `finish` of a table nothing of which was written since its recorded state: that state
+    /// stands (and the memo, at this snapshot's mark).
+    fn finish_same(self, read_any: bool) -> Option<Settled> {
+        let (state, rows) = self.same?;
+        let digest = self.old_digest?;
+        if let (Some(s), Some(memo)) = (&self.start, self.memo)
+            && let Some((instance, mark)) = s.mark
+        {
+            follow::finish(&s.handle, &self.table, TableMemo { instance, mark, digest, memo });
+        }
+        let keep = self.start.zip(self.base).map(|(s, base)| {
+            let version = self.version.unwrap_or_default();
+            Keep::new(s.handle, &self.table, RecordedState { version, state: state.clone(), digest, base })
+        });
+        Some(Settled { pages: StateWrite::Full(state), rows, unchanged: !read_any, keep })
+    }
+}
+
+/// The memo and rows of `t`'s last walk when the follower vouches that no page of `t` that
+/// walk noted was written since, the table has the same root, and that walk made the
+/// recorded state (`digest`): the table is as recorded (a page it did not note is reached
+/// only below a noted page that was written). Takes the memo out of `start`; leaves it
+/// there otherwise.
+fn untouched(
+    src: &Source,
+    start: &mut Option<follow::Start>,
+    digest: Option<u128>,
+    t: &TableInfo,
+) -> Result<Option<(Memo, i64)>> {
+    let Some(s) = start.as_mut() else { return Ok(None) };
+    let Some((changed, tm)) = s.since.as_ref() else { return Ok(None) };
+    if t.without_rowid || digest != Some(tm.digest) || !tm.memo.noted_of(changed).is_empty() {
+        return Ok(None);
+    }
+    if crate::source::walk::root_of(src, &t.name)? != Some(tm.memo.root) {
+        return Ok(None);
+    }
+    let Some((_, tm)) = s.since.take() else { return Ok(None) };
+    let rows = tm.memo.rows;
+    Ok(Some((tm.memo, rows)))
 }
 
 /// Walks `t`: only what the WAL follower names when it can vouch for the interval since
