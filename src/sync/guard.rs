@@ -400,16 +400,17 @@ pub(super) async fn hold(job: &super::SyncJob<'_>, plan: Plan) -> super::SyncErr
 }
 
 /// After a complete sync: records the anchors sampled before it and clears any hold and
-/// approval (fenced).
-pub(super) async fn settle(job: &super::SyncJob<'_>, passed: Passed) -> Result<(), super::SyncError> {
-    let client = job.client.to_string();
-    let store_err = |source| super::SyncError::store(&client, source);
+/// approval, in the caller's fenced transaction (committed with the sync's fingerprint:
+/// `skip::record`).
+pub(super) async fn settle(
+    tx: &mut crate::store::FencedTx<'_>,
+    job: &super::SyncJob<'_>,
+    passed: Passed,
+) -> Result<(), crate::store::StoreError> {
     let anchors = serde_json::to_value(&passed.anchors).unwrap_or_default();
-    let mut tx = crate::store::FencedTx::begin(job.pool, job.cluster, job.fence).await.map_err(store_err)?;
-    crate::store::guard::settle(&mut tx, job.cluster, job.client, &anchors).await.map_err(store_err)?;
-    tx.commit().await.map_err(store_err)?;
+    crate::store::guard::settle(tx, job.cluster, job.client, &anchors).await?;
     if passed.approved {
-        tracing::info!(client = %client, "approved deletions applied; the approval is used up");
+        tracing::info!(client = %job.client, "approved deletions applied; the approval is used up");
     }
     Ok(())
 }

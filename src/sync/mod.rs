@@ -177,8 +177,7 @@ pub async fn sync_tenant(job: &SyncJob<'_>) -> Result<SyncReport, SyncError> {
         r => r?,
     };
     if report.failed.is_empty() {
-        skip::record(job, &fp).await.map_err(store_err)?;
-        guard::settle(job, passed).await?;
+        skip::record(job, &fp, passed).await.map_err(store_err)?;
     }
     report.duration = started.elapsed();
     Ok(report)

@@ -29,12 +29,14 @@ pub async fn previous(job: &SyncJob<'_>) -> Result<(Option<String>, BTreeMap<Str
     Ok((fp.fingerprint.filter(|_| fp.intact), fp.rows))
 }
 
-/// Records, fenced, the fingerprint a complete sync started from.
-pub async fn record(job: &SyncJob<'_>, fingerprint: &str) -> Result<(), StoreError> {
+/// Records, fenced, the fingerprint a complete sync started from, and what its deletion
+/// guard sampled (`guard::settle`), in one transaction.
+pub async fn record(job: &SyncJob<'_>, fingerprint: &str, passed: super::guard::Passed) -> Result<(), StoreError> {
     let mut tx = FencedTx::begin(job.pool, job.cluster, job.fence).await?;
     let schema = job.spec.mirror_schema(job.client);
     let epoch = tx.epoch();
     table_state::record_fingerprint(&mut tx, job.cluster, job.client, &schema, fingerprint, epoch).await?;
+    super::guard::settle(&mut tx, job, passed).await?;
     tx.commit().await
 }
 
