@@ -68,15 +68,19 @@ pub(super) struct ReaderJob {
 /// The tables a sync's readers still have to take (`super::queue`).
 pub(super) type Queue = std::sync::Arc<std::sync::Mutex<std::collections::VecDeque<TableInfo>>>;
 
-/// Reads tables taken from `queue` on a blocking thread with its own SQLite connection,
-/// a slice at a time, until the queue is empty.
+/// Reads tables taken from `queue` on a blocking thread with its own SQLite connection
+/// (`open`, or a new one), a slice at a time, until the queue is empty.
 pub(super) fn spawn_reader(
     job: std::sync::Arc<ReaderJob>,
     queue: Queue,
     tx: mpsc::Sender<Msg>,
+    open: Option<Source>,
 ) -> tokio::task::JoinHandle<Result<(), source::SourceError>> {
     tokio::task::spawn_blocking(move || {
-        let src = Source::open(&job.path)?;
+        let src = match open {
+            Some(src) => src,
+            None => Source::open(&job.path)?,
+        };
         let wal = pages::is_wal(&src)?;
         let follower = if wal { follow::lookup(&job.path) } else { None };
         while let Some(t) = queue.lock().ok().and_then(|mut q| q.pop_front()) {
