@@ -81,6 +81,10 @@ struct WalPages {
     /// Frames of this generation already scanned.
     frames: u64,
     bits: Vec<u64>,
+    /// The cumulative checksum each scanned frame's header carries (bytes 16..24): frames
+    /// of a transaction that spilled and rolled back are overwritten in place by the next
+    /// commit, which only these tell (`refresh`, `PageFile::begin`).
+    cksums: Vec<[u8; 8]>,
 }
 
 impl WalPages {
@@ -101,6 +105,22 @@ impl WalPages {
         self.salts = salts;
         self.frames = 0;
         self.bits.clear();
+        self.cksums.clear();
+    }
+
+    /// Whether the scan agrees with the snapshot `pos` of the read transaction: its last
+    /// frame was scanned with the checksum the snapshot has for it (else frames up to it
+    /// were rewritten since they were scanned). A snapshot of another generation or of no
+    /// frame reads nothing of these frames.
+    fn agrees(&self, pos: &crate::source::wal::SnapshotPos) -> bool {
+        if self.salts != Some(pos.salts) || pos.mx_frame == 0 {
+            return true;
+        }
+        let (a, b) = pos.cksum;
+        let mut want = [0u8; 8];
+        want[..4].copy_from_slice(&a.to_be_bytes());
+        want[4..].copy_from_slice(&b.to_be_bytes());
+        self.cksums.get(pos.mx_frame as usize - 1) == Some(&want)
     }
 
     /// Scans the frames added to `wal` since the last call. `false`: not a WAL this code
@@ -127,12 +147,24 @@ impl WalPages {
         }
         let frame = (FRAME_HEADER + page_size) as u64;
         let mut fh = [0u8; FRAME_HEADER];
+        // The last frame scanned, rewritten since (a rollback, then a commit over it): scan
+        // the generation again from its start.
+        if self.frames > 0
+            && (!wal.read(&mut fh, WAL_HEADER as u64 + (self.frames - 1) * frame)
+                || fh[8..16] != salts
+                || self.cksums.last().is_none_or(|c| fh[16..24] != c[..]))
+        {
+            self.reset(Some(salts));
+        }
         while WAL_HEADER as u64 + (self.frames + 1) * frame <= size {
             if !wal.read(&mut fh, WAL_HEADER as u64 + self.frames * frame) || fh[8..16] != salts {
                 // The end of this generation (what follows is older or being written).
                 break;
             }
             self.insert(u32::from_be_bytes([fh[0], fh[1], fh[2], fh[3]]));
+            let mut c = [0u8; 8];
+            c.copy_from_slice(&fh[16..24]);
+            self.cksums.push(c);
             self.frames += 1;
         }
         true
@@ -154,8 +186,15 @@ impl PageFile {
         let Ok(file_pages) = u32::try_from(size / page_size as u64) else { return };
         self.file_pages = file_pages;
         if let Some(wal) = VfsFile::of(conn, ffi::SQLITE_FCNTL_JOURNAL_POINTER) {
-            // A WAL is open: SQLite reads through it.
-            if !self.wal.refresh(wal, page_size) {
+            // A WAL is open: SQLite reads through it. The frames the snapshot sees must be
+            // the ones scanned: else scan again, and failing that, trust nothing.
+            let Some(pos) = crate::source::wal::snapshot_pos(conn) else { return };
+            let mut scanned = self.wal.refresh(wal, page_size);
+            if scanned && !self.wal.agrees(&pos) {
+                self.wal.reset(None);
+                scanned = self.wal.refresh(wal, page_size) && self.wal.agrees(&pos);
+            }
+            if !scanned {
                 tracing::debug!(path = %path.display(), "WAL not understood; pages read through SQLite");
                 return;
             }

@@ -104,3 +104,40 @@ fn rollback_journal_pages_come_from_the_file() {
     let pf = src.pagefile.borrow();
     assert!(pf.direct > 0 && pf.reads < pf.direct, "read ahead: {} reads for {} pages", pf.reads, pf.direct);
 }
+
+/// Frames of a transaction that spilled to the WAL and rolled back are overwritten by the
+/// next commit's frames, at the same places: a page that commit wrote must not be read
+/// from the file by a connection that saw the rolled-back frames at an earlier snapshot,
+/// whether the commit is shorter than what rolled back (its last frame tells) or longer
+/// (the last frame scanned was overwritten).
+#[test]
+fn frames_rewritten_after_a_rollback_are_read_again() {
+    for (spilled, commit) in [(400, "churn"), (30, "UPDATE chat SET body = body || 'z'")] {
+        let (_d, p, c) = db("WAL");
+        c.execute_batch("CREATE TABLE big (b TEXT); PRAGMA cache_size = 5;").unwrap();
+        let src = Source::open(&p).unwrap();
+        src.conn.execute_batch("BEGIN").unwrap();
+        walk_with(&src, true, true);
+        src.conn.execute_batch("COMMIT").unwrap();
+        // A transaction larger than the writer's cache spills frames of `big`'s new pages.
+        c.execute_batch(&format!(
+            "BEGIN; WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {spilled})
+             INSERT INTO big SELECT printf('%.*c', 3000, 'b') FROM n;"
+        ))
+        .unwrap();
+        src.conn.execute_batch("BEGIN").unwrap();
+        walk_with(&src, true, true);
+        src.conn.execute_batch("COMMIT").unwrap();
+        c.execute_batch("ROLLBACK").unwrap();
+        // Now the frames the rollback left are overwritten with chat's changed pages.
+        match commit {
+            "churn" => churn(&c, 4),
+            sql => c.execute_batch(sql).unwrap(),
+        }
+        src.conn.execute_batch("BEGIN").unwrap();
+        let mixed = walk_with(&src, true, true);
+        let through_sqlite = walk_with(&src, false, true);
+        src.conn.execute_batch("COMMIT").unwrap();
+        assert!(mixed.state == through_sqlite.state, "{commit}: a page of the new commit was read from the file");
+    }
+}
