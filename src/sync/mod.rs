@@ -169,10 +169,9 @@ pub async fn sync_tenant(job: &SyncJob<'_>) -> Result<SyncReport, SyncError> {
     let row = guard::load(job).await?;
     let schema = job.spec.mirror_schema(job.client);
     let (look, baseline) = tokio::join!(look(job, &rows, guard::previous(&row)), skip::baseline(job, &schema));
-    let (look, baseline) = (look?, baseline.map_err(store_err)?);
-    let passed = guard::pass(job, row, look.seen).await?;
-    let sources = Sources { queue: look.queue, discovered: &look.discovered, open: look.src };
-    let mut report = match sync_all(job, &passed.limits, baseline, sources).await {
+    let (mut look, baseline) = (look?, baseline.map_err(store_err)?);
+    let passed = guard::pass(job, row, std::mem::take(&mut look.seen)).await?;
+    let mut report = match sync_all(job, &passed.limits, baseline, look).await {
         // A table's transaction would have tombstoned beyond the guard (and rolled back).
         Err(SyncError::DeletionsHeld { plan, .. }) => return Err(guard::hold(job, *plan).await),
         r => r?,
@@ -190,7 +189,7 @@ struct Look {
     queue: reader::Queue,
     /// Every table discovered, selected or not (for the drift check).
     discovered: Vec<source::TableInfo>,
-    /// What the deletion guard needs (`guard::observe_in`).
+    /// What the deletion guard needs (`guard::observe_in`; taken by `guard::pass`).
     seen: guard::Observed,
     /// The connection it was read on, for the first reader (a connection's first statement
     /// parses the whole schema: 0.6 ms for Open WebUI's).
@@ -218,26 +217,18 @@ async fn look(
     .map_err(|source| SyncError::Source { client, source })
 }
 
-/// What the tables of a sync are read from: the selected ones in order (`queue`), every
-/// one discovered, and the connection they were discovered on (for the first reader).
-struct Sources<'a> {
-    queue: reader::Queue,
-    discovered: &'a [source::TableInfo],
-    open: source::Source,
-}
-
-/// Syncs the selected tables (`queue`, of the `discovered` ones): the largest first,
-/// `table_connections` at once; the schema drift is checked once every table is
+/// Syncs the tables the source was looked at for (`look`: its queue, the first reader on
+/// its connection): the largest first, `table_connections` at once; the schema drift is checked once every table is
 /// provisioned, while the tables copy.
 async fn sync_all(
     job: &SyncJob<'_>,
     limits: &BTreeMap<String, (u64, i64)>,
     baseline: skip::Baseline,
-    sources: Sources<'_>,
+    look: Look,
 ) -> Result<SyncReport, SyncError> {
     let started = Instant::now();
-    let Sources { queue, discovered, open } = sources;
-    let mut open = Some(open);
+    let Look { queue, discovered, src, .. } = look;
+    let mut open = Some(src);
     let (client, full) = (job.client, job.options.full);
     let schema = job.spec.mirror_schema(job.client);
     let skip::Baseline { pages: previous, shapes } = baseline;
@@ -283,7 +274,7 @@ async fn sync_all(
         }
         let _ = late_tx.send(true);
         r?;
-        let drift = drift::check_against(job, discovered).await;
+        let drift = drift::check_against(job, &discovered).await;
         Ok::<_, SyncError>(drift.inspect_err(|e| warn!(error = %e, "cannot check schema drift")).ok())
     };
     let workers = (0..n).map(|_| {

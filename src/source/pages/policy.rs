@@ -111,41 +111,26 @@ impl Capture {
         let recorded = old.as_ref().and_then(|s| s.state(target));
         let known = old.as_ref().and_then(|s| s.made.as_ref()).map(|m| m.1);
         let old_digest = recorded.as_deref().map(|r| known.unwrap_or_else(|| xxhash_rust::xxh3::xxh3_128(r)));
-        if let (Some(old), Some(r)) = (&old, &recorded)
-            && let Some((memo, rows)) = untouched(src, &mut start, old_digest, t)?
-        {
-            let state = old.made.as_ref().map_or_else(|| Arc::new(r.to_vec()), |m| m.0.clone());
-            let (base, version) = (Some(old.base.clone()), Some(old.version.clone()));
-            return Ok(Capture {
-                walked: None,
-                ranges: Some(Vec::new()),
-                pages_read: 0,
-                followed: true,
-                table: t.name.clone(),
-                memo: Some(memo),
-                start,
-                old_digest,
-                base,
-                version,
-                same: Some((state, rows)),
-            });
-        }
-        let parsed = recorded.as_deref().and_then(|b| Recorded::parse(b, target));
-        let (walked, followed, pages_read, memo) = walk_table(src, t, parsed.as_ref(), old_digest, in_txn, &mut start)?;
-        let ranges = match (&walked, &parsed) {
-            (Some(w), Some(o)) => {
-                let c = diff_recorded(o, &w.state);
-                // Most leaves changed (a VACUUM, a bulk rewrite): a plain full pass is cheaper.
-                (c.changed_leaves * 2 <= c.total_leaves).then_some(c.ranges)
-            }
+        let same = match (&old, &recorded) {
+            (Some(old), Some(r)) => untouched(src, &mut start, old_digest, t)?.map(|(memo, rows)| {
+                let state = old.made.as_ref().map_or_else(|| Arc::new(r.to_vec()), |m| m.0.clone());
+                (memo, state, rows)
+            }),
             _ => None,
+        };
+        // Nothing of the table was written: nothing to walk, nothing to read.
+        let (walked, ranges, followed, pages_read, memo, same) = if let Some((memo, state, rows)) = same {
+            (None, Some(Vec::new()), true, 0, Some(memo), Some((state, rows)))
+        } else {
+            let w = walk_and_compare(src, t, recorded.as_deref(), target, old_digest, in_txn, &mut start)?;
+            (w.0, w.1, w.2, w.3, w.4, None)
         };
         let usable = recorded.is_some();
         // The recorded state is freed before any row is read.
         drop(recorded);
         let (base, version) = old.map(|s| (s.base, s.version)).filter(|_| usable).unzip();
         let table = t.name.clone();
-        Ok(Capture { walked, ranges, pages_read, followed, table, memo, start, old_digest, base, version, same: None })
+        Ok(Capture { walked, ranges, pages_read, followed, table, memo, start, old_digest, base, version, same })
     }
 
     /// How the changes were found: `followed` (the pages the WAL follower named),
@@ -161,15 +146,19 @@ impl Capture {
     /// The state to record, with the rowid ranges read while the source moved (`suspect`)
     /// and whether any row was read; `None` with no usable walk. Leaves the follower what
     /// the next sync follows on from, should this state be recorded.
-    pub fn finish(self, suspect: &[(i64, i64)], read_any: bool, target: &str) -> Option<Settled> {
-        if self.same.is_some() {
-            return self.finish_same(read_any);
-        }
-        let w = self.walked?;
-        let mut state = w.state;
-        state.add_suspect(suspect);
-        let pages = Arc::new(state.encode(target));
-        let digest = xxhash_rust::xxh3::xxh3_128(&pages);
+    pub fn finish(mut self, suspect: &[(i64, i64)], read_any: bool, target: &str) -> Option<Settled> {
+        let (pages, digest, rows) = match (self.same.take(), self.walked.take()) {
+            // Nothing of the table was written since its recorded state: that state stands.
+            (Some((state, rows)), _) => (state, self.old_digest?, rows),
+            (None, w) => {
+                let w = w?;
+                let mut state = w.state;
+                state.add_suspect(suspect);
+                let pages = Arc::new(state.encode(target));
+                let digest = xxhash_rust::xxh3::xxh3_128(&pages);
+                (pages, digest, w.rows)
+            }
+        };
         let unchanged = !read_any && self.old_digest == Some(digest);
         if let (Some(s), Some(memo)) = (&self.start, self.memo)
             && let Some((instance, mark)) = s.mark
@@ -192,26 +181,7 @@ impl Capture {
             let version = self.version.unwrap_or_default();
             Keep::new(s.handle, &self.table, RecordedState { version, state: pages, digest, base })
         });
-        Some(Settled { pages: write, rows: w.rows, unchanged, keep })
-    }
-}
-
-impl Capture {
-    /// `finish` of a table nothing of which was written since its recorded state: that state
-    /// stands (and the memo, at this snapshot's mark).
-    fn finish_same(self, read_any: bool) -> Option<Settled> {
-        let (state, rows) = self.same?;
-        let digest = self.old_digest?;
-        if let (Some(s), Some(memo)) = (&self.start, self.memo)
-            && let Some((instance, mark)) = s.mark
-        {
-            follow::finish(&s.handle, &self.table, TableMemo { instance, mark, digest, memo });
-        }
-        let keep = self.start.zip(self.base).map(|(s, base)| {
-            let version = self.version.unwrap_or_default();
-            Keep::new(s.handle, &self.table, RecordedState { version, state: state.clone(), digest, base })
-        });
-        Some(Settled { pages: StateWrite::Full(state), rows, unchanged: !read_any, keep })
+        Some(Settled { pages: write, rows, unchanged, keep })
     }
 }
 
@@ -237,6 +207,33 @@ fn untouched(
     let Some((_, tm)) = s.since.take() else { return Ok(None) };
     let rows = tm.memo.rows;
     Ok(Some((tm.memo, rows)))
+}
+
+/// What a walk of `t` found against its `recorded` state: the walk, the rowid ranges to
+/// re-read (`None`: all, when there is no recorded state or most leaves changed), whether
+/// it was followed, the pages it read and its memo.
+type Compared = (Option<Walked>, Option<Vec<(i64, i64)>>, bool, u64, Option<Memo>);
+
+fn walk_and_compare(
+    src: &Source,
+    t: &TableInfo,
+    recorded: Option<&[u8]>,
+    target: &str,
+    digest: Option<u128>,
+    in_txn: bool,
+    start: &mut Option<follow::Start>,
+) -> Result<Compared> {
+    let parsed = recorded.and_then(|b| Recorded::parse(b, target));
+    let (walked, followed, pages_read, memo) = walk_table(src, t, parsed.as_ref(), digest, in_txn, start)?;
+    let ranges = match (&walked, &parsed) {
+        (Some(w), Some(o)) => {
+            let c = diff_recorded(o, &w.state);
+            // Most leaves changed (a VACUUM, a bulk rewrite): a plain full pass is cheaper.
+            (c.changed_leaves * 2 <= c.total_leaves).then_some(c.ranges)
+        }
+        _ => None,
+    };
+    Ok((walked, ranges, followed, pages_read, memo))
 }
 
 /// Walks `t`: only what the WAL follower names when it can vouch for the interval since
