@@ -158,8 +158,9 @@ pub fn finish(handle: &Handle, table: &str, memo: TableMemo) {
 /// read something), when the follower of `src`'s file can tell it without a count: from the
 /// table's last walk, unchanged when no commit since wrote a page of its b-tree that walk
 /// noted (adding, moving or removing a row writes a leaf, or the interior page above a new
-/// one), else reading only the pages written (`walk::rows_followed`). `None`: count them.
-pub fn vouched_rows(src: &Source, table: &str) -> Option<i64> {
+/// one), else reading only the pages written (`walk::rows_followed`, counting as `how`
+/// says). `None`: count them.
+pub fn vouched_rows(src: &Source, table: &str, how: super::walk::Count) -> Option<i64> {
     let handle = lookup(src.path())?;
     let pos = snapshot_pos(&src.conn)?;
     let mut f = handle.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -173,5 +174,5 @@ pub fn vouched_rows(src: &Source, table: &str) -> Option<i64> {
     if noted.is_empty() {
         return Some(m.memo.rows);
     }
-    super::walk::rows_followed(src, table, &noted, &m.memo).ok().flatten()
+    super::walk::rows_followed(src, table, &noted, &m.memo, how).ok().flatten()
 }

@@ -74,22 +74,21 @@ impl ReadTxn<'_> {
     /// Starts the snapshot (it begins with the transaction's first read), places it for
     /// the WAL follower `handle` and takes `table`'s memo (`follow::start`).
     pub fn follow(&self, handle: follow::Handle, table: &str) -> Result<follow::Start> {
-        let src = self.src;
-        src.conn.query_row("SELECT count(*) FROM sqlite_schema", [], |_| Ok(())).map_err(src.err(table))?;
-        Ok(follow::start(handle, &src.conn, table))
+        self.src.snapshot(table)?;
+        Ok(follow::start(handle, &self.src.conn, table))
     }
 
     /// Ends the transaction (COMMIT: it wrote nothing).
     pub fn end(mut self) -> Result<()> {
         self.open = false;
-        self.src.conn.execute_batch("COMMIT").map_err(self.src.err(&self.table))
+        self.src.run_cached("COMMIT").map_err(self.src.err(&self.table))
     }
 }
 
 impl Drop for ReadTxn<'_> {
     fn drop(&mut self) {
         if self.open {
-            let _ = self.src.conn.execute_batch("COMMIT");
+            let _ = self.src.run_cached("COMMIT");
         }
     }
 }
@@ -121,7 +120,7 @@ impl Source {
 
     /// Begins a read transaction (`table`: named in its errors).
     pub fn read_txn(&self, table: &str) -> Result<ReadTxn<'_>> {
-        self.conn.execute_batch("BEGIN").map_err(self.err(table))?;
+        self.run_cached("BEGIN").map_err(self.err(table))?;
         Ok(ReadTxn { src: self, table: table.to_string(), open: true })
     }
 
@@ -141,13 +140,39 @@ impl Source {
         }
         // One snapshot for the follower's answer and, failing it, the count.
         let txn = self.read_txn(table)?;
-        self.conn.query_row("SELECT count(*) FROM sqlite_schema", [], |_| Ok(())).map_err(self.err(table))?;
-        let n = match follow::vouched_rows(self, table) {
+        self.snapshot(table)?;
+        let n = match follow::vouched_rows(self, table, walk::Count::Exact) {
             Some(n) => n,
             None => self.conn.query_row(&sql, [], |r| r.get(0)).map_err(self.err(table))?,
         };
         txn.end()?;
         Ok(n)
+    }
+
+    /// A number of rows `table` has at least, when the WAL follower can tell one without
+    /// reading the leaves written since the table's last walk (`walk::Count::AtLeast`);
+    /// `None` without a follower or when it cannot.
+    pub fn rows_at_least(&self, table: &str) -> Result<Option<i64>> {
+        if follow::lookup(&self.path).is_none() {
+            return Ok(None);
+        }
+        let txn = self.read_txn(table)?;
+        self.snapshot(table)?;
+        let n = follow::vouched_rows(self, table, walk::Count::AtLeast);
+        txn.end()?;
+        Ok(n)
+    }
+
+    /// Runs a statement without parameters or rows, prepared once per connection (a sync
+    /// begins and ends a read transaction per table).
+    fn run_cached(&self, sql: &str) -> rusqlite::Result<()> {
+        self.conn.prepare_cached(sql)?.execute([]).map(|_| ())
+    }
+
+    /// Starts the open read transaction's snapshot (its first read).
+    fn snapshot(&self, table: &str) -> Result<()> {
+        let mut stmt = self.conn.prepare_cached("SELECT count(*) FROM sqlite_schema").map_err(self.err(table))?;
+        stmt.query_row([], |_| Ok(())).map_err(self.err(table))
     }
 
     /// A statement on this handle's read-only connection (`table`: named in its errors).

@@ -25,7 +25,8 @@ const WALK_TRIES: usize = 3;
 
 /// The current `PRAGMA data_version` (inside a transaction: that of its snapshot).
 pub fn data_version(src: &Source) -> Result<i64> {
-    src.conn.query_row("PRAGMA data_version", [], |r| r.get(0)).map_err(src.err("PRAGMA data_version"))
+    let mut stmt = src.conn.prepare_cached("PRAGMA data_version").map_err(src.err("PRAGMA data_version"))?;
+    stmt.query_row([], |r| r.get(0)).map_err(src.err("PRAGMA data_version"))
 }
 
 /// Whether the source is in WAL mode (a reader then never blocks the writer).
@@ -203,7 +204,7 @@ fn with_page_sqlite<T>(src: &Source, table: &str, pgno: u32, f: impl FnOnce(&[u8
 type LeafHasher = xxhash_rust::xxh3::Xxh3;
 
 mod followed;
-pub use followed::{rows_followed, walk_followed};
+pub use followed::{Count, rows_followed, walk_followed};
 
 /// A walk in progress: the pages still to visit and what the visited ones gave.
 struct Progress<'m> {

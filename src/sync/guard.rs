@@ -141,10 +141,7 @@ pub fn decide(policy: &DeletionGuard, seen: &Observed) -> Option<Plan> {
     let mut tables = Vec::new();
     for c in &seen.tables {
         let Some(remaining) = c.remaining else { continue };
-        let deleting = c.live - remaining;
-        let share = deleting > 0 && c.live >= policy.min_rows && deleting as f64 > policy.max_share * c.live as f64;
-        let emptied = policy.hold_emptied && c.live > 0 && remaining == 0;
-        if share || emptied {
+        if holds(policy, c.live, remaining) {
             tables.push(HeldTable { table: c.table.clone(), live: c.live, remaining });
         }
     }
@@ -158,6 +155,16 @@ pub fn decide(policy: &DeletionGuard, seen: &Observed) -> Option<Plan> {
         foreign: if replaced { seen.foreign.clone() } else { Vec::new() },
         anchored: seen.anchored.len(),
     })
+}
+
+/// Whether a table of `live` rows at the last sync that has `remaining` now holds the sync:
+/// it would lose more than `maxShare` of its rows, or all of them. Fewer rows never hold
+/// less.
+fn holds(policy: &DeletionGuard, live: i64, remaining: i64) -> bool {
+    let deleting = live - remaining;
+    let share = deleting > 0 && live >= policy.min_rows && deleting as f64 > policy.max_share * live as f64;
+    let emptied = policy.hold_emptied && live > 0 && remaining == 0;
+    policy.enabled && (share || emptied)
 }
 
 /// The most rows each table's transaction may tombstone in a sync the guard let through:
@@ -202,10 +209,11 @@ pub fn observe(
     selection: &crate::spec::TableSelector,
     recorded: &BTreeMap<String, i64>,
     previous: &Anchors,
+    policy: &DeletionGuard,
 ) -> Result<Observed, SourceError> {
     let src = Source::open(path)?;
     let discovered = source::discover(&src)?;
-    observe_in(&src, &discovered, selection, recorded, previous)
+    observe_in(&src, &discovered, selection, recorded, previous, policy)
 }
 
 /// [`observe`] on an open source whose tables were just discovered (`discovered`).
@@ -215,6 +223,7 @@ pub fn observe_in(
     selection: &crate::spec::TableSelector,
     recorded: &BTreeMap<String, i64>,
     previous: &Anchors,
+    policy: &DeletionGuard,
 ) -> Result<Observed, SourceError> {
     let infos: BTreeMap<&str, &TableInfo> = discovered.iter().map(|t| (t.name.as_str(), t)).collect();
     let mut seen = Observed::default();
@@ -223,7 +232,7 @@ pub fn observe_in(
             continue;
         }
         let remaining = match infos.get(table.as_str()) {
-            Some(_) => Some(src.row_count(table)?),
+            Some(_) => Some(count(src, policy, table, *live)?),
             None => None,
         };
         seen.tables.push(Counted { table: table.clone(), live: *live, remaining });
@@ -245,6 +254,18 @@ pub fn observe_in(
         }
     }
     Ok(seen)
+}
+
+/// The rows of `table` (`live` at the last sync) the guard decides on: a lower bound the
+/// WAL follower gives without reading the leaves written since the last sync, when it lets
+/// the sync through (fewer rows could only hold it), else the exact count.
+fn count(src: &Source, policy: &DeletionGuard, table: &str, live: i64) -> Result<i64, SourceError> {
+    if let Some(n) = src.rows_at_least(table)?
+        && !holds(policy, live, n)
+    {
+        return Ok(n);
+    }
+    src.row_count(table)
 }
 
 /// Up to `ANCHORS_PER_TABLE` keys spread evenly over the table's rowids. Tables keyed by

@@ -208,7 +208,7 @@ async fn look(
     tokio::task::spawn_blocking(move || {
         let src = source::Source::open(&path)?;
         let discovered = source::discover(&src)?;
-        let seen = guard::observe_in(&src, &discovered, &spec.tables, &recorded, &previous)?;
+        let seen = guard::observe_in(&src, &discovered, &spec.tables, &recorded, &previous, &spec.deletion_guard)?;
         let queue = queue::order(&src, &discovered, &spec);
         Ok(Look { queue, discovered, seen, src })
     })

@@ -177,16 +177,30 @@ fn merge(old: &Recorded<'_>, d: &mut Descent) -> Option<PageState> {
     Some(state)
 }
 
+/// How exactly [`rows_followed`] counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Count {
+    /// The table's rows.
+    Exact,
+    /// A number of rows the table has at least, reading no written page the last walk
+    /// found a leaf (a thousand changed rows write as many leaves, and the deletion guard
+    /// needs an exact count only when this bound would hold a sync): such a page counts
+    /// no row, whatever it holds now (cells, or children the descent does not reach).
+    AtLeast,
+}
+
 /// The table's rows now, from the last walk's `memo` and the pages committed since
-/// (`changed`, sorted), as `walk_followed` would count them, reading the same pages but
-/// hashing none and leaving the memo as it is. Call inside a read transaction whose
-/// snapshot `changed` reaches. `None`: not possible (another root, a page reached twice or
-/// not understood): count them.
-pub fn rows_followed(src: &Source, table: &str, changed: &[u32], memo: &Memo) -> Result<Option<i64>> {
+/// (`changed`, sorted), as `walk_followed` would count them, reading the same pages (with
+/// `Count::AtLeast`, fewer) but hashing none and leaving the memo as it is. Call inside a
+/// read transaction whose snapshot `changed` reaches. `None`: not possible (another root,
+/// a page reached twice or not understood): count them.
+pub fn rows_followed(src: &Source, table: &str, changed: &[u32], memo: &Memo, how: Count) -> Result<Option<i64>> {
     let Some(root) = root_of(src, table)? else { return Ok(None) };
     let Some((usable, page_size)) = geometry(src, table)?.filter(|_| root == memo.root) else { return Ok(None) };
     src.pagefile.borrow_mut().begin(&src.conn, &src.path, page_size);
-    let (dirty, touched) = dirty_and_touched(changed, memo);
+    // Only the written pages: a leaf whose overflow pages alone were written has its cells.
+    let dirty: HashSet<u32> = memo.noted_of(changed).into_iter().collect();
+    let touched = above(&dirty, memo);
     let cells = |p: &u32| memo.cells.get(p).map_or(0, |n| i64::from(*n));
     let (mut rows, mut reached, mut let_go, mut stack) = (memo.rows, HashSet::new(), Vec::new(), vec![root]);
     while let Some(p) = stack.pop() {
@@ -205,6 +219,9 @@ pub fn rows_followed(src: &Source, table: &str, changed: &[u32], memo: &Memo) ->
             continue;
         }
         rows -= cells(&p);
+        if how == Count::AtLeast && memo.cells.contains_key(&p) {
+            continue;
+        }
         match with_page(src, table, p, |data| btree::parse_table_page(p, data, usable))? {
             Some(Ok(TablePage::Interior { children })) => {
                 let mut now = children.clone();

@@ -10,7 +10,7 @@ use super::prop::step;
 use super::setup;
 use crate::source::Source;
 use crate::source::pages::{Memo, Recorded, walk_followed, walk_noting};
-use crate::source::walk::rows_followed;
+use crate::source::walk::{Count, rows_followed};
 
 #[test]
 fn a_followed_walk_equals_a_full_walk() {
@@ -21,7 +21,7 @@ fn a_followed_walk_equals_a_full_walk() {
     let (_d, p, mut c) = setup();
     let mut f = WalFollower::new(&p);
     let mut prev: Option<(Mark, Vec<u8>, Memo, i64)> = None;
-    let (mut followed, mut read_followed, mut read_full, mut vouched) = (0, 0u64, 0u64, 0);
+    let (mut followed, mut read_followed, mut read_full, mut vouched, mut bounded) = (0, 0u64, 0u64, 0, 0u64);
     for round in 0..rounds {
         for _ in 0..rng.random_range(1..6) {
             step(&mut rng, &mut c, &p);
@@ -45,8 +45,20 @@ fn a_followed_walk_equals_a_full_walk() {
                 assert_eq!(full.rows, rows, "seed {seed}, round {round}: vouched rows differ");
                 vouched += 1;
             }
-            let counted = rows_followed(&src, "t", &changed, &memo).unwrap().expect("rows followed");
+            let counted = rows_followed(&src, "t", &changed, &memo, Count::Exact).unwrap().expect("rows followed");
             assert_eq!(counted, full.rows, "seed {seed}, round {round}: rows followed differ");
+            // The deletion guard's bound: never more rows than there are; all of them when
+            // no leaf the last walk found was written.
+            let at_least = rows_followed(&src, "t", &changed, &memo, Count::AtLeast).unwrap().expect("a bound");
+            assert!(
+                at_least <= full.rows,
+                "seed {seed}, round {round}: {at_least} rows at least, {} counted",
+                full.rows
+            );
+            if !changed.iter().any(|p| memo.cells.contains_key(p)) {
+                assert_eq!(at_least, full.rows, "seed {seed}, round {round}: no leaf written, yet rows differ");
+            }
+            bounded += u64::from(at_least < full.rows);
             let old = Recorded::parse(&bytes, "x").unwrap();
             let (w, read) = walk_followed(&src, "t", &old, &changed, &mut memo).unwrap().expect("a followed walk");
             assert_eq!(w.state, full.state, "seed {seed}, round {round}: followed state differs");
@@ -65,8 +77,8 @@ fn a_followed_walk_equals_a_full_walk() {
         prev = mark.map(|m| (m, next.0, next.1, full.rows));
     }
     eprintln!(
-        "seed {seed}: {rounds} rounds, {followed} followed ({vouched} with no page of the table written), pages \
-         read {read_followed} vs {read_full} walking all"
+        "seed {seed}: {rounds} rounds, {followed} followed ({vouched} with no page of the table written, \
+         {bounded} with a bound below the count), pages read {read_followed} vs {read_full} walking all"
     );
     assert!(followed * 4 >= rounds, "seed {seed}: too few followed walks");
 }
