@@ -41,8 +41,10 @@ pub struct RecordedState {
     /// The state (`PageState::encode`) and its xxh3-128.
     pub state: Arc<Vec<u8>>,
     pub digest: u128,
-    /// The base the row holds (the state itself, or the base its delta is against).
+    /// The base the row holds (the state itself, or the base its delta is against), and
+    /// its delta (`None`: the state is the base).
     pub base: Arc<Vec<u8>>,
+    pub delta: Option<Arc<Vec<u8>>>,
 }
 
 /// A recorded state to keep once its row is written (`remember`), or as it is when the

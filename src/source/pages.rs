@@ -127,6 +127,11 @@ impl PageState {
         Some(state)
     }
 
+    /// An empty state with room for `leaves` leaves and `big_rows` big rows.
+    pub fn with_capacity(leaves: usize, big_rows: usize) -> PageState {
+        PageState { entries: Vec::with_capacity(leaves), rows: Vec::with_capacity(big_rows) }
+    }
+
     /// Adds one leaf of a walk, in any order (`sort` puts them in page order).
     pub fn push_leaf(&mut self, pgno: u32, hash: [u8; 16], min: i64, max: i64, big_rows: &[(i64, u64)]) {
         let mut buf = [0u8; ROW];
@@ -186,6 +191,9 @@ impl PageState {
 
     /// Adds entries for rowid ranges read while the source was changing.
     pub fn add_suspect(&mut self, ranges: &[(i64, i64)]) {
+        if ranges.is_empty() {
+            return; // a walk's state is in page order already
+        }
         for &(min, max) in &merge_ranges(ranges.to_vec()) {
             self.push_rows(SUSPECT_PGNO, [0; 16], min, max, std::iter::empty());
         }
@@ -245,6 +253,11 @@ impl<'a> Recorded<'a> {
 
     pub fn leaf_count(&self) -> usize {
         self.leaves
+    }
+
+    /// How many big rows the recorded leaves hold.
+    pub fn big_row_count(&self) -> usize {
+        self.body.len().saturating_sub(self.leaves * RECORD) / ROW
     }
 }
 
@@ -306,6 +319,16 @@ fn diff_recorded_leaves<'a>(old: impl Iterator<Item = Leaf<'a>>, new: &PageState
         return diff_recorded_leaves(old, &n);
     }
     diff_sorted(old, new.leaves())
+}
+
+/// What changed between a recorded state and the state a followed walk made of it, from
+/// only the recorded leaves the walk dropped (`gone`, in page order) and the leaves it read
+/// (`read`, sorted): every other leaf, `kept` of them, is the recorded one, so it is the
+/// same in both. Equal to `diff_recorded` of the whole states, at the cost of what changed.
+pub fn diff_followed<'a>(gone: impl Iterator<Item = Leaf<'a>>, read: &PageState, kept: usize) -> Changes {
+    let mut c = diff_sorted(gone, read.leaves());
+    c.total_leaves += kept;
+    c
 }
 
 /// The comparison of two page-sorted leaf sequences, in one merge: a leaf is unchanged when

@@ -18,6 +18,19 @@ pub struct Walked {
     pub rows: i64,
     /// `PRAGMA data_version` of the snapshot walked: another value later means a commit.
     pub data_version: i64,
+    /// What a followed walk changed of the recorded state (`None`: a walk of every leaf).
+    pub followed: Option<Followed>,
+}
+
+/// What a followed walk changed of the recorded state, known without a pass over either
+/// state: what a comparison of the two would find (`pages::diff_followed`), the recorded
+/// leaves it dropped (their pages, sorted) and the leaves it read (in page order), from
+/// which `pages::delta::compose` makes the next delta.
+#[derive(Debug, Default)]
+pub struct Followed {
+    pub changes: super::pages::Changes,
+    pub gone: Vec<u32>,
+    pub read: PageState,
 }
 
 /// How many times a rollback-journal walk starts over when a commit lands in the middle.
@@ -234,7 +247,7 @@ fn walk_once(src: &Source, table: &str, root: u32, in_txn: bool, memo: Option<&m
         table: table.to_string(),
         source: rusqlite::Error::QueryReturnedNoRows,
     })?;
-    Ok(Attempt::Done(Walked { state: w.state, rows: w.rows, data_version }))
+    Ok(Attempt::Done(Walked { state: w.state, rows: w.rows, data_version, followed: None }))
 }
 
 /// One slice of a walk: in the caller's read transaction (`in_txn`), else in its own short

@@ -164,12 +164,16 @@ pub async fn sync_tenant(job: &SyncJob<'_>) -> Result<SyncReport, SyncError> {
         let tables = rows.into_iter().map(|(t, rows)| (t, TableReport { rows, ..Default::default() })).collect();
         return Ok(SyncReport { tables, unchanged: true, duration: started.elapsed(), ..Default::default() });
     }
-    // The guard's row, then the source (the guard's counts and anchors, the tables) while
+    // The guard's row, then the source (the guard's counts and anchors, the tables), while
     // the recorded table state is read.
-    let row = guard::load(job).await?;
     let schema = job.spec.mirror_schema(job.client);
-    let (look, baseline) = tokio::join!(look(job, &rows, guard::previous(&row)), skip::baseline(job, &schema));
-    let (mut look, baseline) = (look?, baseline.map_err(store_err)?);
+    let guarded = async {
+        let row = guard::load(job).await?;
+        let look = look(job, &rows, guard::previous(&row)).await?;
+        Ok::<_, SyncError>((row, look))
+    };
+    let (guarded, baseline) = tokio::join!(guarded, skip::baseline(job, &schema));
+    let ((row, mut look), baseline) = (guarded?, baseline.map_err(store_err)?);
     let passed = guard::pass(job, row, std::mem::take(&mut look.seen)).await?;
     let mut report = match sync_all(job, &passed.limits, baseline, look).await {
         // A table's transaction would have tombstoned beyond the guard (and rolled back).

@@ -11,9 +11,9 @@
 
 use std::collections::HashSet;
 
-use super::{MAX_PAGES, Memo, Visit, Walked, data_version, geometry, root_of, visit, with_page};
+use super::{Followed, MAX_PAGES, Memo, Visit, Walked, data_version, geometry, root_of, visit, with_page};
 use crate::source::btree::{self, TablePage};
-use crate::source::pages::{PageState, Recorded, SUSPECT_PGNO};
+use crate::source::pages::{Changes, PageState, Recorded, SUSPECT_PGNO, diff_followed};
 use crate::source::{Result, Source};
 
 /// What the descent found: the leaves it read (with their rows), the last walk's leaves it
@@ -52,10 +52,11 @@ pub fn walk_followed(
     memo.forget_chains(changed);
     let Some(mut d) = descend(src, table, usable, root, &dirty, &touched, memo)? else { return Ok(None) };
     drop_let_go(&mut d, memo);
-    let Some(state) = merge(old, &mut d) else { return Ok(None) };
+    let Some((state, changes)) = merge(old, &mut d) else { return Ok(None) };
     memo.rows += d.read_rows - d.dropped_rows;
     let read = src.pages_read() - read_before;
-    Ok(Some((Walked { state, rows: memo.rows, data_version }, read)))
+    let followed = Followed { changes, gone: std::mem::take(&mut d.dropped), read: std::mem::take(&mut d.read) };
+    Ok(Some((Walked { state, rows: memo.rows, data_version, followed: Some(followed) }, read)))
 }
 
 /// The pages to read again (the written pages the last walk noted, and the leaf owning
@@ -155,26 +156,31 @@ fn drop_let_go(d: &mut Descent, memo: &mut Memo) {
 }
 
 /// The new state: the last walk's leaves less those dropped, and the leaves read, in page
-/// order. `None` when a leaf read is also one kept (the memo and the state disagree).
-fn merge(old: &Recorded<'_>, d: &mut Descent) -> Option<PageState> {
+/// order, with what changed (`pages::diff_followed`). `None` when a leaf read is also one
+/// kept (the memo and the state disagree).
+fn merge(old: &Recorded<'_>, d: &mut Descent) -> Option<(PageState, Changes)> {
     d.dropped.sort_unstable();
     d.read.sort();
-    let mut state = PageState::default();
+    let mut state = PageState::with_capacity(old.leaf_count() + d.read.leaf_count(), old.big_row_count());
+    let (mut gone, mut kept) = (Vec::with_capacity(d.dropped.len()), 0);
     let mut read = d.read.leaves().peekable();
     for l in old.leaves() {
         while let Some(r) = read.next_if(|r| r.pgno < l.pgno) {
             state.push_recorded(&r);
         }
         if d.dropped.binary_search(&l.pgno).is_ok() {
+            gone.push(l);
             continue;
         }
         if read.peek().is_some_and(|r| r.pgno == l.pgno) {
             return None;
         }
         state.push_recorded(&l);
+        kept += 1;
     }
     read.for_each(|r| state.push_recorded(&r));
-    Some(state)
+    let changes = diff_followed(gone.into_iter(), &d.read, kept);
+    Some((state, changes))
 }
 
 /// How exactly [`rows_followed`] counts.

@@ -117,3 +117,51 @@ fn an_unchanged_state_has_an_empty_delta_and_damage_is_refused() {
     wrong[0] = b'X';
     assert_eq!(apply(&base, &wrong, T), None);
 }
+
+/// What a followed walk from `old` to `new` drops and reads: every leaf changed or gone is
+/// dropped, every leaf changed or new is read, and some unchanged ones are dropped and read
+/// again (a leaf written back as it was).
+fn followed(r: &mut Rng, old: &[Gen], new: &[Gen]) -> (Vec<u32>, PageState) {
+    let (mut gone, mut read) = (Vec::new(), PageState::default());
+    for l in new {
+        let before = old.iter().find(|o| o.0 == l.0);
+        if before != Some(l) || r.below(4) == 0 {
+            read.push_leaf(l.0, [l.1; 16], l.2, l.3, &l.4);
+            if before.is_some() {
+                gone.push(l.0);
+            }
+        }
+    }
+    gone.extend(old.iter().filter(|o| !new.iter().any(|l| l.0 == o.0)).map(|o| o.0));
+    gone.sort_unstable();
+    read.sort();
+    (gone, read)
+}
+
+#[test]
+fn a_composed_delta_makes_the_followed_state() {
+    let mut r = Rng(23);
+    for _ in 0..3000 {
+        let base_leaves = generate(&mut r);
+        let bs = if r.below(3) == 0 { suspects(&mut r) } else { Vec::new() };
+        let base = state(&base_leaves, &bs);
+        // The recorded state: the base itself (no delta; a followed walk needs no suspect
+        // ranges), or what a delta makes of it.
+        let (old_leaves, old_delta) = if bs.is_empty() && r.below(3) == 0 {
+            (base_leaves.clone(), None)
+        } else {
+            let old_leaves = mutate(&mut r, &base_leaves);
+            let d = between(&base, &state(&old_leaves, &[]), T).expect("a delta");
+            (old_leaves, Some(d))
+        };
+        let new_leaves = mutate(&mut r, &old_leaves);
+        let (gone, read) = followed(&mut r, &old_leaves, &new_leaves);
+        let d = compose(&base, old_delta.as_deref(), &gone, &read).expect("a composed delta");
+        let new = state(&new_leaves, &[]);
+        assert_eq!(
+            apply(&base, &d, T).as_deref(),
+            Some(new.as_slice()),
+            "base {base_leaves:?} {bs:?}, old {old_leaves:?}, new {new_leaves:?}, gone {gone:?}"
+        );
+    }
+}

@@ -9,7 +9,7 @@ use super::super::{Mark, WalFollower, snapshot_pos};
 use super::prop::step;
 use super::setup;
 use crate::source::Source;
-use crate::source::pages::{Memo, Recorded, walk_followed, walk_noting};
+use crate::source::pages::{Memo, Recorded, diff_recorded, walk_followed, walk_noting};
 use crate::source::walk::{Count, rows_followed};
 
 #[test]
@@ -62,6 +62,12 @@ fn a_followed_walk_equals_a_full_walk() {
             let old = Recorded::parse(&bytes, "x").unwrap();
             let (w, read) = walk_followed(&src, "t", &old, &changed, &mut memo).unwrap().expect("a followed walk");
             assert_eq!(w.state, full.state, "seed {seed}, round {round}: followed state differs");
+            let whole = diff_recorded(&old, &w.state);
+            assert_eq!(
+                w.followed.as_ref().map(|f| &f.changes),
+                Some(&whole),
+                "seed {seed}, round {round}: followed changes"
+            );
             assert_eq!(w.rows, full.rows, "seed {seed}, round {round}: followed rows differ");
             let full_memo = &next.1;
             assert_eq!(memo.interior, full_memo.interior, "seed {seed}, round {round}: followed tree differs");
