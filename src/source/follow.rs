@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, Weak};
 
 use super::Source;
 use super::pages::Memo;
-use super::wal::{Mark, WalFollower, snapshot_pos};
+use super::wal::{Mark, SnapshotPos, WalFollower, snapshot_pos};
 
 /// What a table's last walk left: the snapshot it walked (a mark of the follower that
 /// placed it), the digest of the page state it made, and its memo. Used only when the
@@ -135,15 +135,26 @@ pub struct Start {
 pub fn start(handle: Handle, conn: &rusqlite::Connection, table: &str) -> Start {
     let pos = snapshot_pos(conn);
     let mut f = handle.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    if let Err(e) = f.follower.poll() {
-        tracing::debug!(error = %e, "WAL follower: read failed");
-    }
+    let mark = pos.and_then(|p| placed(&mut f.follower, &p));
     let instance = f.follower.instance();
-    let mark = pos.and_then(|p| f.follower.mark_at(&p)).map(|m| (instance, m));
+    let mark = mark.map(|m| (instance, m));
     let memo = f.tables.remove(table).filter(|m| m.instance == instance);
     let since = memo.and_then(|m| f.follower.changed_since(m.mark).map(|c| (c, m)));
     drop(f);
     Start { handle, mark, since }
+}
+
+/// The follower's mark of the snapshot at `pos`: it has read every commit up to it. Reads
+/// the `-wal` only when it has not read that far yet (a sync places one snapshot per
+/// table, most after nothing new was committed).
+fn placed(follower: &mut WalFollower, pos: &SnapshotPos) -> Option<Mark> {
+    if let Some(m) = follower.mark_at(pos) {
+        return Some(m);
+    }
+    if let Err(e) = follower.poll() {
+        tracing::debug!(error = %e, "WAL follower: read failed");
+    }
+    follower.mark_at(pos)
 }
 
 /// Keeps what `table`'s walk left, for the next sync to follow on from.
@@ -166,11 +177,7 @@ pub fn vouched_rows(src: &Source, table: &str, how: super::walk::Count) -> Optio
     let handle = lookup(src.path())?;
     let pos = snapshot_pos(&src.conn)?;
     let mut f = handle.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    if let Err(e) = f.follower.poll() {
-        tracing::debug!(error = %e, "WAL follower: read failed");
-    }
-    // Placed: the follower has read every commit up to this snapshot.
-    f.follower.mark_at(&pos)?;
+    placed(&mut f.follower, &pos)?;
     let m = f.tables.get(table).filter(|m| m.instance == f.follower.instance())?;
     let noted = m.memo.noted_of(&f.follower.changed_since(m.mark)?);
     if noted.is_empty() {
