@@ -127,7 +127,7 @@ pub struct Start {
     /// This snapshot's mark, when the follower could place it.
     pub mark: Option<(u64, Mark)>,
     /// The pages committed since the table's last walk, and that walk's memo and digest.
-    pub since: Option<(Vec<u32>, TableMemo)>,
+    pub since: Option<(Arc<[u32]>, TableMemo)>,
 }
 
 /// Places the snapshot of `conn`'s open read transaction (it must have read something)
@@ -178,8 +178,11 @@ pub fn vouched_rows(src: &Source, table: &str, how: super::walk::Count) -> Optio
     let pos = snapshot_pos(&src.conn)?;
     let mut f = handle.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     placed(&mut f.follower, &pos)?;
-    let m = f.tables.get(table).filter(|m| m.instance == f.follower.instance())?;
-    let noted = m.memo.noted_of(&f.follower.changed_since(m.mark)?);
+    let instance = f.follower.instance();
+    let mark = f.tables.get(table).filter(|m| m.instance == instance)?.mark;
+    let changed = f.follower.changed_since(mark)?;
+    let m = f.tables.get(table)?;
+    let noted = m.memo.noted_of(&changed);
     if noted.is_empty() {
         return Some(m.memo.rows);
     }

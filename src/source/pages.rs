@@ -106,7 +106,7 @@ impl PageState {
     /// length + target name, then per leaf a 40-byte record (pgno, hash, min, max, number
     /// of big rows) followed by 16 bytes (rowid, hash) per big row.
     pub fn encode(&self, target: &str) -> Vec<u8> {
-        let len = 6 + target.len() + self.entries.len() * RECORD + self.rows.len() * ROW;
+        let len = 6 + target.len() + self.encoded_len();
         let mut out = Vec::with_capacity(len);
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&(target.len() as u16).to_be_bytes());
@@ -176,6 +176,11 @@ impl PageState {
         self.entries.sort_unstable_by_key(|e| (e.pgno, e.min, e.max));
     }
 
+    /// The bytes of its leaf records in the stored encoding.
+    pub fn encoded_len(&self) -> usize {
+        self.entries.len() * RECORD + self.rows.len() * ROW
+    }
+
     /// How many leaves the walk found.
     pub fn leaf_count(&self) -> usize {
         self.entries.len()
@@ -209,6 +214,8 @@ impl PageState {
 /// place: comparing a walk against it costs no copy of it.
 #[derive(Debug, Clone, Copy)]
 pub struct Recorded<'a> {
+    /// The encoding's header (magic and target) and its leaf records.
+    head: &'a [u8],
     body: &'a [u8],
     leaves: usize,
 }
@@ -238,7 +245,7 @@ impl<'a> Recorded<'a> {
             leaves += 1;
             rest = r;
         }
-        Some(Recorded { body, leaves })
+        Some(Recorded { head: &b[..6 + n], body, leaves })
     }
 
     /// The recorded leaves, in page order.
@@ -258,6 +265,64 @@ impl<'a> Recorded<'a> {
     /// How many big rows the recorded leaves hold.
     pub fn big_row_count(&self) -> usize {
         self.body.len().saturating_sub(self.leaves * RECORD) / ROW
+    }
+
+    /// The recorded leaves in page order, each with where its record lies in the body.
+    pub fn records(&self) -> impl Iterator<Item = (Leaf<'a>, std::ops::Range<usize>)> + use<'a> {
+        let (body, mut at) = (self.body, 0);
+        std::iter::from_fn(move || {
+            let (l, r) = next_leaf(body.get(at..)?)?;
+            let end = body.len() - r.len();
+            let range = at..end;
+            at = end;
+            Some((l, range))
+        })
+    }
+}
+
+/// A state in the stored encoding made of a recorded one: its records copied a run at a
+/// time, with leaves put in between (`PageState::encode`'s bytes for the same leaves).
+pub struct Spliced<'a> {
+    old: Recorded<'a>,
+    out: Vec<u8>,
+    /// The recorded records kept since the last leaf put, not yet copied.
+    run: std::ops::Range<usize>,
+}
+
+impl<'a> Spliced<'a> {
+    /// An empty state of the same target as `old`, with room for `extra` bytes more.
+    pub fn new(old: Recorded<'a>, extra: usize) -> Spliced<'a> {
+        let mut out = Vec::with_capacity(old.head.len() + old.body.len() + extra);
+        out.extend_from_slice(old.head);
+        Spliced { old, out, run: 0..0 }
+    }
+
+    /// Keeps the recorded leaf whose record lies at `range` (the next after those kept).
+    pub fn keep(&mut self, range: std::ops::Range<usize>) {
+        if self.run.end != range.start || self.run.is_empty() {
+            self.flush();
+            self.run.start = range.start;
+        }
+        self.run.end = range.end;
+    }
+
+    /// Puts a leaf after those kept or put so far.
+    pub fn put(&mut self, l: &Leaf<'_>) {
+        self.flush();
+        put_leaf(&mut self.out, l);
+    }
+
+    fn flush(&mut self) {
+        if let Some(b) = self.old.body.get(self.run.clone()) {
+            self.out.extend_from_slice(b);
+        }
+        self.run = 0..0;
+    }
+
+    /// The encoded state.
+    pub fn finish(mut self) -> Vec<u8> {
+        self.flush();
+        self.out
     }
 }
 

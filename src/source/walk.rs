@@ -13,6 +13,8 @@ use super::{Result, Source, SourceError};
 /// A consistent walk of one table.
 #[derive(Debug)]
 pub struct Walked {
+    /// The leaves of a walk of every leaf; empty after a followed walk, whose state is
+    /// `Followed::encoded`.
     pub state: PageState,
     /// Rows in the table at the walk (the leaves' cells).
     pub rows: i64,
@@ -22,12 +24,22 @@ pub struct Walked {
     pub followed: Option<Followed>,
 }
 
-/// What a followed walk changed of the recorded state, known without a pass over either
-/// state: what a comparison of the two would find (`pages::diff_followed`), the recorded
-/// leaves it dropped (their pages, sorted) and the leaves it read (in page order), from
-/// which `pages::delta::compose` makes the next delta.
+impl Walked {
+    /// How many leaves the table has at the walk.
+    pub fn leaf_count(&self) -> usize {
+        self.followed.as_ref().map_or_else(|| self.state.leaf_count(), |f| f.leaves)
+    }
+}
+
+/// A followed walk's new state, made in the stored encoding from the recorded one, and
+/// what it changed of it, known without a pass over either state: what a comparison of
+/// the two would find (`pages::diff_followed`), the recorded leaves it dropped (their
+/// pages, sorted) and the leaves it read (in page order), from which
+/// `pages::delta::compose` makes the next delta.
 #[derive(Debug, Default)]
 pub struct Followed {
+    pub encoded: Vec<u8>,
+    pub leaves: usize,
     pub changes: super::pages::Changes,
     pub gone: Vec<u32>,
     pub read: PageState,

@@ -227,6 +227,7 @@ pub fn observe_in(
 ) -> Result<Observed, SourceError> {
     let infos: BTreeMap<&str, &TableInfo> = discovered.iter().map(|t| (t.name.as_str(), t)).collect();
     let mut seen = Observed::default();
+    let mut phases = super::phases::Phases::new();
     for (table, live) in recorded {
         if !table_selected(selection, table) {
             continue;
@@ -237,6 +238,7 @@ pub fn observe_in(
         };
         seen.tables.push(Counted { table: table.clone(), live: *live, remaining });
     }
+    phases.mark("counts");
     for (table, keys) in previous.iter().filter(|(t, k)| !k.is_empty() && table_selected(selection, t)) {
         seen.anchored.push(table.clone());
         let found = match infos.get(table.as_str()) {
@@ -247,12 +249,15 @@ pub fn observe_in(
             seen.foreign.push(table.clone());
         }
     }
+    phases.mark("anchors found");
     for info in infos.values().filter(|t| table_selected(selection, &t.name)) {
         let keys = sample(src, info)?;
         if !keys.is_empty() {
             seen.anchors.insert(info.name.clone(), keys);
         }
     }
+    phases.mark("anchors sampled");
+    tracing::debug!(phases = %phases, "guard observed the source");
     Ok(seen)
 }
 
@@ -260,12 +265,17 @@ pub fn observe_in(
 /// WAL follower gives without reading the leaves written since the last sync, when it lets
 /// the sync through (fewer rows could only hold it), else the exact count.
 fn count(src: &Source, policy: &DeletionGuard, table: &str, live: i64) -> Result<i64, SourceError> {
-    if let Some(n) = src.rows_at_least(table)?
+    let bound = src.rows_at_least(table)?;
+    if let Some(n) = bound
         && !holds(policy, live, n)
     {
         return Ok(n);
     }
-    src.row_count(table)
+    let n = src.row_count(table)?;
+    if let Some(at_least) = bound {
+        tracing::debug!(table, live, at_least, n, "the follower's bound would hold the sync: counted");
+    }
+    Ok(n)
 }
 
 /// Up to `ANCHORS_PER_TABLE` keys spread evenly over the table's rowids. Tables keyed by

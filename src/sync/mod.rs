@@ -6,6 +6,7 @@
 pub mod drift;
 pub mod guard;
 mod options;
+mod phases;
 pub mod progress;
 mod provision;
 mod queue;
@@ -210,10 +211,16 @@ async fn look(
     let client = job.client.to_string();
     let (path, spec, recorded) = (PathBuf::from(&job.spec.source.path), job.spec.clone(), recorded.clone());
     tokio::task::spawn_blocking(move || {
+        let mut phases = phases::Phases::new();
         let src = source::Source::open(&path)?;
+        phases.mark("open");
         let discovered = source::discover(&src)?;
+        phases.mark("discover");
         let seen = guard::observe_in(&src, &discovered, &spec.tables, &recorded, &previous, &spec.deletion_guard)?;
+        phases.mark("guard");
         let queue = queue::order(&src, &discovered, &spec);
+        phases.mark("order");
+        tracing::debug!(phases = %phases, "source looked at");
         Ok(Look { queue, discovered, seen, src })
     })
     .await

@@ -6,7 +6,7 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
-use super::{Memo, Recorded, Walked, delta, diff_recorded, walk_followed, walk_noting};
+use super::{Memo, PageState, Recorded, Walked, delta, diff_recorded, walk_followed, walk_noting};
 use crate::source::follow::{self, Keep, RecordedState, TableMemo};
 use crate::source::walk::Followed;
 use crate::source::{Result, Source, TableInfo};
@@ -170,12 +170,9 @@ impl Capture {
             (Some((state, rows)), _) => (state, self.old_digest?, rows, None),
             (None, w) => {
                 let w = w?;
-                let mut state = w.state;
-                state.add_suspect(suspect);
-                let pages = Arc::new(state.encode(target));
+                let (pages, followed) = encoded(w.state, w.followed, suspect, target)?;
                 let digest = xxhash_rust::xxh3::xxh3_128(&pages);
-                // Rows read while the source moved are not in the walk's changes.
-                (pages, digest, w.rows, w.followed.filter(|_| suspect.is_empty()))
+                (pages, digest, w.rows, followed)
             }
         };
         let unchanged = !read_any && self.old_digest == Some(digest);
@@ -204,6 +201,24 @@ impl Capture {
         });
         Some(Settled { pages: write, rows, unchanged, keep })
     }
+}
+
+/// A walk's state, encoded, with the rowid ranges read while the source moved (`suspect`),
+/// and what a followed walk changed (`None` when rows were read while the source moved: they
+/// are not in it). A followed walk made its state encoded already.
+fn encoded(
+    state: PageState,
+    followed: Option<Followed>,
+    suspect: &[(i64, i64)],
+    target: &str,
+) -> Option<(Arc<Vec<u8>>, Option<Followed>)> {
+    let mut state = match followed {
+        Some(mut f) if suspect.is_empty() => return Some((Arc::new(std::mem::take(&mut f.encoded)), Some(f))),
+        Some(f) => PageState::decode(&f.encoded, target)?,
+        None => state,
+    };
+    state.add_suspect(suspect);
+    Some((Arc::new(state.encode(target)), None))
 }
 
 /// The memo and rows of `t`'s last walk when the follower vouches that no page of `t` that

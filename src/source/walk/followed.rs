@@ -13,7 +13,7 @@ use std::collections::HashSet;
 
 use super::{Followed, MAX_PAGES, Memo, Visit, Walked, data_version, geometry, root_of, visit, with_page};
 use crate::source::btree::{self, TablePage};
-use crate::source::pages::{Changes, PageState, Recorded, SUSPECT_PGNO, diff_followed};
+use crate::source::pages::{Changes, PageState, Recorded, SUSPECT_PGNO, Spliced, diff_followed};
 use crate::source::{Result, Source};
 
 /// What the descent found: the leaves it read (with their rows), the last walk's leaves it
@@ -52,10 +52,12 @@ pub fn walk_followed(
     memo.forget_chains(changed);
     let Some(mut d) = descend(src, table, usable, root, &dirty, &touched, memo)? else { return Ok(None) };
     drop_let_go(&mut d, memo);
-    let Some((state, changes)) = merge(old, &mut d) else { return Ok(None) };
+    let Some((encoded, changes, leaves)) = merge(old, &mut d) else { return Ok(None) };
     memo.rows += d.read_rows - d.dropped_rows;
     let read = src.pages_read() - read_before;
-    let followed = Followed { changes, gone: std::mem::take(&mut d.dropped), read: std::mem::take(&mut d.read) };
+    let (gone, read_leaves) = (std::mem::take(&mut d.dropped), std::mem::take(&mut d.read));
+    let followed = Followed { encoded, leaves, changes, gone, read: read_leaves };
+    let state = PageState::default();
     Ok(Some((Walked { state, rows: memo.rows, data_version, followed: Some(followed) }, read)))
 }
 
@@ -155,18 +157,19 @@ fn drop_let_go(d: &mut Descent, memo: &mut Memo) {
     }
 }
 
-/// The new state: the last walk's leaves less those dropped, and the leaves read, in page
-/// order, with what changed (`pages::diff_followed`). `None` when a leaf read is also one
-/// kept (the memo and the state disagree).
-fn merge(old: &Recorded<'_>, d: &mut Descent) -> Option<(PageState, Changes)> {
+/// The new state, encoded as stored: the last walk's leaves less those dropped, and the
+/// leaves read, in page order (the kept records copied as they are recorded, a run at a
+/// time), with what changed (`pages::diff_followed`) and how many leaves it has. `None`
+/// when a leaf read is also one kept (the memo and the state disagree).
+fn merge(old: &Recorded<'_>, d: &mut Descent) -> Option<(Vec<u8>, Changes, usize)> {
     d.dropped.sort_unstable();
     d.read.sort();
-    let mut state = PageState::with_capacity(old.leaf_count() + d.read.leaf_count(), old.big_row_count());
+    let mut state = Spliced::new(*old, d.read.encoded_len());
     let (mut gone, mut kept) = (Vec::with_capacity(d.dropped.len()), 0);
     let mut read = d.read.leaves().peekable();
-    for l in old.leaves() {
+    for (l, at) in old.records() {
         while let Some(r) = read.next_if(|r| r.pgno < l.pgno) {
-            state.push_recorded(&r);
+            state.put(&r);
         }
         if d.dropped.binary_search(&l.pgno).is_ok() {
             gone.push(l);
@@ -175,12 +178,12 @@ fn merge(old: &Recorded<'_>, d: &mut Descent) -> Option<(PageState, Changes)> {
         if read.peek().is_some_and(|r| r.pgno == l.pgno) {
             return None;
         }
-        state.push_recorded(&l);
+        state.keep(at);
         kept += 1;
     }
-    read.for_each(|r| state.push_recorded(&r));
+    read.for_each(|r| state.put(&r));
     let changes = diff_followed(gone.into_iter(), &d.read, kept);
-    Some((state, changes))
+    Some((state.finish(), changes, kept + d.read.leaf_count()))
 }
 
 /// How exactly [`rows_followed`] counts.
@@ -188,10 +191,11 @@ fn merge(old: &Recorded<'_>, d: &mut Descent) -> Option<(PageState, Changes)> {
 pub enum Count {
     /// The table's rows.
     Exact,
-    /// A number of rows the table has at least, reading no written page the last walk
-    /// found a leaf (a thousand changed rows write as many leaves, and the deletion guard
-    /// needs an exact count only when this bound would hold a sync): such a page counts
-    /// no row, whatever it holds now (cells, or children the descent does not reach).
+    /// A number of rows the table has at least, reading only the written pages the last
+    /// walk found interior (a thousand changed rows write as many leaves and split some,
+    /// and the deletion guard needs an exact count only when this bound would hold a
+    /// sync): a written leaf and a page new to the tree count no row, whatever they hold
+    /// now (cells, or children the descent then does not reach).
     AtLeast,
 }
 
@@ -225,7 +229,7 @@ pub fn rows_followed(src: &Source, table: &str, changed: &[u32], memo: &Memo, ho
             continue;
         }
         rows -= cells(&p);
-        if how == Count::AtLeast && memo.cells.contains_key(&p) {
+        if how == Count::AtLeast && !memo.interior.contains_key(&p) {
             continue;
         }
         match with_page(src, table, p, |data| btree::parse_table_page(p, data, usable))? {

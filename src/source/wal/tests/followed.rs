@@ -48,26 +48,24 @@ fn a_followed_walk_equals_a_full_walk() {
             let counted = rows_followed(&src, "t", &changed, &memo, Count::Exact).unwrap().expect("rows followed");
             assert_eq!(counted, full.rows, "seed {seed}, round {round}: rows followed differ");
             // The deletion guard's bound: never more rows than there are; all of them when
-            // no leaf the last walk found was written.
+            // no page the last walk noted was written.
             let at_least = rows_followed(&src, "t", &changed, &memo, Count::AtLeast).unwrap().expect("a bound");
             assert!(
                 at_least <= full.rows,
                 "seed {seed}, round {round}: {at_least} rows at least, {} counted",
                 full.rows
             );
-            if !changed.iter().any(|p| memo.cells.contains_key(p)) {
-                assert_eq!(at_least, full.rows, "seed {seed}, round {round}: no leaf written, yet rows differ");
+            if !changed.iter().any(|p| memo.notes(*p)) {
+                assert_eq!(at_least, full.rows, "seed {seed}, round {round}: nothing written, yet rows differ");
             }
             bounded += u64::from(at_least < full.rows);
             let old = Recorded::parse(&bytes, "x").unwrap();
             let (w, read) = walk_followed(&src, "t", &old, &changed, &mut memo).unwrap().expect("a followed walk");
-            assert_eq!(w.state, full.state, "seed {seed}, round {round}: followed state differs");
-            let whole = diff_recorded(&old, &w.state);
-            assert_eq!(
-                w.followed.as_ref().map(|f| &f.changes),
-                Some(&whole),
-                "seed {seed}, round {round}: followed changes"
-            );
+            let f = w.followed.as_ref().expect("what the followed walk changed");
+            assert!(f.encoded == next.0, "seed {seed}, round {round}: followed state differs");
+            assert_eq!(f.leaves, full.state.leaf_count(), "seed {seed}, round {round}: followed leaves");
+            let whole = diff_recorded(&old, &full.state);
+            assert_eq!(f.changes, whole, "seed {seed}, round {round}: followed changes differ");
             assert_eq!(w.rows, full.rows, "seed {seed}, round {round}: followed rows differ");
             let full_memo = &next.1;
             assert_eq!(memo.interior, full_memo.interior, "seed {seed}, round {round}: followed tree differs");
@@ -77,7 +75,7 @@ fn a_followed_walk_equals_a_full_walk() {
             followed += 1;
             read_followed += read;
             read_full += full_read;
-            next = (w.state.encode("x"), memo);
+            next = (f.encoded.clone(), memo);
         }
         src.conn.execute_batch("COMMIT").unwrap();
         prev = mark.map(|m| (m, next.0, next.1, full.rows));
