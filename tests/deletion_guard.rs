@@ -248,3 +248,63 @@ async fn churn_that_counts_cannot_see_is_held_by_the_table_transaction() {
     assert_eq!(mirror(&admin, "chat").await, (40, 30), "approved: applied");
     ok(&env.ctl(&["verify", "acme"]));
 }
+
+/// Runs `sql` on every user table of the database `c` has open (`{t}`: the quoted name).
+fn each_table(c: &rusqlite::Connection, sql: &str) {
+    let names: Vec<String> = c
+        .prepare("SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite%'")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    for n in names {
+        c.execute_batch(&sql.replace("{t}", &owsync::sql::quote_ident(&n))).unwrap();
+    }
+}
+
+/// With the WAL followed (as owsyncd does), the guard keeps the anchors of a table no commit
+/// wrote since the last look, unread; a database rewritten in place (the same file, every
+/// row replaced by another database's rows) writes every table, so every anchor is looked up
+/// again and the sync holds as a replaced source.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_database_rewritten_in_place_while_followed_is_held_as_replaced() {
+    use owsync::sync::{SyncJob, sync_tenant};
+    let env = TestEnv::new("guard_followed").await;
+    let (db, other) = (env.path("webui.db"), env.path("other.db"));
+    gen_db(&db, 6, 5, 5, SchemaFlavor::Fresh, JournalMode::Wal);
+    gen_db(&other, 6, 5, 77, SchemaFlavor::Fresh, JournalMode::Wal);
+    ok(&env.ctl(&["apply", "-f", env.manifest("gf", &db, "").to_str().unwrap()]));
+    let pool = env.sync_pool().await;
+    let spec = owsync::store::specs::get(&pool, &env.cluster, "gf").await.unwrap().spec;
+    let job = SyncJob {
+        pool: &pool,
+        cluster: &env.cluster,
+        client: "gf",
+        spec: &spec,
+        fence: None,
+        options: Default::default(),
+    };
+    // Open WebUI's connection keeps the WAL; the follower reads it before each sync.
+    let writer = rusqlite::Connection::open(&db).unwrap();
+    writer.query_row("SELECT count(*) FROM sqlite_schema", [], |_| Ok(())).unwrap();
+    let handle = owsync::source::follow::register(&db);
+    let poll = || handle.lock().unwrap().follower.poll().unwrap();
+    poll();
+    sync_tenant(&job).await.unwrap();
+    for round in 0..3 {
+        writer
+            .execute_batch("UPDATE chat SET title = title || '.' WHERE rowid = (SELECT min(rowid) FROM chat)")
+            .unwrap();
+        poll();
+        let r = sync_tenant(&job).await.unwrap_or_else(|e| panic!("round {round}: {e}"));
+        assert!(r.failed.is_empty(), "round {round}: {:?}", r.failed);
+    }
+    writer.execute_batch(&format!("PRAGMA foreign_keys = OFF; ATTACH '{}' AS o; BEGIN", other.display())).unwrap();
+    each_table(&writer, "DELETE FROM main.{t}; INSERT INTO main.{t} SELECT * FROM o.{t};");
+    writer.execute_batch("COMMIT; DETACH o").unwrap();
+    poll();
+    let e = sync_tenant(&job).await.expect_err("a database rewritten in place must be held");
+    let plan = e.held().unwrap_or_else(|| panic!("not held: {e}"));
+    assert_eq!(plan.reason, owsync::sync::guard::Reason::SourceReplaced, "{plan:?}");
+}

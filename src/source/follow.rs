@@ -3,7 +3,7 @@
 //! registers a follower per WAL-mode tenant and polls it between syncs; a sync finds it by
 //! the source's path. With none registered (`owsyncctl sync --once`), a sync walks as before.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
 
@@ -29,6 +29,18 @@ pub struct Followed {
     /// What this process's last sync of each table recorded, so that the next one need not
     /// read it back from PostgreSQL (a 2 GB tenant's states are ~10 MB).
     pub recorded: HashMap<String, RecordedState>,
+    /// The keys the deletion guard sampled at the last sync's look at the source.
+    pub anchors: Option<Sampled>,
+}
+
+/// A few keys per table (the deletion guard's anchors).
+pub type Keys = Vec<Vec<serde_json::Value>>;
+
+/// Keys sampled from each table in one snapshot, which the follower placed.
+pub struct Sampled {
+    instance: u64,
+    mark: Mark,
+    keys: BTreeMap<String, Keys>,
 }
 
 /// A table's page state as a sync in this process recorded it: usable as the recorded
@@ -106,6 +118,7 @@ pub fn register(path: &Path) -> Handle {
         follower: WalFollower::new(path),
         tables: HashMap::new(),
         recorded: HashMap::new(),
+        anchors: None,
     }));
     r.insert(path.to_path_buf(), Arc::downgrade(&h));
     h
@@ -187,4 +200,38 @@ pub fn vouched_rows(src: &Source, table: &str, how: super::walk::Count) -> Optio
         return Some(m.memo.rows);
     }
     super::walk::rows_followed(src, table, &noted, &m.memo, how).ok().flatten()
+}
+
+/// The keys sampled at the last look (`keep_anchors`) of the tables whose rows are still
+/// exactly those of that snapshot at the snapshot of `src`'s open read transaction: no page
+/// a walk of the table noted since that look was written since it (a change to a table
+/// writes a page that stays in its tree, or the page above one it frees, up to the root),
+/// and the table has the same root. Empty without a follower that can tell.
+pub fn anchors_unchanged(src: &Source) -> BTreeMap<String, Keys> {
+    let mut out = BTreeMap::new();
+    let (Some(handle), Some(pos)) = (lookup(src.path()), snapshot_pos(&src.conn)) else { return out };
+    let mut f = handle.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let instance = f.follower.instance();
+    let Some(now) = placed(&mut f.follower, &pos) else { return out };
+    let sampled = f.anchors.as_ref().filter(|a| a.instance == instance && a.mark <= now);
+    let Some(since) = sampled.map(|a| a.mark) else { return out };
+    let Some(changed) = f.follower.changed_since(since) else { return out };
+    let Some(sampled) = &f.anchors else { return out };
+    for (table, keys) in &sampled.keys {
+        let Some(m) = f.tables.get(table).filter(|m| m.instance == instance && m.mark >= since) else { continue };
+        if m.memo.noted_of(&changed).is_empty() && super::walk::root_of(src, table).ok().flatten() == Some(m.memo.root)
+        {
+            out.insert(table.clone(), keys.clone());
+        }
+    }
+    out
+}
+
+/// Keeps the keys sampled at the snapshot of `src`'s open read transaction, for the next
+/// look (`anchors_unchanged`).
+pub fn keep_anchors(src: &Source, keys: &BTreeMap<String, Keys>) {
+    let (Some(handle), Some(pos)) = (lookup(src.path()), snapshot_pos(&src.conn)) else { return };
+    let mut f = handle.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let instance = f.follower.instance();
+    f.anchors = placed(&mut f.follower, &pos).map(|mark| Sampled { instance, mark, keys: keys.clone() });
 }

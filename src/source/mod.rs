@@ -124,6 +124,13 @@ impl Source {
         Ok(ReadTxn { src: self, table: table.to_string(), open: true })
     }
 
+    /// Begins a read transaction and starts its snapshot (`table`: named in its errors).
+    pub fn read_snapshot(&self, table: &str) -> Result<ReadTxn<'_>> {
+        let txn = self.read_txn(table)?;
+        self.snapshot(table)?;
+        Ok(txn)
+    }
+
     /// The highest rowid of `table`: one b-tree descent, a cheap estimate of its size. 0 when
     /// it cannot tell (empty, WITHOUT ROWID, a column named `rowid` holding text...).
     pub fn max_rowid(&self, table: &str) -> i64 {

@@ -239,9 +239,17 @@ pub fn observe_in(
         seen.tables.push(Counted { table: table.clone(), live: *live, remaining });
     }
     phases.mark("counts");
+    // With a WAL follower, the anchors are read in one snapshot it places: a table none of
+    // whose pages was written since the last look keeps the keys sampled then, which are
+    // all there (`follow::anchors_unchanged`). A rollback-journal source is never followed,
+    // so no read transaction holds up its writer here.
+    let followed = source::follow::lookup(src.path()).is_some();
+    let txn = if followed { Some(src.read_snapshot("sqlite_schema")?) } else { None };
+    let unchanged = if followed { source::follow::anchors_unchanged(src) } else { BTreeMap::new() };
     for (table, keys) in previous.iter().filter(|(t, k)| !k.is_empty() && table_selected(selection, t)) {
         seen.anchored.push(table.clone());
         let found = match infos.get(table.as_str()) {
+            Some(_) if unchanged.get(table) == Some(keys) => true,
             Some(info) => any_present(src, info, keys)?,
             None => false,
         };
@@ -251,10 +259,17 @@ pub fn observe_in(
     }
     phases.mark("anchors found");
     for info in infos.values().filter(|t| table_selected(selection, &t.name)) {
-        let keys = sample(src, info)?;
+        let keys = match unchanged.get(&info.name) {
+            Some(k) => k.clone(),
+            None => sample(src, info)?,
+        };
         if !keys.is_empty() {
             seen.anchors.insert(info.name.clone(), keys);
         }
+    }
+    if let Some(txn) = txn {
+        source::follow::keep_anchors(src, &seen.anchors);
+        txn.end()?;
     }
     phases.mark("anchors sampled");
     tracing::debug!(phases = %phases, "guard observed the source");
