@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex, Weak};
 use super::Source;
 use super::pages::Memo;
 use super::wal::{Mark, SnapshotPos, WalFollower, snapshot_pos};
+pub use super::walk::Count;
 
 /// What a table's last walk left: the snapshot it walked (a mark of the follower that
 /// placed it), the digest of the page state it made, and its memo. Used only when the
@@ -186,7 +187,7 @@ pub fn finish(handle: &Handle, table: &str, memo: TableMemo) {
 /// noted (adding, moving or removing a row writes a leaf, or the interior page above a new
 /// one), else reading only the pages written (`walk::rows_followed`, counting as `how`
 /// says). `None`: count them.
-pub fn vouched_rows(src: &Source, table: &str, how: super::walk::Count) -> Option<i64> {
+pub fn vouched_rows(src: &Source, table: &str, how: Count) -> Option<i64> {
     let handle = lookup(src.path())?;
     let pos = snapshot_pos(&src.conn)?;
     let mut f = handle.lock().unwrap_or_else(std::sync::PoisonError::into_inner);

@@ -138,36 +138,10 @@ impl Source {
         self.conn.query_row(&sql, [], |r| r.get::<_, Option<i64>>(0)).ok().flatten().unwrap_or(0)
     }
 
-    /// The number of rows of `table`: the count the WAL follower vouches for, when it can
-    /// (`follow::vouched_rows`), else `count(*)`.
+    /// The number of rows of `table` (`count(*)`, in the open read transaction if any).
     pub fn row_count(&self, table: &str) -> Result<i64> {
         let sql = format!("SELECT count(*) FROM {}", crate::sql::quote_ident(table));
-        if follow::lookup(&self.path).is_none() {
-            return self.conn.query_row(&sql, [], |r| r.get(0)).map_err(self.err(table));
-        }
-        // One snapshot for the follower's answer and, failing it, the count.
-        let txn = self.read_txn(table)?;
-        self.snapshot(table)?;
-        let n = match follow::vouched_rows(self, table, walk::Count::Exact) {
-            Some(n) => n,
-            None => self.conn.query_row(&sql, [], |r| r.get(0)).map_err(self.err(table))?,
-        };
-        txn.end()?;
-        Ok(n)
-    }
-
-    /// A number of rows `table` has at least, when the WAL follower can tell one without
-    /// reading the leaves written since the table's last walk (`walk::Count::AtLeast`);
-    /// `None` without a follower or when it cannot.
-    pub fn rows_at_least(&self, table: &str) -> Result<Option<i64>> {
-        if follow::lookup(&self.path).is_none() {
-            return Ok(None);
-        }
-        let txn = self.read_txn(table)?;
-        self.snapshot(table)?;
-        let n = follow::vouched_rows(self, table, walk::Count::AtLeast);
-        txn.end()?;
-        Ok(n)
+        self.conn.query_row(&sql, [], |r| r.get(0)).map_err(self.err(table))
     }
 
     /// Runs a statement without parameters or rows, prepared once per connection (a sync

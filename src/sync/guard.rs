@@ -228,23 +228,23 @@ pub fn observe_in(
     let infos: BTreeMap<&str, &TableInfo> = discovered.iter().map(|t| (t.name.as_str(), t)).collect();
     let mut seen = Observed::default();
     let mut phases = super::phases::Phases::new();
+    // With a WAL follower, everything is read in one snapshot it places: counts from what
+    // it names, and a table none of whose pages was written since the last look keeps the
+    // keys sampled then, which are all there (`follow::anchors_unchanged`). A
+    // rollback-journal source is never followed, so no read transaction holds its writer.
+    let followed = source::follow::lookup(src.path()).is_some();
+    let txn = if followed { Some(src.read_snapshot("sqlite_schema")?) } else { None };
     for (table, live) in recorded {
         if !table_selected(selection, table) {
             continue;
         }
         let remaining = match infos.get(table.as_str()) {
-            Some(_) => Some(count(src, policy, table, *live)?),
+            Some(_) => Some(count(src, policy, table, *live, followed)?),
             None => None,
         };
         seen.tables.push(Counted { table: table.clone(), live: *live, remaining });
     }
     phases.mark("counts");
-    // With a WAL follower, the anchors are read in one snapshot it places: a table none of
-    // whose pages was written since the last look keeps the keys sampled then, which are
-    // all there (`follow::anchors_unchanged`). A rollback-journal source is never followed,
-    // so no read transaction holds up its writer here.
-    let followed = source::follow::lookup(src.path()).is_some();
-    let txn = if followed { Some(src.read_snapshot("sqlite_schema")?) } else { None };
     let unchanged = if followed { source::follow::anchors_unchanged(src) } else { BTreeMap::new() };
     for (table, keys) in previous.iter().filter(|(t, k)| !k.is_empty() && table_selected(selection, t)) {
         seen.anchored.push(table.clone());
@@ -276,21 +276,23 @@ pub fn observe_in(
     Ok(seen)
 }
 
-/// The rows of `table` (`live` at the last sync) the guard decides on: a lower bound the
-/// WAL follower gives without reading the leaves written since the last sync, when it lets
-/// the sync through (fewer rows could only hold it), else the exact count.
-fn count(src: &Source, policy: &DeletionGuard, table: &str, live: i64) -> Result<i64, SourceError> {
-    let bound = src.rows_at_least(table)?;
-    if let Some(n) = bound
-        && !holds(policy, live, n)
-    {
-        return Ok(n);
+/// The rows of `table` (`live` at the last sync) the guard decides on. With the WAL
+/// followed (`followed`; in the open read transaction): a lower bound the follower gives
+/// without reading the leaves written since the last sync, when it lets the sync through
+/// (fewer rows could only hold it), else the follower's exact count; else `count(*)`.
+fn count(src: &Source, policy: &DeletionGuard, table: &str, live: i64, followed: bool) -> Result<i64, SourceError> {
+    use source::follow::{Count, vouched_rows};
+    if followed {
+        if let Some(n) = vouched_rows(src, table, Count::AtLeast)
+            && !holds(policy, live, n)
+        {
+            return Ok(n);
+        }
+        if let Some(n) = vouched_rows(src, table, Count::Exact) {
+            return Ok(n);
+        }
     }
-    let n = src.row_count(table)?;
-    if let Some(at_least) = bound {
-        tracing::debug!(table, live, at_least, n, "the follower's bound would hold the sync: counted");
-    }
-    Ok(n)
+    src.row_count(table)
 }
 
 /// Up to `ANCHORS_PER_TABLE` keys spread evenly over the table's rowids. Tables keyed by

@@ -218,7 +218,8 @@ async fn look(
         phases.mark("discover");
         let seen = guard::observe_in(&src, &discovered, &spec.tables, &recorded, &previous, &spec.deletion_guard)?;
         phases.mark("guard");
-        let queue = queue::order(&src, &discovered, &spec);
+        let counted = seen.tables.iter().filter_map(|c| Some((c.table.as_str(), c.remaining?))).collect();
+        let queue = queue::order(&src, &discovered, &spec, &counted);
         phases.mark("order");
         tracing::debug!(phases = %phases, "source looked at");
         Ok(Look { queue, discovered, seen, src })

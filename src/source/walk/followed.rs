@@ -111,7 +111,9 @@ fn descend(
         if !dirty.contains(&p)
             && let Some(children) = memo.interior.get(&p)
         {
-            stack.extend(children.iter().rev());
+            // An unwritten page has the children noted: only those above a written page
+            // need a visit (a page let go of elsewhere and hung here would have written it).
+            stack.extend(children.iter().rev().filter(|c| touched.contains(c)));
             continue;
         }
         if let Some(n) = memo.cells.remove(&p) {
@@ -225,7 +227,7 @@ pub fn rows_followed(src: &Source, table: &str, changed: &[u32], memo: &Memo, ho
         if !dirty.contains(&p)
             && let Some(children) = before
         {
-            stack.extend(children.iter().rev());
+            stack.extend(children.iter().rev().filter(|c| touched.contains(c)));
             continue;
         }
         rows -= cells(&p);
