@@ -157,6 +157,11 @@ impl Memo {
 
     /// Whether page `pgno` is one of the table's the walk noted (a leaf, an overflow page
     /// of its rows, an interior page).
+    /// Whether the last walk found `pgno` in the tree (a leaf or an interior page).
+    pub(super) fn notes_tree(&self, pgno: u32) -> bool {
+        self.cells.contains_key(&pgno) || self.interior.contains_key(&pgno)
+    }
+
     pub(super) fn notes(&self, pgno: u32) -> bool {
         self.cells.contains_key(&pgno) || self.owners.contains_key(&pgno) || self.interior.contains_key(&pgno)
     }

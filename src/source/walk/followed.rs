@@ -27,6 +27,9 @@ struct Descent {
     reached: HashSet<u32>,
     /// Children the last walk noted under pages read now that are no longer theirs.
     let_go: Vec<u32>,
+    /// The children of every interior page read (a page let go of is still in the tree
+    /// when one of them: hanging it elsewhere wrote its new parent).
+    adopted: Vec<u32>,
 }
 
 /// A walk that reads only what changed (see the module doc). Call inside the read
@@ -127,7 +130,10 @@ fn descend(
                 now.sort_unstable();
                 d.let_go.extend(before.into_iter().flatten().filter(|c| now.binary_search(c).is_err()));
                 memo.parent.extend(children.iter().map(|c| (*c, p)));
-                stack.extend(children.iter().rev());
+                // The children above a written page, and those new to the tree.
+                let visit = |c: &&u32| touched.contains(c) || !memo.notes_tree(**c);
+                stack.extend(children.iter().rev().filter(visit));
+                d.adopted.extend_from_slice(&children);
                 memo.interior.insert(p, children);
             }
             Visit::Leaf => d.let_go.extend(before.into_iter().flatten()),
@@ -144,8 +150,9 @@ fn descend(
 /// descent did not reach elsewhere: they are no longer in the tree.
 fn drop_let_go(d: &mut Descent, memo: &mut Memo) {
     let mut stack = std::mem::take(&mut d.let_go);
+    d.adopted.sort_unstable();
     while let Some(c) = stack.pop() {
-        if d.reached.contains(&c) {
+        if d.reached.contains(&c) || d.adopted.binary_search(&c).is_ok() {
             continue;
         }
         memo.parent.remove(&c);
@@ -215,6 +222,7 @@ pub fn rows_followed(src: &Source, table: &str, changed: &[u32], memo: &Memo, ho
     let touched = above(&dirty, memo);
     let cells = |p: &u32| memo.cells.get(p).map_or(0, |n| i64::from(*n));
     let (mut rows, mut reached, mut let_go, mut stack) = (memo.rows, HashSet::new(), Vec::new(), vec![root]);
+    let mut adopted: Vec<u32> = Vec::new();
     while let Some(p) = stack.pop() {
         if !reached.insert(p) || reached.len() as u64 > MAX_PAGES {
             return Ok(None);
@@ -239,7 +247,10 @@ pub fn rows_followed(src: &Source, table: &str, changed: &[u32], memo: &Memo, ho
                 let mut now = children.clone();
                 now.sort_unstable();
                 let_go.extend(before.into_iter().flatten().filter(|c| now.binary_search(c).is_err()));
-                stack.extend(children.iter().rev());
+                // The children above a written page, and (counted exactly) those new to it.
+                let visit = |c: &&u32| touched.contains(c) || (how == Count::Exact && !memo.notes_tree(**c));
+                stack.extend(children.iter().rev().filter(visit));
+                adopted.extend_from_slice(&now);
             }
             Some(Ok(TablePage::Leaf { cells })) => {
                 rows += cells.len() as i64;
@@ -248,9 +259,10 @@ pub fn rows_followed(src: &Source, table: &str, changed: &[u32], memo: &Memo, ho
             _ => return Ok(None),
         }
     }
-    // The subtrees let go of and not reached elsewhere: their rows are gone.
+    // The subtrees let go of and not hung elsewhere: their rows are gone.
+    adopted.sort_unstable();
     while let Some(c) = let_go.pop() {
-        if reached.insert(c) {
+        if adopted.binary_search(&c).is_err() && reached.insert(c) {
             rows -= cells(&c);
             let_go.extend(memo.interior.get(&c).into_iter().flatten());
         }
