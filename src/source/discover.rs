@@ -50,63 +50,57 @@ pub fn discover(src: &Source) -> Result<Vec<TableInfo>> {
     let mut stmt = src
         .conn
         .prepare(
-            "SELECT s.name, coalesce(s.sql, ''), l.wr FROM sqlite_schema s
+            "SELECT s.name, coalesce(s.sql, '') FROM sqlite_schema s
              JOIN pragma_table_list l ON l.schema = 'main' AND l.name = s.name
              WHERE s.type = 'table' AND l.type = 'table' AND s.name NOT LIKE 'sqlite\\_%' ESCAPE '\\'
              ORDER BY s.name",
         )
         .map_err(src.err("sqlite_schema"))?;
-    let all: Vec<(String, String, bool)> = stmt
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+    let all: Vec<(String, String)> = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
         .map_err(src.err("sqlite_schema"))?
         .collect::<Result<_, _>>()
         .map_err(src.err("sqlite_schema"))?;
-    let mut extra = extra_ddl(src)?;
-    all.into_iter()
-        .map(|(name, ddl, without_rowid)| {
-            let columns = columns(src, &name)?;
-            let extra_ddl = extra.remove(&name).unwrap_or_default();
-            Ok(TableInfo { key: key_of(&columns), name, ddl, columns, without_rowid, extra_ddl })
-        })
-        .collect()
+    all.iter().map(|(name, ddl)| table_info(src, name, ddl)).collect()
 }
 
-/// The `CREATE INDEX` / `CREATE TRIGGER` statements of every table, by table, in one read.
-fn extra_ddl(src: &Source) -> Result<std::collections::HashMap<String, Vec<String>>> {
+fn table_info(src: &Source, name: &str, ddl: &str) -> Result<TableInfo> {
     let mut stmt = src
         .conn
-        .prepare(
-            "SELECT tbl_name, sql FROM sqlite_schema WHERE type IN ('index', 'trigger') AND sql IS NOT NULL
-             ORDER BY tbl_name, type, name",
-        )
-        .map_err(src.err("sqlite_schema"))?;
-    let mut out: std::collections::HashMap<String, Vec<String>> = std::collections::HashMap::new();
-    let mut rows = stmt.query([]).map_err(src.err("sqlite_schema"))?;
-    while let Some(r) = rows.next().map_err(src.err("sqlite_schema"))? {
-        let (table, sql): (String, String) =
-            (r.get(0).map_err(src.err("sqlite_schema"))?, r.get(1).map_err(src.err("sqlite_schema"))?);
-        out.entry(table).or_default().push(sql);
-    }
-    Ok(out)
-}
-
-fn columns(src: &Source, name: &str) -> Result<Vec<ColumnInfo>> {
-    let mut stmt = src
-        .conn
-        .prepare_cached("SELECT name, type, pk, hidden FROM pragma_table_xinfo(?1) ORDER BY cid")
+        .prepare("SELECT name, type, pk, hidden FROM pragma_table_xinfo(?1) ORDER BY cid")
         .map_err(src.err(name))?;
-    stmt.query_map([name], |r| {
-        let hidden: i64 = r.get(3)?;
-        Ok(ColumnInfo { name: r.get(0)?, decl_type: r.get(1)?, pk: r.get(2)?, generated: hidden == 2 || hidden == 3 })
-    })
-    .map_err(src.err(name))?
-    .collect::<Result<_, _>>()
-    .map_err(src.err(name))
-}
-
-/// The declared primary key, in key order, or the rowid.
-fn key_of(columns: &[ColumnInfo]) -> RowKey {
+    let columns: Vec<ColumnInfo> = stmt
+        .query_map([name], |r| {
+            let hidden: i64 = r.get(3)?;
+            Ok(ColumnInfo {
+                name: r.get(0)?,
+                decl_type: r.get(1)?,
+                pk: r.get(2)?,
+                generated: hidden == 2 || hidden == 3,
+            })
+        })
+        .map_err(src.err(name))?
+        .collect::<Result<_, _>>()
+        .map_err(src.err(name))?;
     let mut pk: Vec<&ColumnInfo> = columns.iter().filter(|c| c.pk > 0).collect();
     pk.sort_by_key(|c| c.pk);
-    if pk.is_empty() { RowKey::Rowid } else { RowKey::Primary(pk.iter().map(|c| c.name.clone()).collect()) }
+    let key = if pk.is_empty() { RowKey::Rowid } else { RowKey::Primary(pk.iter().map(|c| c.name.clone()).collect()) };
+    let without_rowid: bool = src
+        .conn
+        .query_row(
+            "SELECT coalesce((SELECT wr FROM pragma_table_list WHERE name = ?1 AND schema = 'main'), 0)",
+            [name],
+            |r| r.get(0),
+        )
+        .map_err(src.err(name))?;
+    let mut stmt = src
+        .conn
+        .prepare("SELECT sql FROM sqlite_schema WHERE tbl_name = ?1 AND type IN ('index', 'trigger') AND sql IS NOT NULL ORDER BY type, name")
+        .map_err(src.err(name))?;
+    let extra_ddl = stmt
+        .query_map([name], |r| r.get(0))
+        .map_err(src.err(name))?
+        .collect::<Result<Vec<String>, _>>()
+        .map_err(src.err(name))?;
+    Ok(TableInfo { name: name.to_string(), ddl: ddl.to_string(), columns, key, without_rowid, extra_ddl })
 }

@@ -3,14 +3,13 @@
 //! registers a follower per WAL-mode tenant and polls it between syncs; a sync finds it by
 //! the source's path. With none registered (`owsyncctl sync --once`), a sync walks as before.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
 
 use super::Source;
 use super::pages::Memo;
-use super::wal::{Mark, SnapshotPos, WalFollower, snapshot_pos};
-pub use super::walk::Count;
+use super::wal::{Mark, WalFollower, snapshot_pos};
 
 /// What a table's last walk left: the snapshot it walked (a mark of the follower that
 /// placed it), the digest of the page state it made, and its memo. Used only when the
@@ -30,18 +29,6 @@ pub struct Followed {
     /// What this process's last sync of each table recorded, so that the next one need not
     /// read it back from PostgreSQL (a 2 GB tenant's states are ~10 MB).
     pub recorded: HashMap<String, RecordedState>,
-    /// The keys the deletion guard sampled at the last sync's look at the source.
-    pub anchors: Option<Sampled>,
-}
-
-/// A few keys per table (the deletion guard's anchors).
-pub type Keys = Vec<Vec<serde_json::Value>>;
-
-/// Keys sampled from each table in one snapshot, which the follower placed.
-pub struct Sampled {
-    instance: u64,
-    mark: Mark,
-    keys: BTreeMap<String, Keys>,
 }
 
 /// A table's page state as a sync in this process recorded it: usable as the recorded
@@ -54,10 +41,8 @@ pub struct RecordedState {
     /// The state (`PageState::encode`) and its xxh3-128.
     pub state: Arc<Vec<u8>>,
     pub digest: u128,
-    /// The base the row holds (the state itself, or the base its delta is against), and
-    /// its delta (`None`: the state is the base).
+    /// The base the row holds (the state itself, or the base its delta is against).
     pub base: Arc<Vec<u8>>,
-    pub delta: Option<Arc<Vec<u8>>>,
 }
 
 /// A recorded state to keep once its row is written (`remember`), or as it is when the
@@ -119,7 +104,6 @@ pub fn register(path: &Path) -> Handle {
         follower: WalFollower::new(path),
         tables: HashMap::new(),
         recorded: HashMap::new(),
-        anchors: None,
     }));
     r.insert(path.to_path_buf(), Arc::downgrade(&h));
     h
@@ -141,7 +125,7 @@ pub struct Start {
     /// This snapshot's mark, when the follower could place it.
     pub mark: Option<(u64, Mark)>,
     /// The pages committed since the table's last walk, and that walk's memo and digest.
-    pub since: Option<(Arc<[u32]>, TableMemo)>,
+    pub since: Option<(Vec<u32>, TableMemo)>,
 }
 
 /// Places the snapshot of `conn`'s open read transaction (it must have read something)
@@ -149,26 +133,15 @@ pub struct Start {
 pub fn start(handle: Handle, conn: &rusqlite::Connection, table: &str) -> Start {
     let pos = snapshot_pos(conn);
     let mut f = handle.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    let mark = pos.and_then(|p| placed(&mut f.follower, &p));
+    if let Err(e) = f.follower.poll() {
+        tracing::debug!(error = %e, "WAL follower: read failed");
+    }
     let instance = f.follower.instance();
-    let mark = mark.map(|m| (instance, m));
+    let mark = pos.and_then(|p| f.follower.mark_at(&p)).map(|m| (instance, m));
     let memo = f.tables.remove(table).filter(|m| m.instance == instance);
     let since = memo.and_then(|m| f.follower.changed_since(m.mark).map(|c| (c, m)));
     drop(f);
     Start { handle, mark, since }
-}
-
-/// The follower's mark of the snapshot at `pos`: it has read every commit up to it. Reads
-/// the `-wal` only when it has not read that far yet (a sync places one snapshot per
-/// table, most after nothing new was committed).
-fn placed(follower: &mut WalFollower, pos: &SnapshotPos) -> Option<Mark> {
-    if let Some(m) = follower.mark_at(pos) {
-        return Some(m);
-    }
-    if let Err(e) = follower.poll() {
-        tracing::debug!(error = %e, "WAL follower: read failed");
-    }
-    follower.mark_at(pos)
 }
 
 /// Keeps what `table`'s walk left, for the next sync to follow on from.
@@ -185,54 +158,20 @@ pub fn finish(handle: &Handle, table: &str, memo: TableMemo) {
 /// read something), when the follower of `src`'s file can tell it without a count: from the
 /// table's last walk, unchanged when no commit since wrote a page of its b-tree that walk
 /// noted (adding, moving or removing a row writes a leaf, or the interior page above a new
-/// one), else reading only the pages written (`walk::rows_followed`, counting as `how`
-/// says). `None`: count them.
-pub fn vouched_rows(src: &Source, table: &str, how: Count) -> Option<i64> {
+/// one), else reading only the pages written (`walk::rows_followed`). `None`: count them.
+pub fn vouched_rows(src: &Source, table: &str) -> Option<i64> {
     let handle = lookup(src.path())?;
     let pos = snapshot_pos(&src.conn)?;
     let mut f = handle.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    placed(&mut f.follower, &pos)?;
-    let instance = f.follower.instance();
-    let mark = f.tables.get(table).filter(|m| m.instance == instance)?.mark;
-    let changed = f.follower.changed_since(mark)?;
-    let m = f.tables.get(table)?;
-    let noted = m.memo.noted_of(&changed);
+    if let Err(e) = f.follower.poll() {
+        tracing::debug!(error = %e, "WAL follower: read failed");
+    }
+    // Placed: the follower has read every commit up to this snapshot.
+    f.follower.mark_at(&pos)?;
+    let m = f.tables.get(table).filter(|m| m.instance == f.follower.instance())?;
+    let noted = m.memo.noted_of(&f.follower.changed_since(m.mark)?);
     if noted.is_empty() {
         return Some(m.memo.rows);
     }
-    super::walk::rows_followed(src, table, &noted, &m.memo, how).ok().flatten()
-}
-
-/// The keys sampled at the last look (`keep_anchors`) of the tables whose rows are still
-/// exactly those of that snapshot at the snapshot of `src`'s open read transaction: no page
-/// a walk of the table noted since that look was written since it (a change to a table
-/// writes a page that stays in its tree, or the page above one it frees, up to the root),
-/// and the table has the same root. Empty without a follower that can tell.
-pub fn anchors_unchanged(src: &Source) -> BTreeMap<String, Keys> {
-    let mut out = BTreeMap::new();
-    let (Some(handle), Some(pos)) = (lookup(src.path()), snapshot_pos(&src.conn)) else { return out };
-    let mut f = handle.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    let instance = f.follower.instance();
-    let Some(now) = placed(&mut f.follower, &pos) else { return out };
-    let sampled = f.anchors.as_ref().filter(|a| a.instance == instance && a.mark <= now);
-    let Some(since) = sampled.map(|a| a.mark) else { return out };
-    let Some(changed) = f.follower.changed_since(since) else { return out };
-    let Some(sampled) = &f.anchors else { return out };
-    for (table, keys) in &sampled.keys {
-        let Some(m) = f.tables.get(table).filter(|m| m.instance == instance && m.mark >= since) else { continue };
-        if m.memo.noted_of(&changed).is_empty() && super::walk::root_of(src, table).ok().flatten() == Some(m.memo.root)
-        {
-            out.insert(table.clone(), keys.clone());
-        }
-    }
-    out
-}
-
-/// Keeps the keys sampled at the snapshot of `src`'s open read transaction, for the next
-/// look (`anchors_unchanged`).
-pub fn keep_anchors(src: &Source, keys: &BTreeMap<String, Keys>) {
-    let (Some(handle), Some(pos)) = (lookup(src.path()), snapshot_pos(&src.conn)) else { return };
-    let mut f = handle.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    let instance = f.follower.instance();
-    f.anchors = placed(&mut f.follower, &pos).map(|mark| Sampled { instance, mark, keys: keys.clone() });
+    super::walk::rows_followed(src, table, &noted, &m.memo).ok().flatten()
 }

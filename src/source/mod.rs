@@ -74,21 +74,22 @@ impl ReadTxn<'_> {
     /// Starts the snapshot (it begins with the transaction's first read), places it for
     /// the WAL follower `handle` and takes `table`'s memo (`follow::start`).
     pub fn follow(&self, handle: follow::Handle, table: &str) -> Result<follow::Start> {
-        self.src.snapshot(table)?;
-        Ok(follow::start(handle, &self.src.conn, table))
+        let src = self.src;
+        src.conn.query_row("SELECT count(*) FROM sqlite_schema", [], |_| Ok(())).map_err(src.err(table))?;
+        Ok(follow::start(handle, &src.conn, table))
     }
 
     /// Ends the transaction (COMMIT: it wrote nothing).
     pub fn end(mut self) -> Result<()> {
         self.open = false;
-        self.src.run_cached("COMMIT").map_err(self.src.err(&self.table))
+        self.src.conn.execute_batch("COMMIT").map_err(self.src.err(&self.table))
     }
 }
 
 impl Drop for ReadTxn<'_> {
     fn drop(&mut self) {
         if self.open {
-            let _ = self.src.run_cached("COMMIT");
+            let _ = self.src.conn.execute_batch("COMMIT");
         }
     }
 }
@@ -120,15 +121,8 @@ impl Source {
 
     /// Begins a read transaction (`table`: named in its errors).
     pub fn read_txn(&self, table: &str) -> Result<ReadTxn<'_>> {
-        self.run_cached("BEGIN").map_err(self.err(table))?;
+        self.conn.execute_batch("BEGIN").map_err(self.err(table))?;
         Ok(ReadTxn { src: self, table: table.to_string(), open: true })
-    }
-
-    /// Begins a read transaction and starts its snapshot (`table`: named in its errors).
-    pub fn read_snapshot(&self, table: &str) -> Result<ReadTxn<'_>> {
-        let txn = self.read_txn(table)?;
-        self.snapshot(table)?;
-        Ok(txn)
     }
 
     /// The highest rowid of `table`: one b-tree descent, a cheap estimate of its size. 0 when
@@ -138,22 +132,22 @@ impl Source {
         self.conn.query_row(&sql, [], |r| r.get::<_, Option<i64>>(0)).ok().flatten().unwrap_or(0)
     }
 
-    /// The number of rows of `table` (`count(*)`, in the open read transaction if any).
+    /// The number of rows of `table`: the count the WAL follower vouches for, when it can
+    /// (`follow::vouched_rows`), else `count(*)`.
     pub fn row_count(&self, table: &str) -> Result<i64> {
         let sql = format!("SELECT count(*) FROM {}", crate::sql::quote_ident(table));
-        self.conn.query_row(&sql, [], |r| r.get(0)).map_err(self.err(table))
-    }
-
-    /// Runs a statement without parameters or rows, prepared once per connection (a sync
-    /// begins and ends a read transaction per table).
-    fn run_cached(&self, sql: &str) -> rusqlite::Result<()> {
-        self.conn.prepare_cached(sql)?.execute([]).map(|_| ())
-    }
-
-    /// Starts the open read transaction's snapshot (its first read).
-    fn snapshot(&self, table: &str) -> Result<()> {
-        let mut stmt = self.conn.prepare_cached("SELECT count(*) FROM sqlite_schema").map_err(self.err(table))?;
-        stmt.query_row([], |_| Ok(())).map_err(self.err(table))
+        if follow::lookup(&self.path).is_none() {
+            return self.conn.query_row(&sql, [], |r| r.get(0)).map_err(self.err(table));
+        }
+        // One snapshot for the follower's answer and, failing it, the count.
+        let txn = self.read_txn(table)?;
+        self.conn.query_row("SELECT count(*) FROM sqlite_schema", [], |_| Ok(())).map_err(self.err(table))?;
+        let n = match follow::vouched_rows(self, table) {
+            Some(n) => n,
+            None => self.conn.query_row(&sql, [], |r| r.get(0)).map_err(self.err(table))?,
+        };
+        txn.end()?;
+        Ok(n)
     }
 
     /// A statement on this handle's read-only connection (`table`: named in its errors).

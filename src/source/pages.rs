@@ -106,7 +106,7 @@ impl PageState {
     /// length + target name, then per leaf a 40-byte record (pgno, hash, min, max, number
     /// of big rows) followed by 16 bytes (rowid, hash) per big row.
     pub fn encode(&self, target: &str) -> Vec<u8> {
-        let len = 6 + target.len() + self.encoded_len();
+        let len = 6 + target.len() + self.entries.len() * RECORD + self.rows.len() * ROW;
         let mut out = Vec::with_capacity(len);
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&(target.len() as u16).to_be_bytes());
@@ -125,11 +125,6 @@ impl PageState {
             state.push(l.pgno, l.hash, l.min, l.max, l.big_rows.0.chunks_exact(ROW));
         }
         Some(state)
-    }
-
-    /// An empty state with room for `leaves` leaves and `big_rows` big rows.
-    pub fn with_capacity(leaves: usize, big_rows: usize) -> PageState {
-        PageState { entries: Vec::with_capacity(leaves), rows: Vec::with_capacity(big_rows) }
     }
 
     /// Adds one leaf of a walk, in any order (`sort` puts them in page order).
@@ -176,11 +171,6 @@ impl PageState {
         self.entries.sort_unstable_by_key(|e| (e.pgno, e.min, e.max));
     }
 
-    /// The bytes of its leaf records in the stored encoding.
-    pub fn encoded_len(&self) -> usize {
-        self.entries.len() * RECORD + self.rows.len() * ROW
-    }
-
     /// How many leaves the walk found.
     pub fn leaf_count(&self) -> usize {
         self.entries.len()
@@ -196,9 +186,6 @@ impl PageState {
 
     /// Adds entries for rowid ranges read while the source was changing.
     pub fn add_suspect(&mut self, ranges: &[(i64, i64)]) {
-        if ranges.is_empty() {
-            return; // a walk's state is in page order already
-        }
         for &(min, max) in &merge_ranges(ranges.to_vec()) {
             self.push_rows(SUSPECT_PGNO, [0; 16], min, max, std::iter::empty());
         }
@@ -214,8 +201,6 @@ impl PageState {
 /// place: comparing a walk against it costs no copy of it.
 #[derive(Debug, Clone, Copy)]
 pub struct Recorded<'a> {
-    /// The encoding's header (magic and target) and its leaf records.
-    head: &'a [u8],
     body: &'a [u8],
     leaves: usize,
 }
@@ -245,7 +230,7 @@ impl<'a> Recorded<'a> {
             leaves += 1;
             rest = r;
         }
-        Some(Recorded { head: &b[..6 + n], body, leaves })
+        Some(Recorded { body, leaves })
     }
 
     /// The recorded leaves, in page order.
@@ -260,69 +245,6 @@ impl<'a> Recorded<'a> {
 
     pub fn leaf_count(&self) -> usize {
         self.leaves
-    }
-
-    /// How many big rows the recorded leaves hold.
-    pub fn big_row_count(&self) -> usize {
-        self.body.len().saturating_sub(self.leaves * RECORD) / ROW
-    }
-
-    /// The recorded leaves in page order, each with where its record lies in the body.
-    pub fn records(&self) -> impl Iterator<Item = (Leaf<'a>, std::ops::Range<usize>)> + use<'a> {
-        let (body, mut at) = (self.body, 0);
-        std::iter::from_fn(move || {
-            let (l, r) = next_leaf(body.get(at..)?)?;
-            let end = body.len() - r.len();
-            let range = at..end;
-            at = end;
-            Some((l, range))
-        })
-    }
-}
-
-/// A state in the stored encoding made of a recorded one: its records copied a run at a
-/// time, with leaves put in between (`PageState::encode`'s bytes for the same leaves).
-pub struct Spliced<'a> {
-    old: Recorded<'a>,
-    out: Vec<u8>,
-    /// The recorded records kept since the last leaf put, not yet copied.
-    run: std::ops::Range<usize>,
-}
-
-impl<'a> Spliced<'a> {
-    /// An empty state of the same target as `old`, with room for `extra` bytes more.
-    pub fn new(old: Recorded<'a>, extra: usize) -> Spliced<'a> {
-        let mut out = Vec::with_capacity(old.head.len() + old.body.len() + extra);
-        out.extend_from_slice(old.head);
-        Spliced { old, out, run: 0..0 }
-    }
-
-    /// Keeps the recorded leaf whose record lies at `range` (the next after those kept).
-    pub fn keep(&mut self, range: std::ops::Range<usize>) {
-        if self.run.end != range.start || self.run.is_empty() {
-            self.flush();
-            self.run.start = range.start;
-        }
-        self.run.end = range.end;
-    }
-
-    /// Puts a leaf after those kept or put so far.
-    pub fn put(&mut self, l: &Leaf<'_>) {
-        self.flush();
-        put_leaf(&mut self.out, l);
-    }
-
-    fn flush(&mut self) {
-        if let Some(b) = self.old.body.get(self.run.clone()) {
-            self.out.extend_from_slice(b);
-        }
-        self.run = 0..0;
-    }
-
-    /// The encoded state.
-    pub fn finish(mut self) -> Vec<u8> {
-        self.flush();
-        self.out
     }
 }
 
@@ -384,16 +306,6 @@ fn diff_recorded_leaves<'a>(old: impl Iterator<Item = Leaf<'a>>, new: &PageState
         return diff_recorded_leaves(old, &n);
     }
     diff_sorted(old, new.leaves())
-}
-
-/// What changed between a recorded state and the state a followed walk made of it, from
-/// only the recorded leaves the walk dropped (`gone`, in page order) and the leaves it read
-/// (`read`, sorted): every other leaf, `kept` of them, is the recorded one, so it is the
-/// same in both. Equal to `diff_recorded` of the whole states, at the cost of what changed.
-pub fn diff_followed<'a>(gone: impl Iterator<Item = Leaf<'a>>, read: &PageState, kept: usize) -> Changes {
-    let mut c = diff_sorted(gone, read.leaves());
-    c.total_leaves += kept;
-    c
 }
 
 /// The comparison of two page-sorted leaf sequences, in one merge: a leaf is unchanged when

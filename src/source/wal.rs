@@ -39,7 +39,6 @@ use std::collections::VecDeque;
 use std::fs::File;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use generation::{Generation, Header};
 
@@ -130,9 +129,6 @@ pub struct WalFollower {
     pub last_lost: Option<Lost>,
     /// Times continuity was broken.
     pub losses: u64,
-    /// The last answer of `changed_since`: (mark, head then, pages). A sync asks once per
-    /// table, mostly for the same mark.
-    since: Option<(Mark, Mark, Arc<[u32]>)>,
 }
 
 impl WalFollower {
@@ -156,7 +152,6 @@ impl WalFollower {
             last_size: 0,
             last_lost: Some(Lost::Restarted),
             losses: 0,
-            since: None,
         }
     }
 
@@ -343,22 +338,14 @@ impl WalFollower {
 
     /// The pages of every commit after `mark`, sorted, or `None` when the follower cannot
     /// vouch that it read them all.
-    pub fn changed_since(&mut self, mark: Mark) -> Option<Arc<[u32]>> {
-        let head = self.head();
-        if mark < self.floor || mark > head {
+    pub fn changed_since(&self, mark: Mark) -> Option<Vec<u32>> {
+        if mark < self.floor || mark > self.head() {
             return None;
-        }
-        if let Some((m, h, pages)) = &self.since
-            && (*m, *h) == (mark, head)
-        {
-            return Some(pages.clone());
         }
         let start = self.log.partition_point(|c| c.mark <= mark);
         let mut pages: Vec<u32> = self.log.range(start..).flat_map(|c| c.pages.iter().copied()).collect();
         pages.sort_unstable();
         pages.dedup();
-        let pages: Arc<[u32]> = pages.into();
-        self.since = Some((mark, head, pages.clone()));
         Some(pages)
     }
 

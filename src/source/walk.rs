@@ -13,36 +13,11 @@ use super::{Result, Source, SourceError};
 /// A consistent walk of one table.
 #[derive(Debug)]
 pub struct Walked {
-    /// The leaves of a walk of every leaf; empty after a followed walk, whose state is
-    /// `Followed::encoded`.
     pub state: PageState,
     /// Rows in the table at the walk (the leaves' cells).
     pub rows: i64,
     /// `PRAGMA data_version` of the snapshot walked: another value later means a commit.
     pub data_version: i64,
-    /// What a followed walk changed of the recorded state (`None`: a walk of every leaf).
-    pub followed: Option<Followed>,
-}
-
-impl Walked {
-    /// How many leaves the table has at the walk.
-    pub fn leaf_count(&self) -> usize {
-        self.followed.as_ref().map_or_else(|| self.state.leaf_count(), |f| f.leaves)
-    }
-}
-
-/// A followed walk's new state, made in the stored encoding from the recorded one, and
-/// what it changed of it, known without a pass over either state: what a comparison of
-/// the two would find (`pages::diff_followed`), the recorded leaves it dropped (their
-/// pages, sorted) and the leaves it read (in page order), from which
-/// `pages::delta::compose` makes the next delta.
-#[derive(Debug, Default)]
-pub struct Followed {
-    pub encoded: Vec<u8>,
-    pub leaves: usize,
-    pub changes: super::pages::Changes,
-    pub gone: Vec<u32>,
-    pub read: PageState,
 }
 
 /// How many times a rollback-journal walk starts over when a commit lands in the middle.
@@ -50,8 +25,7 @@ const WALK_TRIES: usize = 3;
 
 /// The current `PRAGMA data_version` (inside a transaction: that of its snapshot).
 pub fn data_version(src: &Source) -> Result<i64> {
-    let mut stmt = src.conn.prepare_cached("PRAGMA data_version").map_err(src.err("PRAGMA data_version"))?;
-    stmt.query_row([], |r| r.get(0)).map_err(src.err("PRAGMA data_version"))
+    src.conn.query_row("PRAGMA data_version", [], |r| r.get(0)).map_err(src.err("PRAGMA data_version"))
 }
 
 /// Whether the source is in WAL mode (a reader then never blocks the writer).
@@ -157,11 +131,6 @@ impl Memo {
 
     /// Whether page `pgno` is one of the table's the walk noted (a leaf, an overflow page
     /// of its rows, an interior page).
-    /// Whether the last walk found `pgno` in the tree (a leaf or an interior page).
-    pub(super) fn notes_tree(&self, pgno: u32) -> bool {
-        self.cells.contains_key(&pgno) || self.interior.contains_key(&pgno)
-    }
-
     pub(super) fn notes(&self, pgno: u32) -> bool {
         self.cells.contains_key(&pgno) || self.owners.contains_key(&pgno) || self.interior.contains_key(&pgno)
     }
@@ -234,7 +203,7 @@ fn with_page_sqlite<T>(src: &Source, table: &str, pgno: u32, f: impl FnOnce(&[u8
 type LeafHasher = xxhash_rust::xxh3::Xxh3;
 
 mod followed;
-pub use followed::{Count, rows_followed, walk_followed};
+pub use followed::{rows_followed, walk_followed};
 
 /// A walk in progress: the pages still to visit and what the visited ones gave.
 struct Progress<'m> {
@@ -264,7 +233,7 @@ fn walk_once(src: &Source, table: &str, root: u32, in_txn: bool, memo: Option<&m
         table: table.to_string(),
         source: rusqlite::Error::QueryReturnedNoRows,
     })?;
-    Ok(Attempt::Done(Walked { state: w.state, rows: w.rows, data_version, followed: None }))
+    Ok(Attempt::Done(Walked { state: w.state, rows: w.rows, data_version }))
 }
 
 /// One slice of a walk: in the caller's read transaction (`in_txn`), else in its own short

@@ -141,7 +141,10 @@ pub fn decide(policy: &DeletionGuard, seen: &Observed) -> Option<Plan> {
     let mut tables = Vec::new();
     for c in &seen.tables {
         let Some(remaining) = c.remaining else { continue };
-        if holds(policy, c.live, remaining) {
+        let deleting = c.live - remaining;
+        let share = deleting > 0 && c.live >= policy.min_rows && deleting as f64 > policy.max_share * c.live as f64;
+        let emptied = policy.hold_emptied && c.live > 0 && remaining == 0;
+        if share || emptied {
             tables.push(HeldTable { table: c.table.clone(), live: c.live, remaining });
         }
     }
@@ -155,16 +158,6 @@ pub fn decide(policy: &DeletionGuard, seen: &Observed) -> Option<Plan> {
         foreign: if replaced { seen.foreign.clone() } else { Vec::new() },
         anchored: seen.anchored.len(),
     })
-}
-
-/// Whether a table of `live` rows at the last sync that has `remaining` now holds the sync:
-/// it would lose more than `maxShare` of its rows, or all of them. Fewer rows never hold
-/// less.
-fn holds(policy: &DeletionGuard, live: i64, remaining: i64) -> bool {
-    let deleting = live - remaining;
-    let share = deleting > 0 && live >= policy.min_rows && deleting as f64 > policy.max_share * live as f64;
-    let emptied = policy.hold_emptied && live > 0 && remaining == 0;
-    policy.enabled && (share || emptied)
 }
 
 /// The most rows each table's transaction may tombstone in a sync the guard let through:
@@ -209,11 +202,10 @@ pub fn observe(
     selection: &crate::spec::TableSelector,
     recorded: &BTreeMap<String, i64>,
     previous: &Anchors,
-    policy: &DeletionGuard,
 ) -> Result<Observed, SourceError> {
     let src = Source::open(path)?;
     let discovered = source::discover(&src)?;
-    observe_in(&src, &discovered, selection, recorded, previous, policy)
+    observe_in(&src, &discovered, selection, recorded, previous)
 }
 
 /// [`observe`] on an open source whose tables were just discovered (`discovered`).
@@ -223,33 +215,22 @@ pub fn observe_in(
     selection: &crate::spec::TableSelector,
     recorded: &BTreeMap<String, i64>,
     previous: &Anchors,
-    policy: &DeletionGuard,
 ) -> Result<Observed, SourceError> {
     let infos: BTreeMap<&str, &TableInfo> = discovered.iter().map(|t| (t.name.as_str(), t)).collect();
     let mut seen = Observed::default();
-    let mut phases = super::phases::Phases::new();
-    // With a WAL follower, everything is read in one snapshot it places: counts from what
-    // it names, and a table none of whose pages was written since the last look keeps the
-    // keys sampled then, which are all there (`follow::anchors_unchanged`). A
-    // rollback-journal source is never followed, so no read transaction holds its writer.
-    let followed = source::follow::lookup(src.path()).is_some();
-    let txn = if followed { Some(src.read_snapshot("sqlite_schema")?) } else { None };
     for (table, live) in recorded {
         if !table_selected(selection, table) {
             continue;
         }
         let remaining = match infos.get(table.as_str()) {
-            Some(_) => Some(count(src, policy, table, *live, followed)?),
+            Some(_) => Some(src.row_count(table)?),
             None => None,
         };
         seen.tables.push(Counted { table: table.clone(), live: *live, remaining });
     }
-    phases.mark("counts");
-    let unchanged = if followed { source::follow::anchors_unchanged(src) } else { BTreeMap::new() };
     for (table, keys) in previous.iter().filter(|(t, k)| !k.is_empty() && table_selected(selection, t)) {
         seen.anchored.push(table.clone());
         let found = match infos.get(table.as_str()) {
-            Some(_) if unchanged.get(table) == Some(keys) => true,
             Some(info) => any_present(src, info, keys)?,
             None => false,
         };
@@ -257,42 +238,13 @@ pub fn observe_in(
             seen.foreign.push(table.clone());
         }
     }
-    phases.mark("anchors found");
     for info in infos.values().filter(|t| table_selected(selection, &t.name)) {
-        let keys = match unchanged.get(&info.name) {
-            Some(k) => k.clone(),
-            None => sample(src, info)?,
-        };
+        let keys = sample(src, info)?;
         if !keys.is_empty() {
             seen.anchors.insert(info.name.clone(), keys);
         }
     }
-    if let Some(txn) = txn {
-        source::follow::keep_anchors(src, &seen.anchors);
-        txn.end()?;
-    }
-    phases.mark("anchors sampled");
-    tracing::debug!(phases = %phases, "guard observed the source");
     Ok(seen)
-}
-
-/// The rows of `table` (`live` at the last sync) the guard decides on. With the WAL
-/// followed (`followed`; in the open read transaction): a lower bound the follower gives
-/// without reading the leaves written since the last sync, when it lets the sync through
-/// (fewer rows could only hold it), else the follower's exact count; else `count(*)`.
-fn count(src: &Source, policy: &DeletionGuard, table: &str, live: i64, followed: bool) -> Result<i64, SourceError> {
-    use source::follow::{Count, vouched_rows};
-    if followed {
-        if let Some(n) = vouched_rows(src, table, Count::AtLeast)
-            && !holds(policy, live, n)
-        {
-            return Ok(n);
-        }
-        if let Some(n) = vouched_rows(src, table, Count::Exact) {
-            return Ok(n);
-        }
-    }
-    src.row_count(table)
 }
 
 /// Up to `ANCHORS_PER_TABLE` keys spread evenly over the table's rowids. Tables keyed by

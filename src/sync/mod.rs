@@ -6,7 +6,6 @@
 pub mod drift;
 pub mod guard;
 mod options;
-mod phases;
 pub mod progress;
 mod provision;
 mod queue;
@@ -165,16 +164,12 @@ pub async fn sync_tenant(job: &SyncJob<'_>) -> Result<SyncReport, SyncError> {
         let tables = rows.into_iter().map(|(t, rows)| (t, TableReport { rows, ..Default::default() })).collect();
         return Ok(SyncReport { tables, unchanged: true, duration: started.elapsed(), ..Default::default() });
     }
-    // The guard's row, then the source (the guard's counts and anchors, the tables), while
+    // The guard's row, then the source (the guard's counts and anchors, the tables) while
     // the recorded table state is read.
+    let row = guard::load(job).await?;
     let schema = job.spec.mirror_schema(job.client);
-    let guarded = async {
-        let row = guard::load(job).await?;
-        let look = look(job, &rows, guard::previous(&row)).await?;
-        Ok::<_, SyncError>((row, look))
-    };
-    let (guarded, baseline) = tokio::join!(guarded, skip::baseline(job, &schema));
-    let ((row, mut look), baseline) = (guarded?, baseline.map_err(store_err)?);
+    let (look, baseline) = tokio::join!(look(job, &rows, guard::previous(&row)), skip::baseline(job, &schema));
+    let (mut look, baseline) = (look?, baseline.map_err(store_err)?);
     let passed = guard::pass(job, row, std::mem::take(&mut look.seen)).await?;
     let mut report = match sync_all(job, &passed.limits, baseline, look).await {
         // A table's transaction would have tombstoned beyond the guard (and rolled back).
@@ -211,17 +206,10 @@ async fn look(
     let client = job.client.to_string();
     let (path, spec, recorded) = (PathBuf::from(&job.spec.source.path), job.spec.clone(), recorded.clone());
     tokio::task::spawn_blocking(move || {
-        let mut phases = phases::Phases::new();
         let src = source::Source::open(&path)?;
-        phases.mark("open");
         let discovered = source::discover(&src)?;
-        phases.mark("discover");
-        let seen = guard::observe_in(&src, &discovered, &spec.tables, &recorded, &previous, &spec.deletion_guard)?;
-        phases.mark("guard");
-        let counted = seen.tables.iter().filter_map(|c| Some((c.table.as_str(), c.remaining?))).collect();
-        let queue = queue::order(&src, &discovered, &spec, &counted);
-        phases.mark("order");
-        tracing::debug!(phases = %phases, "source looked at");
+        let seen = guard::observe_in(&src, &discovered, &spec.tables, &recorded, &previous)?;
+        let queue = queue::order(&src, &discovered, &spec);
         Ok(Look { queue, discovered, seen, src })
     })
     .await

@@ -130,7 +130,7 @@ fn table_pass(
         return false;
     };
     tracing::debug!(table = %t.name, walk_ms, read_ms = started.elapsed().as_secs_f64() * 1e3 - walk_ms,
-                    leaves = cap.walked.as_ref().map_or(0, Walked::leaf_count), "table read");
+                    leaves = cap.walked.as_ref().map_or(0, |w| w.state.leaf_count()), "table read");
     let end = match cap.finish(&rows.suspect, rows.read_any, target) {
         Some(s) => TableEnd { pages: Some(s.pages), rows: Some(s.rows), unchanged: s.unchanged, keep: s.keep },
         None => TableEnd::default(),

@@ -74,12 +74,9 @@ pub async fn baseline(job: &SyncJob<'_>, schema: &str) -> Result<Baseline, Store
         }
         let stored = match (r.fresh, r.pages) {
             (true, _) => kept.remove(&r.table).map(Stored::kept),
-            (false, Some(base)) => Some(Stored {
-                base: Arc::new(base),
-                delta: r.pages_delta.map(Arc::new),
-                made: None,
-                version: r.version,
-            }),
+            (false, Some(base)) => {
+                Some(Stored { base: Arc::new(base), delta: r.pages_delta, made: None, version: r.version })
+            }
             (false, None) => None,
         };
         if let Some(stored) = stored {

@@ -8,7 +8,6 @@ use sqlx::PgConnection;
 use tokio::sync::mpsc;
 use tracing::warn;
 
-use super::phases::Phases;
 use super::reader::{Msg, TableEnd, TablePlan};
 use super::{SyncError, SyncJob, TableReport, store_table_failure, table_failure};
 use crate::source::pages::StateWrite;
@@ -120,6 +119,33 @@ async fn copy_rows(
     tracing::debug!(table = %table.name, slices, rows = read.rows, waited_ms = ms(waited), sent_ms = ms(sent),
                     finish_ms = ms(t.elapsed()), "rows copied");
     Ok(copied)
+}
+
+/// Milliseconds spent in each step of a table's transaction, for the debug log.
+struct Phases {
+    last: Instant,
+    done: Vec<(&'static str, f64)>,
+}
+
+impl Phases {
+    fn new() -> Phases {
+        Phases { last: Instant::now(), done: Vec::new() }
+    }
+
+    fn mark(&mut self, step: &'static str) {
+        let now = Instant::now();
+        self.done.push((step, ms(now - self.last)));
+        self.last = now;
+    }
+}
+
+impl std::fmt::Display for Phases {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, (step, ms)) in self.done.iter().enumerate() {
+            write!(f, "{}{step} {ms:.1}", if i > 0 { ", " } else { "" })?;
+        }
+        Ok(())
+    }
 }
 
 fn ms(d: Duration) -> f64 {

@@ -11,7 +11,7 @@
 //! new leaves as `OWP3` records (`PageState::encode`), in page order. Page 0 holds the
 //! suspect ranges: when they differ at all, page 0 is removed and the new ones added.
 
-use super::{Leaf, MAGIC as STATE_MAGIC, PageState, Recorded, SUSPECT_PGNO, next_leaf, put_leaf};
+use super::{Leaf, MAGIC as STATE_MAGIC, Recorded, SUSPECT_PGNO, next_leaf, put_leaf};
 
 const MAGIC: &[u8; 4] = b"OWD1";
 const HEADER: usize = 4 + 8 + 8 + 4;
@@ -68,70 +68,6 @@ pub fn between(base: &[u8], new: &[u8], target: &str) -> Option<Vec<u8>> {
     Some(out)
 }
 
-/// The delta against `base` of the state a followed walk made of the recorded state (the
-/// state `old` makes of `base`: `None` when the row holds no delta, the base itself): the
-/// walk dropped the recorded leaves on the pages `gone` (sorted) and read the leaves `read`
-/// (in page order); every other leaf is the recorded one. Costs what `old` and the walk
-/// hold, not what the state holds (`between` passes over both states). A leaf read is
-/// recorded even when the base has it as it is, and a page gone is removed even when the
-/// base lacks it: `apply` makes the same state either way, and telling would take a pass
-/// over the base. `None` when `old` does not parse (the caller then uses `between`).
-pub fn compose(base: &[u8], old: Option<&[u8]>, gone: &[u32], read: &PageState) -> Option<Vec<u8>> {
-    let (head, removed, records) = if let Some(d) = old {
-        parts(d)?
-    } else {
-        let mut head = Vec::with_capacity(HEADER);
-        head.extend_from_slice(MAGIC);
-        head.extend_from_slice(&base_hash(base).to_be_bytes());
-        head.extend_from_slice(&(base.len() as u64).to_be_bytes());
-        (head, Vec::new(), Vec::new())
-    };
-    let read_pages: Vec<u32> = read.leaves().map(|l| l.pgno).collect();
-    let is_read = |p: &u32| read_pages.binary_search(p).is_ok();
-    // Removed: what the old delta removed and the walk dropped, less the pages read again.
-    let mut now_removed: Vec<u32> = removed.into_iter().chain(gone.iter().copied()).filter(|p| !is_read(p)).collect();
-    now_removed.sort_unstable();
-    now_removed.dedup();
-    let mut out = head;
-    out.extend_from_slice(&u32::try_from(now_removed.len()).ok()?.to_be_bytes());
-    for p in &now_removed {
-        out.extend_from_slice(&p.to_be_bytes());
-    }
-    // Records: the old delta's leaves the walk neither dropped nor read, and the leaves read.
-    let kept = records.into_iter().filter(|l| gone.binary_search(&l.pgno).is_err() && !is_read(&l.pgno));
-    let (mut kept, mut read) = (kept.peekable(), read.leaves().peekable());
-    loop {
-        let take_kept = match (kept.peek(), read.peek()) {
-            (None, None) => break,
-            (Some(k), Some(r)) => k.pgno < r.pgno,
-            (k, _) => k.is_some(),
-        };
-        if let Some(l) = if take_kept { kept.next() } else { read.next() } {
-            put_leaf(&mut out, &l);
-        }
-    }
-    Some(out)
-}
-
-/// A delta's header (magic, base hash and length), removed pages and leaf records.
-fn parts(delta: &[u8]) -> Option<(Vec<u8>, Vec<u32>, Vec<Leaf<'_>>)> {
-    if delta.get(..4)? != MAGIC {
-        return None;
-    }
-    let n_removed = usize::try_from(u32::from_be_bytes(delta.get(20..24)?.try_into().ok()?)).ok()?;
-    let removed_end = HEADER.checked_add(n_removed.checked_mul(4)?)?;
-    let removed: Vec<u32> =
-        delta.get(HEADER..removed_end)?.chunks_exact(4).map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]])).collect();
-    let mut records = Vec::new();
-    let mut rest = delta.get(removed_end..)?;
-    while !rest.is_empty() {
-        let (l, r) = next_leaf(rest)?;
-        records.push(l);
-        rest = r;
-    }
-    Some((delta.get(..20)?.to_vec(), removed, records))
-}
-
 /// The state `delta` made of `base` (an encoded page state of `target`); `None` when the
 /// delta was not made against this base or either does not parse: the table then takes a
 /// full pass, as with no recorded state.
@@ -143,7 +79,17 @@ pub fn apply(base: &[u8], delta: &[u8], target: &str) -> Option<Vec<u8>> {
     {
         return None;
     }
-    let (_, removed, records) = parts(delta)?;
+    let n_removed = usize::try_from(u32::from_be_bytes(delta.get(20..24)?.try_into().ok()?)).ok()?;
+    let removed_end = HEADER.checked_add(n_removed.checked_mul(4)?)?;
+    let removed: Vec<u32> =
+        delta.get(HEADER..removed_end)?.chunks_exact(4).map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]])).collect();
+    let mut records: Vec<Leaf<'_>> = Vec::new();
+    let mut rest = delta.get(removed_end..)?;
+    while !rest.is_empty() {
+        let (l, r) = next_leaf(rest)?;
+        records.push(l);
+        rest = r;
+    }
     let replace_suspects = removed.first() == Some(&SUSPECT_PGNO) || records.first().is_some_and(|l| l.pgno == 0);
     let header = 6 + target.len();
     let mut out = Vec::with_capacity(base.len() + delta.len());

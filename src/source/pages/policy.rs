@@ -6,16 +6,15 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
-use super::{Memo, PageState, Recorded, Walked, delta, diff_recorded, walk_followed, walk_noting};
+use super::{Memo, Recorded, Walked, delta, diff_recorded, walk_followed, walk_noting};
 use crate::source::follow::{self, Keep, RecordedState, TableMemo};
-use crate::source::walk::Followed;
 use crate::source::{Result, Source, TableInfo};
 
 /// A table's page state as `table_state` holds it: a base state (`pages`) and, when a sync
 /// wrote only what changed since, a delta against it (`pages_delta`, `pages::delta`).
 pub struct Stored {
     pub base: Arc<Vec<u8>>,
-    pub delta: Option<Arc<Vec<u8>>>,
+    pub delta: Option<Vec<u8>>,
     /// The state base and delta make, with its xxh3-128, when this process already has it
     /// (`follow::RecordedState`): neither made nor hashed again.
     pub made: Option<(Arc<Vec<u8>>, u128)>,
@@ -26,7 +25,7 @@ pub struct Stored {
 impl Stored {
     /// What this process kept of the row at `version`.
     pub fn kept(k: RecordedState) -> Stored {
-        Stored { base: k.base, delta: k.delta, made: Some((k.state, k.digest)), version: k.version }
+        Stored { base: k.base, delta: None, made: Some((k.state, k.digest)), version: k.version }
     }
 
     /// The state as of the last sync; `None` when the delta does not fit the base (then
@@ -49,22 +48,10 @@ pub enum StateWrite {
 }
 
 impl StateWrite {
-    /// A delta against `base` (whose recorded delta is `old`) when it is at most a quarter
-    /// of the whole state `new`, else the whole state, which then becomes the base. A
-    /// followed walk's delta is composed from what it changed (`delta::compose`), any other
-    /// compared with the base (`delta::between`, a pass over both states).
-    fn choose(
-        base: &[u8],
-        old: Option<&[u8]>,
-        followed: Option<&Followed>,
-        new: &Arc<Vec<u8>>,
-        target: &str,
-    ) -> StateWrite {
-        let composed = followed.and_then(|f| delta::compose(base, old, &f.gone, &f.read));
-        debug_assert!(
-            composed.as_ref().is_none_or(|d| delta::apply(base, d, target).as_deref() == Some(new.as_slice()))
-        );
-        match composed.or_else(|| delta::between(base, new, target)) {
+    /// A delta when there is a base to make it against and it is at most a quarter of the
+    /// whole state; otherwise the whole state, which then becomes the base.
+    fn choose(base: Option<&[u8]>, new: &Arc<Vec<u8>>, target: &str) -> StateWrite {
+        match base.and_then(|b| delta::between(b, new, target)) {
             Some(d) if d.len() * 4 <= new.len() => StateWrite::Delta(d),
             _ => StateWrite::Full(new.clone()),
         }
@@ -85,10 +72,8 @@ pub struct Capture {
     memo: Option<Memo>,
     start: Option<follow::Start>,
     old_digest: Option<u128>,
-    /// The recorded base the next state may be a delta against, and the delta against it
-    /// the row holds.
+    /// The recorded base the next state may be a delta against.
     base: Option<Arc<Vec<u8>>>,
-    delta: Option<Arc<Vec<u8>>>,
     /// The version of the `table_state` row the recorded state was read at.
     version: Option<String>,
     /// The recorded state and the table's rows, when the follower vouched that no page of
@@ -143,12 +128,9 @@ impl Capture {
         let usable = recorded.is_some();
         // The recorded state is freed before any row is read.
         drop(recorded);
-        let (base, version, delta) = match old.filter(|_| usable) {
-            Some(s) => (Some(s.base), Some(s.version), s.delta),
-            None => (None, None, None),
-        };
+        let (base, version) = old.map(|s| (s.base, s.version)).filter(|_| usable).unzip();
         let table = t.name.clone();
-        Ok(Capture { walked, ranges, pages_read, followed, table, memo, start, old_digest, base, delta, version, same })
+        Ok(Capture { walked, ranges, pages_read, followed, table, memo, start, old_digest, base, version, same })
     }
 
     /// How the changes were found: `followed` (the pages the WAL follower named),
@@ -165,14 +147,16 @@ impl Capture {
     /// and whether any row was read; `None` with no usable walk. Leaves the follower what
     /// the next sync follows on from, should this state be recorded.
     pub fn finish(mut self, suspect: &[(i64, i64)], read_any: bool, target: &str) -> Option<Settled> {
-        let (pages, digest, rows, followed) = match (self.same.take(), self.walked.take()) {
+        let (pages, digest, rows) = match (self.same.take(), self.walked.take()) {
             // Nothing of the table was written since its recorded state: that state stands.
-            (Some((state, rows)), _) => (state, self.old_digest?, rows, None),
+            (Some((state, rows)), _) => (state, self.old_digest?, rows),
             (None, w) => {
                 let w = w?;
-                let (pages, followed) = encoded(w.state, w.followed, suspect, target)?;
+                let mut state = w.state;
+                state.add_suspect(suspect);
+                let pages = Arc::new(state.encode(target));
                 let digest = xxhash_rust::xxh3::xxh3_128(&pages);
-                (pages, digest, w.rows, followed)
+                (pages, digest, w.rows)
             }
         };
         let unchanged = !read_any && self.old_digest == Some(digest);
@@ -183,42 +167,22 @@ impl Capture {
         }
         // An unchanged table records nothing: no delta to make.
         let write = match (&self.base, unchanged) {
-            (Some(base), false) => {
-                StateWrite::choose(base, self.delta.as_deref().map(Vec::as_slice), followed.as_ref(), &pages, target)
-            }
+            (Some(base), false) => StateWrite::choose(Some(base), &pages, target),
             _ => StateWrite::Full(pages.clone()),
         };
         let keep = self.start.map(|s| {
-            // The base and delta the row holds afterwards: the recorded base when nothing is
-            // written or only a delta against it.
-            let (base, delta) = match (&write, self.base) {
-                (StateWrite::Delta(d), Some(base)) => (base, Some(Arc::new(d.clone()))),
-                (_, Some(base)) if unchanged => (base, self.delta),
-                _ => (pages.clone(), None),
+            // The base the row holds afterwards: the recorded one when nothing is written or
+            // only a delta against it.
+            let base = match (&write, self.base) {
+                (StateWrite::Delta(_), Some(base)) => base,
+                (_, Some(base)) if unchanged => base,
+                _ => pages.clone(),
             };
             let version = self.version.unwrap_or_default();
-            Keep::new(s.handle, &self.table, RecordedState { version, state: pages, digest, base, delta })
+            Keep::new(s.handle, &self.table, RecordedState { version, state: pages, digest, base })
         });
         Some(Settled { pages: write, rows, unchanged, keep })
     }
-}
-
-/// A walk's state, encoded, with the rowid ranges read while the source moved (`suspect`),
-/// and what a followed walk changed (`None` when rows were read while the source moved: they
-/// are not in it). A followed walk made its state encoded already.
-fn encoded(
-    state: PageState,
-    followed: Option<Followed>,
-    suspect: &[(i64, i64)],
-    target: &str,
-) -> Option<(Arc<Vec<u8>>, Option<Followed>)> {
-    let mut state = match followed {
-        Some(mut f) if suspect.is_empty() => return Some((Arc::new(std::mem::take(&mut f.encoded)), Some(f))),
-        Some(f) => PageState::decode(&f.encoded, target)?,
-        None => state,
-    };
-    state.add_suspect(suspect);
-    Some((Arc::new(state.encode(target)), None))
 }
 
 /// The memo and rows of `t`'s last walk when the follower vouches that no page of `t` that
@@ -260,11 +224,10 @@ fn walk_and_compare(
     start: &mut Option<follow::Start>,
 ) -> Result<Compared> {
     let parsed = recorded.and_then(|b| Recorded::parse(b, target));
-    let (mut walked, followed, pages_read, memo) = walk_table(src, t, parsed.as_ref(), digest, in_txn, start)?;
-    let ranges = match (&mut walked, &parsed) {
+    let (walked, followed, pages_read, memo) = walk_table(src, t, parsed.as_ref(), digest, in_txn, start)?;
+    let ranges = match (&walked, &parsed) {
         (Some(w), Some(o)) => {
-            let known = w.followed.as_mut().map(|f| std::mem::take(&mut f.changes));
-            let c = known.unwrap_or_else(|| diff_recorded(o, &w.state));
+            let c = diff_recorded(o, &w.state);
             // Most leaves changed (a VACUUM, a bulk rewrite): a plain full pass is cheaper.
             (c.changed_leaves * 2 <= c.total_leaves).then_some(c.ranges)
         }

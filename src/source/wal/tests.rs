@@ -63,7 +63,7 @@ fn vouched(f: &mut WalFollower, p: &Path, base: &(Option<Mark>, Images)) -> Opti
     for pg in changed(&base.1, &img) {
         assert!(named.binary_search(&pg).is_ok(), "page {pg} changed but was not named: {named:?}");
     }
-    Some(named.to_vec())
+    Some(named)
 }
 
 fn insert(c: &Connection, from: i64, n: i64, size: usize) {
@@ -212,7 +212,7 @@ fn a_new_follower_places_no_older_mark_and_rollback_journal_mode_has_none() {
     insert(&c, 1, 20, 300);
     let mut f = WalFollower::new(&p);
     let b = base(&mut f, &p);
-    let mut g = WalFollower::new(&p);
+    let g = WalFollower::new(&p);
     assert_ne!(f.instance(), g.instance());
     assert_eq!(g.changed_since(b.0.unwrap()), None);
     c.execute_batch("PRAGMA journal_mode=DELETE").unwrap();

@@ -11,9 +11,9 @@
 
 use std::collections::HashSet;
 
-use super::{Followed, MAX_PAGES, Memo, Visit, Walked, data_version, geometry, root_of, visit, with_page};
+use super::{MAX_PAGES, Memo, Visit, Walked, data_version, geometry, root_of, visit, with_page};
 use crate::source::btree::{self, TablePage};
-use crate::source::pages::{Changes, PageState, Recorded, SUSPECT_PGNO, Spliced, diff_followed};
+use crate::source::pages::{PageState, Recorded, SUSPECT_PGNO};
 use crate::source::{Result, Source};
 
 /// What the descent found: the leaves it read (with their rows), the last walk's leaves it
@@ -27,9 +27,6 @@ struct Descent {
     reached: HashSet<u32>,
     /// Children the last walk noted under pages read now that are no longer theirs.
     let_go: Vec<u32>,
-    /// The children of every interior page read (a page let go of is still in the tree
-    /// when one of them: hanging it elsewhere wrote its new parent).
-    adopted: Vec<u32>,
 }
 
 /// A walk that reads only what changed (see the module doc). Call inside the read
@@ -55,13 +52,10 @@ pub fn walk_followed(
     memo.forget_chains(changed);
     let Some(mut d) = descend(src, table, usable, root, &dirty, &touched, memo)? else { return Ok(None) };
     drop_let_go(&mut d, memo);
-    let Some((encoded, changes, leaves)) = merge(old, &mut d) else { return Ok(None) };
+    let Some(state) = merge(old, &mut d) else { return Ok(None) };
     memo.rows += d.read_rows - d.dropped_rows;
     let read = src.pages_read() - read_before;
-    let (gone, read_leaves) = (std::mem::take(&mut d.dropped), std::mem::take(&mut d.read));
-    let followed = Followed { encoded, leaves, changes, gone, read: read_leaves };
-    let state = PageState::default();
-    Ok(Some((Walked { state, rows: memo.rows, data_version, followed: Some(followed) }, read)))
+    Ok(Some((Walked { state, rows: memo.rows, data_version }, read)))
 }
 
 /// The pages to read again (the written pages the last walk noted, and the leaf owning
@@ -114,9 +108,7 @@ fn descend(
         if !dirty.contains(&p)
             && let Some(children) = memo.interior.get(&p)
         {
-            // An unwritten page has the children noted: only those above a written page
-            // need a visit (a page let go of elsewhere and hung here would have written it).
-            stack.extend(children.iter().rev().filter(|c| touched.contains(c)));
+            stack.extend(children.iter().rev());
             continue;
         }
         if let Some(n) = memo.cells.remove(&p) {
@@ -130,10 +122,7 @@ fn descend(
                 now.sort_unstable();
                 d.let_go.extend(before.into_iter().flatten().filter(|c| now.binary_search(c).is_err()));
                 memo.parent.extend(children.iter().map(|c| (*c, p)));
-                // The children above a written page, and those new to the tree.
-                let visit = |c: &&u32| touched.contains(c) || !memo.notes_tree(**c);
-                stack.extend(children.iter().rev().filter(visit));
-                d.adopted.extend_from_slice(&children);
+                stack.extend(children.iter().rev());
                 memo.interior.insert(p, children);
             }
             Visit::Leaf => d.let_go.extend(before.into_iter().flatten()),
@@ -150,9 +139,8 @@ fn descend(
 /// descent did not reach elsewhere: they are no longer in the tree.
 fn drop_let_go(d: &mut Descent, memo: &mut Memo) {
     let mut stack = std::mem::take(&mut d.let_go);
-    d.adopted.sort_unstable();
     while let Some(c) = stack.pop() {
-        if d.reached.contains(&c) || d.adopted.binary_search(&c).is_ok() {
+        if d.reached.contains(&c) {
             continue;
         }
         memo.parent.remove(&c);
@@ -166,63 +154,41 @@ fn drop_let_go(d: &mut Descent, memo: &mut Memo) {
     }
 }
 
-/// The new state, encoded as stored: the last walk's leaves less those dropped, and the
-/// leaves read, in page order (the kept records copied as they are recorded, a run at a
-/// time), with what changed (`pages::diff_followed`) and how many leaves it has. `None`
-/// when a leaf read is also one kept (the memo and the state disagree).
-fn merge(old: &Recorded<'_>, d: &mut Descent) -> Option<(Vec<u8>, Changes, usize)> {
+/// The new state: the last walk's leaves less those dropped, and the leaves read, in page
+/// order. `None` when a leaf read is also one kept (the memo and the state disagree).
+fn merge(old: &Recorded<'_>, d: &mut Descent) -> Option<PageState> {
     d.dropped.sort_unstable();
     d.read.sort();
-    let mut state = Spliced::new(*old, d.read.encoded_len());
-    let (mut gone, mut kept) = (Vec::with_capacity(d.dropped.len()), 0);
+    let mut state = PageState::default();
     let mut read = d.read.leaves().peekable();
-    for (l, at) in old.records() {
+    for l in old.leaves() {
         while let Some(r) = read.next_if(|r| r.pgno < l.pgno) {
-            state.put(&r);
+            state.push_recorded(&r);
         }
         if d.dropped.binary_search(&l.pgno).is_ok() {
-            gone.push(l);
             continue;
         }
         if read.peek().is_some_and(|r| r.pgno == l.pgno) {
             return None;
         }
-        state.keep(at);
-        kept += 1;
+        state.push_recorded(&l);
     }
-    read.for_each(|r| state.put(&r));
-    let changes = diff_followed(gone.into_iter(), &d.read, kept);
-    Some((state.finish(), changes, kept + d.read.leaf_count()))
-}
-
-/// How exactly [`rows_followed`] counts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Count {
-    /// The table's rows.
-    Exact,
-    /// A number of rows the table has at least, reading only the written pages the last
-    /// walk found interior (a thousand changed rows write as many leaves and split some,
-    /// and the deletion guard needs an exact count only when this bound would hold a
-    /// sync): a written leaf and a page new to the tree count no row, whatever they hold
-    /// now (cells, or children the descent then does not reach).
-    AtLeast,
+    read.for_each(|r| state.push_recorded(&r));
+    Some(state)
 }
 
 /// The table's rows now, from the last walk's `memo` and the pages committed since
-/// (`changed`, sorted), as `walk_followed` would count them, reading the same pages (with
-/// `Count::AtLeast`, fewer) but hashing none and leaving the memo as it is. Call inside a
-/// read transaction whose snapshot `changed` reaches. `None`: not possible (another root,
-/// a page reached twice or not understood): count them.
-pub fn rows_followed(src: &Source, table: &str, changed: &[u32], memo: &Memo, how: Count) -> Result<Option<i64>> {
+/// (`changed`, sorted), as `walk_followed` would count them, reading the same pages but
+/// hashing none and leaving the memo as it is. Call inside a read transaction whose
+/// snapshot `changed` reaches. `None`: not possible (another root, a page reached twice or
+/// not understood): count them.
+pub fn rows_followed(src: &Source, table: &str, changed: &[u32], memo: &Memo) -> Result<Option<i64>> {
     let Some(root) = root_of(src, table)? else { return Ok(None) };
     let Some((usable, page_size)) = geometry(src, table)?.filter(|_| root == memo.root) else { return Ok(None) };
     src.pagefile.borrow_mut().begin(&src.conn, &src.path, page_size);
-    // Only the written pages: a leaf whose overflow pages alone were written has its cells.
-    let dirty: HashSet<u32> = memo.noted_of(changed).into_iter().collect();
-    let touched = above(&dirty, memo);
+    let (dirty, touched) = dirty_and_touched(changed, memo);
     let cells = |p: &u32| memo.cells.get(p).map_or(0, |n| i64::from(*n));
     let (mut rows, mut reached, mut let_go, mut stack) = (memo.rows, HashSet::new(), Vec::new(), vec![root]);
-    let mut adopted: Vec<u32> = Vec::new();
     while let Some(p) = stack.pop() {
         if !reached.insert(p) || reached.len() as u64 > MAX_PAGES {
             return Ok(None);
@@ -235,22 +201,16 @@ pub fn rows_followed(src: &Source, table: &str, changed: &[u32], memo: &Memo, ho
         if !dirty.contains(&p)
             && let Some(children) = before
         {
-            stack.extend(children.iter().rev().filter(|c| touched.contains(c)));
+            stack.extend(children.iter().rev());
             continue;
         }
         rows -= cells(&p);
-        if how == Count::AtLeast && !memo.interior.contains_key(&p) {
-            continue;
-        }
         match with_page(src, table, p, |data| btree::parse_table_page(p, data, usable))? {
             Some(Ok(TablePage::Interior { children })) => {
                 let mut now = children.clone();
                 now.sort_unstable();
                 let_go.extend(before.into_iter().flatten().filter(|c| now.binary_search(c).is_err()));
-                // The children above a written page, and (counted exactly) those new to it.
-                let visit = |c: &&u32| touched.contains(c) || (how == Count::Exact && !memo.notes_tree(**c));
-                stack.extend(children.iter().rev().filter(visit));
-                adopted.extend_from_slice(&now);
+                stack.extend(children.iter().rev());
             }
             Some(Ok(TablePage::Leaf { cells })) => {
                 rows += cells.len() as i64;
@@ -259,10 +219,9 @@ pub fn rows_followed(src: &Source, table: &str, changed: &[u32], memo: &Memo, ho
             _ => return Ok(None),
         }
     }
-    // The subtrees let go of and not hung elsewhere: their rows are gone.
-    adopted.sort_unstable();
+    // The subtrees let go of and not reached elsewhere: their rows are gone.
     while let Some(c) = let_go.pop() {
-        if adopted.binary_search(&c).is_err() && reached.insert(c) {
+        if reached.insert(c) {
             rows -= cells(&c);
             let_go.extend(memo.interior.get(&c).into_iter().flatten());
         }

@@ -86,17 +86,17 @@ fn a_fresh_open_webui_database_at_the_path_is_another_database() {
     let p = dir.path().join("webui.db");
     create(&p, 5, 10, 7);
     let all = TableSelector::default();
-    let before = observe(&p, &all, &recorded(&p), &Anchors::new(), &DeletionGuard::default()).expect("observe");
+    let before = observe(&p, &all, &recorded(&p), &Anchors::new()).expect("observe");
     assert!(before.anchors.get("chat").is_some_and(|k| k.len() == ANCHORS_PER_TABLE as usize), "{:?}", before.anchors);
     assert!(before.anchors.contains_key("user"));
     let rows = recorded(&p);
     // The same database, unchanged: nothing to hold.
-    let same = observe(&p, &all, &rows, &before.anchors, &DeletionGuard::default()).expect("observe");
+    let same = observe(&p, &all, &rows, &before.anchors).expect("observe");
     assert!(same.foreign.is_empty(), "{:?}", same.foreign);
     assert!(decide(&DeletionGuard::default(), &same).is_none());
     // Open WebUI started on an empty volume: one admin, no chats.
     create(&p, 1, 0, 99);
-    let fresh = observe(&p, &all, &rows, &before.anchors, &DeletionGuard::default()).expect("observe");
+    let fresh = observe(&p, &all, &rows, &before.anchors).expect("observe");
     let plan = decide(&DeletionGuard::default(), &fresh).expect("a fresh database is held");
     assert_eq!(plan.reason, Reason::SourceReplaced, "{plan:?}");
     assert!(plan.tables.iter().any(|t| t.table == "chat" && t.remaining == 0), "{plan:?}");
@@ -110,11 +110,11 @@ fn deleting_most_chats_of_the_same_database_is_a_mass_deletion() {
     create(&p, 4, 10, 3);
     let all = TableSelector::default();
     let rows = recorded(&p);
-    let anchors = observe(&p, &all, &rows, &Anchors::new(), &DeletionGuard::default()).expect("observe").anchors;
+    let anchors = observe(&p, &all, &rows, &Anchors::new()).expect("observe").anchors;
     let c = rusqlite::Connection::open(&p).expect("open");
     c.execute_batch("DELETE FROM chat WHERE rowid % 4 <> 0").expect("delete");
     drop(c);
-    let seen = observe(&p, &all, &rows, &anchors, &DeletionGuard::default()).expect("observe");
+    let seen = observe(&p, &all, &rows, &anchors).expect("observe");
     let plan = decide(&DeletionGuard::default(), &seen).expect("held");
     assert_eq!(plan.reason, Reason::MassDeletion, "{plan:?}");
     // chat_message (and shared chats) go with their chats.

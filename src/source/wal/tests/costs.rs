@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use crate::fixtures::{MutateOptions, OpKind, mutate};
 use crate::source::Source;
-use crate::source::pages::{Memo, Recorded, delta, walk_followed, walk_noting};
+use crate::source::pages::{Memo, Recorded, delta, diff_recorded, walk_followed, walk_noting};
 use crate::source::wal::{WalFollower, snapshot_pos};
 
 const TABLES: [&str; 2] = ["chat", "chat_message"];
@@ -61,11 +61,10 @@ fn costs_of_a_followed_walk() {
             let (w, read) = walk_followed(&src, t, &parsed, &changed, memo).unwrap().unwrap();
             let walk = ms(t1);
             let t2 = Instant::now();
-            let f = w.followed.expect("a followed walk");
-            let c = &f.changes;
+            let c = diff_recorded(&parsed, &w.state);
             let diff = ms(t2);
             let t3 = Instant::now();
-            let enc = f.encoded.clone();
+            let enc = w.state.encode(t);
             let encode = ms(t3);
             let t4 = Instant::now();
             let digest = xxhash_rust::xxh3::xxh3_128(&enc);
