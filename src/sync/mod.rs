@@ -218,8 +218,8 @@ async fn look(
 }
 
 /// Syncs the tables the source was looked at for (`look`: its queue, the first reader on
-/// its connection): the largest first, `table_connections` at once; the schema drift is checked once every table is
-/// provisioned, while the tables copy.
+/// its connection): the largest first, `table_connections` at once; the schema drift is
+/// checked once every table is provisioned, while the tables copy.
 async fn sync_all(
     job: &SyncJob<'_>,
     limits: &BTreeMap<String, (u64, i64)>,
